@@ -1,1 +1,29 @@
-"""medadapt.models.sam."""
+"""SAM-family networks as plain PyTorch modules with the official state-dict layout.
+
+``image_encoder`` (SAM ViT-B/L/H), ``tiny_vit`` (MobileSAM, LiteMedSAM), ``prompt_encoder``,
+``transformer`` and ``mask_decoder`` are the components; ``sam.Sam`` joins them.
+"""
+
+from .image_encoder import VIT_B, VIT_H, VIT_L, ImageEncoderViT, ViTConfig
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam, build_sam
+from .tiny_vit import LITEMEDSAM_TINYVIT, MOBILESAM_TINYVIT, TinyViT, TinyViTConfig
+from .transformer import TwoWayTransformer
+
+__all__ = [
+    "LITEMEDSAM_TINYVIT",
+    "MOBILESAM_TINYVIT",
+    "VIT_B",
+    "VIT_H",
+    "VIT_L",
+    "ImageEncoderViT",
+    "MaskDecoder",
+    "PromptEncoder",
+    "Sam",
+    "TinyViT",
+    "TinyViTConfig",
+    "TwoWayTransformer",
+    "ViTConfig",
+    "build_sam",
+]

@@ -1,0 +1,73 @@
+"""Shared CLI plumbing: user errors become one paragraph and exit code 2; rich consoles and progress."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from medadapt.errors import MedadaptError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable)
+
+
+def user_errors(func: F) -> F:
+    """Turn :class:`MedadaptError` (and a few OS errors on outputs) into a readable message + exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except MedadaptError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=MedadaptError.exit_code) from None
+        except PermissionError as err:
+            err_console.print(f"[bold red]error:[/] {err.filename}: permission denied. Fix: choose a writable --out folder.")
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def progress_bar(**kwargs) -> Progress:
+    """A rich progress bar; silent when stdout is not a terminal unless MEDADAPT_PROGRESS=1."""
+    disable = not (sys.stdout.isatty() or os.environ.get("MEDADAPT_PROGRESS") == "1")
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+        **kwargs,
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def parse_int_list(text: str | None, *, option: str) -> list[int] | None:
+    if text is None or text == "":
+        return None
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise MedadaptError(
+            f"{option} expects comma-separated integers, got '{text}'.", fix=f"for example {option} 1,2"
+        ) from None

@@ -1,0 +1,39 @@
+"""The ``medadapt`` command: one sub-command per pipeline stage (as nnU-Net v2)."""
+
+from __future__ import annotations
+
+import typer
+
+from medadapt import __version__
+from medadapt.cli import evaluate_cmd, models_cmd, predict_cmd
+
+app = typer.Typer(
+    name="medadapt",
+    help="Adapt medical imaging foundation models from a few labelled scans; evaluate, export, deploy.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medadapt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """medadapt command line."""
+
+
+app.command("models")(models_cmd.models)
+app.command("predict")(predict_cmd.predict)
+app.command("evaluate")(evaluate_cmd.evaluate)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

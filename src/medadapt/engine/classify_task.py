@@ -1,0 +1,280 @@
+"""Image classification as a :class:`~medadapt.engine.trainer.TrainTask` ("Less could be better").
+
+The task fine-tunes a classifier from :mod:`medadapt.models.classification` with a recipe from
+:mod:`medadapt.adapt` (LoRA on q/v of every ViT block plus ``fc_norm`` and ``head`` by default, as
+MED-PEFT), on a label fraction of the training split:
+
+- loss: BCE-with-logits for binary / multi-label (``pos_weight = negatives / positives`` per class
+  unless disabled; labels marked unknown, e.g. CheXpert ``ignore``, are masked out), cross-entropy for
+  multi-class (optionally with balanced class weights);
+- validation: mean AUROC over classes (``auroc``, the monitored metric), AP, accuracy, loss. The
+  trainer sits left of :mod:`medadapt.evaluate` in the import order, so validation calls scikit-learn
+  directly; final reports (bootstrap CIs, per-image CSV) are :mod:`medadapt.evaluate.classification`;
+- best model: an adapter artifact (``adapter.safetensors`` + ``adapter.json``) in the run folder,
+  which :func:`load_trained_classifier` turns back into a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from medadapt.adapt import (
+    AppliedRecipe,
+    RecipeConfig,
+    apply_recipe,
+    load_adapter,
+    read_adapter_meta,
+    save_adapter,
+)
+from medadapt.data.classification import (
+    ClassificationDataset,
+    ClassificationSplit,
+    ImageTransform,
+    load_dataset,
+    sample_fraction,
+)
+from medadapt.engine.config import TrainConfig
+from medadapt.engine.losses import ClassificationLoss, class_weights_from_labels
+from medadapt.engine.optim import layer_decay_groups
+from medadapt.engine.seed import loader_kwargs
+from medadapt.errors import MedadaptError
+from medadapt.models.classification import VIT_CONFIGS, build_classifier
+
+# Recipes whose SAM names ("lora", "adapter") mean encoder + decoder: a classifier has no decoder.
+_CLASSIFIER_ALIASES = {"lora": "encoder-lora", "adapter": "encoder-adapter"}
+
+
+class ClassifyConfig(BaseModel):
+    """Everything that defines a classification run besides the optimiser (``TrainConfig``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="dataset: MedMNIST .npz, CSV, split list, or NIH / RSNA folder")
+    val_data: str | None = Field(None, description="validation dataset; None: `data` with `val_split`")
+    train_split: str = "train"
+    val_split: str = "val"
+    label_fraction: float = Field(1.0, gt=0, le=1, description="share of training labels (0.01 = 1 %)")
+    fraction_seed: int = 0
+    backbone: str = "vit_base_patch16"
+    checkpoint: str | None = None
+    pool: Literal["gap", "cls"] = "gap"
+    drop_path: float = Field(0.1, ge=0, lt=1)
+    img_size: int | None = None
+    recipe: str = "encoder-lora"
+    lora_rank: int = Field(4, ge=1)
+    lora_alpha: float | None = Field(32.0, gt=0, description="MED-PEFT: 32 (scaling 32 / rank)")
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] | str | None = None
+    pos_weight: bool = True
+    class_weights: bool = False
+    augment: bool = True
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    eval_batch_size: int = Field(64, ge=1)
+    loader_options: dict[str, Any] = Field(default_factory=dict, description="extra keyword args for the reader")
+
+
+def classifier_recipe(model: nn.Module, name: str = "encoder-lora", **options: Any) -> RecipeConfig:
+    """A :class:`RecipeConfig` aimed at a classifier: encoder = ViT ``blocks`` (or the SAM
+    ``image_encoder``), and the head (plus ``fc_norm`` when it has weights) always trained."""
+    name = _CLASSIFIER_ALIASES.get(name, name)
+    encoder = "image_encoder" if hasattr(model, "image_encoder") else "blocks"
+    also = ["head"] + (["fc_norm"] if any(True for _ in model.fc_norm.parameters()) else [])
+    return RecipeConfig(name=name, encoder_attr=encoder, decoder_attr=[], head=["head"], also_train=also, **options)
+
+
+class ClassificationTask:
+    """TrainTask over a (label-fraction) training split and a validation split."""
+
+    def __init__(self, model: nn.Module, train: ClassificationSplit, val: ClassificationSplit | None, *,
+                 train_config: TrainConfig, recipe: RecipeConfig | None = None, pos_weight: bool = True,
+                 class_weights: bool = False, augment: bool = True, layer_decay: float | None = None,
+                 eval_batch_size: int = 64, base: Mapping[str, Any] | None = None):
+        if train.num_outputs != _num_outputs(model):
+            raise MedadaptError(f"the model has {_num_outputs(model)} outputs but the {train.task} data needs "
+                                f"{train.num_outputs}", fix="build the classifier with split.num_outputs classes")
+        if val is not None and (val.task != train.task or val.num_outputs != train.num_outputs):
+            raise MedadaptError(f"validation data ({val.task}, {val.num_outputs} outputs) does not match training "
+                                f"data ({train.task}, {train.num_outputs} outputs)", path=val.source or None)
+        self.model = model
+        self.train, self.val = train, val
+        self.cfg = train_config
+        self.recipe = recipe or classifier_recipe(model, "full")
+        self.applied: AppliedRecipe = apply_recipe(model, self.recipe)
+        self.layer_decay = layer_decay
+        self.eval_batch_size = eval_batch_size
+        self.base = dict(base or {"model": getattr(model, "backbone", type(model).__name__)})
+        spec = model.input_spec
+        self._train_tf = ImageTransform(spec.size, spec.normalize, spec.fit, augment=augment, seed=train_config.seed)
+        self._eval_tf = ImageTransform(spec.size, spec.normalize, spec.fit)
+        self._train_ds = ClassificationDataset(train, self._train_tf, seed=train_config.seed)
+        self.loss_fn = self._build_loss(pos_weight, class_weights)
+
+    # ------------------------------------------------------------------ loss
+    def _build_loss(self, pos_weight: bool, class_weights: bool) -> nn.Module:
+        tr = self.train
+        self.pos_weight, self._masked = None, tr.mask is not None
+        if tr.task == "multiclass":
+            w = class_weights_from_labels(torch.from_numpy(tr.labels), tr.num_classes) if class_weights else None
+            return ClassificationLoss(multi_label=False, class_weights=w)
+        if pos_weight:
+            y, known = tr.targets(), tr.known()
+            pos = ((y > 0.5) & known).sum(0)
+            neg = (known.sum(0) - pos)
+            self.pos_weight = torch.tensor(np.clip(neg / np.maximum(pos, 1), 0, 100.0), dtype=torch.float32)
+        return ClassificationLoss(multi_label=True, pos_weight=self.pos_weight)
+
+    def _loss(self, logits: Tensor, target: Tensor, known: Tensor) -> Tensor:
+        if self.train.task == "multiclass" or not self._masked:
+            return self.loss_fn(logits, target)
+        # Unknown labels (CheXpert "ignore") must not count: per-element BCE, averaged over known ones.
+        pw = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        per = F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=pw, reduction="none")
+        return (per * known).sum() / known.sum().clamp_min(1.0)
+
+    # ------------------------------------------------------------------ TrainTask
+    def parameters_to_train(self) -> Iterable[nn.Parameter] | list[dict[str, Any]]:
+        if self.layer_decay is None:
+            return [p for p in self.model.parameters() if p.requires_grad]
+        if not hasattr(self.model, "blocks"):
+            raise MedadaptError("layer-wise lr decay is defined for ViT backbones only", fix="unset layer_decay")
+        return layer_decay_groups(self.model.named_parameters(), decay=self.layer_decay,
+                                  num_layers=len(self.model.blocks) + 1, weight_decay=self.cfg.weight_decay)
+
+    def train_batches(self, epoch: int) -> DataLoader:
+        self._train_ds.epoch = epoch
+        return DataLoader(self._train_ds, batch_size=self.cfg.batch_size, shuffle=True, drop_last=False,
+                          **loader_kwargs(self.cfg.seed, epoch, self.cfg.num_workers))
+
+    def training_step(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        logits = self.model(batch["image"])
+        loss = self._loss(logits, batch["target"], batch["known"])
+        return loss, {}
+
+    @torch.no_grad()
+    def predict(self, split: ClassificationSplit) -> np.ndarray:
+        """Logits ``[N, num_outputs]`` for every image of ``split`` (eval preprocessing, eval mode)."""
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        loader = DataLoader(ClassificationDataset(split, self._eval_tf), batch_size=self.eval_batch_size,
+                            shuffle=False, num_workers=self.cfg.num_workers)
+        out = [self.model(b["image"].to(device)).float().cpu() for b in loader]
+        self.model.train(was_training)
+        return torch.cat(out).numpy()
+
+    def validate(self) -> dict[str, float]:
+        if self.val is None:
+            return {}
+        logits = self.predict(self.val)
+        return validation_metrics(self.val, logits)
+
+    def save_best(self, out_dir: Path) -> None:
+        save_adapter(self.model, out_dir, recipe=self.recipe, base=self.base, extra={"classify": self.describe()})
+
+    def describe(self) -> dict[str, Any]:
+        """What is needed to rebuild and interpret the classifier (stored in ``adapter.json``)."""
+        m = self.model
+        return {"task": self.train.task, "class_names": self.train.class_names, "num_outputs": self.train.num_outputs,
+                "backbone": getattr(m, "backbone", None), "pool": getattr(m, "pool", None),
+                "input_spec": asdict(m.input_spec), "train_images": len(self.train),
+                "trainable_params": self.applied.trainable, "total_params": self.applied.total}
+
+
+def _num_outputs(model: nn.Module) -> int:
+    return int(model.head.out_features)
+
+
+def validation_metrics(split: ClassificationSplit, logits: np.ndarray) -> dict[str, float]:
+    """Mean AUROC / AP over classes with both labels present, accuracy and loss on ``split``."""
+    y, known = split.targets(), split.known()
+    t = torch.from_numpy(logits)
+    if split.task == "multiclass":
+        probs = torch.softmax(t, dim=1).numpy()
+        onehot = np.eye(probs.shape[1], dtype=bool)[y]
+        loss = F.cross_entropy(t, torch.from_numpy(y)).item()
+        acc = float((probs.argmax(1) == y).mean())
+        cols = [(onehot[:, j], probs[:, j]) for j in range(probs.shape[1])]
+    else:
+        probs = torch.sigmoid(t).numpy()
+        per = F.binary_cross_entropy_with_logits(t, torch.from_numpy(y), reduction="none").numpy()
+        loss = float((per * known).sum() / max(known.sum(), 1))
+        acc = float(((probs >= 0.5) == (y > 0.5))[known].mean())
+        cols = [((y[known[:, j], j] > 0.5), probs[known[:, j], j]) for j in range(y.shape[1])]
+    aurocs, aps = [], []
+    for yt, ys in cols:
+        if 0 < yt.sum() < len(yt):
+            aurocs.append(roc_auc_score(yt, ys))
+            aps.append(average_precision_score(yt, ys))
+    return {"auroc": float(np.mean(aurocs)) if aurocs else math.nan,
+            "ap": float(np.mean(aps)) if aps else math.nan, "accuracy": acc, "val_loss": loss}
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_classify_task(cfg: ClassifyConfig, train_config: TrainConfig) -> ClassificationTask:
+    """Read the data, draw the label fraction, build the backbone and the task (for ``medadapt fit``)."""
+    train = load_dataset(cfg.data, cfg.train_split, **cfg.loader_options)
+    if cfg.label_fraction < 1:
+        mask = train.mask if train.task == "multilabel" else None
+        train = train.subset(sample_fraction(train.labels, cfg.label_fraction, cfg.fraction_seed, mask=mask))
+    val = load_dataset(cfg.val_data or cfg.data, cfg.val_split, **cfg.loader_options)
+    model = build_classifier(cfg.backbone, train.num_outputs, checkpoint=cfg.checkpoint, pool=cfg.pool,
+                             drop_path=cfg.drop_path, img_size=cfg.img_size)
+    lora = {"lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
+            "target_modules": cfg.target_modules}
+    recipe = classifier_recipe(model, cfg.recipe, **lora)
+    base = {"model": cfg.backbone, "image_size": model.input_spec.size, "pool": cfg.pool,
+            "checkpoint": cfg.checkpoint, "checkpoint_sha256": _sha256(cfg.checkpoint) if cfg.checkpoint else None}
+    return ClassificationTask(model, train, val, train_config=train_config, recipe=recipe, pos_weight=cfg.pos_weight,
+                              class_weights=cfg.class_weights, augment=cfg.augment, layer_decay=cfg.layer_decay,
+                              eval_batch_size=cfg.eval_batch_size, base=base)
+
+
+def load_trained_classifier(adapter_dir: str | Path, *, checkpoint: str | Path | None = None) -> nn.Module:
+    """Rebuild a classifier saved by :meth:`ClassificationTask.save_best` (base + adapter), in eval mode.
+
+    ``checkpoint`` is the backbone's pre-trained file (default: the path recorded at training time);
+    its sha256 must match the one recorded.
+    """
+    meta = read_adapter_meta(adapter_dir)
+    info, base = meta.get("extra", {}).get("classify"), dict(meta.get("base") or {})
+    if not info:
+        raise MedadaptError("this adapter was not trained by the classification task", path=adapter_dir)
+    ckpt = checkpoint if checkpoint is not None else base.get("checkpoint")
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise MedadaptError("the backbone checkpoint the adapter was trained on is not found", path=ckpt,
+                            fix="pass checkpoint= with the pre-trained file")
+    backbone = info["backbone"]
+    partial = meta.get("params", {}).get("trainable") != meta.get("params", {}).get("total")
+    if backbone in VIT_CONFIGS and ckpt is None and partial:
+        raise MedadaptError("the adapter was trained on a randomly initialised ViT, which cannot be rebuilt",
+                            path=adapter_dir, fix="train from a pre-trained checkpoint, or with the 'full' recipe")
+    kwargs = {"pool": info.get("pool") or "gap"} if backbone in VIT_CONFIGS else {}
+    model = build_classifier(backbone, info["num_outputs"], checkpoint=ckpt, img_size=info["input_spec"]["size"]
+                             if backbone in VIT_CONFIGS else None, **kwargs)
+    check = {"model": backbone}
+    if ckpt is not None and base.get("checkpoint_sha256"):
+        check["checkpoint_sha256"] = _sha256(ckpt)
+    load_adapter(model, adapter_dir, base=check)
+    model.class_names = info["class_names"]
+    model.task_type = info["task"]
+    return model.eval()

@@ -1,0 +1,156 @@
+"""Prompted 2D segmentation with SAM-family models.
+
+One image is encoded once, however many objects it holds: all prompts of an image share one
+image embedding and go through the (cheap) mask decoder as one batch. Encoder calls for many
+images (the slices of a volume) are batched, optionally under bf16 autocast, and may go through
+an :class:`~medadapt.engine.embedding_cache.EmbeddingCache` so repeated images are never
+re-encoded. The arithmetic is the official CVPR24 LiteMedSAM pipeline (see ``models/preprocess``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medadapt.data.prompts import Prompt
+from medadapt.models.preprocess import Transform, postprocess_logits, preprocess_image
+from medadapt.models.registry import ModelSpec
+
+
+@dataclass
+class PreparedImage:
+    tensor: torch.Tensor  # [3, S, S] model input
+    transform: Transform
+
+
+@dataclass
+class ObjectResult:
+    prompt: Prompt
+    mask: np.ndarray  # [H, W] bool
+    iou: float
+
+
+def autocast_context(precision: str):
+    """bf16 autocast on CPU/GPU when asked; a no-op for fp32."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class SamPredictor:
+    """Encode images, decode prompts, return masks in the original image frame."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec: ModelSpec,
+        *,
+        batch_size: int = 8,
+        precision: str = "fp32",
+        cache=None,
+        encoder=None,
+    ):
+        self.model = model.eval()
+        self.spec = spec
+        self.batch_size = max(1, int(batch_size))
+        self.precision = precision
+        self.cache = cache
+        # A drop-in replacement for model.encode (e.g. an ONNX Runtime / OpenVINO engine).
+        self.encoder = encoder
+        self.encoder_calls = 0
+        self.images_encoded = 0
+
+    # -- encoder -----------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        tensor, transform = preprocess_image(image, self.spec)
+        return PreparedImage(tensor, transform)
+
+    @torch.no_grad()
+    def _encode_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        self.encoder_calls += 1
+        self.images_encoded += batch.shape[0]
+        if self.encoder is not None:
+            return self.encoder(batch)
+        with autocast_context(self.precision):
+            out = self.model.encode(batch)
+        return out.float()
+
+    @torch.no_grad()
+    def encode(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[N,3,S,S] inputs → [N,256,64,64] embeddings, in batches of ``batch_size``."""
+        if not tensors:
+            return torch.empty(0)
+        stacked = torch.stack(list(tensors))
+        if self.cache is not None:
+            return self.cache.get_many(stacked, encode_fn=self._encode_chunked)
+        return self._encode_chunked(stacked)
+
+    def _encode_chunked(self, stacked: torch.Tensor) -> torch.Tensor:
+        outs = [self._encode_batch(stacked[i : i + self.batch_size]) for i in range(0, len(stacked), self.batch_size)]
+        return torch.cat(outs)
+
+    # -- decoder -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        transform: Transform,
+        prompts: Sequence[Prompt],
+        *,
+        model_frame_boxes: np.ndarray | None = None,
+    ) -> list[ObjectResult]:
+        """Decode every prompt of one image against its embedding ([1,256,64,64] or [256,64,64]).
+
+        ``model_frame_boxes`` ([N,4], already in the model's input frame) overrides the prompts'
+        boxes; slice-wise 3D propagation uses it for boxes derived from the previous slice's mask.
+        """
+        if embedding.dim() == 3:
+            embedding = embedding[None]
+        results: list[ObjectResult] = []
+        # Group prompts by kind so each group is one batched decoder call.
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for i, p in enumerate(prompts):
+            has_box = p.box is not None or model_frame_boxes is not None
+            n_pts = 0 if p.points is None else len(p.points)
+            groups.setdefault((has_box, n_pts), []).append(i)
+        out: dict[int, ObjectResult] = {}
+        for (has_box, n_pts), idx in groups.items():
+            boxes = None
+            if has_box:
+                if model_frame_boxes is not None:
+                    boxes = np.asarray(model_frame_boxes, dtype=np.float32)[idx]
+                else:
+                    boxes = transform.apply_boxes(np.stack([np.asarray(prompts[i].box, dtype=np.float32) for i in idx]))
+                boxes = torch.as_tensor(boxes, dtype=torch.float32)
+            points = None
+            if n_pts:
+                coords = np.stack([transform.apply_points(np.asarray(prompts[i].points, np.float32)) for i in idx])
+                labels = np.stack([np.asarray(prompts[i].point_labels, dtype=np.int64) for i in idx])
+                points = (torch.as_tensor(coords, dtype=torch.float32), torch.as_tensor(labels))
+            low_res, iou = self.model.decode(embedding, points=points, boxes=boxes, multimask_output=False)
+            logits = postprocess_logits(low_res.float(), transform)  # [n,1,H,W]
+            masks = (logits[:, 0] > 0).cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = ObjectResult(prompts[i], masks[j], float(iou[j, 0]))
+        results = [out[i] for i in range(len(prompts))]
+        return results
+
+    def segment(self, image: np.ndarray, prompts: Sequence[Prompt]) -> tuple[np.ndarray, list[ObjectResult]]:
+        """Label map (uint16, H×W) for one image; later prompts overwrite earlier ones, as the official code."""
+        prepared = self.prepare(image)
+        embedding = self.encode([prepared.tensor])
+        results = self.decode(embedding[0], prepared.transform, prompts)
+        return paint(results, image.shape[:2]), results
+
+
+def paint(results: Sequence[ObjectResult], shape: tuple[int, int]) -> np.ndarray:
+    """Write each object's mask with its class id (or object id) into one label map."""
+    label = np.zeros(shape, dtype=np.uint16)
+    for r in results:
+        value = r.prompt.class_id if r.prompt.class_id is not None else r.prompt.object_id
+        label[r.mask] = value
+    return label
