@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_adapt_models import litemedsam, small_vit_sam
 from torch import nn
 
 from medadapt.adapt.lora import (
@@ -17,6 +16,7 @@ from medadapt.adapt.lora import (
     qkv_rows,
 )
 from medadapt.errors import MedadaptError
+from test_adapt_models import litemedsam, small_vit_sam
 
 
 def _split_tinyvit(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
@@ -33,7 +33,7 @@ def _split_vit(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.parametrize("kind", ["tinyvit", "vit"])
 def test_lora_qkv_changes_q_and_v_of_every_head_and_never_k(kind):
-    model = litemedsam(64) if kind == "tinyvit" else small_vit_sam()
+    model = litemedsam(32) if kind == "tinyvit" else small_vit_sam()
     name, attn = find_qkv_attention(model, "image_encoder")[1]
     split = _split_tinyvit if kind == "tinyvit" else _split_vit
     base = attn.qkv
@@ -53,7 +53,7 @@ def test_lora_qkv_changes_q_and_v_of_every_head_and_never_k(kind):
 
 
 def test_tinyvit_rows_differ_from_thirds():
-    attn = find_qkv_attention(litemedsam(64), "image_encoder")[0][1]
+    attn = find_qkv_attention(litemedsam(32), "image_encoder")[0][1]
     q, v = qkv_rows(attn)
     kd = attn.key_dim
     assert attn.num_heads > 1

@@ -1,26 +1,25 @@
 """Models the adapt tests run on, and checks that they have the layouts the recipes target.
 
 The SAM models are medadapt's own modules with the official state-dict layout. Forward passes
-use small inputs so the adapt tests stay fast on a CPU: ``litemedsam(64)`` is the LiteMedSAM
-architecture with unchanged parameter shapes at a 64-pixel input.
+use small inputs so the adapt tests stay fast on a CPU: ``litemedsam(32)`` is the LiteMedSAM
+architecture with unchanged parameter shapes at a 32-pixel input.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
-import pytest
 import torch
 from torch import nn
 
-from medadapt.models.sam import LITEMEDSAM_TINYVIT, ImageEncoderViT, TinyViT, ViTConfig, build_sam
+from medadapt.models.registry import build_model
+from medadapt.models.sam import ImageEncoderViT, ViTConfig, build_sam
 
 
 def litemedsam(img_size: int = 256, seed: int = 0) -> nn.Module:
-    """LiteMedSAM (TinyViT encoder, 1x1 stem) with random weights, in eval mode."""
+    """LiteMedSAM (TinyViT encoder, 1x1 stem) from the model registry, random weights, eval mode."""
     torch.manual_seed(seed)
-    model = build_sam(TinyViT(dataclasses.replace(LITEMEDSAM_TINYVIT, img_size=img_size)))
+    model = build_model("litemedsam", pretrained=False, image_size=img_size)
     _randomise(model)
     return model.eval()
 
@@ -75,13 +74,13 @@ def swin_unetr(seed: int = 0) -> nn.Module:
 
 def test_litemedsam_has_the_official_layout(reference):
     manifest = json.loads((reference / "litemedsam.manifest.json").read_text())
-    for size in (256, 64):  # the small-input variant keeps every key and shape
+    for size in (256, 32):  # the small-input variant keeps every key and shape
         sd = litemedsam(size).state_dict()
         assert {k: list(v.shape) for k, v in sd.items()} == {k: v["shape"] for k, v in manifest["keys"].items()}
 
 
 def test_model_names_the_recipes_target():
-    model = litemedsam(64)
+    model = litemedsam(32)
     names = {n for n, _ in model.named_modules()}
     assert "image_encoder.layers.1.blocks.0.attn.qkv" in names
     assert "image_encoder.layers.3.blocks.1.mlp.fc2" in names

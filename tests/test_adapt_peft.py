@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_adapt_models import small_vit_sam, swin_unetr
 from torch import nn
 
 from medadapt.adapt.peft_lora import apply_peft_lora, merge_peft_lora, peft_lora_layers
 from medadapt.errors import MedadaptError
+from test_adapt_models import small_vit_sam, swin_unetr
 
 
 def _perturb_lora(model: nn.Module) -> None:
@@ -69,3 +69,19 @@ def test_peft_lora_errors():
     apply_peft_lora(model, ["qkv"])
     with pytest.raises(MedadaptError, match="already has peft LoRA"):
         apply_peft_lora(model, ["proj"])
+
+
+def test_peft_lora_pointwise_conv3d_merges():
+    # peft 0.21 crashes merging Conv3d kernels that start (1, 1): merged here with the general formula
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(3, 4, (1, 1, 3), padding=(0, 0, 1)), nn.ReLU(), nn.Conv3d(4, 2, 1)).eval()
+    x = torch.randn(2, 3, 5, 6, 7)
+    _roundtrip(model, lambda m: m(x), ["0", "2"], {nn.Conv3d})
+
+
+def test_peft_lora_refuses_dilated_convolutions():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=2, dilation=2), nn.Conv2d(4, 4, 3, padding=1)).eval()
+    keys = set(model.state_dict())
+    with pytest.raises(MedadaptError, match="dilated"):
+        apply_peft_lora(model, ["0", "1"])
+    assert set(model.state_dict()) == keys and not peft_lora_layers(model)  # left as it was

@@ -78,7 +78,10 @@ def test_prostate_single_csv_brings_its_val_sibling(data_dir: Path):
 
 def test_drive_paired_folders_with_suffix_rule(data_dir: Path):
     ds = load_dataset(
-        data_dir / "drive" / "training", label_dir="1st_manual", image_suffix="_training", label_suffix="_manual1"
+        data_dir / "drive" / "training",
+        label_dir="1st_manual",
+        image_suffix="_training",
+        label_suffix="_manual1",
     )
     assert ds.layout == "folders" and len(ds) == 20
     case = ds.case("21")
@@ -185,7 +188,9 @@ def test_npz_folder_2d_and_3d(tmp_path: Path):
     )  # fmt: skip
     gts2 = np.zeros((16, 16), np.uint8)
     gts2[3:9, 4:12] = 1
-    np.savez_compressed(tmp_path / "2D_fundus_case2.npz", imgs=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), gts=gts2)
+    np.savez_compressed(
+        tmp_path / "2D_fundus_case2.npz", imgs=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), gts=gts2
+    )
     ds = load_dataset(tmp_path)
     assert ds.layout == "npz" and set(ds.keys()) == {"CT_demo_case1", "2D_fundus_case2"}
     c3, c2 = ds.case("CT_demo_case1"), ds.case("2D_fundus_case2")
@@ -212,12 +217,17 @@ def _write_nifti(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 2.0)) -> None:
 def test_nnunet_v2_layout(tmp_path: Path):
     rng = np.random.default_rng(3)
     for i in range(2):
-        _write_nifti(tmp_path / "imagesTr" / f"case_{i}_0000.nii.gz", rng.normal(50, 10, (10, 12, 6)).astype(np.float32))
+        _write_nifti(
+            tmp_path / "imagesTr" / f"case_{i}_0000.nii.gz",
+            rng.normal(50, 10, (10, 12, 6)).astype(np.float32),
+        )
         lab = np.zeros((10, 12, 6), np.uint8)
         lab[2:6, 3:8, 1:4] = 1
         _write_nifti(tmp_path / "labelsTr" / f"case_{i}.nii.gz", lab)
     (tmp_path / "dataset.json").write_text(
-        json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "tumour": 1}, "file_ending": ".nii.gz"})
+        json.dumps(
+            {"channel_names": {"0": "CT"}, "labels": {"background": 0, "tumour": 1}, "file_ending": ".nii.gz"}
+        )
     )
     ds = load_dataset(tmp_path)
     assert ds.keys() == ["case_0", "case_1"] and ds.classes == {1: "tumour"} and ds.modality == "ct"
@@ -281,3 +291,5 @@ def test_modality_override(tmp_path: Path):
     ct = load_dataset(tmp_path, modality="ct", window="bone")
     assert isinstance(auto, Dataset) and ct.case("v").modality == "ct"
     assert not np.array_equal(auto.load("v").image, ct.load("v").image)
+    with pytest.raises(MedadaptError, match="CT window"):
+        load_dataset(tmp_path, modality="mr", window="bone")

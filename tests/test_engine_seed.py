@@ -8,7 +8,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medadapt.engine.checkpointing import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from medadapt.engine.checkpointing import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from medadapt.engine.seed import loader_kwargs, make_generator, seed_everything
 
 

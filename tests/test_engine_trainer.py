@@ -273,6 +273,9 @@ def test_iterable_without_len(tmp_path):
     assert res.steps == 4  # 6 micro-batches per epoch: windows of 4 and 2
     with pytest.raises(MedadaptError, match="needs the run length"):
         Trainer(cfg(schedule="cosine"), ToyTask(sized=False), tmp_path / "b").fit()
+    empty = ToyTask(sized=False, n=0, shuffle=False)
+    with pytest.raises(MedadaptError, match="no training batches"):
+        Trainer(cfg(schedule="constant", epochs=None, max_steps=5), empty, tmp_path / "c").fit()
 
 
 def test_nan_loss_and_bad_monitor_are_clear(tmp_path):

@@ -46,7 +46,11 @@ def test_k_volumes_exactly(hippo, k):
     split = make_split(hippo, shots=k, seed=0)
     assert len(split.train) == k
     assert len(split.test) == 20 and len(split.val) == 5
-    assert not set(split.train) & set(split.val) | set(split.train) & set(split.test) | set(split.val) & set(split.test)
+    assert (
+        not set(split.train) & set(split.val)
+        | set(split.train) & set(split.test)
+        | set(split.val) & set(split.test)
+    )
     assert len(split.train) + len(split.val) + len(split.test) <= 60
 
 

@@ -33,7 +33,9 @@ def test_matches_official_values(metric_cases, tolerance_mm, key):
     n_checked = 0
     for case in cases:
         name = case["case"]
-        rows = case_metrics(arrays[f"{name}_gt"], arrays[f"{name}_seg"], case["spacing"], tolerance_mm=tolerance_mm)
+        rows = case_metrics(
+            arrays[f"{name}_gt"], arrays[f"{name}_seg"], case["spacing"], tolerance_mm=tolerance_mm
+        )
         assert [str(r["class"]) for r in rows] == list(case["per_class"]), name
         for row in rows:
             expected = case["per_class"][str(row["class"])]

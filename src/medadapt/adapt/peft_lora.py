@@ -9,12 +9,19 @@ string is a regular expression that must match a whole module name.
 
 peft's layers keep the base module as ``<name>.base_layer``, so an adapted model's base keys
 gain that segment until :func:`merge_peft_lora` folds the update in and restores the originals.
+
+Two peft 0.21 gaps are handled here. Merging a Conv3d whose kernel starts ``(1, 1, ...)`` (a
+1x1x1 output convolution) takes peft's Conv2d-1x1 shortcut and crashes (huggingface/peft#3768,
+fixed after 0.21 by #3777), so those layers are merged with the general formula below. And
+peft's conv LoRA ignores the base layer's ``dilation`` and ``padding_mode`` (peft#3697), which
+gives a wrong or failing update; such targets are refused before training starts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from medadapt.errors import MedadaptError
@@ -58,7 +65,27 @@ def apply_peft_lora(model: nn.Module, target_modules: Sequence[str] | str, rank:
     for name in names:  # peft creates its layers in training mode; follow the wrapped module
         layer = model.get_submodule(name)
         layer.train(layer.get_base_layer().training)
+    bad = [n for n in names if _unsupported_conv(model.get_submodule(n).get_base_layer())]
+    if bad:
+        _unload(model, names)
+        raise MedadaptError(f"peft LoRA would be wrong on {bad[0]}: it is a dilated or non-zero-padded convolution, "
+                            "which peft's conv LoRA does not follow (peft issue #3697)",
+                            fix="leave dilated / reflect-padded convolutions out of --target-modules")
     return names
+
+
+def _unsupported_conv(base: nn.Module) -> bool:
+    if not isinstance(base, nn.modules.conv._ConvNd):
+        return False
+    return any(d != 1 for d in base.dilation) or base.padding_mode != "zeros"
+
+
+def _unload(model: nn.Module, names: list[str]) -> None:
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, model.get_submodule(name).get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
 
 
 def peft_lora_layers(model: nn.Module) -> list[str]:
@@ -85,6 +112,8 @@ def merge_peft_lora(model: nn.Module) -> list[str]:
         parent = model.get_submodule(parent_name)
         if hasattr(layer, "unload_and_optionally_merge_module"):
             base = layer.unload_and_optionally_merge_module(merge=True, safe_merge=False, adapter_names=None)
+        elif _pointwise_conv3d(layer):
+            base = _merge_conv(layer)
         else:
             layer.merge()
             base = layer.get_base_layer()
@@ -92,3 +121,25 @@ def merge_peft_lora(model: nn.Module) -> list[str]:
     if names and hasattr(model, "peft_config"):
         del model.peft_config
     return names
+
+
+def _pointwise_conv3d(layer: nn.Module) -> bool:
+    base = layer.get_base_layer()
+    return isinstance(base, nn.Conv3d) and tuple(base.weight.shape[2:4]) == (1, 1)
+
+
+@torch.no_grad()
+def _merge_conv(layer: nn.Module) -> nn.Module:
+    """``W += s * B @ A`` over the channel axes (B is 1x1x1), for every active adapter."""
+    base = layer.get_base_layer()
+    if base.groups != 1 or any(layer.use_dora.get(a, False) for a in layer.active_adapters):
+        raise MedadaptError("cannot merge peft LoRA on a grouped or DoRA pointwise Conv3d with peft 0.21",
+                            fix="keep the adapter unmerged, or upgrade peft")
+    for a in layer.active_adapters:
+        w_a = layer.lora_A[a].weight.float()  # [r, in, *k]
+        w_b = layer.lora_B[a].weight.float().flatten(1)  # [out, r]
+        delta = torch.einsum("or,ri...->oi...", w_b, w_a) * layer.scaling[a]
+        base.weight += delta.to(base.weight.dtype)
+        if layer.lora_bias.get(a, False):
+            base.bias += layer.lora_B[a].bias * layer.scaling[a]
+    return base

@@ -238,35 +238,34 @@ def _recipes(*items: Recipe) -> dict[str, Recipe]:
     return {r.name: r for r in items}
 
 
-# Costs are for LiteMedSAM (9.8M parameters: TinyViT encoder 5.6M, mask decoder 4.1M,
-# prompt encoder 6k) with default settings; SAM ViT-B (94M, decoder 4.1M) scales the encoder part.
+# Trainable counts are measured on LiteMedSAM (9.79M parameters: TinyViT encoder 5.73M, mask
+# decoder 4.06M, prompt encoder 6k) and SAM ViT-B (93.7M) with default settings (rank 4, ratio 0.25).
+# "embeddings cacheable": the encoder is frozen, so the training loop can encode each image once.
 RECIPES: dict[str, Recipe] = _recipes(
     Recipe("full", "every weight except the prompt encoder (unless asked)",
-           "all ~9.8M (ViT-B 94M); encoder backward each step, no embedding cache; largest artifact",
-           _full),
+           "9.8M (ViT-B 93.7M); encoder backward every step; artifact = whole model", _full),
     Recipe("decoder", "mask decoder only (MedSAM-style); image and prompt encoders frozen",
-           "~4.1M; encoder frozen, so image embeddings can be cached: the cheapest steps",
-           _decoder_full),
+           "4.06M; embeddings cacheable, so the cheapest steps; artifact ~16 MB", _decoder_full),
     Recipe("decoder-lora", "LoRA on q/v of every mask-decoder attention (self, both cross, final)",
-           "~25k at rank 4; embeddings cacheable; artifact ~0.1 MB", _decoder_lora),
+           "24k; embeddings cacheable; artifact ~0.1 MB", _decoder_lora),
     Recipe("encoder-lora", "LoRA on the q/v rows of each encoder qkv (SAMed); decoder frozen",
-           "~40k at rank 4; encoder backward each step; add also_train=[mask_decoder] for SAMed", _encoder_lora),
+           "30k (ViT-B 147k); encoder backward; add also_train=['mask_decoder'] for SAMed's setup", _encoder_lora),
     Recipe("lora", "encoder q/v LoRA plus decoder q/v LoRA (finetune-SAM)",
-           "~65k at rank 4; encoder backward each step; artifact ~0.3 MB", _lora),
+           "53k (ViT-B 171k); encoder backward; artifact ~0.2 MB", _lora),
     Recipe("peft-lora", "peft LoRA on the modules named by target_modules (Linear, Conv1d-3d)",
-           "rank x (in + out) per target; any architecture, incl. 3D convolutions", _peft_lora),
+           "rank x (in + out) per target (30k for 'qkv'); any architecture, incl. 3D convolutions", _peft_lora),
     Recipe("decoder-adapter", "bottleneck adapters after each decoder attention and beside its MLPs",
-           "~0.3M at ratio 0.25; embeddings cacheable", _decoder_adapter),
+           "265k; embeddings cacheable; cannot be merged", _decoder_adapter),
     Recipe("encoder-adapter", "bottleneck adapters after each encoder attention and beside its MLP",
-           "~0.5M at ratio 0.25 (ViT-B ~7M); encoder backward; cannot be merged", _encoder_adapter),
+           "396k (ViT-B 7.1M); encoder backward; cannot be merged", _encoder_adapter),
     Recipe("adapter", "encoder and decoder adapters (finetune-SAM)",
-           "~0.8M at ratio 0.25; encoder backward; cannot be merged", _adapter),
+           "661k (ViT-B 7.4M); encoder backward; artifact ~2.7 MB; cannot be merged", _adapter),
     Recipe("bias", "BitFit: every bias term (prompt encoder excluded unless asked)",
-           "~0.1M; encoder backward; tiny artifact", _bias),
+           "41k (ViT-B 118k); encoder backward", _bias),
     Recipe("norm", "affine scale/shift of every norm layer (LayerNorm, LayerNorm2d, BatchNorm, GroupNorm)",
-           "~40k; encoder backward; BatchNorm statistics saved too", _norm),
+           "23k (ViT-B 43k); encoder backward; BatchNorm statistics are saved too", _norm),
     Recipe("head", "only the head: SAM's hypernetwork MLPs + IoU head, a classifier's 'head', a 3D 'out'",
-           "SAM ~1.0M; embeddings cacheable; a linear probe for classifiers", _head),
+           "692k for SAM; embeddings cacheable; a linear probe for classifiers", _head),
     Recipe("linear-probe", "alias of 'head'", "as 'head'", _head),
 )
 

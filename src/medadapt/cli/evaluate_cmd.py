@@ -7,14 +7,27 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from medadapt.cli.common import console, parse_int_list, progress_bar, user_errors
+from medadapt.cli.common import console, parse_int_list, progress_bar, set_threads, user_errors
+from medadapt.errors import MedadaptError
 
 
 @user_errors
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", help="Prediction file or folder."),
-    gt: Path = typer.Option(..., "--gt", help="Ground-truth file or folder (matched to predictions by name)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for per_case.csv and summary.json."),
+    pred: Path | None = typer.Option(None, "--pred", help="Prediction file or folder."),
+    gt: Path | None = typer.Option(None, "--gt", help="Ground-truth file or folder (matched to predictions by name)."),
+    data: str | None = typer.Option(None, "--data", help="Dataset spec: run the model on its held-out cases instead."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="With --data: a `medadapt fit` run (its split's test cases)."),
+    model: str | None = typer.Option(None, "--model", help="With --data and no --adapter: zero-shot model (litemedsam)."),
+    split: Path | None = typer.Option(None, "--split", help="With --data: a split.json whose test cases to use."),
+    prompt: str | None = typer.Option(None, "--prompt", help="With --data: box | auto (default: the adapter's mode)."),
+    save_predictions: bool = typer.Option(False, "--save-predictions", help="With --data: write predictions to OUT/pred."),
+    label_dir: str | None = typer.Option(None, "--label-dir", help="With --data: label folder name."),
+    image_suffix: str | None = typer.Option(None, "--image-suffix", help="With --data: image name suffix rule."),
+    label_suffix: str | None = typer.Option(None, "--label-suffix", help="With --data: label name suffix rule."),
+    batch_size: int = typer.Option(8, "--batch-size", help="With --data: slices per encoder call."),
+    precision: str = typer.Option("fp32", "--precision", help="With --data: fp32 | bf16."),
+    threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
     tolerance_mm: float = typer.Option(2.0, "--tolerance-mm", help="NSD tolerance in mm."),
     cvpr24: bool = typer.Option(False, "--cvpr24", help="CVPR24 conventions: NSD only when DSC > 0.2; 2D spacing 1."),
     classes: str | None = typer.Option(None, "--classes", help="Classes to score, e.g. 1,2 (default: those in the GT)."),
@@ -22,24 +35,73 @@ def evaluate(
     gt_suffix: str | None = typer.Option(None, "--gt-suffix", help="Suffix dropped from ground-truth names."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % CIs."),
 ) -> None:
-    """Score predictions against ground truth; writes per_case.csv (case,class,dsc,nsd,hd95) and summary.json."""
+    """Score predictions against ground truth; writes per_case.csv (case,class,dsc,nsd,hd95) and summary.json.
+
+    Either --pred/--gt (files matched by name), or --data SPEC with --adapter RUN (or a zero-shot
+    --model) to segment the held-out cases and score them in one go.
+    """
     from medadapt.evaluate.folders import evaluate_folders
     from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
 
+    set_threads(threads)
     class_list = parse_int_list(classes, option="--classes")
+    if data is not None:
+        rows, settings = _evaluate_dataset(
+            data, adapter=adapter, model=model, split=split, prompt=prompt, classes=class_list,
+            tolerance_mm=tolerance_mm, out=out, save=save_predictions, label_dir=label_dir,
+            image_suffix=image_suffix, label_suffix=label_suffix, batch_size=batch_size, precision=precision,
+        )
+        _write(out, rows, settings, n_boot)
+        return
+    if pred is None or gt is None:
+        raise MedadaptError("give --pred and --gt folders, or --data SPEC (with --adapter RUN or --model).")
     with progress_bar() as bar:
         task = bar.add_task("evaluate", total=None)
         rows = evaluate_folders(
             pred, gt, tolerance_mm=tolerance_mm, cvpr24=cvpr24, classes=class_list,
             pred_suffix=pred_suffix, gt_suffix=gt_suffix, progress=lambda: bar.advance(task),
         )
+    _write(out, rows, {"tolerance_mm": tolerance_mm, "cvpr24": cvpr24, "pred": str(pred), "gt": str(gt)}, n_boot)
+
+
+def _write(out: Path, rows: list[dict], settings: dict, n_boot: int) -> None:
+    from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
+
     summary = summarize(rows, n_boot=n_boot)
-    summary["settings"] = {"tolerance_mm": tolerance_mm, "cvpr24": cvpr24, "pred": str(pred), "gt": str(gt)}
+    summary["settings"] = settings
     out.mkdir(parents=True, exist_ok=True)
     write_per_case_csv(out / "per_case.csv", rows)
     write_summary_json(out / "summary.json", summary)
     print_summary(summary)
     console.print(f"wrote {out / 'per_case.csv'} and {out / 'summary.json'}")
+
+
+def _evaluate_dataset(data, *, adapter, model, split, prompt, classes, tolerance_mm, out, save, label_dir,
+                      image_suffix, label_suffix, batch_size, precision):
+    from medadapt.data.datasets import load_dataset
+    from medadapt.data.fewshot import load_split, make_split
+    from medadapt.infer.dataset_eval import evaluate_dataset
+    from medadapt.infer.factory import build_predictor
+
+    dataset = load_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
+    if split is None and adapter is not None and (Path(adapter) / "split.json").is_file():
+        split = Path(adapter) / "split.json"
+    the_split = load_split(split, dataset) if split is not None else make_split(dataset, shots=1, seed=0)
+    predictor = build_predictor(model, adapter=adapter, batch_size=batch_size, precision=precision)
+    mode = prompt or ("auto" if predictor.is_automatic else "box")
+    if mode == "auto" and not predictor.is_automatic:
+        raise MedadaptError("--prompt auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN.")
+    keys = list(the_split.test)
+    with progress_bar() as bar:
+        task = bar.add_task("segment + score", total=len(keys))
+        rows, info = evaluate_dataset(
+            predictor, dataset, keys, mode=mode, classes=classes, tolerance_mm=tolerance_mm,
+            save_dir=(out / "pred") if save else None, progress=lambda: bar.advance(task),
+        )
+    settings = {"data": str(data), "adapter": str(adapter) if adapter else None,
+                "model": predictor.spec.name, "prompt": mode, "split": str(split) if split else "default test set",
+                "tolerance_mm": tolerance_mm, **info}
+    return rows, settings
 
 
 def print_summary(summary: dict) -> None:

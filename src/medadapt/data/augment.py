@@ -97,7 +97,11 @@ class TrainAugment:
         out = self.transforms(data)
         img = convert_to_numpy(out["image"])
         img = img[0] if image.ndim == 2 else np.moveaxis(img, 0, -1)
-        img = np.clip(np.rint(img), 0, 255).astype(image.dtype) if image.dtype == np.uint8 else img.astype(image.dtype)
+        img = (
+            np.clip(np.rint(img), 0, 255).astype(image.dtype)
+            if image.dtype == np.uint8
+            else img.astype(image.dtype)
+        )
         lab = np.rint(convert_to_numpy(out["label"])[0]).astype(label.dtype)
         return np.ascontiguousarray(img), np.ascontiguousarray(lab)
 

@@ -619,24 +619,24 @@ class ImageTransform:
             x = x[..., :3].permute(2, 0, 1)  # HWC -> CHW
         else:
             raise MedadaptError(f"image has shape {tuple(image.shape)}; expected H×W or H×W×3")
-        x = x.float()
+        x = self._resize(x.float()[None])[0]  # [C,h,w], short (crop) or long (pad) side = size
         if self.normalize == "imagenet" and image.dtype == np.uint8:
             x = x / 255.0
-        else:  # LiteMedSAM's min-max; also brings 16-bit / float radiographs to [0,1]
+        else:  # LiteMedSAM's min-max after the resize; also brings 16-bit / float radiographs to [0,1]
             x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-8)
-        if x.shape[0] == 1:
-            x = x.expand(3, -1, -1)
-        x = self._fit(x[None])[0]  # [3,S,S]
-        if self.affine is not None:
+        x = self._crop_or_pad(x)  # [C,S,S]
+        if self.affine is not None:  # on one channel for grayscale: 3x cheaper than after replication
             if seed is not None:
                 self.affine.set_random_state(seed=seed % 2**32)
             x = torch.as_tensor(self.affine(x)).float()
+        if x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
         if self.normalize == "imagenet":
             mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
             x = (x - mean) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
         return x.contiguous()
 
-    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         s = self.size
         if self.fit == "crop":  # short side -> s; the long side never rounds below s
@@ -645,12 +645,16 @@ class ImageTransform:
         else:  # long side -> s
             scale = s / max(h, w)
             nh, nw = min(s, max(1, round(h * scale))), min(s, max(1, round(w * scale)))
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
+        if (nh, nw) == (h, w):
+            return x
+        return F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
+
+    def _crop_or_pad(self, x: torch.Tensor) -> torch.Tensor:
+        (h, w), s = x.shape[-2:], self.size
         if self.fit == "crop":
-            top, left = (nh - s) // 2, (nw - s) // 2
+            top, left = (h - s) // 2, (w - s) // 2
             return x[..., top:top + s, left:left + s]
-        return F.pad(x, (0, s - nw, 0, s - nh))
+        return F.pad(x, (0, s - w, 0, s - h))
 
 
 class ClassificationDataset(torch.utils.data.Dataset):

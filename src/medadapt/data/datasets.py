@@ -53,7 +53,11 @@ LAYOUTS = (
 )
 _IMAGE_DIRS = ("images", "imagesTr", "imgs", "img")
 _LABEL_DIRS = ("masks", "labels", "labelsTr", "gts", "gt")
-_SPLIT_ROLES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+_SPLIT_ROLES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
 _CSV_IMAGE_COLS = ("image", "img", "image_path", "img_path", "images")
 _CSV_LABEL_COLS = ("mask", "label", "seg", "gt", "mask_path", "label_path", "masks", "labels")
 _CSV_GROUP_COLS = ("group", "patient", "patient_id", "subject", "subject_id", "case")
@@ -100,7 +104,9 @@ class Dataset:
     modality: str
     cases: list[CaseRef]
     class_names: dict[int, str] | None = None  # foreground classes; None: found from the labels on first use
-    given_split: dict[str, list[str]] | None = None  # {"train": keys, "val": keys[, "test": keys]} from the data
+    given_split: dict[str, list[str]] | None = (
+        None  # {"train": keys, "val": keys[, "test": keys]} from the data
+    )
     window: str | tuple[float, float] | None = None  # CT window for normalise_for_sam
     binary: bool | None = None  # True: every label > 0 is class 1; None: only for 2D viewing masks (see load)
     cache_size: int = 4
@@ -239,6 +245,12 @@ def load_dataset(
         ds.modality = modality
         ds.cases = [_with_modality(c, modality) for c in ds.cases]
         ds.__post_init__()
+    if window is not None and ds.modality not in ("ct", "auto"):
+        raise MedadaptError(
+            f"a CT window was given but the dataset's modality is '{ds.modality}'.",
+            path=ds.root,
+            fix="drop the window, or pass modality='ct' if the images hold Hounsfield units.",
+        )
     ds.window, ds.binary = window, binary
     return ds
 
@@ -246,7 +258,9 @@ def load_dataset(
 def _check_modality(modality: str) -> str:
     key = modality.strip().lower()
     if key != "auto" and key not in MODALITIES:
-        raise MedadaptError(f"unknown modality '{modality}'.", fix=f"use auto or one of: {', '.join(MODALITIES)}.")
+        raise MedadaptError(
+            f"unknown modality '{modality}'.", fix=f"use auto or one of: {', '.join(MODALITIES)}."
+        )
     return key
 
 
@@ -287,7 +301,11 @@ def _split_folder_pair(text: str) -> tuple[Path, Path] | None:
             if left.is_dir() or right.is_dir():
                 for p in (left, right):
                     if not p.is_dir():
-                        raise MedadaptError("the folder does not exist.", path=p, fix="give 'IMG_DIR:MASK_DIR' with two existing folders.")
+                        raise MedadaptError(
+                            "the folder does not exist.",
+                            path=p,
+                            fix="give 'IMG_DIR:MASK_DIR' with two existing folders.",
+                        )
                 return left, right
     return None
 
@@ -300,7 +318,9 @@ def _load_msd(root: Path) -> Dataset:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise MedadaptError(f"cannot be read as JSON ({err}).", path=meta_path, fix="repair or re-download dataset.json.") from err
+        raise MedadaptError(
+            f"cannot be read as JSON ({err}).", path=meta_path, fix="repair or re-download dataset.json."
+        ) from err
     channels = meta.get("channel_names") or meta.get("modality") or {}
     if len(channels) > 1:
         raise MedadaptError(
@@ -317,7 +337,9 @@ def _load_msd(root: Path) -> Dataset:
             try:
                 img, lab = root / entry["image"], root / entry["label"]
             except (KeyError, TypeError):
-                raise MedadaptError(f"'training' entry {i} lacks 'image' / 'label'.", path=meta_path) from None
+                raise MedadaptError(
+                    f"'training' entry {i} lacks 'image' / 'label'.", path=meta_path
+                ) from None
             img = _nnunet_channel_file(img)
             for p, what in ((img, "image"), (lab, "label")):
                 if not p.is_file():
@@ -330,7 +352,11 @@ def _load_msd(root: Path) -> Dataset:
     else:  # nnU-Net v2: no list, pair imagesTr/<case>_0000 with labelsTr/<case>
         for sub in ("imagesTr", "labelsTr"):
             if not (root / sub).is_dir():
-                raise MedadaptError(f"has no '{sub}' folder.", path=root, fix="an MSD / nnU-Net dataset holds imagesTr/ and labelsTr/.")
+                raise MedadaptError(
+                    f"has no '{sub}' folder.",
+                    path=root,
+                    fix="an MSD / nnU-Net dataset holds imagesTr/ and labelsTr/.",
+                )
         found = pair_by_name(
             find_files(root / "imagesTr", VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES, what="image"),
             find_files(root / "labelsTr", VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES, what="label"),
@@ -464,7 +490,9 @@ def _load_csv_file(path: Path) -> Dataset:
     given = None if "all" in split else split
     mods = {c.modality for c in cases}
     name = path.parent.name if given else path.stem
-    return Dataset(name, path.parent, "csv", mods.pop() if len(mods) == 1 else "auto", cases, given_split=given)
+    return Dataset(
+        name, path.parent, "csv", mods.pop() if len(mods) == 1 else "auto", cases, given_split=given
+    )
 
 
 def _read_csv_rows(path: Path) -> list[tuple[Path, Path, str, str | None]]:
@@ -539,7 +567,9 @@ def _load_folders(
             fix=f"give the label folder (one of {', '.join(_LABEL_DIRS)}, or label_dir=NAME).",
         )
     if not images.is_dir():
-        raise MedadaptError("the image folder does not exist.", path=images, fix="give image_dir=NAME or 'IMG_DIR:MASK_DIR'.")
+        raise MedadaptError(
+            "the image folder does not exist.", path=images, fix="give image_dir=NAME or 'IMG_DIR:MASK_DIR'."
+        )
     suffixes = IMAGE_2D_SUFFIXES + VOLUME_SUFFIXES
     pairs = pair_by_name(
         find_files(images, suffixes, what="image"),
@@ -583,12 +613,22 @@ def _npz_header(path: Path) -> tuple[set[str], tuple[int, ...] | None]:
             if "imgs" in names:
                 with z.open("imgs.npy") as f:
                     major, _ = np.lib.format.read_magic(f)
-                    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if major == 1
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape = read_header(f)[0]
     except (OSError, zipfile.BadZipFile, ValueError) as err:
-        raise MedadaptError(f"is not a readable .npz archive ({err}).", path=path, fix="re-save it with numpy.savez_compressed.") from err
+        raise MedadaptError(
+            f"is not a readable .npz archive ({err}).",
+            path=path,
+            fix="re-save it with numpy.savez_compressed.",
+        ) from err
     if "imgs" not in names:
-        raise MedadaptError(f"has no 'imgs' array (found: {', '.join(sorted(names)) or 'nothing'}).", path=path)
+        raise MedadaptError(
+            f"has no 'imgs' array (found: {', '.join(sorted(names)) or 'nothing'}).", path=path
+        )
     return names, shape
 
 
@@ -604,20 +644,13 @@ def _npz_is_3d(path: Path, shape: tuple[int, ...] | None, has_spacing: bool) -> 
 
 
 def _read_case(ref: CaseRef, window, binary: bool | None) -> LoadedCase:
-    loaded = _read_raw_case(ref, window)
-    label = loaded.label
-    if binary or (binary is None and not ref.is_3d and ref.label is not None and _is_viewing_mask(label)):
-        label = (label > 0).astype(np.uint8)
-    return loaded._replace(label=label)
+    loaded = _read_raw_case(ref, window, binary)
+    if binary:
+        loaded = loaded._replace(label=(loaded.label > 0).astype(np.uint8))
+    return loaded
 
 
-def _is_viewing_mask(label: np.ndarray) -> bool:
-    """0 plus only values ≥ 128: a mask drawn for display (lossy exports leave 254 beside 255), not class ids."""
-    values = np.unique(label)
-    return len(values) > 1 and int(values[1]) >= 128
-
-
-def _read_raw_case(ref: CaseRef, window) -> LoadedCase:
+def _read_raw_case(ref: CaseRef, window, binary: bool | None = None) -> LoadedCase:
     if full_suffix(ref.image) == ".npz":
         from medadapt.io.cvpr24 import read_cvpr24
 
@@ -634,11 +667,16 @@ def _read_raw_case(ref: CaseRef, window) -> LoadedCase:
         vol = read_volume(ref.image)
         lab = read_volume(ref.label, label=True)
         check_pair(vol, lab)
-        return LoadedCase(_normalise(vol.array, ref, window), _labels(lab.array), tuple(vol.spacing), default_slice_axis(vol))
+        return LoadedCase(
+            _normalise(vol.array, ref, window),
+            _labels(lab.array),
+            tuple(vol.spacing),
+            default_slice_axis(vol),
+        )
     from medadapt.io.images import read_image_2d, read_label_2d
 
     image = read_image_2d(ref.image)
-    label = read_label_2d(ref.label)
+    label = read_label_2d(ref.label, binary=binary)
     if label.shape != image.shape[:2]:
         raise MedadaptError(
             f"the mask has shape {label.shape} but its image {ref.image.name} has {image.shape[:2]}.",
@@ -652,15 +690,9 @@ def _read_raw_case(ref: CaseRef, window) -> LoadedCase:
 
 def _normalise(arr: np.ndarray, ref: CaseRef, window) -> np.ndarray:
     """8-bit 2D images are used as stored (they were made for display); the rest by modality."""
-    modality = ref.modality
-    if modality == "auto":
-        if not ref.is_3d:
-            modality = _DISPLAY
-        else:
-            modality = "ct" if arr.dtype.kind in "if" and float(arr.min()) <= -500 else "mr"
-    if not ref.is_3d and arr.dtype == np.uint8 and modality != "ct":
+    if not ref.is_3d and arr.dtype == np.uint8 and ref.modality != "ct":
         return arr
-    return normalise_for_sam(arr, modality, window=window if modality == "ct" else None)
+    return normalise_for_sam(arr, ref.modality, window=window, is_volume=ref.is_3d)
 
 
 def _labels(arr: np.ndarray) -> np.ndarray:
@@ -693,7 +725,10 @@ def _groups_from_paths(images: list[Path], keys: list[str], root: Path | None = 
     if len(parents) <= 1:
         return {k: k for k in keys}
     common = Path(os.path.commonpath([str(p.parent) for p in images])) if root is None else root
-    return {k: p.relative_to(common).parts[0] if len(p.relative_to(common).parts) > 1 else k for p, k in zip(images, keys, strict=True)}
+    return {
+        k: p.relative_to(common).parts[0] if len(p.relative_to(common).parts) > 1 else k
+        for p, k in zip(images, keys, strict=True)
+    }
 
 
 def _check_unique(cases: list[CaseRef], where: Path) -> None:

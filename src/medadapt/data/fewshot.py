@@ -115,7 +115,10 @@ def make_split(
         "groups": {"train": len(train_groups), "val": len(val_groups), "test": len(test_groups)},
     }
     return Split(
-        _keys(dataset, groups, train_groups), _keys(dataset, groups, val_groups), _keys(dataset, groups, test_groups), info
+        _keys(dataset, groups, train_groups),
+        _keys(dataset, groups, val_groups),
+        _keys(dataset, groups, test_groups),
+        info,
     )
 
 
@@ -139,12 +142,15 @@ def _test_groups(dataset: Dataset, groups: dict[str, list[str]], test) -> set[st
         perm = np.random.default_rng(TEST_SEED).permutation(len(names))
         return {names[i] for i in perm[len(names) - n_test :]}
     if isinstance(test, str):
-        raise MedadaptError("test must be a sequence of case keys, not one string.", fix="pass a list of keys.")
+        raise MedadaptError(
+            "test must be a sequence of case keys, not one string.", fix="pass a list of keys."
+        )
     group_of = {c.key: c.group for c in dataset.cases}
     unknown = [k for k in test if k not in group_of]
     if unknown:
         raise MedadaptError(
-            f"test lists {len(unknown)} case(s) the dataset does not have: {', '.join(unknown[:5])}.", path=dataset.root
+            f"test lists {len(unknown)} case(s) the dataset does not have: {', '.join(unknown[:5])}.",
+            path=dataset.root,
         )
     return {group_of[k] for k in test}
 
@@ -202,7 +208,8 @@ def _from_given(dataset: Dataset, *, shots, fraction, seed: int, n_val: int | No
     info = {
         "dataset": dataset.name,
         "root": str(dataset.root),
-        "protocol": "given by the dataset" + ("" if "test" in given else " (its validation list is the test set)"),
+        "protocol": "given by the dataset"
+        + ("" if "test" in given else " (its validation list is the test set)"),
         "seed": seed,
         "shots": shots,
         "fraction": fraction,
@@ -219,7 +226,13 @@ def save_split(path: str | Path, split: Split) -> None:
     """Write the split as JSON (atomically)."""
     write_json(
         path,
-        {"format": SPLIT_FORMAT, "train": list(split.train), "val": list(split.val), "test": list(split.test), "info": split.info},
+        {
+            "format": SPLIT_FORMAT,
+            "train": list(split.train),
+            "val": list(split.val),
+            "test": list(split.test),
+            "info": split.info,
+        },
     )
 
 
@@ -229,11 +242,13 @@ def load_split(path: str | Path, dataset: Dataset | None = None) -> Split:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise MedadaptError("the split file does not exist.", path=path, fix="check the path, or make one with make_split.") from None
+        raise MedadaptError(
+            "the split file does not exist.", path=path, fix="check the path, or make one with make_split."
+        ) from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MedadaptError(f"cannot be read as a JSON split file ({err}).", path=path) from err
     if not isinstance(data, dict) or data.get("format") != SPLIT_FORMAT:
-        raise MedadaptError(f"is not a medadapt split file (no \"format\": \"{SPLIT_FORMAT}\").", path=path)
+        raise MedadaptError(f'is not a medadapt split file (no "format": "{SPLIT_FORMAT}").', path=path)
     parts = {}
     for name in ("train", "val", "test"):
         keys = data.get(name)

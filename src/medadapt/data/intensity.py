@@ -42,7 +42,7 @@ _CT = {"ct"}
 _PERCENTILE = {"mr", "mri", "pet", "spect"}
 # Modalities stored as display images already (CVPR24 keeps them as they are when 8-bit).
 _DISPLAY = set(
-    "xray x-ray cxr mammography us ultrasound endoscopy dermoscopy fundus oct microscopy histopathology rgb".split()
+    "none xray x-ray cxr mammography us ultrasound endoscopy dermoscopy fundus oct microscopy histopathology rgb".split()
 )
 MODALITIES = sorted(_CT | _PERCENTILE | _DISPLAY)
 _CHUNK = 1 << 24  # voxels per float64 block: bounds memory on large CT volumes
@@ -114,17 +114,33 @@ def mr_percentile(
 
 
 def normalise_for_sam(
-    arr: np.ndarray, modality: str, window: str | tuple[float, float] | None = None
+    arr: np.ndarray,
+    modality: str,
+    window: str | tuple[float, float] | None = None,
+    *,
+    is_volume: bool | None = None,
 ) -> np.ndarray:
     """uint8 0..255 image for a SAM-family model, by modality (same shape as ``arr``).
 
     CT: a window, by preset name (:data:`CT_WINDOWS`) or ``(level, width)``, default abdomen W400 L40.
     MR / PET / SPECT: foreground percentiles 0.5..99.5. Photographic and projection modalities
-    (X-ray, ultrasound, endoscopy, fundus, ...): 8-bit images pass through; others are min-max scaled.
+    (X-ray, ultrasound, endoscopy, fundus, ...) and ``none``: 8-bit images pass through; others are
+    min-max scaled. ``auto`` decides from the pixels: 8-bit 2D images were made for display and pass
+    through; volumes (or non-8-bit images) are CT when they hold values <= -500 (Hounsfield units),
+    MR otherwise. ``is_volume`` defaults to "3-D and not H×W×3".
     """
     key = modality.strip().lower()
+    if is_volume is None:
+        is_volume = arr.ndim == 3 and arr.shape[-1] != 3
+    if key == "auto":
+        if not is_volume and arr.dtype == np.uint8 and window is None:
+            key = "none"
+        elif window is not None or (arr.dtype.kind in "if" and arr.size and float(np.min(arr)) <= -500):
+            key = "ct"
+        else:
+            key = "mr"
     if key not in _CT | _PERCENTILE | _DISPLAY:
-        raise MedadaptError(f"unknown modality '{modality}'.", fix=f"use one of: {', '.join(MODALITIES)}.")
+        raise MedadaptError(f"unknown modality '{modality}'.", fix=f"use auto, none or one of: {', '.join(MODALITIES)}.")
     if window is not None and key not in _CT:
         raise MedadaptError(
             f"a CT window was given for modality '{modality}'.",

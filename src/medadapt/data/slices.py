@@ -63,7 +63,10 @@ def iter_slices(
             spacing = tuple(case.spacing[:2])
         else:
             n = case.label.shape[vol_axis]
-            items = ((i, np.take(case.image, i, axis=vol_axis), np.take(case.label, i, axis=vol_axis)) for i in range(n))
+            items = (
+                (i, np.take(case.image, i, axis=vol_axis), np.take(case.label, i, axis=vol_axis))
+                for i in range(n)
+            )
             spacing = tuple(s for a, s in enumerate(case.spacing) if a != vol_axis)
         for index, image, label in items:
             if wanted is not None:

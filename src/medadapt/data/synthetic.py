@@ -61,7 +61,9 @@ def make_synthetic_dataset(out_dir: str | Path, n_cases: int = 12, seed: int = 0
     return out
 
 
-def synthetic_case(rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_case(
+    rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE
+) -> tuple[np.ndarray, np.ndarray]:
     """One ``(image int16, label uint8)`` pair of ``shape`` (voxel axes i, j, k; k has 1.5 mm spacing)."""
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), axis=-1)
     mm = grid * np.asarray(SPACING, dtype=np.float32)  # voxel centres in mm, (I, J, K, 3)
@@ -89,7 +91,9 @@ def synthetic_case(rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE
     intensity = ndimage.gaussian_filter(intensity, 0.7)  # partial volume at edges
     intensity *= _bias_field(mm, size_mm, rng)
     sigma = rng.uniform(5, 9)
-    noisy = np.hypot(intensity + sigma * rng.standard_normal(shape), sigma * rng.standard_normal(shape))  # Rician
+    noisy = np.hypot(
+        intensity + sigma * rng.standard_normal(shape), sigma * rng.standard_normal(shape)
+    )  # Rician
     image = np.clip(np.rint(noisy * 4), 0, np.iinfo(np.int16).max).astype(np.int16)
     return image, label
 

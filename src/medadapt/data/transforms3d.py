@@ -11,6 +11,13 @@ Everything here is MONAI: every step is an ``InvertibleTransform`` where it chan
 ``Compose.inverse`` / ``Invertd`` undo it exactly. The one exception is :func:`largest_component`:
 MONAI's ``KeepLargestConnectedComponent`` needs scikit-image, which medadapt does not depend on, so
 it is done with ``scipy.ndimage.label`` and a full 3x3x3 structure (26-connectivity, MONAI's default).
+
+Order: the foreground crop runs on the native grid, before resampling (the public recipes crop last).
+With MONAI 1.6, ``CropForegroundd`` applied to the output of ``Spacingd`` can record a crop
+translation of 0 along an axis that was upsampled, so ``Invertd`` puts the prediction back shifted;
+cropping first gives the same region and inverts exactly (``tests/test_volumetric_sliding_window.py``).
+Intensity scaling therefore also runs before resampling; for CT (a clipped linear map) and MR
+percentiles this changes only interpolated edge values.
 """
 
 from __future__ import annotations
@@ -88,7 +95,7 @@ def preprocess_transforms(
     load: bool = True,
     label_map: Mapping[int, int] | None = None,
 ) -> mt.Compose:
-    """Deterministic, invertible preprocessing: (load), channel first, orient, resample, scale, crop.
+    """Deterministic, invertible preprocessing: (load), channel first, orient, scale, crop, resample.
 
     ``keys[0]`` is the image; the others are label maps (nearest-neighbour resampling). With
     ``load=False`` the input dict already holds 3D ``MetaTensor`` s (no channel axis) with their affine
@@ -106,15 +113,15 @@ def preprocess_transforms(
     steps.append(mt.EnsureChannelFirstd(keys, channel_dim=None if load else "no_channel", allow_missing_keys=True))
     if prep.orientation:
         steps.append(mt.Orientationd(keys, axcodes=prep.orientation, labels=_RAS_LABELS, allow_missing_keys=True))
+    steps.append(intensity_transform(prep, image_key))
+    if prep.crop_foreground:  # before resampling: see the module docstring
+        steps.append(mt.CropForegroundd(keys, source_key=image_key, allow_smaller=True, allow_missing_keys=True))
     if prep.spacing is not None:
         steps.append(mt.Spacingd(keys, pixdim=prep.spacing, mode=modes, allow_missing_keys=True))
-    steps.append(intensity_transform(prep, image_key))
     if label_keys:
         if label_map is not None:
             steps.append(_RemapLabelsd(label_keys, label_map))
         steps.append(mt.CastToTyped(label_keys, dtype=np.uint8, allow_missing_keys=True))
-    if prep.crop_foreground:
-        steps.append(mt.CropForegroundd(keys, source_key=image_key, allow_smaller=True, allow_missing_keys=True))
     return mt.Compose(steps)
 
 

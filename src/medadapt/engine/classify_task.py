@@ -51,7 +51,7 @@ from medadapt.engine.losses import ClassificationLoss, class_weights_from_labels
 from medadapt.engine.optim import layer_decay_groups
 from medadapt.engine.seed import loader_kwargs
 from medadapt.errors import MedadaptError
-from medadapt.models.classification import VIT_CONFIGS, build_classifier
+from medadapt.models.classification import DEFAULT_BACKBONE, VIT_CONFIGS, build_classifier
 
 # Recipes whose SAM names ("lora", "adapter") mean encoder + decoder: a classifier has no decoder.
 _CLASSIFIER_ALIASES = {"lora": "encoder-lora", "adapter": "encoder-adapter"}
@@ -68,7 +68,7 @@ class ClassifyConfig(BaseModel):
     val_split: str = "val"
     label_fraction: float = Field(1.0, gt=0, le=1, description="share of training labels (0.01 = 1 %)")
     fraction_seed: int = 0
-    backbone: str = "vit_base_patch16"
+    backbone: str = DEFAULT_BACKBONE
     checkpoint: str | None = None
     pool: Literal["gap", "cls"] = "gap"
     drop_path: float = Field(0.1, ge=0, lt=1)
@@ -91,7 +91,7 @@ def classifier_recipe(model: nn.Module, name: str = "encoder-lora", **options: A
     ``image_encoder``), and the head (plus ``fc_norm`` when it has weights) always trained."""
     name = _CLASSIFIER_ALIASES.get(name, name)
     encoder = "image_encoder" if hasattr(model, "image_encoder") else "blocks"
-    also = ["head"] + (["fc_norm"] if any(True for _ in model.fc_norm.parameters()) else [])
+    also = ["head"] + (["fc_norm"] if any(p.numel() for p in model.fc_norm.parameters()) else [])
     return RecipeConfig(name=name, encoder_attr=encoder, decoder_attr=[], head=["head"], also_train=also, **options)
 
 
@@ -232,6 +232,13 @@ def _sha256(path: str | Path) -> str:
 
 def build_classify_task(cfg: ClassifyConfig, train_config: TrainConfig) -> ClassificationTask:
     """Read the data, draw the label fraction, build the backbone and the task (for ``medadapt fit``)."""
+    if cfg.backbone in VIT_CONFIGS and cfg.checkpoint is None and cfg.recipe != "full":
+        raise MedadaptError(
+            f"{cfg.backbone} without a checkpoint is randomly initialised: adapting part of it ({cfg.recipe}) "
+            "cannot work",
+            fix="pass the pre-trained ViT file (MRM.pth, a CXR-MAE checkpoint...) as checkpoint, use the "
+                "'full' recipe, or use the litemedsam backbone (bundled weights)",
+        )
     train = load_dataset(cfg.data, cfg.train_split, **cfg.loader_options)
     if cfg.label_fraction < 1:
         mask = train.mask if train.task == "multilabel" else None

@@ -273,6 +273,9 @@ class Trainer:
                 window = 0
                 if self._after_step():
                     return
+        if run.batches_done == 0:  # an empty epoch would loop forever under max_steps
+            raise MedadaptError(f"the task produced no training batches for epoch {run.epoch}",
+                                fix="check the training split (is it empty?) and the batch size")
         if window:  # partial window left by an iterable without len()
             self._optimizer_step(window)
             if self._after_step():

@@ -126,7 +126,7 @@ def classification_metrics(y_true: np.ndarray, y_score: np.ndarray, task: TaskTy
         keep = m[:, 0]
         yt, pred = y[keep, 0], s[keep, 0] >= threshold
         acc = accuracy_score(yt, pred) if len(yt) else math.nan
-        bacc = balanced_accuracy_score(yt, pred) if len(yt) else math.nan
+        bacc = balanced_accuracy_score(yt, pred) if 0 < yt.sum() < len(yt) else math.nan
     else:
         acc = _nanmean([e.get("accuracy", math.nan) for e in per_class.values()])
         bacc = _nanmean([e.get("balanced_accuracy", math.nan) for e in per_class.values()])

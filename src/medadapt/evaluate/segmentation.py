@@ -48,7 +48,11 @@ def _as_labels(name: str, labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.dtype == bool or np.issubdtype(labels.dtype, np.integer):
         return labels
-    if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+    if (
+        np.issubdtype(labels.dtype, np.floating)
+        and np.all(np.isfinite(labels))
+        and np.all(labels == np.round(labels))
+    ):
         return labels.astype(np.int64)  # label maps stored as float (e.g. some NIfTI files)
     raise MedadaptError(
         f"{name} is not a label map: dtype {labels.dtype} with non-integer values",

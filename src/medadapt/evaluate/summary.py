@@ -115,7 +115,8 @@ def summarize(
             by_case.setdefault(case, {k: [] for k in metrics})[m].append(v)
 
     per_class = {
-        str(c): {m: _stats(by_class[c][m], n_boot, seed) for m in metrics} for c in sorted(by_class, key=_class_key)
+        str(c): {m: _stats(by_class[c][m], n_boot, seed) for m in metrics}
+        for c in sorted(by_class, key=_class_key)
     }
     overall = {m: _stats([_case_value(v[m]) for v in by_case.values()], n_boot, seed) for m in metrics}
     return {

@@ -15,8 +15,9 @@ is re-implemented here, step for step, and vectorised (its Python ``sorted(zip(.
 4. ``distance_transform_edt`` of each surface's complement, in mm (anisotropic ``sampling``), read at the
    other mask's surfels.
 
-The 256-entry normals table is taken from MONAI (``monai.metrics.utils``), which carries DeepMind's
-table verbatim; areas are recomputed from it in float64 (MONAI's own area table is float32).
+The 256-entry normals table is taken from MONAI (private ``monai.metrics.utils.
+_get_neighbour_code_to_normals_table``, DeepMind's table verbatim; the reference and closed-form tests
+catch any change); areas are recomputed from it in float64 (MONAI's own area table is float32).
 
 Which MONAI 1.6 metrics agree with the official values (all 36 cases of
 ``shared/reference/metric_cases.*``, 72 class instances, 2D cases as ``H x W x 1`` with spacing 1):
@@ -46,7 +47,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from monai.metrics.utils import _get_neighbour_code_to_normals_table
 from scipy import ndimage
 
 from medadapt.errors import MedadaptError
@@ -73,6 +73,9 @@ class SurfaceDistances:
 @lru_cache(maxsize=64)
 def _surfel_area_table_3d(spacing: tuple[float, float, float]) -> np.ndarray:
     """[256] float64 surfel area in mm^2 per neighbour code (DeepMind ``create_table_..._surface_area``)."""
+    # Imported here: importing MONAI takes seconds, and only 3D surfaces need the table.
+    from monai.metrics.utils import _get_neighbour_code_to_normals_table
+
     normals = _get_neighbour_code_to_normals_table().numpy().astype(np.float64)  # [256, 4, 3], zero-padded
     s0, s1, s2 = spacing
     scaled = normals * np.array([s1 * s2, s0 * s2, s0 * s1])  # each normal's length is its triangle's area
@@ -148,7 +151,9 @@ def _distances(at: np.ndarray, *, to: np.ndarray, spacing: tuple[float, ...]) ->
     points = np.nonzero(at)  # C order, as boolean indexing
     if not to.any():
         return np.full(points[0].size, np.inf)
-    nearest = ndimage.distance_transform_edt(~to, sampling=spacing, return_distances=False, return_indices=True)
+    nearest = ndimage.distance_transform_edt(
+        ~to, sampling=spacing, return_distances=False, return_indices=True
+    )
     squared = np.zeros(points[0].size)
     for axis, step in enumerate(spacing):
         delta = (nearest[axis][points] - points[axis]).astype(np.float64) * step
@@ -213,7 +218,10 @@ def robust_hausdorff(sd: SurfaceDistances, percent: float) -> float:
     if sd.distances_gt_to_pred.size == 0 and sd.distances_pred_to_gt.size == 0:
         return math.nan
     directed = []
-    for dist, area in ((sd.distances_gt_to_pred, sd.surfel_areas_gt), (sd.distances_pred_to_gt, sd.surfel_areas_pred)):
+    for dist, area in (
+        (sd.distances_gt_to_pred, sd.surfel_areas_gt),
+        (sd.distances_pred_to_gt, sd.surfel_areas_pred),
+    ):
         if dist.size == 0:
             directed.append(math.inf)
             continue

@@ -1,33 +1,77 @@
-"""Build a ready :class:`SamPredictor` from a model name, an optional checkpoint and an adapter run."""
+"""Build a ready :class:`SamPredictor` (or adapted model) from a model name, a checkpoint and an adapter run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
+from medadapt.errors import MedadaptError
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_spec
 
 
+def adapter_dir(path: Path) -> Path:
+    """Accept a run folder (``RUN/adapter``) or the adapter folder itself."""
+    path = Path(path)
+    if (path / "adapter").is_dir():
+        return path / "adapter"
+    if (path / "adapter.json").is_file():
+        return path
+    raise MedadaptError(
+        "is not a medadapt run or adapter folder (no adapter/adapter.json inside).",
+        path=path,
+        fix="pass the --out folder of `medadapt fit` once it has saved its best model.",
+    )
+
+
+def load_adapted_model(
+    run: Path, *, model: str | None = None, checkpoint: Path | None = None
+) -> tuple[nn.Module, str, dict]:
+    """Base model + adapter of a fit run. Returns (model, model name, adapter metadata)."""
+    from medadapt.adapt.artifact import load_adapter, read_adapter_meta
+    from medadapt.engine.sam_task import attach_class_prompts
+
+    folder = adapter_dir(run)
+    meta = read_adapter_meta(folder)
+    base = meta.get("base") or {}
+    name = model or base.get("model")
+    if name is None:
+        raise MedadaptError("adapter.json does not name its base model.", path=folder, fix="pass --model NAME.")
+    if model is not None and base.get("model") not in (None, model):
+        raise MedadaptError(
+            f"this adapter was trained on '{base.get('model')}', not '{model}'.",
+            path=folder,
+            fix=f"use --model {base.get('model')} (or leave --model out).",
+        )
+    net = build_model(name, checkpoint=checkpoint or base.get("checkpoint"))
+    extra = meta.get("extra") or {}
+    if extra.get("class_prompt_tokens"):
+        attach_class_prompts(net, len(extra["classes"]), extra["class_prompt_tokens"], init=False)
+    load_adapter(net, folder)
+    return net.eval(), name, meta
+
+
 def build_predictor(
-    model: str,
+    model: str | None,
     *,
     checkpoint: Path | None = None,
     adapter: Path | None = None,
     batch_size: int = 8,
     precision: str = "fp32",
-    cache=None,
+    cache_dir: Path | None = None,
+    use_cache: bool = False,
 ) -> SamPredictor:
-    spec = get_spec(model)
-    net = build_model(model, checkpoint=checkpoint)
+    classes = None
     if adapter is not None:
-        from medadapt.adapt.artifact import load_adapter
-
-        net = load_adapter(net, _adapter_dir(adapter))
-    net.eval()
-    return SamPredictor(net, spec, batch_size=batch_size, precision=precision, cache=cache)
-
-
-def _adapter_dir(path: Path) -> Path:
-    """Accept a run folder (``RUN/adapter``) or the adapter folder itself."""
-    path = Path(path)
-    return path / "adapter" if (path / "adapter").is_dir() else path
+        net, model, meta = load_adapted_model(adapter, model=model, checkpoint=checkpoint)
+        extra = meta.get("extra") or {}
+        if extra.get("prompt") == "auto":
+            classes = extra["classes"]
+    else:
+        model = model or "litemedsam"
+        net = build_model(model, checkpoint=checkpoint).eval()
+    return SamPredictor(
+        net, get_spec(model), batch_size=batch_size, precision=precision, cache_dir=cache_dir,
+        use_cache=use_cache, classes=classes,
+    )

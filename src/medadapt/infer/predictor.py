@@ -51,14 +51,23 @@ class SamPredictor:
         *,
         batch_size: int = 8,
         precision: str = "fp32",
-        cache=None,
+        cache_dir=None,
+        use_cache: bool = False,
         encoder=None,
+        classes: Sequence[int] | None = None,
     ):
         self.model = model.eval()
         self.spec = spec
         self.batch_size = max(1, int(batch_size))
         self.precision = precision
-        self.cache = cache
+        # Class ids of an automatic-mode model's class prompts, in order.
+        self.classes = list(classes) if classes is not None else None
+        self.cache = None
+        if use_cache or cache_dir is not None:
+            from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
+
+            key = f"{spec.name}:{precision}:{module_fingerprint(model.image_encoder)}"
+            self.cache = EmbeddingCache(self._encode_chunked, key, directory=cache_dir)
         # A drop-in replacement for model.encode (e.g. an ONNX Runtime / OpenVINO engine).
         self.encoder = encoder
         self.encoder_calls = 0
@@ -86,7 +95,7 @@ class SamPredictor:
             return torch.empty(0)
         stacked = torch.stack(list(tensors))
         if self.cache is not None:
-            return self.cache.get_many(stacked, encode_fn=self._encode_chunked)
+            return self.cache.get_many(stacked)
         return self._encode_chunked(stacked)
 
     def _encode_chunked(self, stacked: torch.Tensor) -> torch.Tensor:
@@ -138,6 +147,26 @@ class SamPredictor:
                 out[i] = ObjectResult(prompts[i], masks[j], float(iou[j, 0]))
         results = [out[i] for i in range(len(prompts))]
         return results
+
+    @property
+    def is_automatic(self) -> bool:
+        return hasattr(self.model, "class_prompts") and self.classes is not None
+
+    @torch.no_grad()
+    def decode_auto(self, embedding: torch.Tensor, transform: Transform) -> np.ndarray:
+        """Automatic mode: every class from the image alone → uint16 label map in the original frame."""
+        from medadapt.adapt.class_prompts import labels_from_class_logits
+
+        if embedding.dim() == 3:
+            embedding = embedding[None]
+        low_res, _ = self.model.class_prompts.decode(self.model, embedding)
+        labels = labels_from_class_logits(postprocess_logits(low_res.float(), transform))[0].numpy()
+        lut = np.array([0, *self.classes], dtype=np.uint16)
+        return lut[labels]
+
+    def segment_auto(self, image: np.ndarray) -> np.ndarray:
+        prepared = self.prepare(image)
+        return self.decode_auto(self.encode([prepared.tensor])[0], prepared.transform)
 
     def segment(self, image: np.ndarray, prompts: Sequence[Prompt]) -> tuple[np.ndarray, list[ObjectResult]]:
         """Label map (uint16, H×W) for one image; later prompts overwrite earlier ones, as the official code."""

@@ -23,7 +23,7 @@ import torch
 
 from medadapt.data.prompts import Prompt, boxes_from_label
 from medadapt.infer.predictor import SamPredictor
-from medadapt.models.preprocess import resize_longest_side
+from medadapt.models.preprocess import Transform
 
 PROPAGATION_MARGIN = 3  # px in the model frame, CVPR24 get_bbox256(bbox_shift=3)
 
@@ -64,11 +64,16 @@ class SliceEmbeddings:
         return self._emb[z], self._prepared[z].transform
 
 
-def _box_from_previous(prev_mask: np.ndarray, size: int) -> np.ndarray | None:
-    """CVPR24 ``get_bbox256``: box of the previous slice's mask in the padded model frame, +3 px."""
+def _box_from_previous(prev_mask: np.ndarray, value: int, tf: Transform) -> np.ndarray | None:
+    """CVPR24 ``get_bbox256``: box of the previous slice's mask in the padded model frame, +3 px.
+
+    The official code resizes the mask holding the object's value (INTER_AREA, then > 0), so the
+    value changes which edge pixels survive; it is kept for equality.
+    """
     if not prev_mask.any():
         return None
-    small = resize_longest_side(prev_mask.astype(np.uint8), size)
+    size = tf.image_size
+    small = tf.mask_to_model(prev_mask.astype(np.uint8) * np.uint8(min(value, 255)), interpolation="area")
     ys, xs = np.nonzero(small)
     if len(xs) == 0:
         return None
@@ -113,14 +118,14 @@ def segment_volume_boxes3d(
         # middle → top
         for z in range(z_mid, z_end):
             emb, tf = cache.get(z)
-            frame_box = None if z == z_mid else _box_from_previous(temp[z - 1], size)
+            frame_box = None if z == z_mid else _box_from_previous(temp[z - 1], idx, tf)
             if frame_box is None:
                 frame_box = tf.apply_boxes(mid_box[None])[0]  # official resize_box_to_256 (truncating)
             temp[z] = predictor.decode(emb, tf, [prompt], model_frame_boxes=frame_box[None])[0].mask
         # middle → bottom
         for z in range(z_mid - 1, max(-1, z0 - 1), -1):
             emb, tf = cache.get(z)
-            frame_box = _box_from_previous(temp[z + 1], size)
+            frame_box = _box_from_previous(temp[z + 1], idx, tf)
             if frame_box is None:
                 # The official code scales without truncation on this side: kept for equality.
                 frame_box = (mid_box * (size / max(tf.original_hw))).astype(np.float32)
@@ -159,4 +164,18 @@ def segment_volume_from_labels(
         emb, tf = cache.get(z)
         for r in predictor.decode(emb, tf, prompts):
             segs[z][r.mask] = r.prompt.class_id
+    return np.moveaxis(segs, 0, slice_axis)
+
+
+def segment_volume_auto(
+    predictor: SamPredictor, volume: np.ndarray, *, slice_axis: int = 0, progress: Progress | None = None
+) -> np.ndarray:
+    """Automatic mode: every slice encoded (batched) and decoded into all classes, no prompt."""
+    vol = np.moveaxis(volume, slice_axis, 0)
+    cache = SliceEmbeddings(predictor, vol, progress)
+    cache.prepare(range(vol.shape[0]))
+    segs = np.zeros(vol.shape[:3], dtype=np.uint16)
+    for z in range(vol.shape[0]):
+        emb, tf = cache.get(z)
+        segs[z] = predictor.decode_auto(emb, tf)
     return np.moveaxis(segs, 0, slice_axis)

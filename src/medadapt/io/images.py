@@ -299,10 +299,13 @@ def read_image_2d(path: str | Path) -> np.ndarray:
     return arr
 
 
-def read_label_2d(path: str | Path) -> np.ndarray:
+def read_label_2d(path: str | Path, *, binary: bool | None = None) -> np.ndarray:
     """Class indices of a 2D mask as ``uint8`` ``H×W``.
 
-    Masks saved for viewing (0/255) become 0/1; RGB masks whose channels are identical collapse to one.
+    Masks saved for viewing become 0/1: with ``binary=None`` that is any mask holding 0 plus only
+    values >= 128 (0/255, and lossy exports that leave 254 beside 255, as some of the prostate
+    masks do); ``binary=True`` makes every nonzero pixel class 1, ``binary=False`` keeps the raw values.
+    RGB masks whose channels are identical collapse to one.
     Colour-coded RGB masks, negative or fractional values and more than 255 classes are refused,
     because guessing a class mapping would silently train on wrong labels.
     """
@@ -315,7 +318,16 @@ def read_label_2d(path: str | Path) -> np.ndarray:
                 fix="save the mask as a single-channel image whose pixel values are the class indices (0 = background).",
             )
         arr = arr[..., 0]
-    return _as_class_indices(arr, path)
+    arr = _as_class_indices(arr, path)
+    if binary or (binary is None and is_viewing_mask(arr)):
+        arr = (arr > 0).astype(np.uint8)
+    return arr
+
+
+def is_viewing_mask(label: np.ndarray) -> bool:
+    """0 plus only values >= 128: a mask drawn for display, not class indices."""
+    values = np.unique(label)
+    return len(values) > 1 and int(values[0]) == 0 and int(values[1]) >= 128
 
 
 def _as_class_indices(arr: np.ndarray, path: Path) -> np.ndarray:

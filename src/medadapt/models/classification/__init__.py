@@ -1,7 +1,7 @@
 """Image classification backbones: timm-layout ViTs and SAM-family encoders with a pooled head."""
 
 from .backbones import (
-    SAM_ENCODERS,
+    DEFAULT_BACKBONE,
     InputSpec,
     PooledEncoderClassifier,
     build_classifier,
@@ -12,7 +12,7 @@ from .checkpoint import LoadReport, load_vit_checkpoint, read_state_dict
 from .vit import VIT_CONFIGS, VisionTransformer, resample_pos_embed, vit_patch16
 
 __all__ = [
-    "SAM_ENCODERS",
+    "DEFAULT_BACKBONE",
     "VIT_CONFIGS",
     "InputSpec",
     "LoadReport",

@@ -6,11 +6,13 @@ was pre-trained with), so data pipelines prepare images the way each backbone ex
 
 - ViTs (MAE / MRM / CXR-MAE on chest X-ray): 224x224, ImageNet mean/std, short side resized then
   centre-cropped (MED-PEFT's evaluation transform).
-- SAM-family encoders (LiteMedSAM by default): the encoder's own input size (256 for LiteMedSAM),
-  min-max per image, long side resized then zero-padded bottom/right, as in LiteMedSAM inference.
+- SAM-family encoders (any ``medadapt.models.registry`` model; LiteMedSAM is the default and the
+  one with bundled weights): the encoder's own input size and normalisation (LiteMedSAM: 256, min-max
+  per image), long side resized then zero-padded bottom/right, as in SAM / LiteMedSAM inference.
 
-The SAM encoder maps [B,3,S,S] -> [B,256,S/16,S/16]; the classifier averages it over space, applies an
-optional LayerNorm and a Linear head. Its parameters keep the ``image_encoder.`` prefix of the SAM
+The SAM encoder maps [B,3,S,S] -> [B,256,h,w] (64x64 for LiteMedSAM at 256: its TinyViT keeps stride 4;
+S/16 for SAM ViTs); the classifier averages it over space, applies an optional LayerNorm and a Linear
+head. Its parameters keep the ``image_encoder.`` prefix of the SAM
 model, so adapter recipes written for SAM encoders target the same module names.
 """
 
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from medadapt.errors import MedadaptError
+from medadapt.models.registry import DEFAULT_MODEL, build_model, list_models
 
 from .checkpoint import LoadReport, load_vit_checkpoint
 from .vit import VIT_CONFIGS, Pool, vit_patch16
@@ -42,24 +45,26 @@ class InputSpec:
 
 
 VIT_INPUT = InputSpec(size=224, normalize="imagenet", fit="crop")
-# SAM-family encoders usable as backbones: name -> input spec. Weights come from models.registry.
-SAM_ENCODERS: dict[str, InputSpec] = {
-    "litemedsam": InputSpec(size=256, normalize="minmax", fit="pad"),
-}
 SAM_EMBED_DIM = 256  # every SAM image encoder ends with a neck projecting to 256 channels
-DEFAULT_SAM = "litemedsam"
+DEFAULT_BACKBONE = DEFAULT_MODEL  # LiteMedSAM: the backbone with bundled pre-trained weights
+
+
+def _sam_specs() -> dict[str, InputSpec]:
+    """SAM-family encoders of ``medadapt.models.registry`` (name -> input spec)."""
+    return {m.name: InputSpec(size=m.image_size, normalize=m.normalization, fit="pad") for m in list_models()}
 
 
 def list_backbones() -> list[str]:
-    return sorted(VIT_CONFIGS) + sorted(SAM_ENCODERS)
+    return sorted(VIT_CONFIGS) + sorted(_sam_specs())
 
 
 def input_spec(name: str, img_size: int | None = None) -> InputSpec:
-    """Input spec of backbone ``name`` (``img_size`` overrides a ViT's 224)."""
+    """Input spec of backbone ``name`` (``img_size`` overrides the default input side)."""
     if name in VIT_CONFIGS:
         return VIT_INPUT if img_size is None else InputSpec(img_size, VIT_INPUT.normalize, VIT_INPUT.fit)
-    if name in SAM_ENCODERS:
-        return SAM_ENCODERS[name]
+    sam = _sam_specs()
+    if name in sam:
+        return sam[name] if img_size is None else InputSpec(img_size, sam[name].normalize, sam[name].fit)
     raise MedadaptError(f"unknown classification backbone {name!r}",
                         fix=f"choose one of: {', '.join(list_backbones())}")
 
@@ -95,23 +100,15 @@ def _init_head(head: nn.Linear) -> None:
     nn.init.zeros_(head.bias)
 
 
-def _sam_encoder(name: str, checkpoint: str | Path | None) -> nn.Module:
-    try:
-        from medadapt.models.registry import build_model
-    except ImportError as err:  # pragma: no cover - depends on the SAM package being present
-        raise MedadaptError(f"SAM-family backbone {name!r} needs medadapt.models.registry",
-                            fix="use a ViT backbone (vit_base_patch16) or install the full medadapt") from err
-    sam = build_model(name) if checkpoint is None else build_model(name, checkpoint=checkpoint)
-    return sam.image_encoder
-
-
 def build_classifier(name: str, num_classes: int, *, checkpoint: str | Path | None = None, pool: Pool = "gap",
-                     drop_path: float = 0.0, img_size: int | None = None, sam_norm: bool = True) -> nn.Module:
+                     drop_path: float = 0.0, img_size: int | None = None, sam_norm: bool = True,
+                     pretrained: bool = True) -> nn.Module:
     """Build a classifier for ``num_classes`` outputs on backbone ``name``.
 
     ViT: random init unless ``checkpoint`` (MAE/MRM/CXR-MAE file, loaded as MAE fine-tuning does; the
-    load report is kept in ``model.load_report``). SAM encoders: the registry's pre-trained weights
-    (``checkpoint`` overrides them); ``pool`` and ``drop_path`` apply to ViTs only.
+    load report is kept in ``model.load_report``). SAM encoders (any ``medadapt.models.registry``
+    name): the bundled weights (LiteMedSAM) or ``checkpoint``; ``pretrained=False`` gives random
+    weights (tests). ``pool`` and ``drop_path`` apply to ViTs only.
     The returned module has ``input_spec`` and ``backbone`` attributes.
     """
     if num_classes < 1:
@@ -125,8 +122,10 @@ def build_classifier(name: str, num_classes: int, *, checkpoint: str | Path | No
             report = load_vit_checkpoint(model, checkpoint)
             _init_head(model.head)
     else:
-        model = PooledEncoderClassifier(_sam_encoder(name, checkpoint), SAM_EMBED_DIM, num_classes, norm=sam_norm)
+        sam = build_model(name, checkpoint, image_size=spec.size, pretrained=pretrained)
+        model = PooledEncoderClassifier(sam.image_encoder, SAM_EMBED_DIM, num_classes, norm=sam_norm)
         _init_head(model.head)
+        model.train()  # build_model returns eval mode; training mode is the module default
     model.input_spec = spec
     model.backbone = name
     model.load_report = report

@@ -2,9 +2,10 @@
 
 These files are torch pickles holding either a flat timm-layout state dict or ``{"model": ...}``
 (MAE's ``misc.save_model`` adds ``args``, ``epoch``, ``optimizer``; a few repos use ``state_dict`` and
-a ``module.`` / ``encoder.`` prefix). Loading follows MAE fine-tuning: non-strict, the pre-training head
-is dropped, ``pos_embed`` is resampled bicubically to the model's grid, and what was missing or unused
-is reported rather than silently ignored. A file that matches no ViT parameter at all is a user error.
+a ``module.`` / ``encoder.`` prefix, stripped here when that makes more keys match). Loading follows
+MAE fine-tuning: non-strict, the pre-training head is dropped, ``pos_embed`` is resampled bicubically
+to the model's grid, and what was missing or unused is reported rather than silently ignored. A file
+that matches no ViT parameter at all is a user error.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ import numpy as np
 import torch
 
 from medadapt.errors import MedadaptError
+from medadapt.io.checkpoints import read_checkpoint
 
 from .vit import VisionTransformer, resample_pos_embed
 
-# Containers seen in published checkpoints, tried in order.
-_WRAPPER_KEYS = ("model", "state_dict", "model_state", "module")
 # Prefixes seen in published checkpoints; the one that matches most model keys wins.
 _PREFIXES = ("", "module.", "model.", "encoder.", "backbone.", "module.encoder.", "vit.")
 # Non-tensor objects MAE-style training scripts pickle beside the weights (args, numpy metrics).
@@ -52,43 +52,14 @@ class LoadReport:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``.pth``/``.pt``/``.bin`` pickle (``weights_only``) or ``.safetensors`` file -> flat tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise MedadaptError("checkpoint file not found", path=path, fix="check the --checkpoint path")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    """Tensors of a ``.pth``/``.pt``/``.bin`` (``weights_only``) or ``.safetensors`` checkpoint.
 
-            obj = load_file(str(path))
-        else:
-            with torch.serialization.safe_globals(_SAFE_GLOBALS):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, foreign pickle, not a checkpoint at all
-        raise MedadaptError(
-            f"cannot read checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
-            path=path,
-            fix="pass a PyTorch .pth/.pt or .safetensors file holding a ViT state dict",
-        ) from err
-    return _unwrap(obj, path)
-
-
-def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
-        if not isinstance(obj, Mapping):
-            break
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping):
-        raise MedadaptError(f"checkpoint holds a {type(obj).__name__}, not a state dict", path=path,
-                            fix="save the weights with torch.save(model.state_dict(), path)")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise MedadaptError("checkpoint holds no tensors", path=path,
-                            fix="pass a file saved with torch.save(model.state_dict(), path) or {'model': ...}")
-    return tensors
+    :func:`medadapt.io.checkpoints.read_checkpoint` does the reading; the argparse ``Namespace`` and
+    numpy scalars that MAE-style training scripts pickle beside the weights are allowed as well (they
+    are plain data, nothing executes), so such files load without re-saving.
+    """
+    with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        return read_checkpoint(path)
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:

@@ -1,7 +1,15 @@
 """Volumetric (3D) segmenters: MONAI Swin UNETR / 3D U-Net, their published checkpoint layouts, and
 the heads used for few-shot adaptation (linear probe, spatial adapters, text-conditioned head)."""
 
-from medadapt.models.volumetric.heads import FeatureCache, LinearProbe, SpatialAdapter, black_box_head, match_classes
+from medadapt.models.volumetric.heads import (
+    HEAD_KINDS,
+    FeatureCache,
+    LinearProbe,
+    SpatialAdapter,
+    black_box_head,
+    match_classes,
+    replace_head,
+)
 from medadapt.models.volumetric.layouts import LoadReport, load_checkpoint, normalise_state_dict, read_checkpoint
 from medadapt.models.volumetric.registry import (
     VOLUMETRIC_MODELS,
@@ -20,6 +28,7 @@ from medadapt.models.volumetric.text_head import (
 __all__ = [
     "CLIP_DRIVEN_CLASSES",
     "FeatureCache",
+    "HEAD_KINDS",
     "LinearProbe",
     "LoadReport",
     "SpatialAdapter",
@@ -36,4 +45,5 @@ __all__ = [
     "match_classes",
     "normalise_state_dict",
     "read_checkpoint",
+    "replace_head",
 ]

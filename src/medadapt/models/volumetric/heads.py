@@ -26,7 +26,15 @@ from torch import nn
 
 from medadapt.errors import MedadaptError
 
-__all__ = ["FeatureCache", "LinearProbe", "SpatialAdapter", "black_box_head", "match_classes"]
+__all__ = [
+    "HEAD_KINDS",
+    "FeatureCache",
+    "LinearProbe",
+    "SpatialAdapter",
+    "black_box_head",
+    "match_classes",
+    "replace_head",
+]
 
 
 def _norm_name(name: str) -> str:
@@ -156,3 +164,46 @@ class FeatureCache:
 
     def clear(self) -> None:
         self._items.clear()
+
+
+HEAD_KINDS = ("pretrained", "linear", "adapter1", "adapter3")
+
+
+def replace_head(
+    model: nn.Module,
+    kind: str,
+    out_channels: int,
+    *,
+    rows: Sequence[int | None] | None = None,
+    pretrained: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """Give a :class:`~.registry.VolumetricSegmenter` a new head; returns the head.
+
+    ``kind``: ``pretrained`` (keep the current head, which must have ``out_channels`` outputs),
+    ``linear`` (1x1x1 probe), ``adapter1`` / ``adapter3`` (spatial adapter, then probe). ``rows``
+    picks the pretrained classifier rows of each output (``None`` entries: fresh init); the classifier
+    comes from ``pretrained`` (``{"weight", "bias"}``, default ``model.load_report.pretrained_head``).
+    """
+    if kind not in HEAD_KINDS:
+        raise MedadaptError(f"unknown head {kind!r}", fix=f"use one of: {', '.join(HEAD_KINDS)}")
+    if kind == "pretrained":
+        out = getattr(model.head, "out_channels", None) or model.head.conv.conv.out_channels
+        if out != out_channels:
+            raise MedadaptError(
+                f"the pretrained head has {out} outputs, the task needs {out_channels}",
+                fix="use head 'linear' (optionally initialised from the pretrained rows)",
+            )
+        return model.head
+    if rows is not None:
+        if pretrained is None:
+            report = getattr(model, "load_report", None)
+            pretrained = report.pretrained_head if report is not None else {}
+        if "weight" not in pretrained:
+            raise MedadaptError("no pretrained classifier to take rows from", fix="load a checkpoint with one")
+        if len(rows) != out_channels:
+            raise MedadaptError(f"{len(rows)} pretrained rows given for {out_channels} outputs")
+        probe = LinearProbe.from_pretrained(pretrained["weight"], pretrained.get("bias"), rows)
+    else:
+        probe = LinearProbe(model.feature_channels, out_channels)
+    model.head = probe if kind == "linear" else black_box_head(probe, 1 if kind == "adapter1" else 3)
+    return model.head

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.networks.nets import DynUNet, SwinUNETR
 from torch import nn
@@ -46,7 +47,6 @@ class VolumetricSpec:
     encoder_attrs: tuple[str, ...]  # inside the MONAI network, for recipes and freezing
     decoder_attrs: tuple[str, ...]
     roi_size: tuple[int, int, int] = (96, 96, 96)
-    size_divisor: int = 32  # each input side must be a multiple of this
     preprocessing: VolumePreprocessing = field(default_factory=VolumePreprocessing)
 
     def feature_channels(self, **overrides) -> int:
@@ -54,6 +54,13 @@ class VolumetricSpec:
 
     def bottleneck_channels(self, **overrides) -> int:
         return self._channels(overrides)[1]
+
+    def size_divisor(self, **overrides) -> int:
+        """Each input side must be a multiple of this (total downsampling of the network)."""
+        cfg = {**self.defaults, **overrides}
+        if "strides" in cfg:
+            return int(np.prod([s if isinstance(s, int) else max(s) for s in cfg["strides"]]))
+        return 2**5  # Swin UNETR: patch 2, then 4 merges
 
     def _channels(self, overrides: dict) -> tuple[int, int]:
         cfg = {**self.defaults, **overrides}
@@ -97,7 +104,6 @@ VOLUMETRIC_MODELS: dict[str, VolumetricSpec] = {
             "decoder5", "decoder4", "decoder3", "decoder2", "decoder1",
         ),  # fmt: skip
         roi_size=(96, 96, 96),
-        size_divisor=32,
     ),
     "unet3d": VolumetricSpec(
         name="unet3d",
@@ -113,7 +119,6 @@ VOLUMETRIC_MODELS: dict[str, VolumetricSpec] = {
         encoder_attrs=("input_block", "downsamples", "bottleneck"),
         decoder_attrs=("upsamples",),
         roi_size=(96, 96, 96),
-        size_divisor=16,
     ),
 }
 
@@ -136,8 +141,9 @@ class VolumetricSegmenter(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, spec: VolumetricSpec, feature_channels: int,
-                 bottleneck_channels: int):  # fmt: skip
+                 bottleneck_channels: int, size_divisor: int):  # fmt: skip
         super().__init__()
+        self.size_divisor = size_divisor
         self.backbone = backbone
         self.head = head
         self.spec = spec
@@ -154,10 +160,10 @@ class VolumetricSegmenter(nn.Module):
         return tuple(f"backbone.{a}" for a in self.spec.decoder_attrs)
 
     def check_input(self, shape: Sequence[int]) -> None:
-        bad = [s for s in shape[-3:] if s % self.spec.size_divisor]
+        bad = [s for s in shape[-3:] if s % self.size_divisor]
         if bad:
             raise MedadaptError(
-                f"{self.spec.name} needs every side to be a multiple of {self.spec.size_divisor}, got {tuple(shape[-3:])}",
+                f"{self.spec.name} needs every side to be a multiple of {self.size_divisor}, got {tuple(shape[-3:])}",
                 fix="pad the input or choose another roi size",
             )
 
@@ -212,7 +218,12 @@ def build_volumetric(
     head = getattr(net, spec.head_attr)
     setattr(net, spec.head_attr, nn.Identity())
     model = VolumetricSegmenter(
-        net, head, spec, spec.feature_channels(**arch_overrides), spec.bottleneck_channels(**arch_overrides)
+        net,
+        head,
+        spec,
+        spec.feature_channels(**arch_overrides),
+        spec.bottleneck_channels(**arch_overrides),
+        spec.size_divisor(**arch_overrides),
     )
     model.load_report = report
     return model

@@ -1,0 +1,69 @@
+"""``medadapt fit``: few-shot, parameter-efficient adaptation of a foundation model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medadapt.cli.common import console, set_threads, user_errors
+
+
+def _recipes_help() -> str:
+    from medadapt.adapt.recipes import RECIPES
+
+    return "Recipe: " + ", ".join(RECIPES) + " (see `medadapt recipes`)."
+
+
+@user_errors
+def fit(
+    data: str | None = typer.Option(None, "--data", "-d", help="Dataset spec: MSD folder, CSV, npz folder, IMG:MASK folders."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Run folder."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Base model (default litemedsam)."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", help="Official checkpoint file of the base model."),
+    method: str | None = typer.Option(None, "--method", help=_recipes_help()),
+    prompt: str | None = typer.Option(None, "--prompt", help="box | point | hybrid | auto (no prompt, learned class tokens)."),
+    shots: int | None = typer.Option(None, "--shots", "-k", help="Training volumes/patients/images (default 5)."),
+    fraction: float | None = typer.Option(None, "--fraction", help="Share of the training pool instead of --shots."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the split, initialisation and sampling."),
+    split: str | None = typer.Option(None, "--split", help="Reuse a split.json from another run."),
+    classes: str | None = typer.Option(None, "--classes", help="Classes to train, e.g. 1,2 (default: all)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Optimiser steps (default 200)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs instead of --max-steps."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Slices per step (default 4)."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 1e-4)."),
+    lora_rank: int | None = typer.Option(None, "--lora-rank", help="LoRA rank (default 4)."),
+    target_modules: str | None = typer.Option(None, "--target-modules", help="peft-lora targets, comma-separated."),
+    val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps (default 50)."),
+    patience: int | None = typer.Option(None, "--patience", help="Early stopping after N validations without gain."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16."),
+    image_suffix: str | None = typer.Option(None, "--image-suffix", help="Suffix dropped from image names when pairing."),
+    label_suffix: str | None = typer.Option(None, "--label-suffix", help="Suffix dropped from label names when pairing."),
+    label_dir: str | None = typer.Option(None, "--label-dir", help="Label folder name inside --data (e.g. 1st_manual)."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="On-disk embedding cache shared across runs."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
+    threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Adapt a SAM-family model to a new structure from k labelled cases; stores only the adapter."""
+    from medadapt.cli.common import parse_int_list
+    from medadapt.engine.sam_fit import FitOptions, run_fit
+
+    set_threads(threads)
+    values = dict(
+        data=data, out=out, model=model, checkpoint=checkpoint, method=method, prompt=prompt, shots=shots,
+        fraction=fraction, seed=seed, split=split, classes=parse_int_list(classes, option="--classes"),
+        max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
+        target_modules=target_modules.split(",") if target_modules else None, val_every=val_every,
+        patience=patience, precision=precision, image_suffix=image_suffix, label_suffix=label_suffix,
+        label_dir=label_dir, cache_dir=cache_dir, progress=False if no_progress else None,
+    )
+    opts = FitOptions.build(values, config)
+    result = run_fit(opts, resume=resume)
+    console.print(
+        f"[bold]fit done[/]: {result['method']} / {result['prompt']} on {len(result['train_cases'])} case(s), "
+        f"{result['trainable_params']:,} trainable parameters, best val DSC {result.get('best_metric')}, "
+        f"{result['fit_seconds']:.0f} s; adapter: {Path(opts.out) / 'adapter'} "
+        f"({(result['adapter_bytes'] or 0) / 1024:.0f} KiB)"
+    )

@@ -1,0 +1,207 @@
+"""``medadapt fit`` for SAM-family models: dataset spec → few-shot split → recipe → training → run folder.
+
+The run folder holds everything needed to reproduce and reuse the run:
+``fit_config.json`` (every option), ``split.json`` (the exact cases), ``adapter/`` (adapter-only
+safetensors + JSON: the artifact), ``checkpoint/`` (resume state), ``metrics.csv``, ``tb/``
+(TensorBoard) and ``result.json`` (best validation DSC, wall time, peak memory).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medadapt.errors import MedadaptError
+from medadapt.io.atomic import write_json
+
+
+DEFAULT_STEPS = 200
+
+
+class FitOptions(BaseModel):
+    """Every option of ``medadapt fit`` (also readable from a YAML config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    out: str
+    model: str = "litemedsam"
+    checkpoint: str | None = None
+    method: str = "decoder"
+    prompt: Literal["box", "point", "hybrid", "auto"] = "box"
+    shots: int | None = Field(5, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+    n_val: int | None = Field(None, ge=0)
+    split: str | None = None  # reuse a split.json
+    classes: list[int] | None = None
+    # data layout helpers
+    image_suffix: str | None = None
+    label_suffix: str | None = None
+    label_dir: str | None = None
+    modality: str = "auto"
+    window: str | None = None
+    binary: bool | None = None
+    # recipe
+    lora_rank: int = Field(4, ge=1)
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    target_modules: list[str] | None = None
+    adapter_ratio: float = 0.25
+    train_prompt_encoder: bool = False
+    class_tokens: int = Field(2, ge=1)
+    # optimisation
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="default: 200 unless epochs is given")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = 0.01
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_steps: int = 10
+    grad_accum: int = 1
+    clip_grad_norm: float | None = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    val_every: int | None = 50
+    patience: int | None = None
+    iou_weight: float = 0.0
+    box_jitter: int = 5
+    n_pos: int = 1
+    n_neg: int = 0
+    augment: bool = True
+    cache_dir: str | None = None
+    max_val_slices: int = Field(200, ge=1)
+    progress: bool = True
+
+    @classmethod
+    def build(cls, values: dict, config_file: Path | None = None) -> FitOptions:
+        merged: dict = {}
+        if config_file is not None:
+            import yaml
+
+            try:
+                loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+            except (OSError, yaml.YAMLError) as err:
+                raise MedadaptError(f"cannot read the config ({err}).", path=config_file) from None
+            if not isinstance(loaded, dict):
+                raise MedadaptError("the config must be a mapping of option: value.", path=config_file)
+            merged.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        merged.update({k: v for k, v in values.items() if v is not None})
+        try:
+            return cls(**merged)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "options"
+            raise MedadaptError(
+                f"invalid fit option '{where}': {first['msg']}.",
+                path=config_file,
+                fix="see `medadapt fit --help` for the accepted values.",
+            ) from None
+
+
+def run_fit(opts: FitOptions, *, resume: bool = False) -> dict:
+    """Train one adapter; returns the result dict also written to ``result.json``."""
+    import numpy as np
+    import torch
+
+    from medadapt.adapt.recipes import RecipeConfig, apply_recipe
+    from medadapt.data.datasets import load_dataset
+    from medadapt.data.fewshot import load_split, make_split, save_split
+    from medadapt.data.slices import iter_slices
+    from medadapt.engine.config import TrainConfig
+    from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings, attach_class_prompts
+    from medadapt.engine.seed import seed_everything
+    from medadapt.engine.trainer import Trainer
+    from medadapt.models.registry import build_model, get_spec
+
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume and (out / "checkpoint" / "last.pt").exists():
+        raise MedadaptError(
+            "this run folder already holds a run.", path=out,
+            fix="pass --resume to continue it, or choose another --out.",
+        )
+    seed_everything(opts.seed)
+    dataset = load_dataset(
+        opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix, modality=opts.modality,
+        label_dir=opts.label_dir, window=opts.window, binary=opts.binary,
+    )
+    split_file = out / "split.json"
+    if opts.split:
+        split = load_split(opts.split, dataset)
+    elif resume and split_file.exists():
+        split = load_split(split_file, dataset)
+    else:
+        split = make_split(dataset, shots=None if opts.fraction else opts.shots, fraction=opts.fraction,
+                           seed=opts.seed, n_val=opts.n_val)
+    save_split(split_file, split)
+    classes = opts.classes or sorted(dataset.classes)
+    write_json(out / "fit_config.json", opts.model_dump(mode="json"))
+
+    spec = get_spec(opts.model)
+    model = build_model(opts.model, checkpoint=opts.checkpoint)
+    also_train = []
+    if opts.prompt == "auto":
+        attach_class_prompts(model, len(classes), opts.class_tokens)
+        also_train.append("class_prompts")
+    recipe = RecipeConfig(
+        name=opts.method, lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+        target_modules=opts.target_modules, adapter_ratio=opts.adapter_ratio,
+        train_prompt_encoder=opts.train_prompt_encoder, also_train=also_train,
+    )
+    applied = apply_recipe(model, recipe)
+
+    train = list(iter_slices(dataset, split.train, classes=classes))
+    if not train:
+        raise MedadaptError("the training cases hold no labelled slice of the chosen classes.", path=opts.data)
+    val = list(iter_slices(dataset, split.val, classes=classes))
+    if len(val) > opts.max_val_slices:  # evenly spaced, deterministic
+        pick = np.linspace(0, len(val) - 1, opts.max_val_slices).round().astype(int)
+        val = [val[i] for i in pick]
+    base = {"model": opts.model, "image_size": spec.image_size}
+    if opts.checkpoint:
+        base["checkpoint"] = str(Path(opts.checkpoint).resolve())
+    settings = SamTaskSettings(
+        prompt=opts.prompt, classes=classes, batch_size=opts.batch_size, box_jitter=opts.box_jitter,
+        n_pos=opts.n_pos, n_neg=opts.n_neg, iou_weight=opts.iou_weight, augment=opts.augment,
+        cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, seed=opts.seed, base=base,
+    )
+    task = SamSegmentationTask(model, spec, recipe, applied.encoder_trainable, train, val, settings)
+    config = TrainConfig(
+        optimizer=opts.optimizer, lr=opts.lr, weight_decay=opts.weight_decay, schedule=opts.schedule,
+        warmup_steps=opts.warmup_steps, epochs=opts.epochs,
+        max_steps=opts.max_steps if (opts.max_steps or opts.epochs) else DEFAULT_STEPS, grad_accum=opts.grad_accum,
+        clip_grad_norm=opts.clip_grad_norm, precision=opts.precision, val_every=opts.val_every if val else None,
+        monitor="val_dsc" if val else None, mode="max", patience=opts.patience, seed=opts.seed,
+        batch_size=opts.batch_size, progress=opts.progress, device="cpu" if not torch.cuda.is_available() else "auto",
+    )
+    start = time.perf_counter()
+    result = Trainer(config, task, out).fit(resume=resume)
+    wall = time.perf_counter() - start
+    adapter = out / "adapter" / "adapter.safetensors"
+    summary = {
+        "model": opts.model,
+        "method": opts.method,
+        "prompt": opts.prompt,
+        "shots": opts.shots if not opts.fraction else None,
+        "fraction": opts.fraction,
+        "seed": opts.seed,
+        "classes": classes,
+        "train_cases": list(split.train),
+        "val_cases": list(split.val),
+        "train_slices": len(train),
+        "val_slices": len(val),
+        "trainable_params": applied.trainable,
+        "total_params": applied.total,
+        "encoder_trainable": applied.encoder_trainable,
+        "embedding_cache": task.cache.stats() if task.cache is not None else None,
+        "adapter_bytes": adapter.stat().st_size if adapter.exists() else None,
+        "fit_seconds": wall,
+        **{k: v for k, v in result.to_dict().items() if k != "history"},
+    }
+    write_json(out / "result.json", summary)
+    return json.loads(json.dumps(summary, default=str))

@@ -1,0 +1,311 @@
+"""Few-shot fine-tuning of SAM-family models on 2D slices: the :class:`TrainTask` behind ``medadapt fit``.
+
+Samples are the labelled slices of the training volumes (or the training images of a 2D dataset).
+Every class present in a slice is a training object, so multi-class data trains all classes at
+once rather than one random mask. Prompt modes:
+
+- ``box``: the object's box in the model frame, jittered by up to ``box_jitter`` px per side;
+- ``point``: ``n_pos`` random points inside the object, ``n_neg`` outside;
+- ``hybrid``: each object drawn at random as box, points, or box + points;
+- ``auto``: no prompt at all: learned class tokens (:mod:`medadapt.adapt.class_prompts`) decode
+  every class of the dataset from the image alone.
+
+When the recipe leaves the image encoder frozen, embeddings are computed once per slice and kept
+in an :class:`~medadapt.engine.embedding_cache.EmbeddingCache` (memory, optionally disk), so each
+step costs only the mask decoder: decoder-side recipes train in minutes on a CPU. Image
+augmentation would change the embedding, so in that case augmentation acts on the prompts only
+(box jitter, random points); with a trainable encoder, slices are augmented with MONAI transforms.
+
+Losses follow MedSAM: Dice + BCE on the 256×256 low-resolution logits against the mask in the
+model frame, plus optionally the IoU-head loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medadapt.adapt.artifact import save_adapter
+from medadapt.adapt.class_prompts import ClassPrompts
+from medadapt.adapt.recipes import RecipeConfig
+from medadapt.data.slices import SliceSample
+from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
+from medadapt.engine.losses import SegmentationLoss
+from medadapt.models.preprocess import preprocess_image
+from medadapt.models.registry import ModelSpec
+
+PROMPT_MODES = ("box", "point", "hybrid", "auto")
+LOW_RES = 256
+
+
+@dataclass
+class SamTaskSettings:
+    prompt: str = "box"
+    classes: Sequence[int] = (1,)
+    batch_size: int = 4  # slices per step
+    box_jitter: int = 5
+    n_pos: int = 1
+    n_neg: int = 0
+    iou_weight: float = 0.0
+    augment: bool = True
+    cache_dir: Path | None = None
+    seed: int = 0
+    base: dict = field(default_factory=dict)  # identifies the base model in the artifact
+
+
+@dataclass
+class _Item:
+    """One slice in the model frame: input tensor, low-res class map, and the original sample."""
+
+    tensor: torch.Tensor  # [3, S, S]
+    target: torch.Tensor  # [256, 256] int64 class map in the low-res model frame
+    sample: SliceSample
+
+
+def model_frame_target(label: np.ndarray, transform) -> torch.Tensor:
+    """Class map → padded model frame (nearest) → 256×256 low-res frame."""
+    framed = transform.mask_to_model(label.astype(np.int32), interpolation="nearest")
+    t = torch.from_numpy(np.ascontiguousarray(framed)).long()
+    if t.shape[-1] != LOW_RES:
+        t = F.interpolate(t[None, None].float(), (LOW_RES, LOW_RES), mode="nearest")[0, 0].long()
+    return t
+
+
+def _box_of(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+
+
+class SamSegmentationTask:
+    """TrainTask for SAM-family segmentation (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        recipe: RecipeConfig,
+        encoder_trainable: bool,
+        train_samples: Sequence[SliceSample],
+        val_samples: Sequence[SliceSample],
+        settings: SamTaskSettings,
+    ):
+        if settings.prompt not in PROMPT_MODES:
+            raise ValueError(f"prompt mode must be one of {PROMPT_MODES}")
+        self.model = model
+        self.spec = spec
+        self.recipe = recipe
+        self.settings = settings
+        self.encoder_trainable = encoder_trainable
+        self.classes = [int(c) for c in settings.classes]
+        self.loss = SegmentationLoss(iou_weight=settings.iou_weight)
+        self.rng = np.random.default_rng(settings.seed)
+        self.augmenter = None
+        if encoder_trainable and settings.augment:
+            from medadapt.data.augment import train_augment
+
+            self.augmenter = train_augment(settings.seed)
+        self.train_items = [self._item(s) for s in train_samples]
+        self.val_items = [self._item(s) for s in val_samples]
+        self.cache = None
+        if not encoder_trainable:
+            key = module_fingerprint(model.image_encoder, checkpoint_sha=settings.base.get("checkpoint_sha256"))
+            self.cache = EmbeddingCache(self._encode_frozen, f"{spec.name}:{key}", directory=settings.cache_dir)
+
+    # -- data -------------------------------------------------------------------------------
+    def _item(self, sample: SliceSample) -> _Item:
+        tensor, tf = preprocess_image(sample.image, self.spec)
+        return _Item(tensor, model_frame_target(sample.label, tf), sample)
+
+    @property
+    def sam(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    @torch.no_grad()
+    def _encode_frozen(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.sam.encode(batch)
+
+    def parameters_to_train(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def train_batches(self, epoch: int) -> Iterator[list[int]]:
+        if not self.train_items:
+            return iter(())
+        rng = np.random.default_rng(self.settings.seed * 1000 + epoch)
+        order = rng.permutation(len(self.train_items))
+        bs = self.settings.batch_size
+        return iter([order[i : i + bs].tolist() for i in range(0, len(order), bs)])
+
+    # -- one step ----------------------------------------------------------------------------
+    def _embeddings(self, items: list[_Item], train: bool) -> torch.Tensor:
+        tensors = torch.stack([it.tensor for it in items])
+        if self.cache is not None:
+            return self.cache.get_many(tensors)
+        return self.sam.encode(tensors) if train else self._encode_frozen(tensors)
+
+    def _augmented(self, item: _Item) -> _Item:
+        if self.augmenter is None:
+            return item
+        image, label = self.augmenter.apply(item.sample.image, item.sample.label)
+        tensor, tf = preprocess_image(image, self.spec)
+        return _Item(tensor, model_frame_target(label, tf), item.sample)
+
+    def training_step(self, batch: list[int]):
+        items = [self._augmented(self.train_items[i]) for i in batch]
+        emb = self._embeddings(items, train=True)
+        logits, targets, iou = self._decode_objects(emb, items, self.rng)
+        if logits is None:
+            zero = sum(p.sum() * 0 for p in self.parameters_to_train())
+            return zero, {"objects": 0.0}
+        loss = self.loss(logits, targets, iou if self.settings.iou_weight > 0 else None)
+        return loss, {"objects": float(targets.shape[0])}
+
+    def _decode_objects(self, emb: torch.Tensor, items: list[_Item], rng: np.random.Generator):
+        """Logits [N, 1, 256, 256] (or [B, C, ...] in auto mode), targets alike, IoU predictions."""
+        if self.settings.prompt == "auto":
+            logits, iou = self.sam.class_prompts.decode(self.sam, emb)
+            targets = torch.stack([
+                torch.stack([(it.target == c).float() for c in self.classes]) for it in items
+            ])
+            return logits, targets, iou.reshape(-1, 1)
+        kinds: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for b, it in enumerate(items):
+            target = it.target.numpy()
+            for c in self.classes:
+                mask = target == c
+                if mask.any():
+                    kinds.setdefault(self._kind(rng), []).append((b, mask))
+        if not kinds:
+            return None, None, None
+        out_logits, out_targets, out_iou = [], [], []
+        size = self.spec.image_size
+        scale = size / LOW_RES
+        for kind, objs in sorted(kinds.items()):
+            idx = torch.tensor([b for b, _ in objs])
+            boxes = points = None
+            if "box" in kind:
+                boxes = torch.from_numpy(np.stack([self._jittered_box(m, rng) for _, m in objs]) * scale)
+            if "point" in kind:
+                coords, labels = zip(*(self._points(m, rng) for _, m in objs), strict=True)
+                points = (torch.from_numpy(np.stack(coords) * scale), torch.from_numpy(np.stack(labels)))
+            low_res, iou = self.sam.decode(emb[idx], points=points, boxes=boxes, multimask_output=False)
+            out_logits.append(low_res)
+            out_iou.append(iou)
+            out_targets.append(torch.stack([torch.from_numpy(m).float()[None] for _, m in objs]))
+        return torch.cat(out_logits), torch.cat(out_targets), torch.cat(out_iou)
+
+    def _kind(self, rng: np.random.Generator) -> str:
+        mode = self.settings.prompt
+        if mode == "hybrid":
+            return ("box", "point", "box+point")[int(rng.integers(3))]
+        return mode
+
+    def _jittered_box(self, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        box = _box_of(mask)
+        j = self.settings.box_jitter
+        if j > 0:
+            # MedSAM's training jitter: each side moves outwards by 0..j px.
+            box = box + rng.integers(0, j + 1, size=4) * np.array([-1, -1, 1, 1])
+        hi = LOW_RES - 1
+        box = np.clip(box, 0, hi)
+        box[2], box[3] = max(box[2], box[0]), max(box[3], box[1])
+        return box.astype(np.float32)
+
+    def _points(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        n_pos, n_neg = max(1, self.settings.n_pos), self.settings.n_neg
+        ys, xs = np.nonzero(mask)
+        pick = rng.integers(len(xs), size=n_pos)
+        pts = [np.stack([xs[pick], ys[pick]], axis=1)]
+        labels = [np.ones(n_pos, dtype=np.int64)]
+        if n_neg:
+            nys, nxs = np.nonzero(~mask)
+            pick = rng.integers(len(nxs), size=n_neg)
+            pts.append(np.stack([nxs[pick], nys[pick]], axis=1))
+            labels.append(np.zeros(n_neg, dtype=np.int64))
+        return np.concatenate(pts).astype(np.float32), np.concatenate(labels)
+
+    # -- validation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Dice per class over all validation slices (sums of overlaps), in the low-res model frame."""
+        if not self.val_items:
+            return {}
+        rng = np.random.default_rng(12345)  # the same prompts at every validation
+        inter = dict.fromkeys(self.classes, 0.0)
+        total = dict.fromkeys(self.classes, 0.0)
+        bs = max(self.settings.batch_size, 8)
+        for i in range(0, len(self.val_items), bs):
+            items = self.val_items[i : i + bs]
+            emb = self._embeddings(items, train=False)
+            if self.settings.prompt == "auto":
+                from medadapt.adapt.class_prompts import labels_from_class_logits
+
+                logits, _ = self.sam.class_prompts.decode(self.sam, emb)
+                pred = labels_from_class_logits(logits)  # [B, 256, 256] 0..C
+                for b, it in enumerate(items):
+                    for k, c in enumerate(self.classes):
+                        p, g = pred[b] == k + 1, it.target == c
+                        inter[c] += float((p & g).sum())
+                        total[c] += float(p.sum() + g.sum())
+                continue
+            saved = self.settings.box_jitter
+            self.settings.box_jitter = 0
+            try:
+                for b, it in enumerate(items):
+                    target = it.target.numpy()
+                    for c in self.classes:
+                        g = target == c
+                        if not g.any():
+                            continue
+                        logits, _, _ = self._decode_one(emb[b : b + 1], g, rng)
+                        p = logits[0, 0] > 0
+                        gt = torch.from_numpy(g)
+                        inter[c] += float((p & gt).sum())
+                        total[c] += float(p.sum() + gt.sum())
+            finally:
+                self.settings.box_jitter = saved
+        dsc = {f"val_dsc_{c}": (2 * inter[c] / total[c] if total[c] else float("nan")) for c in self.classes}
+        values = [v for v in dsc.values() if not np.isnan(v)]
+        return {"val_dsc": float(np.mean(values)) if values else 0.0, **dsc}
+
+    def _decode_one(self, emb, mask, rng):
+        kind = "box+point" if self.settings.prompt == "hybrid" else self.settings.prompt
+        size = self.spec.image_size / LOW_RES
+        boxes = points = None
+        if "box" in kind:
+            boxes = torch.from_numpy(self._jittered_box(mask, rng)[None] * size)
+        if "point" in kind:
+            c, lab = self._points(mask, rng)
+            points = (torch.from_numpy(c[None] * size), torch.from_numpy(lab[None]))
+        low_res, iou = self.sam.decode(emb, points=points, boxes=boxes, multimask_output=False)
+        return low_res, None, iou
+
+    # -- artifacts ---------------------------------------------------------------------------
+    def save_best(self, out_dir: str | Path) -> None:
+        save_adapter(
+            self.sam,
+            Path(out_dir) / "adapter",
+            recipe=self.recipe,
+            base=self.settings.base,
+            extra={
+                "prompt": self.settings.prompt,
+                "classes": self.classes,
+                "class_prompt_tokens": (
+                    int(self.sam.class_prompts.tokens.shape[1]) if hasattr(self.sam, "class_prompts") else 0
+                ),
+            },
+        )
+
+
+def attach_class_prompts(model: nn.Module, num_classes: int, tokens: int = 2, *, init: bool = True) -> ClassPrompts:
+    """Give a SAM model learned class prompts (automatic mode) as ``model.class_prompts``."""
+    cp = ClassPrompts(num_classes, tokens=tokens)
+    if init:
+        cp.init_from_whole_image_box(model.prompt_encoder)
+    model.class_prompts = cp
+    return cp
