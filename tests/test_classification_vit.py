@@ -187,19 +187,22 @@ def test_unknown_backbone():
 
 
 def test_sam_encoder_backbone_with_pooled_head():
-    from medadapt.models.registry import build_model
+    from medadapt.io.checkpoints import read_checkpoint
+    from medadapt.models.weights import litemedsam_checkpoint_path
 
     model = build_classifier("litemedsam", 2, img_size=64)  # the bundled LiteMedSAM weights
     assert model.input_spec == input_spec("litemedsam", 64) and model.input_spec.normalize == "minmax"
     assert input_spec("litemedsam").size == 256 and input_spec("litemedsam").fit == "pad"
-    ref = build_model("litemedsam", image_size=64).image_encoder.state_dict()
-    own = model.image_encoder.state_dict()
-    assert own.keys() == ref.keys() and all(torch.equal(own[k], ref[k]) for k in ref)
+    official = read_checkpoint(litemedsam_checkpoint_path())
+    own = model.state_dict()
+    same = [k for k, v in official.items() if k.startswith("image_encoder.") and k in own and own[k].shape == v.shape]
+    assert len(same) > 150 and all(torch.equal(own[k], official[k]) for k in same)
     model.eval()
-    x = torch.randn(2, 3, 64, 64)
-    feats = model.forward_features(x)
-    assert feats.shape == (2, 256, 16, 16)  # TinyViT keeps stride 4
-    torch.testing.assert_close(model(x), model.head(model.fc_norm(feats.mean((2, 3)))))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (1, 256, 16, 16)  # TinyViT keeps stride 4
+        torch.testing.assert_close(model.forward_head(feats), model.head(model.fc_norm(feats.mean((2, 3)))))
     applied = apply_recipe(model, classifier_recipe(model, "lora", lora_rank=2))
     assert all(n.startswith(("image_encoder.", "head.", "fc_norm.")) for n in applied.trainable_names)
     assert any(".lora_" in n for n in applied.trainable_names)

@@ -50,7 +50,10 @@ def test_spatial_adapter_is_identity_at_init_then_learns(kernel):
 
 def test_replace_head_kinds_and_pretrained_rows():
     model = build_volumetric("unet3d", 3, **SMALL_UNET)
-    pretrained = {"weight": model.head.conv.conv.weight.detach().clone(), "bias": model.head.conv.conv.bias.detach().clone()}
+    pretrained = {
+        "weight": model.head.conv.conv.weight.detach().clone(),
+        "bias": model.head.conv.conv.bias.detach().clone(),
+    }
     assert replace_head(model, "pretrained", 3) is model.head
     with pytest.raises(MedadaptError, match="outputs"):
         replace_head(model, "pretrained", 2)
@@ -110,7 +113,9 @@ def test_text_conditioned_head_matches_per_class_loop_and_new_class():
     assert out.shape == (2, 3, 4, 5, 6)
     assert torch.allclose(out, _reference_dynamic_head(head, dense, bottleneck), atol=1e-5)
     # A new class: name it, embed it, the same controller generates its head.
-    head.set_classes(embed_class_names(["liver", "spleen", "kidney", "pancreas"], "onehot", dim=16), learn_embeddings=True)
+    head.set_classes(
+        embed_class_names(["liver", "spleen", "kidney", "pancreas"], "onehot", dim=16), learn_embeddings=True
+    )
     out4 = head(dense, bottleneck)
     assert torch.allclose(out4[:, :3], out, atol=1e-5)
     out4[:, 3].sum().backward()

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from medadapt.data.transforms3d import VolumePreprocessing, preprocess_transforms, training_transforms
-from medadapt.data.volume_dataset import few_shot_volumes, load_volume_dataset, volume_preprocessing, volume_records
+from medadapt.data.volume_dataset import (
+    few_shot_volumes,
+    load_volume_dataset,
+    volume_preprocessing,
+    volume_records,
+)
 from medadapt.engine.pretrain import ClassTemplate, PartialLabelLoss, PartialLabelTask
 from medadapt.engine.transductive import ConstraintConfig, ProportionConstraint
 from medadapt.engine.volumetric_task import VolumetricTask
@@ -48,8 +53,13 @@ def test_few_shot_task_head_only_with_transductive_constraint(hippo):
     torch.manual_seed(0)
     model = build_volumetric("unet3d", 2, **SMALL_UNET)  # binary: background + anterior
     model.backbone.requires_grad_(False)
-    query = preprocess_transforms(prep, keys=("image",))({"image": str(ds.case(split.test[0]).image)})["image"]
-    support = [preprocess_transforms(prep, label_map={1: 1})(r)["label"][0].numpy() for r in volume_records(ds, split.train)]
+    query = preprocess_transforms(prep, keys=("image",))({"image": str(ds.case(split.test[0]).image)})[
+        "image"
+    ]
+    support = [
+        preprocess_transforms(prep, label_map={1: 1})(r)["label"][0].numpy()
+        for r in volume_records(ds, split.train)
+    ]
     tc = ProportionConstraint(model, query[None].as_tensor(), support, ROI, config=ConstraintConfig(warmup_epochs=1),
                               foreground=lambda z: z.softmax(1)[:, 1])  # fmt: skip
     task = VolumetricTask(model, volume_records(ds, split.train), volume_records(ds, split.val), prep,
@@ -66,7 +76,7 @@ def test_few_shot_task_head_only_with_transductive_constraint(hippo):
             opt.step()
         assert ("proportion_penalty" in logs) == (epoch >= 1)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == {"head.linear.weight", "head.linear.bias"}
+    assert changed == {"head.conv.conv.weight", "head.conv.conv.bias"}  # the 1x1x1 classifier only
     with torch.no_grad():
         metrics = task.validate()
     assert 0.0 <= metrics["dice"] <= 1.0 and "dice_anterior" in metrics

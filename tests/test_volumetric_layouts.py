@@ -81,7 +81,9 @@ def test_monai_ssl_layout_matches_monai_load_from(tmp_path):
     model = build_volumetric("swinunetr", 2, checkpoint=tmp_path / "model_swinvit.pt", **TINY)
     rep = model.load_report
     assert rep.layout == "monai-ssl"
-    assert _check_loaded(model, sd, lambda k: k.startswith("swinViT.")) == sum(k.startswith("swinViT.") for k in sd)
+    assert _check_loaded(model, sd, lambda k: k.startswith("swinViT.")) == sum(
+        k.startswith("swinViT.") for k in sd
+    )
     assert {"rotation_head.weight", "contrastive_head.weight", "convTrans3d.weight"} <= set(rep.unexpected)
     assert any(k.startswith("decoder1.") for k in rep.missing)  # the SSL file has no decoder
     # Independent oracle: MONAI's own loader for this file format.
@@ -144,9 +146,17 @@ def test_dynunet_dataparallel_state_dict(tmp_path):
         for p in src.parameters():
             p.normal_()
     sd = {k.removeprefix("backbone."): v for k, v in src.state_dict().items() if k.startswith("backbone.")}
-    sd.update({"output_block." + k.removeprefix("head."): v for k, v in src.state_dict().items() if k.startswith("head.")})
+    sd.update(
+        {
+            "output_block." + k.removeprefix("head."): v
+            for k, v in src.state_dict().items()
+            if k.startswith("head.")
+        }
+    )
     torch.save({"module." + k: v for k, v in sd.items()}, tmp_path / "dynunet.pt")
-    model = build_volumetric("unet3d", 2, strides=[1, 2, 2], filters=[4, 8, 8], checkpoint=tmp_path / "dynunet.pt")
+    model = build_volumetric(
+        "unet3d", 2, strides=[1, 2, 2], filters=[4, 8, 8], checkpoint=tmp_path / "dynunet.pt"
+    )
     assert model.load_report.missing == [] and model.load_report.unexpected == []
     x = torch.randn(1, 1, 16, 16, 16)
     src.eval(), model.eval()
@@ -155,7 +165,10 @@ def test_dynunet_dataparallel_state_dict(tmp_path):
 
 def test_nothing_matching_is_a_user_error(tmp_path):
     # A SuPreM U-Net (Models Genesis UNet3D) file: none of its names exist in MONAI's networks.
-    torch.save({"net": {"module.backbone.down_tr64.ops.0.conv1.weight": torch.randn(32, 1, 3, 3, 3)}}, tmp_path / "u.pth")
+    torch.save(
+        {"net": {"module.backbone.down_tr64.ops.0.conv1.weight": torch.randn(32, 1, 3, 3, 3)}},
+        tmp_path / "u.pth",
+    )
     with pytest.raises(MedadaptError, match="no tensor of the checkpoint matches"):
         build_volumetric("swinunetr", 2, checkpoint=tmp_path / "u.pth", **TINY)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")

@@ -61,13 +61,17 @@ def test_encoder_lora_counts_q_and_v_only(fresh):
     assert len(applied.injected) == 4
 
     model = fresh()
-    applied = apply_recipe(model, volumetric_recipe(model, "encoder-lora", lora_rank=rank, also_train=["head"]))
+    applied = apply_recipe(
+        model, volumetric_recipe(model, "encoder-lora", lora_rank=rank, also_train=["head"])
+    )
     assert applied.trainable == sum(4 * rank * d for d in DIMS) + 26
 
 
 def test_peft_lora_on_conv3d_and_adapters(fresh):
     model = fresh()
-    applied = apply_recipe(model, volumetric_recipe(model, "peft-lora", target_modules=["decoder1.conv_block.conv1.conv"]))
+    applied = apply_recipe(
+        model, volumetric_recipe(model, "peft-lora", target_modules=["decoder1.conv_block.conv1.conv"])
+    )
     # Conv3d(24 -> 12, k=3): lora_A is a Conv3d(24 -> r, k=3), lora_B a Conv3d(r -> 12, k=1).
     assert applied.trainable == 24 * 4 * 27 + 4 * 12
     assert all("decoder1.conv_block.conv1.conv.lora_" in n for n in applied.trainable_names)
@@ -85,11 +89,15 @@ def test_bias_norm_full(fresh):
     model = fresh()
     applied = apply_recipe(model, volumetric_recipe(model, "bias"))
     assert all(n.endswith(".bias") for n in applied.trainable_names)
-    assert applied.trainable == _counts(model, [n for n, _ in model.named_parameters() if n.endswith(".bias")])
+    assert applied.trainable == _counts(
+        model, [n for n, _ in model.named_parameters() if n.endswith(".bias")]
+    )
 
     model = fresh()
     applied = apply_recipe(model, volumetric_recipe(model, "norm"))
-    assert all(".norm" in n for n in applied.trainable_names)  # Swin LayerNorms (decoder InstanceNorms have none)
+    assert all(
+        ".norm" in n for n in applied.trainable_names
+    )  # Swin LayerNorms (decoder InstanceNorms have none)
     # per stage: norm1 + norm2 of its block (2 x 2d), the patch-merging norm over 8d channels (2 x 8d)
     assert applied.trainable == sum(2 * 2 * d + 2 * 8 * d for d in DIMS)
 

@@ -36,7 +36,9 @@ OBLIQUE = np.array([[0.0, 0.0, -2.5, 10], [-0.8, 0.0, 0.0, 5], [0.0, 0.9, 0.0, -
 def test_output_geometry_equals_input_exactly_without_resampling(tmp_path):
     arr = _phantom(tmp_path, OBLIQUE)
     prep = VolumePreprocessing(modality="CT", spacing=None)  # orientation + crop only: exact inverse
-    out = segment_file(Threshold(), tmp_path / "img.nii.gz", tmp_path / "seg.nii.gz", prep, (16, 16, 16), overlap=0.25)
+    out = segment_file(
+        Threshold(), tmp_path / "img.nii.gz", tmp_path / "seg.nii.gz", prep, (16, 16, 16), overlap=0.25
+    )
     seg = nib.load(out)
     assert seg.shape == arr.shape
     assert np.allclose(seg.affine, OBLIQUE)
@@ -75,5 +77,7 @@ def test_sliding_window_blends_to_full_volume_and_sigmoid_labels():
 def test_real_swinunetr_sliding_window_96(tmp_path):
     _phantom(tmp_path, OBLIQUE)
     model = build_volumetric("swinunetr", 3)
-    out = segment_file(model, tmp_path / "img.nii.gz", tmp_path / "seg.nii.gz", VolumePreprocessing(), (96, 96, 96))
+    out = segment_file(
+        model, tmp_path / "img.nii.gz", tmp_path / "seg.nii.gz", VolumePreprocessing(), (96, 96, 96)
+    )
     assert nib.load(out).shape == (30, 41, 23)

@@ -68,7 +68,9 @@ def test_constraint_on_cached_query_features():
     model.eval()
     with torch.no_grad():
         feats = [model.extract(padded[:, :, i * 16 : (i + 1) * 16])[0] for i in range(2)]
-        ref = torch.cat([torch.sigmoid(model.head(torch.nn.functional.avg_pool3d(f, 2))).flatten() for f in feats]).mean()
+        ref = torch.cat(
+            [torch.sigmoid(model.head(torch.nn.functional.avg_pool3d(f, 2))).flatten() for f in feats]
+        ).mean()
     loss, logs = tc.loss()
     assert logs["p_hat"] == pytest.approx(float(ref), rel=1e-5)
     gap = abs(tc.tau - float(ref)) / max(float(ref), tc.tau)

@@ -21,7 +21,7 @@ def models() -> None:
             spec.encoder,
             f"{spec.image_size}",
             spec.normalization,
-            "bundled" if spec.has_default_weights else "--checkpoint FILE",
+            "bundled" if spec.default_weights else f"--checkpoint {spec.checkpoint_file}",
             spec.description,
         )
     console.print(table)

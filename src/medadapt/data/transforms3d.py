@@ -85,7 +85,9 @@ def intensity_transform(prep: VolumePreprocessing, keys: str | Sequence[str] = "
         a_min, a_max = prep.ct_window
         return mt.ScaleIntensityRanged(keys, a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True)
     lower, upper = prep.mr_percentiles
-    return mt.ScaleIntensityRangePercentilesd(keys, lower=lower, upper=upper, b_min=b_min, b_max=b_max, clip=True)
+    return mt.ScaleIntensityRangePercentilesd(
+        keys, lower=lower, upper=upper, b_min=b_min, b_max=b_max, clip=True
+    )
 
 
 def preprocess_transforms(
@@ -110,12 +112,18 @@ def preprocess_transforms(
     if load:
         steps.append(mt.LoadImaged(keys, image_only=True, allow_missing_keys=True))
     # Loaded files carry their channel layout in the metadata; in-memory MetaTensors are 3D.
-    steps.append(mt.EnsureChannelFirstd(keys, channel_dim=None if load else "no_channel", allow_missing_keys=True))
+    steps.append(
+        mt.EnsureChannelFirstd(keys, channel_dim=None if load else "no_channel", allow_missing_keys=True)
+    )
     if prep.orientation:
-        steps.append(mt.Orientationd(keys, axcodes=prep.orientation, labels=_RAS_LABELS, allow_missing_keys=True))
+        steps.append(
+            mt.Orientationd(keys, axcodes=prep.orientation, labels=_RAS_LABELS, allow_missing_keys=True)
+        )
     steps.append(intensity_transform(prep, image_key))
     if prep.crop_foreground:  # before resampling: see the module docstring
-        steps.append(mt.CropForegroundd(keys, source_key=image_key, allow_smaller=True, allow_missing_keys=True))
+        steps.append(
+            mt.CropForegroundd(keys, source_key=image_key, allow_smaller=True, allow_missing_keys=True)
+        )
     if prep.spacing is not None:
         steps.append(mt.Spacingd(keys, pixdim=prep.spacing, mode=modes, allow_missing_keys=True))
     if label_keys:
@@ -149,7 +157,9 @@ def training_transforms(
     keys = list(keys)
     image_key, label_key = keys[0], keys[1]
     if pos < 0 or neg < 0 or pos + neg == 0:
-        raise MedadaptError(f"pos/neg crop ratio {pos}:{neg} is invalid", fix="use non-negative values, not both 0")
+        raise MedadaptError(
+            f"pos/neg crop ratio {pos}:{neg} is invalid", fix="use non-negative values, not both 0"
+        )
     steps = list(preprocess_transforms(prep, keys=keys, load=load, label_map=label_map).transforms)
     steps += [
         mt.SpatialPadd(keys, spatial_size=tuple(roi_size)),

@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from monai.data import CacheDataset, Dataset as MonaiDataset
+from monai.data import CacheDataset
+from monai.data import Dataset as MonaiDataset
 from monai.transforms import Compose
 
 from medadapt.data.datasets import Dataset, load_dataset
@@ -24,7 +25,13 @@ from medadapt.data.fewshot import Split, make_split
 from medadapt.data.transforms3d import VolumePreprocessing
 from medadapt.errors import MedadaptError
 
-__all__ = ["few_shot_volumes", "load_volume_dataset", "volume_dataset", "volume_preprocessing", "volume_records"]
+__all__ = [
+    "few_shot_volumes",
+    "load_volume_dataset",
+    "volume_dataset",
+    "volume_preprocessing",
+    "volume_records",
+]
 
 
 def load_volume_dataset(spec: str | Path, *, modality: str = "auto") -> Dataset:

@@ -74,7 +74,9 @@ class PartialLabelLoss(nn.Module):
         # logits [B, C, *S]; labels [B, 1, *S] global class ids (0 = background); labelled [B, C] bool
         b, c = logits.shape[:2]
         target = torch.cat([(labels == k) for k in range(1, c + 1)], dim=1).to(logits.dtype)  # [B, C, *S]
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(2)  # [B, C]
+        bce = (
+            F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(2)
+        )  # [B, C]
         dice = self.dice(logits, target).reshape(b, c)  # [B, C]
         mask = labelled.to(logits.device, logits.dtype)
         n = mask.sum()

@@ -139,7 +139,11 @@ class ProportionConstraint:
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         p_hat = self.p_hat()
         penalty = proportion_penalty(p_hat, self.tau, weight=self.config.weight, margin=self.config.margin)
-        return penalty, {"tau": self.tau, "p_hat": float(p_hat.detach()), "proportion_penalty": float(penalty.detach())}
+        return penalty, {
+            "tau": self.tau,
+            "p_hat": float(p_hat.detach()),
+            "proportion_penalty": float(penalty.detach()),
+        }
 
 
 def _patches(image: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:

@@ -121,7 +121,9 @@ class VolumetricTask:
                 fix="drop cache_features, or use a head-only recipe (head, linear-probe)",
             )
         if transductive is not None and not self.frozen_backbone:
-            raise MedadaptError("the transductive constraint needs a frozen backbone", fix="use a head-only recipe")
+            raise MedadaptError(
+                "the transductive constraint needs a frozen backbone", fix="use a head-only recipe"
+            )
         self.transductive = transductive
         self.loss = SegmentationLoss(sigmoid=sigmoid, include_background=False, squared_pred=False)
         self.base = dict(base or {"model": model.spec.name})
@@ -134,7 +136,9 @@ class VolumetricTask:
         self._train_tf = train_tf
         self._train_ds = volume_dataset(train_records, train_tf)
         self._val_ds = (
-            volume_dataset(val_records, preprocess_transforms(prep, label_map=label_map)) if val_records else None
+            volume_dataset(val_records, preprocess_transforms(prep, label_map=label_map))
+            if val_records
+            else None
         )
         self._fixed: list[dict[str, Any]] | None = None
         if self.cache_features:
@@ -186,10 +190,14 @@ class VolumetricTask:
             item = self._val_ds[i]
             image = item["image"].as_tensor()[None]  # [1, 1, D, H, W]
             label = item["label"].as_tensor()[None].long()  # [1, 1, D, H, W]
-            logits = sliding_window_inference(image, self.roi_size, 1, model, overlap=self.overlap, mode="gaussian")
+            logits = sliding_window_inference(
+                image, self.roi_size, 1, model, overlap=self.overlap, mode="gaussian"
+            )
             pred = self._labels(torch.as_tensor(logits))
             n = self._n_fg + 1
-            dice = compute_dice(one_hot(pred, n), one_hot(label.clamp(max=n - 1), n), include_background=False)
+            dice = compute_dice(
+                one_hot(pred, n), one_hot(label.clamp(max=n - 1), n), include_background=False
+            )
             per_case.append(dice[0].numpy())
         scores = np.nanmean(np.stack(per_case), axis=0)  # [n_fg]
         out = {"dice": float(np.nanmean(scores))}
@@ -228,7 +236,9 @@ class VolumetricTask:
                     n = sum(1 for c in crops if c["key"][0] == v)
                     if n >= per_volume:
                         break
-                    crops.append({"key": (v, n), "image": sample["image"][None], "label": sample["label"][None]})
+                    crops.append(
+                        {"key": (v, n), "image": sample["image"][None], "label": sample["label"][None]}
+                    )
         return crops
 
 
@@ -240,4 +250,3 @@ def _out_channels(model: VolumetricSegmenter) -> int:
         if isinstance(m, nn.Conv3d):
             return m.out_channels
     raise MedadaptError(f"cannot tell the number of outputs of head {type(head).__name__}")
-

@@ -96,7 +96,8 @@ def classification_metrics(y_true: np.ndarray, y_score: np.ndarray, task: TaskTy
     ``accuracy``, ``balanced_accuracy``, ``n`` and ``per_class`` {name: auroc, ap, n_pos, n_neg}.
 
     Accuracy: argmax for multi-class, ``score >= threshold`` otherwise; multi-label accuracy and balanced
-    accuracy are the means of the per-class values (label-wise), computed on known labels.
+    accuracy are the means of the per-class values (label-wise), computed on known labels. AUROC, AP
+    and binary balanced accuracy are NaN for a class whose labels are all equal (undefined).
     """
     y, s, m = _one_vs_rest(y_true, y_score, task, known)
     names = _class_names(class_names, y.shape[1], task)

@@ -54,7 +54,13 @@ def sliding_window_logits(
     try:
         with torch.no_grad():
             out = sliding_window_inference(
-                image, tuple(roi_size), sw_batch_size, model, overlap=overlap, mode=mode, sigma_scale=sigma_scale
+                image,
+                tuple(roi_size),
+                sw_batch_size,
+                model,
+                overlap=overlap,
+                mode=mode,
+                sigma_scale=sigma_scale,
             )
     finally:
         if isinstance(model, nn.Module):

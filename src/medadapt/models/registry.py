@@ -122,16 +122,16 @@ def build_model(name: str, checkpoint: str | Path | None = None, *, image_size: 
     if size <= 0 or size % 16:
         raise MedadaptError(f"image size {size} is not a positive multiple of 16",
                             fix=f"use {spec.image_size}, the size {spec.name} was trained at")
-    cfg = dataclasses.replace(spec.encoder_config, img_size=size)
-    encoder = TinyViT(cfg) if spec.encoder == "tiny_vit" else ImageEncoderViT(cfg)
-    model = build_sam(encoder)
-    if checkpoint is None and pretrained:
+    if checkpoint is None and pretrained:  # resolve weights before spending time on the build
         if not spec.default_weights:
             raise MedadaptError(
                 f"{spec.name} has no bundled weights",
                 fix=f"download the official {spec.checkpoint_file} and pass it with --checkpoint",
             )
         checkpoint = litemedsam_checkpoint_path()
+    cfg = dataclasses.replace(spec.encoder_config, img_size=size)
+    encoder = TinyViT(cfg) if spec.encoder == "tiny_vit" else ImageEncoderViT(cfg)
+    model = build_sam(encoder)
     if checkpoint is not None:
         report = load_sam_state_dict(model, read_checkpoint(checkpoint), source=checkpoint)
         if report.interpolated:

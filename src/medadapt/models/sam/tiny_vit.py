@@ -48,12 +48,26 @@ LITEMEDSAM_TINYVIT = TinyViTConfig(img_size=256, stem_kernel=1, stem_stride=1, n
 
 
 class Conv2dBN(nn.Sequential):
-    """Convolution without bias followed by BatchNorm (children ``c`` and ``bn``)."""
+    """Convolution without bias followed by BatchNorm (children ``c`` and ``bn``).
+
+    In eval mode the BatchNorm is folded into the convolution on the fly: one pass over the
+    (large, 256x256x256 in LiteMedSAM's first stage) activations instead of two. The fold is
+    recomputed per call from the current tensors, so loaded or tuned weights always apply.
+    """
 
     def __init__(self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1) -> None:
         super().__init__()
         self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(b))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, bn = self.c, self.bn
+        if self.training or type(c) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
+            return bn(c(x))  # also when a child was wrapped (e.g. by an adapter)
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = c.weight * scale.view(-1, 1, 1, 1)
+        bias = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
 
 
 class PatchEmbed(nn.Module):
@@ -282,10 +296,12 @@ class TinyViT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)  # [B, C0, r, r]
+        # Channels-last convolutions are faster on CPU, and the token stages need this layout
+        # anyway: [B, C, H, W] channels-last flattens to tokens [B, H*W, C] without a copy.
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))  # [B, C0, r, r]
         for layer in self.layers:
             x = layer(x)  # tokens [B, L, C] after stage 0
         b, _, c = x.shape
         r = self.embedding_size
         x = x.view(b, r, r, c).permute(0, 3, 1, 2)
-        return self.neck(x)
+        return self.neck(x).contiguous()

@@ -10,7 +10,12 @@ from medadapt.models.volumetric.heads import (
     match_classes,
     replace_head,
 )
-from medadapt.models.volumetric.layouts import LoadReport, load_checkpoint, normalise_state_dict, read_checkpoint
+from medadapt.models.volumetric.layouts import (
+    LoadReport,
+    load_checkpoint,
+    normalise_state_dict,
+    read_checkpoint,
+)
 from medadapt.models.volumetric.registry import (
     VOLUMETRIC_MODELS,
     VolumetricSegmenter,

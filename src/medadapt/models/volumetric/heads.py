@@ -76,7 +76,9 @@ class LinearProbe(nn.Module):
                     probe.linear.bias[i] = 0.0
                     continue
                 if not 0 <= row < weight.shape[0]:
-                    raise MedadaptError(f"pretrained classifier has {weight.shape[0]} rows, asked for row {row}")
+                    raise MedadaptError(
+                        f"pretrained classifier has {weight.shape[0]} rows, asked for row {row}"
+                    )
                 w[i] = weight[row]
                 probe.linear.bias[i] = 0.0 if bias is None else bias[row]
         return probe
@@ -199,7 +201,9 @@ def replace_head(
             report = getattr(model, "load_report", None)
             pretrained = report.pretrained_head if report is not None else {}
         if "weight" not in pretrained:
-            raise MedadaptError("no pretrained classifier to take rows from", fix="load a checkpoint with one")
+            raise MedadaptError(
+                "no pretrained classifier to take rows from", fix="load a checkpoint with one"
+            )
         if len(rows) != out_channels:
             raise MedadaptError(f"{len(rows)} pretrained rows given for {out_channels} outputs")
         probe = LinearProbe.from_pretrained(pretrained["weight"], pretrained.get("bias"), rows)

@@ -37,7 +37,13 @@ from torch import nn
 
 from medadapt.errors import MedadaptError
 
-__all__ = ["LoadReport", "UNIVERSAL_HEAD_PREFIXES", "load_checkpoint", "normalise_state_dict", "read_checkpoint"]
+__all__ = [
+    "LoadReport",
+    "UNIVERSAL_HEAD_PREFIXES",
+    "load_checkpoint",
+    "normalise_state_dict",
+    "read_checkpoint",
+]
 
 # The universal model's text-conditioned head, stored next to ``module.backbone.``.
 UNIVERSAL_HEAD_PREFIXES = ("precls_conv.", "GAP.", "controller.", "organ_embedding", "text_to_vision.")
@@ -92,7 +98,9 @@ def read_checkpoint(path: str | Path) -> Mapping[str, object]:
         ) from None
     if not isinstance(raw, Mapping):
         raise MedadaptError(
-            f"the checkpoint holds a {type(raw).__name__}, not a state dict", path=path, fix="save model.state_dict()"
+            f"the checkpoint holds a {type(raw).__name__}, not a state dict",
+            path=path,
+            fix="save model.state_dict()",
         )
     return raw
 
@@ -145,7 +153,9 @@ def normalise_state_dict(
     if any(k.startswith(_SWIN_ENCODER_ROOTS) for k in sd) and not any(k.startswith("swinViT.") for k in sd):
         # Encoder-only file (MONAI SSL): Swin keys without the swinViT prefix, pretraining heads beside.
         layout = "monai-ssl"
-        sd = {(f"swinViT.{k}" if k.startswith((*_SWIN_ENCODER_ROOTS, "norm.")) else k): v for k, v in sd.items()}
+        sd = {
+            (f"swinViT.{k}" if k.startswith((*_SWIN_ENCODER_ROOTS, "norm.")) else k): v for k, v in sd.items()
+        }
     elif layout == "swinunetr" and not any(k.startswith("swinViT.") for k in sd):
         layout = "monai" if container in (None, "state_dict") else f"monai ({container})"
     return layout, sd, extras

@@ -100,8 +100,16 @@ VOLUMETRIC_MODELS: dict[str, VolumetricSpec] = {
         bottleneck_attr="encoder10",
         encoder_attrs=("swinViT",),
         decoder_attrs=(
-            "encoder1", "encoder2", "encoder3", "encoder4", "encoder10",
-            "decoder5", "decoder4", "decoder3", "decoder2", "decoder1",
+            "encoder1",
+            "encoder2",
+            "encoder3",
+            "encoder4",
+            "encoder10",
+            "decoder5",
+            "decoder4",
+            "decoder3",
+            "decoder2",
+            "decoder1",
         ),  # fmt: skip
         roi_size=(96, 96, 96),
     ),

@@ -71,7 +71,9 @@ def load_sentence_encoder(source: str | Path | None = None):
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise MedadaptError("sentence-transformers is not installed", fix="pip install sentence-transformers") from None
+        raise MedadaptError(
+            "sentence-transformers is not installed", fix="pip install sentence-transformers"
+        ) from None
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
@@ -164,7 +166,9 @@ class TextConditionedHead(nn.Module):
         if not project and emb_dim != context_dim:
             raise MedadaptError(f"embeddings of size {emb_dim} need project=True to reach {context_dim}")
         self.text_to_vision = nn.Linear(emb_dim, context_dim) if project else nn.Identity()
-        self.organ_embedding = nn.Parameter(class_embeddings.detach().clone().float(), requires_grad=learn_embeddings)
+        self.organ_embedding = nn.Parameter(
+            class_embeddings.detach().clone().float(), requires_grad=learn_embeddings
+        )
 
     @property
     def num_classes(self) -> int:
