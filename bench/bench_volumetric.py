@@ -84,8 +84,14 @@ def bench_speed(backbones: list[str], recipes: list[str], repeats: int = 2) -> l
                 loss.backward()
                 opt.step()
                 times.append(time.perf_counter() - t)
-            row = {"backbone": name, "recipe": recipe, "trainable": applied.trainable, "total": applied.total,
-                   "s_per_step": float(np.median(times[1:])), "peak_rss_mb": _rss_mb()}  # fmt: skip
+            row = {
+                "backbone": name,
+                "recipe": recipe,
+                "trainable": applied.trainable,
+                "total": applied.total,
+                "s_per_step": float(np.median(times[1:])),
+                "peak_rss_mb": _rss_mb(),
+            }
             rows.append(row)
             print(
                 f"{name:10s} {recipe:16s} {applied.trainable:>11,d} params  {row['s_per_step']:7.2f} s/step",
@@ -134,8 +140,16 @@ def bench_fewshot(shots: list[int], pretrain_steps: int, adapt_steps: int, seed:
     base = build_volumetric("unet3d", 2, **BENCH_UNET)
     records = {"A": volume_records(ds, pool[::2]), "B": volume_records(ds, pool[1::2])}
     task = PartialLabelTask(base, template, records, prep, ROI, batch_size=2, num_samples=2, seed=seed)
-    cfg = TrainConfig(max_steps=pretrain_steps, epochs=None, lr=3e-3, weight_decay=1e-5, warmup_ratio=0.05,
-                      progress=False, tensorboard=False, seed=seed)  # fmt: skip
+    cfg = TrainConfig(
+        max_steps=pretrain_steps,
+        epochs=None,
+        lr=3e-3,
+        weight_decay=1e-5,
+        warmup_ratio=0.05,
+        progress=False,
+        tensorboard=False,
+        seed=seed,
+    )
     t = time.perf_counter()
     Trainer(cfg, task, work / "pretrain").fit()
     pre_s = time.perf_counter() - t
@@ -154,8 +168,13 @@ def bench_fewshot(shots: list[int], pretrain_steps: int, adapt_steps: int, seed:
             torch.manual_seed(seed)
             model = build_volumetric("unet3d", 2, **BENCH_UNET)
             model.load_state_dict(state)
-            replace_head(model, "linear", 1, rows=[0], pretrained={"weight": state["head.conv.conv.weight"],
-                                                                   "bias": state["head.conv.conv.bias"]})  # fmt: skip
+            replace_head(
+                model,
+                "linear",
+                1,
+                rows=[0],
+                pretrained={"weight": state["head.conv.conv.weight"], "bias": state["head.conv.conv.bias"]},
+            )
             recipe = "full" if method == "full" else "linear-probe"
             tc = None
             if method.endswith("transductive"):
@@ -164,16 +183,42 @@ def bench_fewshot(shots: list[int], pretrain_steps: int, adapt_steps: int, seed:
                 q = preprocess_transforms(prep, keys=("image",))({"image": str(ds.case(test[0]).image)})[
                     "image"
                 ]
-                sup = [preprocess_transforms(prep, label_map={1: 1})(r)["label"][0].numpy()
-                       for r in volume_records(ds, split.train)]  # fmt: skip
-                tc = ProportionConstraint(model, q[None].as_tensor(), sup, ROI,
-                                          config=ConstraintConfig(warmup_epochs=adapt_steps // 2))  # fmt: skip
-            task = VolumetricTask(model, volume_records(ds, split.train), [], prep, recipe=recipe, roi_size=ROI,
-                                  sigmoid=True, label_map={1: 1}, class_names=["anterior"], transductive=tc,
-                                  num_samples=2, fixed_crops=8, seed=seed)  # fmt: skip
+                sup = [
+                    preprocess_transforms(prep, label_map={1: 1})(r)["label"][0].numpy()
+                    for r in volume_records(ds, split.train)
+                ]
+                tc = ProportionConstraint(
+                    model,
+                    q[None].as_tensor(),
+                    sup,
+                    ROI,
+                    config=ConstraintConfig(warmup_epochs=adapt_steps // 2),
+                )
+            task = VolumetricTask(
+                model,
+                volume_records(ds, split.train),
+                [],
+                prep,
+                recipe=recipe,
+                roi_size=ROI,
+                sigmoid=True,
+                label_map={1: 1},
+                class_names=["anterior"],
+                transductive=tc,
+                num_samples=2,
+                fixed_crops=8,
+                seed=seed,
+            )
             steps_per_epoch = max(1, len(list(task.train_batches(0))))
-            cfg = TrainConfig(max_steps=adapt_steps, epochs=None, lr=1e-3 if recipe == "full" else 1e-2,
-                              weight_decay=1e-5, progress=False, tensorboard=False, seed=seed)  # fmt: skip
+            cfg = TrainConfig(
+                max_steps=adapt_steps,
+                epochs=None,
+                lr=1e-3 if recipe == "full" else 1e-2,
+                weight_decay=1e-5,
+                progress=False,
+                tensorboard=False,
+                seed=seed,
+            )
             if tc is not None:
                 tc.config = ConstraintConfig(warmup_epochs=max(1, adapt_steps // (2 * steps_per_epoch)))
             t = time.perf_counter()
@@ -183,8 +228,11 @@ def bench_fewshot(shots: list[int], pretrain_steps: int, adapt_steps: int, seed:
             rows.append(
                 {"method": method, "shots": k, "trainable": task.applied.trainable, **res, "train_s": train_s}
             )
-            print(f"k={k} {method:26s} DSC {res['dsc']:.3f}±{res['dsc_std']:.3f} NSD {res['nsd']:.3f} "
-                  f"({task.applied.trainable:,} params, {train_s:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"k={k} {method:26s} DSC {res['dsc']:.3f}±{res['dsc_std']:.3f} NSD {res['nsd']:.3f} "
+                f"({task.applied.trainable:,} params, {train_s:.0f} s)",
+                flush=True,
+            )
     return rows
 
 
@@ -192,8 +240,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["speed", "fewshot", "all"], default="all")
     ap.add_argument("--backbones", nargs="+", default=["swinunetr", "unet3d"])
-    ap.add_argument("--recipes", nargs="+",
-                    default=["full", "decoder", "encoder-lora", "encoder-adapter", "bias", "norm", "linear-probe"])  # fmt: skip
+    ap.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["full", "decoder", "encoder-lora", "encoder-adapter", "bias", "norm", "linear-probe"],
+    )
     ap.add_argument("--shots", nargs="+", type=int, default=[1, 5])
     ap.add_argument("--pretrain-steps", type=int, default=300)
     ap.add_argument("--adapt-steps", type=int, default=100)
@@ -202,8 +253,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}  # fmt: skip
+    out = {
+        "machine": {
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+        }
+    }
     if args.part in ("speed", "all"):
         out["speed"] = bench_speed(args.backbones, args.recipes)
     if args.part in ("fewshot", "all"):

@@ -60,11 +60,27 @@ def test_few_shot_task_head_only_with_transductive_constraint(hippo):
         preprocess_transforms(prep, label_map={1: 1})(r)["label"][0].numpy()
         for r in volume_records(ds, split.train)
     ]
-    tc = ProportionConstraint(model, query[None].as_tensor(), support, ROI, config=ConstraintConfig(warmup_epochs=1),
-                              foreground=lambda z: z.softmax(1)[:, 1])  # fmt: skip
-    task = VolumetricTask(model, volume_records(ds, split.train), volume_records(ds, split.val), prep,
-                          recipe="linear-probe", roi_size=ROI, label_map={1: 1}, fixed_crops=2,
-                          transductive=tc, class_names=["anterior"], overlap=0.0)  # fmt: skip
+    tc = ProportionConstraint(
+        model,
+        query[None].as_tensor(),
+        support,
+        ROI,
+        config=ConstraintConfig(warmup_epochs=1),
+        foreground=lambda z: z.softmax(1)[:, 1],
+    )
+    task = VolumetricTask(
+        model,
+        volume_records(ds, split.train),
+        volume_records(ds, split.val),
+        prep,
+        recipe="linear-probe",
+        roi_size=ROI,
+        label_map={1: 1},
+        fixed_crops=2,
+        transductive=tc,
+        class_names=["anterior"],
+        overlap=0.0,
+    )
     assert task.cache_features and task.applied.trainable == 2 * 4 + 2
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(task.parameters_to_train(), lr=0.1)
@@ -88,8 +104,9 @@ def test_partial_label_pretraining_step(hippo):
     assert template.label_map("B") == {2: 2}
     torch.manual_seed(0)
     model = build_volumetric("unet3d", 2, **SMALL_UNET)
-    model.head = TextConditionedHead(model.feature_channels, model.bottleneck_channels,
-                                     embed_class_names(template.classes, "onehot"))  # fmt: skip
+    model.head = TextConditionedHead(
+        model.feature_channels, model.bottleneck_channels, embed_class_names(template.classes, "onehot")
+    )
     records = {"A": volume_records(ds, split.train[:1]), "B": volume_records(ds, split.train[1:2])}
     task = PartialLabelTask(model, template, records, prep, ROI, batch_size=2, num_samples=1)
     batch = next(iter(task.train_batches(0)))

@@ -52,8 +52,14 @@ def test_output_geometry_after_resampling_and_largest_component(tmp_path):
     arr2[25:28, 35:39, 19:22] = 150  # a separate blob, dropped by the largest-component step
     nib.save(nib.Nifti1Image(arr2, OBLIQUE), tmp_path / "img.nii.gz")
     prep = VolumePreprocessing(modality="CT", spacing=(1.5, 1.5, 1.5))
-    out = segment_file(Threshold(), tmp_path / "img.nii.gz", tmp_path / "seg.nii.gz", prep, (16, 16, 16),
-                       largest_component=True)  # fmt: skip
+    out = segment_file(
+        Threshold(),
+        tmp_path / "img.nii.gz",
+        tmp_path / "seg.nii.gz",
+        prep,
+        (16, 16, 16),
+        largest_component=True,
+    )
     seg = nib.load(out)
     labels = np.asarray(seg.dataobj)
     assert seg.shape == arr.shape and np.allclose(seg.affine, OBLIQUE)

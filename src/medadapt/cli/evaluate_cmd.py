@@ -41,7 +41,6 @@ def evaluate(
     --model) to segment the held-out cases and score them in one go.
     """
     from medadapt.evaluate.folders import evaluate_folders
-    from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
 
     set_threads(threads)
     class_list = parse_int_list(classes, option="--classes")

@@ -127,8 +127,14 @@ class PartialLabelTask:
         for i, tf in enumerate(self._transforms):
             tf.set_random_state(seed=self.seed + 1000 * epoch + i)
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        return DataLoader(self._data, batch_size=self.batch_size, shuffle=True, generator=gen, num_workers=0,
-                          collate_fn=list_data_collate)  # fmt: skip
+        return DataLoader(
+            self._data,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=gen,
+            num_workers=0,
+            collate_fn=list_data_collate,
+        )
 
     def training_step(self, batch: Mapping[str, Any]) -> tuple[Tensor, Mapping[str, Tensor]]:
         logits = self.model(batch["image"])

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
 
-
 DEFAULT_STEPS = 200
 
 
@@ -74,7 +73,7 @@ class FitOptions(BaseModel):
     n_neg: int = 0
     augment: bool = True
     cache_dir: str | None = None
-    max_val_slices: int = Field(200, ge=1)
+    max_val_slices: int = Field(64, ge=1)
     progress: bool = True
 
     @classmethod

@@ -4,7 +4,7 @@ Samples are the labelled slices of the training volumes (or the training images 
 Every class present in a slice is a training object, so multi-class data trains all classes at
 once rather than one random mask. Prompt modes:
 
-- ``box``: the object's box in the model frame, jittered by up to ``box_jitter`` px per side;
+- ``box``: the object's box in the model frame, each side pushed out by 0..``box_jitter`` px;
 - ``point``: ``n_pos`` random points inside the object, ``n_neg`` outside;
 - ``hybrid``: each object drawn at random as box, points, or box + points;
 - ``auto``: no prompt at all: learned class tokens (:mod:`medadapt.adapt.class_prompts`) decode
@@ -158,62 +158,62 @@ class SamSegmentationTask:
     def training_step(self, batch: list[int]):
         items = [self._augmented(self.train_items[i]) for i in batch]
         emb = self._embeddings(items, train=True)
-        logits, targets, iou = self._decode_objects(emb, items, self.rng)
+        logits, targets, iou, _ = self._decode_objects(emb, items, self.rng)
         if logits is None:
             zero = sum(p.sum() * 0 for p in self.parameters_to_train())
             return zero, {"objects": 0.0}
         loss = self.loss(logits, targets, iou if self.settings.iou_weight > 0 else None)
         return loss, {"objects": float(targets.shape[0])}
 
-    def _decode_objects(self, emb: torch.Tensor, items: list[_Item], rng: np.random.Generator):
-        """Logits [N, 1, 256, 256] (or [B, C, ...] in auto mode), targets alike, IoU predictions."""
+    def _decode_objects(self, emb: torch.Tensor, items: list[_Item], rng: np.random.Generator,
+                        *, validation: bool = False):
+        """Logits [N, 1, 256, 256] (or [B, C, ...] in auto mode), targets alike, IoU predictions, and
+        the (slice, class) of each object. Objects with the same prompt kind share one decoder call."""
         if self.settings.prompt == "auto":
             logits, iou = self.sam.class_prompts.decode(self.sam, emb)
             targets = torch.stack([
                 torch.stack([(it.target == c).float() for c in self.classes]) for it in items
             ])
-            return logits, targets, iou.reshape(-1, 1)
-        kinds: dict[str, list[tuple[int, np.ndarray]]] = {}
+            return logits, targets, iou.reshape(-1, 1), None
+        kinds: dict[str, list[tuple[int, int, np.ndarray]]] = {}
         for b, it in enumerate(items):
             target = it.target.numpy()
             for c in self.classes:
                 mask = target == c
                 if mask.any():
-                    kinds.setdefault(self._kind(rng), []).append((b, mask))
+                    kinds.setdefault(self._kind(rng, validation), []).append((b, c, mask))
         if not kinds:
-            return None, None, None
-        out_logits, out_targets, out_iou = [], [], []
-        size = self.spec.image_size
-        scale = size / LOW_RES
+            return None, None, None, None
+        out_logits, out_targets, out_iou, owners = [], [], [], []
+        scale = self.spec.image_size / LOW_RES
+        jitter = 0 if validation else self.settings.box_jitter
         for kind, objs in sorted(kinds.items()):
-            idx = torch.tensor([b for b, _ in objs])
+            idx = torch.tensor([b for b, _, _ in objs])
             boxes = points = None
             if "box" in kind:
-                boxes = torch.from_numpy(np.stack([self._jittered_box(m, rng) for _, m in objs]) * scale)
+                boxes = torch.from_numpy(np.stack([self._jittered_box(m, rng, jitter) for _, _, m in objs]) * scale)
             if "point" in kind:
-                coords, labels = zip(*(self._points(m, rng) for _, m in objs), strict=True)
+                coords, labels = zip(*(self._points(m, rng) for _, _, m in objs), strict=True)
                 points = (torch.from_numpy(np.stack(coords) * scale), torch.from_numpy(np.stack(labels)))
             low_res, iou = self.sam.decode(emb[idx], points=points, boxes=boxes, multimask_output=False)
             out_logits.append(low_res)
             out_iou.append(iou)
-            out_targets.append(torch.stack([torch.from_numpy(m).float()[None] for _, m in objs]))
-        return torch.cat(out_logits), torch.cat(out_targets), torch.cat(out_iou)
+            out_targets.append(torch.stack([torch.from_numpy(m).float()[None] for _, _, m in objs]))
+            owners += [(b, c) for b, c, _ in objs]
+        return torch.cat(out_logits), torch.cat(out_targets), torch.cat(out_iou), owners
 
-    def _kind(self, rng: np.random.Generator) -> str:
+    def _kind(self, rng: np.random.Generator, validation: bool = False) -> str:
         mode = self.settings.prompt
         if mode == "hybrid":
-            return ("box", "point", "box+point")[int(rng.integers(3))]
+            return "box+point" if validation else ("box", "point", "box+point")[int(rng.integers(3))]
         return mode
 
-    def _jittered_box(self, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _jittered_box(self, mask: np.ndarray, rng: np.random.Generator, jitter: int) -> np.ndarray:
         box = _box_of(mask)
-        j = self.settings.box_jitter
-        if j > 0:
-            # MedSAM's training jitter: each side moves outwards by 0..j px.
-            box = box + rng.integers(0, j + 1, size=4) * np.array([-1, -1, 1, 1])
-        hi = LOW_RES - 1
-        box = np.clip(box, 0, hi)
-        box[2], box[3] = max(box[2], box[0]), max(box[3], box[1])
+        if jitter > 0:
+            # MedSAM's training jitter: each side moves outwards by 0..jitter px.
+            box = box + rng.integers(0, jitter + 1, size=4) * np.array([-1, -1, 1, 1])
+        box = np.clip(box, 0, LOW_RES - 1)
         return box.astype(np.float32)
 
     def _points(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -232,58 +232,40 @@ class SamSegmentationTask:
     # -- validation --------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Dice per class over all validation slices (sums of overlaps), in the low-res model frame."""
+        """Dice per class over all validation slices (sums of overlaps), in the low-res model frame.
+
+        Prompts are tight boxes (or fixed-seed points), the same at every validation.
+        """
         if not self.val_items:
             return {}
-        rng = np.random.default_rng(12345)  # the same prompts at every validation
+        from medadapt.adapt.class_prompts import labels_from_class_logits
+
+        rng = np.random.default_rng(12345)
         inter = dict.fromkeys(self.classes, 0.0)
         total = dict.fromkeys(self.classes, 0.0)
-        bs = max(self.settings.batch_size, 8)
+        bs = max(self.settings.batch_size, 16)
         for i in range(0, len(self.val_items), bs):
             items = self.val_items[i : i + bs]
             emb = self._embeddings(items, train=False)
-            if self.settings.prompt == "auto":
-                from medadapt.adapt.class_prompts import labels_from_class_logits
-
-                logits, _ = self.sam.class_prompts.decode(self.sam, emb)
-                pred = labels_from_class_logits(logits)  # [B, 256, 256] 0..C
+            logits, targets, _, owners = self._decode_objects(emb, items, rng, validation=True)
+            if logits is None:
+                continue
+            if owners is None:  # automatic mode: one multi-class label map per slice
+                pred = labels_from_class_logits(logits)
                 for b, it in enumerate(items):
                     for k, c in enumerate(self.classes):
                         p, g = pred[b] == k + 1, it.target == c
                         inter[c] += float((p & g).sum())
                         total[c] += float(p.sum() + g.sum())
                 continue
-            saved = self.settings.box_jitter
-            self.settings.box_jitter = 0
-            try:
-                for b, it in enumerate(items):
-                    target = it.target.numpy()
-                    for c in self.classes:
-                        g = target == c
-                        if not g.any():
-                            continue
-                        logits, _, _ = self._decode_one(emb[b : b + 1], g, rng)
-                        p = logits[0, 0] > 0
-                        gt = torch.from_numpy(g)
-                        inter[c] += float((p & gt).sum())
-                        total[c] += float(p.sum() + gt.sum())
-            finally:
-                self.settings.box_jitter = saved
+            pred = logits[:, 0] > 0
+            gt = targets[:, 0] > 0
+            for j, (_, c) in enumerate(owners):
+                inter[c] += float((pred[j] & gt[j]).sum())
+                total[c] += float(pred[j].sum() + gt[j].sum())
         dsc = {f"val_dsc_{c}": (2 * inter[c] / total[c] if total[c] else float("nan")) for c in self.classes}
         values = [v for v in dsc.values() if not np.isnan(v)]
         return {"val_dsc": float(np.mean(values)) if values else 0.0, **dsc}
-
-    def _decode_one(self, emb, mask, rng):
-        kind = "box+point" if self.settings.prompt == "hybrid" else self.settings.prompt
-        size = self.spec.image_size / LOW_RES
-        boxes = points = None
-        if "box" in kind:
-            boxes = torch.from_numpy(self._jittered_box(mask, rng)[None] * size)
-        if "point" in kind:
-            c, lab = self._points(mask, rng)
-            points = (torch.from_numpy(c[None] * size), torch.from_numpy(lab[None]))
-        low_res, iou = self.sam.decode(emb, points=points, boxes=boxes, multimask_output=False)
-        return low_res, None, iou
 
     # -- artifacts ---------------------------------------------------------------------------
     def save_best(self, out_dir: str | Path) -> None:

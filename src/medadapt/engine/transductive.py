@@ -118,8 +118,7 @@ class ProportionConstraint:
         cache = FeatureCache(model.extract, model.backbone)
         pool = self.config.pool
         self._features = []
-        for i in range(patches.shape[0]):
-            dense, *rest = cache.get(i, patches[i : i + 1])
+        for dense, *rest in cache.get_many(list(range(patches.shape[0])), patches):
             if pool > 1:  # [1, F, r0, r1, r2] -> [1, F, r0/pool, ...]
                 dense = F.avg_pool3d(dense, pool)
             self._features.append((dense, *rest))

@@ -130,9 +130,15 @@ class VolumetricTask:
         self._epoch = 0
 
         train_tf = training_transforms(
-            prep, self.roi_size, pos=pos, neg=neg, num_samples=num_samples,
-            flip_prob=flip_prob, rot90_prob=rot90_prob, label_map=label_map,
-        )  # fmt: skip
+            prep,
+            self.roi_size,
+            pos=pos,
+            neg=neg,
+            num_samples=num_samples,
+            flip_prob=flip_prob,
+            rot90_prob=rot90_prob,
+            label_map=label_map,
+        )
         self._train_tf = train_tf
         self._train_ds = volume_dataset(train_records, train_tf)
         self._val_ds = (
@@ -144,6 +150,9 @@ class VolumetricTask:
         if self.cache_features:
             self._cache = FeatureCache(model.extract, model.backbone)
             self._fixed = self._draw_fixed_crops(fixed_crops)
+            self._cache.get_many(
+                [c["key"] for c in self._fixed], torch.cat([c["image"] for c in self._fixed])
+            )
 
     @property
     def _n_fg(self) -> int:
@@ -161,8 +170,14 @@ class VolumetricTask:
             return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         self._train_tf.set_random_state(seed=self.seed + epoch)
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        return DataLoader(self._train_ds, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          num_workers=0, collate_fn=list_data_collate)  # fmt: skip
+        return DataLoader(
+            self._train_ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=gen,
+            num_workers=0,
+            collate_fn=list_data_collate,
+        )
 
     def training_step(self, batch: Any) -> tuple[Tensor, Mapping[str, float]]:
         if self._fixed is not None:  # list of cached crops: the head only
@@ -206,10 +221,18 @@ class VolumetricTask:
 
     def save_best(self, out_dir: Path) -> None:
         save_adapter(
-            self._plain, Path(out_dir) / "adapter", recipe=self.recipe, base=self.base,
-            extra={"roi_size": list(self.roi_size), "sigmoid": self.sigmoid, "classes": self.class_names,
-                   "preprocessing": asdict(self.prep), "head": type(self._plain.head).__name__},
-        )  # fmt: skip
+            self._plain,
+            Path(out_dir) / "adapter",
+            recipe=self.recipe,
+            base=self.base,
+            extra={
+                "roi_size": list(self.roi_size),
+                "sigmoid": self.sigmoid,
+                "classes": self.class_names,
+                "preprocessing": asdict(self.prep),
+                "head": type(self._plain.head).__name__,
+            },
+        )
 
     # ------------------------------------------------------------------ helpers
     def _target(self, label: Tensor) -> Tensor:

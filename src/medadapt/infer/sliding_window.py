@@ -9,6 +9,10 @@ through the inverse transforms with nearest-neighbour interpolation (MONAI ``Inv
 has the input's shape and axis order, and :func:`segment_file` writes it with the input's header
 (:func:`medadapt.io.volumes.write_like`).
 
+Windows are batched (``sw_batch_size=4``): for a batch of one small feature map PyTorch's CPU conv3d
+falls back to its native im2col kernel, while a batch of two or more runs oneDNN, about 5x faster on
+the small 3D U-Nets used here.
+
 Two output conventions: ``sigmoid=False`` (softmax, channel 0 background; label = argmax) and
 ``sigmoid=True`` (one independent channel per class, as the universal model; label = 1 + the most
 probable channel above ``threshold``, background where none is).
@@ -39,7 +43,7 @@ def sliding_window_logits(
     roi_size: Sequence[int],
     *,
     overlap: float = 0.5,
-    sw_batch_size: int = 1,
+    sw_batch_size: int = 4,
     mode: str = "gaussian",
     sigma_scale: float = 0.125,
 ) -> torch.Tensor:
@@ -85,7 +89,7 @@ def segment_volume(
     roi_size: Sequence[int],
     *,
     overlap: float = 0.5,
-    sw_batch_size: int = 1,
+    sw_batch_size: int = 4,
     sigmoid: bool = False,
     threshold: float = 0.5,
     largest_component: bool = False,

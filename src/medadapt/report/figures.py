@@ -116,11 +116,13 @@ def score_distribution(values: Mapping[str, Mapping[str, Sequence[float]]], name
 
 def comparison_bars(
     runs: Sequence[str], groups: Sequence[str], stats: Mapping[str, Sequence[Mapping | None]], metric: str = "dsc",
+    hue: Sequence[str] | None = None,
 ) -> bytes | None:
     """One panel per group (overall, then each class), one horizontal bar per run: mean with its 95 % CI.
 
     ``stats[group][i]`` is run ``i``'s summary statistics (``mean``, ``ci95``) for that group, or None.
-    Horizontal bars keep run names readable when a method matrix has dozens of runs.
+    Runs with the same ``hue`` (e.g. the method) share a colour. Horizontal bars keep run names readable
+    when a method matrix has dozens of runs.
     """
     if not runs or not any(s and _finite(s.get("mean")) for g in groups for s in stats[g]):
         return None
@@ -134,7 +136,9 @@ def comparison_bars(
                        for s in stats[g]], dtype=np.float64).reshape(n, 2)
         err = np.vstack([means - ci[:, 0], ci[:, 1] - means])
         err = np.where(np.isfinite(err), np.maximum(err, 0), 0)
-        colors = [_COLORS[i % len(_COLORS)] for i in range(n)]
+        keys = list(hue) if hue is not None else list(runs)
+        order = list(dict.fromkeys(keys))
+        colors = [_COLORS[order.index(k) % len(_COLORS)] for k in keys]
         ax.barh(y, np.nan_to_num(means), xerr=err, color=colors, alpha=0.85, height=0.65,
                 error_kw={"ecolor": "#333", "capsize": 3, "linewidth": 1})
         scale = 1.0 if metric in ("dsc", "nsd") else float(np.nanmax(ci[:, 1], initial=1.0))
@@ -156,13 +160,16 @@ def comparison_bars(
 
 
 def shots_curve(curves: Mapping[str, Mapping[int, Sequence[float]]], metric: str = "dsc") -> bytes | None:
-    """Mean score against the number of training cases, one line per method; bars: sd over seeds."""
+    """Mean score against the number of training cases, one line per method; bars: sd over seeds.
+
+    Lines take colours in the order of ``curves`` (give methods in the order :func:`comparison_bars` sees them).
+    """
     curves = {k: v for k, v in curves.items() if v}
     if not curves or len({s for v in curves.values() for s in v}) < 2:
         return None
     fig = Figure(figsize=(6.0, 3.6), layout="constrained")
     ax = fig.subplots()
-    for i, (name, by_shots) in enumerate(sorted(curves.items())):
+    for i, (name, by_shots) in enumerate(curves.items()):  # insertion order: the colours of comparison_bars
         shots = sorted(by_shots)
         vals = [np.asarray(by_shots[s], dtype=np.float64) for s in shots]
         mean = [float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for v in vals]

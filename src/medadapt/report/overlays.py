@@ -2,8 +2,9 @@
 
 For each chosen slice the figure shows three tiles: the ground truth, the prediction (class colours
 blended over the image, with a one-pixel outline so thin structures stay visible) and the
-disagreement (voxels the prediction missed, and voxels it added or gave the wrong class). Tiles are
-composed in numpy and laid out with matplotlib for titles and the legend.
+disagreement (voxels the prediction missed, and voxels it added or gave the wrong class). Small
+structures in a large field of view are shown zoomed (one window per case, the same on every slice).
+Tiles are composed in numpy and laid out with matplotlib for titles and the legend.
 
 Display conventions: a NIfTI volume (nibabel's ``i, j, k`` array order) is rotated by 90° so that a
 slice looks as in a radiological viewer rather than lying on its side; anisotropic voxels keep their
@@ -84,8 +85,27 @@ def errors(base: np.ndarray, label: np.ndarray, pred: np.ndarray, *, alpha: floa
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _slice(arr: np.ndarray, axis: int | None, index: int, rotate: bool) -> np.ndarray:
-    s = arr if axis is None else np.take(arr, index, axis=axis)
+def crop_window(label: np.ndarray, pred: np.ndarray, axis: int | None, *, min_share: float = 0.36,
+                margin: float = 0.5) -> tuple[slice, slice]:
+    """In-plane window around every structure of the case (ground truth or prediction), with a margin of
+    ``margin`` × its size; the whole plane when the structures already fill ``min_share`` of it."""
+    union = (label > 0) | (pred > 0)
+    plane = union if axis is None else union.any(axis=axis)  # [H, W] in slice order
+    full = (slice(0, plane.shape[0]), slice(0, plane.shape[1]))
+    if not plane.any():
+        return full
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    pad = max(8, int(margin * max(r1 - r0, c1 - c0)))
+    r0, c0 = max(0, r0 - pad), max(0, c0 - pad)
+    r1, c1 = min(plane.shape[0], r1 + pad), min(plane.shape[1], c1 + pad)
+    if (r1 - r0) * (c1 - c0) >= min_share * plane.size:
+        return full
+    return slice(r0, r1), slice(c0, c1)
+
+
+def _slice(arr: np.ndarray, axis: int | None, index: int, window: tuple[slice, slice], rotate: bool) -> np.ndarray:
+    s = (arr if axis is None else np.take(arr, index, axis=axis))[window]
     return np.rot90(s) if rotate else s
 
 
@@ -112,6 +132,9 @@ def case_figure(
             f"image {image.shape}, ground truth {label.shape} and prediction {pred.shape} differ in shape."
         )
     indices = pick_slices(label, pred, slice_axis, n_slices) if slice_axis is not None else [0]
+    window = crop_window(label, pred, slice_axis)
+    plane = label.shape if slice_axis is None else tuple(n for i, n in enumerate(label.shape) if i != slice_axis)
+    zoomed = (window[0].stop - window[0].start, window[1].stop - window[1].start) != plane[:2]
     aspect = 1.0
     if spacing is not None and len(spacing) == label.ndim:
         rc = [spacing[i] for i in range(label.ndim) if i != slice_axis][:2]
@@ -120,9 +143,7 @@ def case_figure(
         aspect = float(rc[0]) / float(rc[1]) if rc[1] else 1.0
     columns = []
     for idx in indices:
-        lab = _slice(label, slice_axis, idx, rotate)
-        prd = _slice(pred, slice_axis, idx, rotate)
-        img = _slice(image, slice_axis, idx, rotate)
+        lab, prd, img = (_slice(a, slice_axis, idx, window, rotate) for a in (label, pred, image))
         factor = max(1, math.ceil(_MIN_TILE / max(lab.shape)))
         lab, prd, img = (_upsample(a, factor) for a in (lab, prd, img))
         base = _base_rgb(img, lab.shape)
@@ -131,7 +152,7 @@ def case_figure(
     one = len(columns) == 1  # a 2D image: the three tiles side by side
     nrows, ncols = (1, 3) if one else (3, len(columns))
     h, w = columns[0][1][0].shape[:2]
-    tile_w = 2.3
+    tile_w = 3.4 if one else 2.3
     tile_h = min(3.2, tile_w * h * aspect / w)
     fig = Figure(figsize=(tile_w * ncols + 0.6, tile_h * nrows + 0.9), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -156,8 +177,8 @@ def case_figure(
     handles += [Patch(color=np.asarray(MISSED) / 255, label="missed"),
                 Patch(color=np.asarray(EXTRA) / 255, label="extra / wrong class")]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title or zoomed:
+        fig.suptitle(title + ("  (zoomed on the structures)" if zoomed else ""), fontsize=10)
     return to_png(fig)
 
 

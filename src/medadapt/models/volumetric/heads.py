@@ -144,25 +144,45 @@ class FeatureCache:
         return key in self._items
 
     def get(self, key: Hashable, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Features of ``image`` ([B, C, D, H, W]) under ``key``; computed on first use."""
-        if key not in self._items:
-            if any(p.requires_grad for p in self._backbone.parameters()):
-                raise MedadaptError(
-                    "cannot cache features of a backbone that is being trained",
-                    fix="freeze the backbone (black-box heads, linear probe) or disable the feature cache",
-                )
+        """Features of ``image`` ([1, C, D, H, W]) under ``key``; computed on first use."""
+        return self.get_many([key], image)[0]
+
+    def get_many(
+        self, keys: Sequence[Hashable], images: torch.Tensor, *, chunk: int = 4
+    ) -> list[tuple[torch.Tensor, ...]]:
+        """Features of ``images`` ([N, C, D, H, W], one per key), missing ones computed ``chunk`` at a time.
+
+        Batching matters on CPU: PyTorch runs a batch of one small 3D feature map through its slow
+        native conv3d, and two or more through oneDNN.
+        """
+        missing = [i for i, k in enumerate(keys) if k not in self._items]
+        if missing:
+            self._check_frozen()
             was_training = self._backbone.training
             self._backbone.eval()
             try:
                 with torch.no_grad():
-                    feats = self._extract(image)
+                    for start in range(0, len(missing), chunk):
+                        idx = missing[start : start + chunk]
+                        feats = self._extract(images[idx])
+                        for j, i in enumerate(idx):
+                            self._store(keys[i], tuple(f[j : j + 1] for f in feats))
             finally:
                 self._backbone.train(was_training)
-            self._items[key] = tuple(f.detach().to("cpu", self._dtype) for f in feats)
-            if self._max_items is not None and len(self._items) > self._max_items:
-                self._items.popitem(last=False)
-        device = image.device
-        return tuple(f.to(device, torch.float32) for f in self._items[key])
+        device = images.device
+        return [tuple(f.to(device, torch.float32) for f in self._items[k]) for k in keys]
+
+    def _check_frozen(self) -> None:
+        if any(p.requires_grad for p in self._backbone.parameters()):
+            raise MedadaptError(
+                "cannot cache features of a backbone that is being trained",
+                fix="freeze the backbone (black-box heads, linear probe) or disable the feature cache",
+            )
+
+    def _store(self, key: Hashable, feats: tuple[torch.Tensor, ...]) -> None:
+        self._items[key] = tuple(f.detach().to("cpu", self._dtype).clone() for f in feats)
+        if self._max_items is not None and len(self._items) > self._max_items:
+            self._items.popitem(last=False)
 
     def clear(self) -> None:
         self._items.clear()

@@ -105,28 +105,24 @@ def read_checkpoint(path: str | Path) -> Mapping[str, object]:
     return raw
 
 
-def _unwrap(raw: Mapping[str, object]) -> tuple[str | None, dict[str, torch.Tensor]]:
+def _unwrap(raw: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """The tensors under ``state_dict`` / ``net`` / ``model`` / ``model_state_dict``, or at the top."""
     for name in _CONTAINERS:
         inner = raw.get(name)
         if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-            return name, {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
-    return None, {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+            return {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
 
 
 def normalise_state_dict(
     raw: Mapping[str, object],
 ) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(layout, state dict in MONAI names, universal-head extras)`` for any supported layout."""
-    container, sd = _unwrap(raw)
+    sd = _unwrap(raw)
     if not sd:
         raise MedadaptError(
             "the checkpoint holds no tensors", fix="give a state dict, or a dict with 'state_dict' / 'net'"
         )
-
-    def strip(prefix: str, keys: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
-        if all(k.startswith(prefix) for k in keys):
-            return {k[len(prefix) :]: v for k, v in keys.items()}, True
-        return keys, False
 
     extras: dict[str, torch.Tensor] = {}
     backbone = {k: v for k, v in sd.items() if ".backbone." in f".{k}"}
@@ -138,7 +134,8 @@ def normalise_state_dict(
                 extras[bare] = v
         sd = {k.split("backbone.", 1)[1]: v for k, v in backbone.items()}
     else:
-        sd, _ = strip("module.", sd)
+        if all(k.startswith("module.") for k in sd):  # DataParallel / SSL prefix
+            sd = {k[len("module.") :]: v for k, v in sd.items()}
         layout = "swinunetr"
 
     renamed: dict[str, torch.Tensor] = {}
@@ -157,7 +154,7 @@ def normalise_state_dict(
             (f"swinViT.{k}" if k.startswith((*_SWIN_ENCODER_ROOTS, "norm.")) else k): v for k, v in sd.items()
         }
     elif layout == "swinunetr" and not any(k.startswith("swinViT.") for k in sd):
-        layout = "monai" if container in (None, "state_dict") else f"monai ({container})"
+        layout = "monai"  # another MONAI network (DynUNet), under any container
     return layout, sd, extras
 
 

@@ -110,7 +110,7 @@ VOLUMETRIC_MODELS: dict[str, VolumetricSpec] = {
             "decoder3",
             "decoder2",
             "decoder1",
-        ),  # fmt: skip
+        ),
         roi_size=(96, 96, 96),
     ),
     "unet3d": VolumetricSpec(
@@ -148,8 +148,15 @@ class VolumetricSegmenter(nn.Module):
     per-image context). ``forward(x) == apply_head(*extract(x))``.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, spec: VolumetricSpec, feature_channels: int,
-                 bottleneck_channels: int, size_divisor: int):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        spec: VolumetricSpec,
+        feature_channels: int,
+        bottleneck_channels: int,
+        size_divisor: int,
+    ):
         super().__init__()
         self.size_divisor = size_divisor
         self.backbone = backbone

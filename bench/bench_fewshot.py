@@ -1,0 +1,154 @@
+"""Few-shot adaptation matrix for SAM-family models: zero-shot vs k-shot recipes, box and auto modes.
+
+Every fit runs as its own `medadapt fit` process (so its wall time and peak memory are its own),
+trained on k volumes/patients of the dataset with a seed; every model is scored on the SAME fixed
+held-out cases (never trained on), volumes reassembled and scored in 3D (DSC, NSD 2 mm, HD95).
+Frozen-encoder embeddings go to one on-disk cache shared by all runs (reported: the first run pays
+for encoding). Results: bench/results/fewshot_<name>.json and a markdown table (mean ± sd over seeds).
+
+    .venv/bin/python bench/bench_fewshot.py --data ../shared/data/hippocampus --name hippocampus \
+        --methods decoder decoder-lora --prompts box auto --shots 1 5 10 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def score(predictor, dataset, keys, mode):
+    from medadapt.infer.dataset_eval import evaluate_dataset
+
+    rows, info = evaluate_dataset(predictor, dataset, keys, mode=mode)
+    agg = {}
+    for m in ("dsc", "nsd", "hd95"):
+        vals = np.array([r[m] for r in rows], dtype=float)
+        agg[m] = float(np.mean(vals[np.isfinite(vals)])) if np.isfinite(vals).any() else float("nan")
+    per_class = {}
+    for c in sorted({r["class"] for r in rows}):
+        per_class[str(c)] = float(np.nanmean([r["dsc"] for r in rows if r["class"] == c]))
+    return {**agg, "dsc_per_class": per_class, "eval_seconds": info["seconds"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--methods", nargs="+", default=["decoder", "decoder-lora"])
+    ap.add_argument("--prompts", nargs="+", default=["box"])
+    ap.add_argument("--shots", nargs="+", type=int, default=[1, 5])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--test-cases", type=int, default=None, help="score only the first N of the fixed test set")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--label-dir", default=None)
+    ap.add_argument("--image-suffix", default=None)
+    ap.add_argument("--label-suffix", default=None)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "tmp")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from medadapt.data.datasets import load_dataset
+    from medadapt.data.fewshot import make_split
+    from medadapt.infer.factory import build_predictor
+
+    ds_kw = dict(label_dir=args.label_dir, image_suffix=args.image_suffix, label_suffix=args.label_suffix)
+    dataset = load_dataset(args.data, **{k: v for k, v in ds_kw.items() if v})
+    test = list(make_split(dataset, shots=1, seed=0).test)
+    if args.test_cases:
+        test = test[: args.test_cases]
+    work = args.work / args.name
+    cache = work / "embedding_cache"
+    work.mkdir(parents=True, exist_ok=True)
+    out_json = ROOT / "bench" / "results" / f"fewshot_{args.name}.json"
+    results = json.loads(out_json.read_text()) if out_json.exists() else {}
+    results.update({"data": args.data, "test_cases": test, "max_steps": args.max_steps, "lr": args.lr,
+                    "threads": args.threads, "cpu_count": os.cpu_count()})
+    runs = results.setdefault("runs", {})
+
+    if "zero-shot/box" not in runs:
+        t = time.perf_counter()
+        runs["zero-shot/box"] = {**score(build_predictor("litemedsam", cache_dir=cache), dataset, test, "box"),
+                                 "wall_seconds": time.perf_counter() - t}
+        out_json.write_text(json.dumps(results, indent=2) + "\n")
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for prompt in args.prompts:
+        for method in args.methods:
+            for k in args.shots:
+                for seed in args.seeds:
+                    key = f"{method}/{prompt}/k{k}/s{seed}"
+                    if key in runs:
+                        continue
+                    run = work / key.replace("/", "_")
+                    cmd = [sys.executable, "-m", "medadapt.cli.main", "fit", "--data", args.data, "--out", str(run),
+                           "--method", method, "--prompt", prompt, "--shots", str(k), "--seed", str(seed),
+                           "--max-steps", str(args.max_steps), "--lr", str(args.lr), "--cache-dir", str(cache),
+                           "--threads", str(args.threads), "--no-progress", "--val-every", str(args.max_steps // 3)]
+                    for opt, val in (("--label-dir", args.label_dir), ("--image-suffix", args.image_suffix),
+                                     ("--label-suffix", args.label_suffix)):
+                        if val:
+                            cmd += [opt, val]
+                    if (run / "checkpoint" / "last.pt").exists():
+                        cmd.append("--resume")
+                    t = time.perf_counter()
+                    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                    wall = time.perf_counter() - t
+                    if proc.returncode != 0:
+                        print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                        runs[key] = {"error": proc.stderr[-500:]}
+                        continue
+                    fit = json.loads((run / "result.json").read_text())
+                    s = score(build_predictor(None, adapter=run, cache_dir=cache), dataset, test, prompt)
+                    runs[key] = {**s, "fit_wall_seconds": wall, "peak_rss_mb": fit.get("peak_rss_mb"),
+                                 "trainable_params": fit["trainable_params"], "adapter_bytes": fit["adapter_bytes"],
+                                 "best_val_dsc": fit.get("best_metric")}
+                    out_json.write_text(json.dumps(results, indent=2) + "\n")
+                    print(key, {k2: runs[key][k2] for k2 in ("dsc", "nsd", "fit_wall_seconds")}, flush=True)
+
+    print_table(results)
+    print(f"wrote {out_json}")
+    return 0
+
+
+def print_table(results: dict) -> None:
+    runs = results["runs"]
+    groups: dict[str, list[dict]] = {}
+    for key, r in runs.items():
+        if "error" in r:
+            continue
+        parts = key.split("/")
+        groups.setdefault("/".join(parts[:3]) if len(parts) > 2 else key, []).append(r)
+    print(f"\nheld-out cases: {len(results['test_cases'])}; mean ± sd over seeds")
+    print("| run | n seeds | DSC | NSD 2mm | HD95 mm | fit s | peak MB | trainable | adapter KiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for g, rs in groups.items():
+        def ms(m, rs=rs):
+            v = np.array([r.get(m, np.nan) for r in rs], dtype=float)
+            v = v[np.isfinite(v)]
+            if not len(v):
+                return "–"
+            return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+        fit_s = np.mean([r.get("fit_wall_seconds", np.nan) for r in rs])
+        peak = np.mean([r.get("peak_rss_mb") or np.nan for r in rs])
+        tp = rs[0].get("trainable_params", "–")
+        ab = rs[0].get("adapter_bytes")
+        print(f"| {g} | {len(rs)} | {ms('dsc')} | {ms('nsd')} | {ms('hd95')} | "
+              f"{'–' if np.isnan(fit_s) else f'{fit_s:.0f}'} | {'–' if np.isnan(peak) else f'{peak:.0f}'} | "
+              f"{tp if isinstance(tp, str) else f'{tp:,}'} | {'–' if ab is None else f'{ab / 1024:.0f}'} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
