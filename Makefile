@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.medadapt-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install browser demo test test-slow lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,7 +22,12 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/medadapt demo $(if $(DATA),--data $(DATA),) $(if $(OUT),--out $(OUT),)
 
-test: install
+# The report test renders pages in headless Chromium (Debian package; needs root for apt).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "warning: could not install chromium; the browser test will fail under CI"
+
+test: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-slow: install

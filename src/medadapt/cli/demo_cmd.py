@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from medadapt.cli.common import console, progress_bar, set_threads, user_errors
+from medadapt.io.discovery import resolve_spec
 
 
 @user_errors
@@ -22,9 +23,9 @@ def demo(
     data: str | None = typer.Option(None, "--data", help="Dataset spec (e.g. ../shared/data/hippocampus); default: synthetic."),
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Output folder."),
     method: str = typer.Option("decoder-lora", "--method", help="Recipe to adapt with."),
-    shots: int = typer.Option(3, "--shots", "-k", help="Training volumes."),
+    shots: int = typer.Option(2, "--shots", "-k", help="Training volumes."),
     steps: int = typer.Option(60, "--max-steps", help="Optimiser steps."),
-    test_cases: int = typer.Option(5, "--test-cases", help="Held-out volumes scored (the first of the fixed test set)."),
+    test_cases: int = typer.Option(3, "--test-cases", help="Held-out volumes scored (the first of the fixed test set)."),
     seed: int = typer.Option(0, "--seed"),
     threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
 ) -> None:
@@ -42,7 +43,7 @@ def demo(
     if data is None:
         from medadapt.data.synthetic import make_synthetic_dataset
 
-        data = str(make_synthetic_dataset(out / "synthetic_data", n_cases=14, seed=seed))
+        data = str(make_synthetic_dataset(out / "synthetic_data", n_cases=10, seed=seed))
         console.print(
             f"[yellow]No --data given: generated a small synthetic MR-like dataset in {data} "
             "(two labelled structures per volume). Pass --data DIR for real data.[/]"
@@ -67,7 +68,7 @@ def demo(
                 progress=lambda: bar.advance(task),
             )
         summary = summarize(rows)
-        summary["settings"] = {"data": str(data), "prompt": "box", "split": str(split_file), **info}
+        summary["settings"] = {"data": resolve_spec(data), "prompt": "box", "split": str(split_file), **info}
         write_per_case_csv(folder / "per_case.csv", rows)
         write_summary_json(folder / "summary.json", summary)
         results[name] = summary
@@ -103,9 +104,8 @@ def demo(
 
 
 def _report(out: Path, run: Path) -> Path:
-    try:
-        from medadapt.report import write_comparison, write_report
-    except ImportError:  # report module not installed in this build
-        return run / "result.json"
+    from medadapt.report import write_comparison, write_report
+
+    write_report(out / "zero_shot")
     write_report(run)
     return write_comparison([out / "zero_shot", run], out / "report")

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from medadapt.cli.common import console, parse_int_list, progress_bar, set_threads, user_errors
 from medadapt.errors import MedadaptError
+from medadapt.io.discovery import resolve_spec
 
 
 @user_errors
@@ -73,6 +74,11 @@ def _write(out: Path, rows: list[dict], settings: dict, n_boot: int) -> None:
     write_summary_json(out / "summary.json", summary)
     print_summary(summary)
     console.print(f"wrote {out / 'per_case.csv'} and {out / 'summary.json'}")
+    from medadapt.report import write_report
+
+    run = settings.get("adapter")
+    target = Path(run) if run and Path(out).resolve().parent == Path(run).resolve() else out
+    console.print(f"report: {write_report(target)}")
 
 
 def _evaluate_dataset(data, *, adapter, model, split, prompt, classes, tolerance_mm, out, save, label_dir,
@@ -97,7 +103,8 @@ def _evaluate_dataset(data, *, adapter, model, split, prompt, classes, tolerance
             predictor, dataset, keys, mode=mode, classes=classes, tolerance_mm=tolerance_mm,
             save_dir=(out / "pred") if save else None, progress=lambda: bar.advance(task),
         )
-    settings = {"data": str(data), "adapter": str(adapter) if adapter else None,
+    settings = {"data": resolve_spec(data), "adapter": str(adapter) if adapter else None,
+                "label_dir": label_dir, "image_suffix": image_suffix, "label_suffix": label_suffix,
                 "model": predictor.spec.name, "prompt": mode, "split": str(split) if split else "default test set",
                 "tolerance_mm": tolerance_mm, **info}
     return rows, settings

@@ -61,9 +61,13 @@ def fit(
     )
     opts = FitOptions.build(values, config)
     result = run_fit(opts, resume=resume)
+    from medadapt.report import write_report
+
+    page = write_report(Path(opts.out))
     console.print(
         f"[bold]fit done[/]: {result['method']} / {result['prompt']} on {len(result['train_cases'])} case(s), "
         f"{result['trainable_params']:,} trainable parameters, best val DSC {result.get('best_metric')}, "
         f"{result['fit_seconds']:.0f} s; adapter: {Path(opts.out) / 'adapter'} "
         f"({(result['adapter_bytes'] or 0) / 1024:.0f} KiB)"
     )
+    console.print(f"report: {page}")

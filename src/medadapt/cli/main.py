@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from medadapt import __version__
-from medadapt.cli import demo_cmd, evaluate_cmd, fit_cmd, models_cmd, predict_cmd
+from medadapt.cli import demo_cmd, evaluate_cmd, fit_cmd, models_cmd, predict_cmd, report_cmd
 
 app = typer.Typer(
     name="medadapt",
@@ -34,6 +34,7 @@ app.command("models")(models_cmd.models)
 app.command("predict")(predict_cmd.predict)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("fit")(fit_cmd.fit)
+app.command("report")(report_cmd.report)
 app.command("demo")(demo_cmd.demo)
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
+from medadapt.io.discovery import resolve_spec
 
 DEFAULT_STEPS = 200
 
@@ -139,7 +140,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False) -> dict:
                            seed=opts.seed, n_val=opts.n_val)
     save_split(split_file, split)
     classes = opts.classes or sorted(dataset.classes)
-    write_json(out / "fit_config.json", opts.model_dump(mode="json"))
+    write_json(out / "fit_config.json", {**opts.model_dump(mode="json"), "data": resolve_spec(opts.data)})
 
     spec = get_spec(opts.model)
     model = build_model(opts.model, checkpoint=opts.checkpoint)

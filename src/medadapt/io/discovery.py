@@ -118,3 +118,9 @@ def pair_by_name(
             "--image-suffix/--label-suffix rules such as '_training'/'_manual1'.",
         )
     return pairs
+
+
+def resolve_spec(spec: str | Path) -> str:
+    """An absolute path for a data spec that is a path (so run folders stay valid from elsewhere)."""
+    p = Path(spec)
+    return str(p.resolve()) if p.exists() else str(spec)
