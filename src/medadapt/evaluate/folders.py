@@ -27,14 +27,8 @@ def _read_labels(path: Path, key: str) -> tuple[np.ndarray, tuple[float, ...] | 
     if is_volume_file(path):
         from medadapt.io.volumes import read_volume
 
-        vol = read_volume(path)
-        arr = vol.array
-        if np.issubdtype(arr.dtype, np.floating):
-            rounded = np.rint(arr)
-            if not np.allclose(rounded, arr, atol=1e-3):
-                raise MedadaptError("label file holds non-integer values.", path=path, fix="give an integer label map.")
-            arr = rounded
-        squeezed = arr.astype(np.int64)
+        vol = read_volume(path, label=True)
+        squeezed = vol.array.astype(np.int64)
         spacing = tuple(float(s) for s in vol.spacing)
         if sum(s > 1 for s in squeezed.shape) == 2 and squeezed.ndim == 3:
             keep = [i for i, s in enumerate(squeezed.shape) if s > 1]

@@ -73,9 +73,9 @@ def load_case(pair: Pair, options: PredictOptions) -> Case:
         vol = read_volume(path)
         label = None
         if pair.label is not None:
-            lab = read_volume(pair.label)
+            lab = read_volume(pair.label, label=True)
             check_pair(vol, lab)
-            label = _as_labels(lab.array, pair.label)
+            label = lab.array
         axis = options.slice_axis if options.slice_axis is not None else default_slice_axis(vol)
         if not 0 <= axis < vol.array.ndim:
             raise MedadaptError(
@@ -108,15 +108,6 @@ def _is_single_slice(path: Path) -> bool:
     except Exception:
         return False
     return sum(s > 1 for s in shape) == 2
-
-
-def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
-    if np.issubdtype(array.dtype, np.floating):
-        rounded = np.rint(array)
-        if not np.allclose(rounded, array, atol=1e-3):
-            raise MedadaptError("label volume holds non-integer values.", path=path, fix="give an integer label map.")
-        array = rounded
-    return array.astype(np.int32)
 
 
 def _read_npz_label(path: Path) -> np.ndarray:

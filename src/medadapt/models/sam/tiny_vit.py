@@ -125,13 +125,11 @@ class PatchMerging(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
-class ConvLayer(nn.Module):
-    """Stage 0: MBConv blocks, then downsampling."""
+class _Stage(nn.Module):
+    """A TinyViT stage: ``blocks`` in sequence, then an optional ``downsample``."""
 
-    def __init__(self, dim: int, depth: int, expand_ratio: float, downsample: nn.Module | None) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
-        self.downsample = downsample
+    blocks: nn.ModuleList
+    downsample: nn.Module | None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
@@ -139,6 +137,16 @@ class ConvLayer(nn.Module):
         if self.downsample is not None:
             x = self.downsample(x)
         return x
+
+
+class ConvLayer(_Stage):
+    """Stage 0: MBConv blocks, then downsampling."""
+
+    def __init__(self, dim: int, depth: int, expand_ratio: float, downsample: nn.Module | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
+        self.downsample = downsample
+
 
 
 class Mlp(nn.Module):
@@ -234,7 +242,7 @@ class TinyViTBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class BasicLayer(nn.Module):
+class BasicLayer(_Stage):
     """Stages 1-3: TinyViT blocks, then (except the last stage) downsampling."""
 
     def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int,
@@ -247,12 +255,6 @@ class BasicLayer(nn.Module):
         )
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            x = blk(x)
-        if self.downsample is not None:
-            x = self.downsample(x)
-        return x
 
 
 class TinyViT(nn.Module):
