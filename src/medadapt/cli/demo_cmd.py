@@ -1,6 +1,6 @@
 """``medadapt demo``: the main job end to end, offline, in a few minutes on a laptop CPU.
 
-Zero-shot LiteMedSAM (box prompts) on held-out volumes, then a few-shot adaptation (decoder LoRA
+Zero-shot LiteMedSAM (box prompts) on held-out volumes, then a few-shot adaptation (the mask decoder
 by default, trained from ``--shots`` volumes), then the adapted model on the same held-out
 volumes, side by side. With ``--data`` it uses a real dataset; without it, it writes a small
 synthetic MR-like dataset first and says so.
@@ -22,7 +22,7 @@ from medadapt.io.discovery import resolve_spec
 def demo(
     data: str | None = typer.Option(None, "--data", help="Dataset spec (e.g. ../shared/data/hippocampus); default: synthetic."),
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Output folder."),
-    method: str = typer.Option("decoder-lora", "--method", help="Recipe to adapt with."),
+    method: str = typer.Option("decoder", "--method", help="Recipe to adapt with."),
     shots: int = typer.Option(2, "--shots", "-k", help="Training volumes."),
     steps: int = typer.Option(60, "--max-steps", help="Optimiser steps."),
     test_cases: int = typer.Option(3, "--test-cases", help="Held-out volumes scored (the first of the fixed test set)."),
