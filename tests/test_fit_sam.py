@@ -83,13 +83,31 @@ def test_adapter_is_small_and_reloads_to_same_predictions(hippo, tmp_path: Path,
 
 
 def test_killed_run_resumes_to_the_same_adapter(hippo, tmp_path: Path, cache_dir: Path):
+    """SIGKILL a real `medadapt fit` process after its first checkpoint, resume it, and compare with
+    an uninterrupted run: the finished epochs are kept and the final adapter is the same."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
     spec, split = hippo
-    kw = dict(method="decoder-lora", prompt="box", lr=1e-3, batch_size=2, epochs=None)
-    full = tmp_path / "full"
-    _fit(full, spec, split, cache_dir, max_steps=12, **kw)
-    part = tmp_path / "part"
-    _fit(part, spec, split, cache_dir, max_steps=6, **kw)  # "killed" after step 6
-    _fit(part, spec, split, cache_dir, max_steps=12, resume=True, **kw)
+    args = ["--data", spec, "--split", str(split), "--cache-dir", str(cache_dir), "--method", "decoder-lora",
+            "--prompt", "box", "--lr", "1e-3", "--batch-size", "2", "--max-steps", "30", "--no-progress"]
+    cmd = [sys.executable, "-m", "medadapt.cli.main", "fit"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    subprocess.run([*cmd, *args, "--out", str(full)], check=True, capture_output=True)
+
+    proc = subprocess.Popen([*cmd, *args, "--out", str(part)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = part / "checkpoint" / "last.pt"
+    deadline = time.time() + 900
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (part / "result.json").exists()
+    subprocess.run([*cmd, *args, "--out", str(part), "--resume"], check=True, capture_output=True)
     a = load_file(str(full / "adapter" / "adapter.safetensors"))
     b = load_file(str(part / "adapter" / "adapter.safetensors"))
     assert a.keys() == b.keys()

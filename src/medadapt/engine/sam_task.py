@@ -104,7 +104,6 @@ class SamSegmentationTask:
         self.encoder_trainable = encoder_trainable
         self.classes = [int(c) for c in settings.classes]
         self.loss = SegmentationLoss(iou_weight=settings.iou_weight)
-        self.rng = np.random.default_rng(settings.seed)
         self.augmenter = None
         if encoder_trainable and settings.augment:
             from medadapt.data.augment import train_augment
@@ -133,13 +132,15 @@ class SamSegmentationTask:
     def parameters_to_train(self):
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def train_batches(self, epoch: int) -> Iterator[list[int]]:
+    def train_batches(self, epoch: int) -> Iterator[tuple[int, int, list[int]]]:
+        """(epoch, batch index, slice indices): the randomness of a step is derived from the first two,
+        so a resumed run draws exactly the jitter/points/augmentations the killed one would have."""
         if not self.train_items:
             return iter(())
         rng = np.random.default_rng(self.settings.seed * 1000 + epoch)
         order = rng.permutation(len(self.train_items))
         bs = self.settings.batch_size
-        return iter([order[i : i + bs].tolist() for i in range(0, len(order), bs)])
+        return iter([(epoch, j, order[i : i + bs].tolist()) for j, i in enumerate(range(0, len(order), bs))])
 
     # -- one step ----------------------------------------------------------------------------
     def _embeddings(self, items: list[_Item], train: bool) -> torch.Tensor:
@@ -155,10 +156,14 @@ class SamSegmentationTask:
         tensor, tf = preprocess_image(image, self.spec)
         return _Item(tensor, model_frame_target(label, tf), item.sample)
 
-    def training_step(self, batch: list[int]):
-        items = [self._augmented(self.train_items[i]) for i in batch]
+    def training_step(self, batch: tuple[int, int, list[int]]):
+        epoch, index, indices = batch
+        rng = np.random.default_rng([self.settings.seed, epoch, index])
+        if self.augmenter is not None:
+            self.augmenter.reseed(int(rng.integers(2**31)))
+        items = [self._augmented(self.train_items[i]) for i in indices]
         emb = self._embeddings(items, train=True)
-        logits, targets, iou, _ = self._decode_objects(emb, items, self.rng)
+        logits, targets, iou, _ = self._decode_objects(emb, items, rng)
         if logits is None:
             zero = sum(p.sum() * 0 for p in self.parameters_to_train())
             return zero, {"objects": 0.0}
