@@ -126,8 +126,9 @@ class SamSegmentationTask:
         return getattr(self.model, "module", self.model)
 
     @torch.no_grad()
-    def _encode_frozen(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.sam.encode(batch)
+    def _encode_frozen(self, batch: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """Encode in chunks: TinyViT's first stage at 256×256 needs ~70 MB of activations per slice."""
+        return torch.cat([self.sam.encode(batch[i : i + chunk]) for i in range(0, len(batch), chunk)])
 
     def parameters_to_train(self):
         return [p for p in self.model.parameters() if p.requires_grad]
