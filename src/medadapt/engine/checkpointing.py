@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medadapt.adapt.artifact import adapter_state_dict
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import atomic_path
 
@@ -70,19 +71,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- weights
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters and the buffers of the modules that own one (CPU copies)."""
-    out: dict[str, torch.Tensor] = {}
-    for mod_name, module in model.named_modules():
-        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
-        if not own:
-            continue
-        prefix = f"{mod_name}." if mod_name else ""
-        for n, p in own:
-            out[prefix + n] = p.detach().cpu().clone()
-        for n, b in module.named_buffers(recurse=False):
-            if n not in module._non_persistent_buffers_set:  # as nn.Module.state_dict does
-                out[prefix + n] = b.detach().cpu().clone()
-    return out
+    """Trainable parameters and the buffers of the modules that own one (CPU copies): the tensors
+    of an adapter artifact (:func:`medadapt.adapt.artifact.adapter_state_dict`), detached from training."""
+    return {k: v.cpu().clone() for k, v in adapter_state_dict(model).items()}
 
 
 def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, path: Path | None = None) -> None:
