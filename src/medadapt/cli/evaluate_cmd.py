@@ -14,13 +14,16 @@ from medadapt.io.discovery import resolve_spec
 
 @user_errors
 def evaluate(
+    task: str = typer.Option("segment", "--task", help="segment | classify | volumetric (what --adapter was fitted for)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for per_case.csv and summary.json."),
     pred: Path | None = typer.Option(None, "--pred", help="Prediction file or folder."),
     gt: Path | None = typer.Option(None, "--gt", help="Ground-truth file or folder (matched to predictions by name)."),
     data: str | None = typer.Option(None, "--data", help="Dataset spec: run the model on its held-out cases instead."),
     adapter: Path | None = typer.Option(None, "--adapter", help="With --data: a `medadapt fit` run (its split's test cases)."),
     model: str | None = typer.Option(None, "--model", help="With --data and no --adapter: zero-shot model (litemedsam)."),
-    split: Path | None = typer.Option(None, "--split", help="With --data: a split.json whose test cases to use."),
+    split: str | None = typer.Option(
+        None, "--split", help="With --data: a split.json whose test cases to use (classify: test | val | a split file)."
+    ),
     prompt: str | None = typer.Option(None, "--prompt", help="With --data: box | auto (default: the adapter's mode)."),
     save_predictions: bool = typer.Option(False, "--save-predictions", help="With --data: write predictions to OUT/pred."),
     label_dir: str | None = typer.Option(None, "--label-dir", help="With --data: label folder name."),
@@ -44,6 +47,21 @@ def evaluate(
     from medadapt.evaluate.folders import evaluate_folders
 
     set_threads(threads)
+    if task not in ("segment", "classify", "volumetric"):
+        raise MedadaptError(f"--task '{task}' is not one of segment, classify, volumetric.", fix="use --task segment")
+    if task != "segment":
+        if data is None or adapter is None:
+            raise MedadaptError(f"--task {task} evaluates a fitted run on a dataset.", fix="pass --data SPEC and --adapter RUN.")
+        if task == "classify":
+            from medadapt.evaluate.classify_run import evaluate_classifier_run as run_eval
+        else:
+            from medadapt.evaluate.volumetric_run import evaluate_volumetric_run as run_eval
+        result = run_eval(
+            data=data, adapter=adapter, split=split, out=out, batch_size=batch_size, precision=precision,
+            n_boot=n_boot, tolerance_mm=tolerance_mm, save_predictions=save_predictions,
+        )
+        console.print(result.get("message", f"wrote {out}"))
+        return
     class_list = parse_int_list(classes, option="--classes")
     if data is not None:
         rows, settings = _evaluate_dataset(
@@ -91,7 +109,7 @@ def _evaluate_dataset(data, *, adapter, model, split, prompt, classes, tolerance
     dataset = load_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
     if split is None and adapter is not None and (Path(adapter) / "split.json").is_file():
         split = Path(adapter) / "split.json"
-    the_split = load_split(split, dataset) if split is not None else make_split(dataset, shots=1, seed=0)
+    the_split = load_split(Path(split), dataset) if split is not None else make_split(dataset, shots=1, seed=0)
     predictor = build_predictor(model, adapter=adapter, batch_size=batch_size, precision=precision)
     mode = prompt or ("auto" if predictor.is_automatic else "box")
     if mode == "auto" and not predictor.is_automatic:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from medadapt.cli.common import console, set_threads, user_errors
+from medadapt.errors import MedadaptError
 
 
 def _recipes_help() -> str:
@@ -15,8 +16,34 @@ def _recipes_help() -> str:
     return "Recipe: " + ", ".join(RECIPES) + " (see `medadapt recipes`)."
 
 
+TASKS = ("segment", "classify", "volumetric")
+
+
+def _task_runner(task: str):
+    """The fit entry point of each task; each takes (values, config, resume) and returns its result dict."""
+    if task == "classify":
+        from medadapt.engine.classify_fit import run_classify_fit
+
+        return run_classify_fit
+    from medadapt.engine.volumetric_fit import run_volumetric_fit
+
+    return run_volumetric_fit
+
+
+def parse_settings(items: list[str] | None) -> dict[str, str]:
+    """``--set key=value`` pairs (task-specific options; values are parsed by the task's config model)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MedadaptError(f"--set expects KEY=VALUE, got '{item}'.", fix="for example --set lora_alpha=32")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
 @user_errors
 def fit(
+    task: str = typer.Option("segment", "--task", help="segment (SAM-family 2D/slice-wise) | classify | volumetric (3D)."),
     data: str | None = typer.Option(None, "--data", "-d", help="Dataset spec: MSD folder, CSV, npz folder, IMG:MASK folders."),
     out: str | None = typer.Option(None, "--out", "-o", help="Run folder."),
     model: str | None = typer.Option(None, "--model", "-m", help="Base model (default litemedsam)."),
@@ -45,12 +72,36 @@ def fit(
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
     threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    settings: list[str] | None = typer.Option(
+        None, "--set", help="Task-specific option KEY=VALUE (repeatable; see docs/recipes.md), e.g. --set lora_alpha=32."
+    ),
 ) -> None:
-    """Adapt a SAM-family model to a new structure from k labelled cases; stores only the adapter."""
+    """Adapt a foundation model from k labelled cases (or a label fraction); stores only the adapter.
+
+    --task segment (default) adapts a SAM-family model; --task classify a ViT / SAM encoder classifier;
+    --task volumetric a 3D SwinUNETR / U-Net.
+    """
     from medadapt.cli.common import parse_int_list
     from medadapt.engine.sam_fit import FitOptions, run_fit
 
     set_threads(threads)
+    if task not in TASKS:
+        raise MedadaptError(f"--task '{task}' is not one of {', '.join(TASKS)}.", fix="use --task segment")
+    if task != "segment":
+        values = dict(
+            data=data, out=out, model=model, checkpoint=checkpoint, method=method, shots=shots, fraction=fraction,
+            seed=seed, split=split, classes=parse_int_list(classes, option="--classes"), max_steps=max_steps,
+            epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
+            target_modules=target_modules.split(",") if target_modules else None, val_every=val_every,
+            patience=patience, precision=precision, cache_dir=cache_dir, progress=False if no_progress else None,
+        )
+        values = {k: v for k, v in values.items() if v is not None}
+        values.update(parse_settings(settings))
+        result = _task_runner(task)(values, config, resume)
+        console.print(result.get("message", f"fit done: {result}"))
+        return
+    if settings:
+        raise MedadaptError("--set is for --task classify / volumetric.", fix="use the named options for --task segment.")
     values = dict(
         data=data, out=out, model=model, checkpoint=checkpoint, method=method, prompt=prompt, shots=shots,
         fraction=fraction, seed=seed, split=split, classes=parse_int_list(classes, option="--classes"),
