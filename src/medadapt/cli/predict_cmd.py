@@ -36,19 +36,29 @@ def predict(
     image_suffix: str | None = typer.Option(None, "--image-suffix", help="Suffix dropped from image names when pairing."),
     label_suffix: str | None = typer.Option(None, "--label-suffix", help="Suffix dropped from label names when pairing."),
     batch_size: int = typer.Option(8, "--batch-size", help="Slices per encoder call."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast where the CPU supports it)."),
-    threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
+    engine: str = typer.Option("torch", "--engine", help="torch | onnxruntime | openvino (see `medadapt export`)."),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32 | bf16 (torch autocast, openvino) | int8 (onnxruntime/openvino, needs --export)."
+    ),
+    export: Path | None = typer.Option(
+        None, "--export", help="Folder from `medadapt export` (default with a runtime engine: export once into the cache)."
+    ),
+    ov_cache: Path | None = typer.Option(None, "--ov-cache", help="OpenVINO compiled-model cache (default EXPORT/ov_cache)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="On-disk embedding cache (re-runs skip the encoder)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (torch and the runtime engines)."),
     seed: int = typer.Option(0, "--seed", help="Seed for jitter and random points."),
 ) -> None:
     """Segment images or volumes with box / point prompts; outputs keep the input names and geometry."""
     from medadapt.infer.cases import PROMPT_SOURCES, PredictOptions, load_case, predict_case, write_prediction
-    from medadapt.infer.factory import build_predictor
+    from medadapt.deploy.engine import build_engine_predictor
+    from medadapt.deploy.runtime import check_engine
     from medadapt.io.discovery import ALL_SUFFIXES, find_files, pair_by_name
 
     set_threads(threads)
     _check_choice("--modality", modality, ("auto", "ct", "mr", "none"))
     _check_choice("--per", per, ("class", "component"))
-    _check_choice("--precision", precision, ("fp32", "bf16"))
+    _check_choice("--precision", precision, ("fp32", "bf16", "int8"))
+    check_engine(engine, precision)
     options = PredictOptions(
         prompts=prompts, slice_axis=slice_axis, modality=modality, window=window, per=per, jitter=jitter,
         n_pos=n_pos, n_neg=n_neg, seed=seed,
@@ -73,8 +83,9 @@ def predict(
     )
     _check_unique_names(pairs)
 
-    predictor = build_predictor(
-        model, checkpoint=checkpoint, adapter=adapter, batch_size=batch_size, precision=precision
+    predictor = build_engine_predictor(
+        model, engine=engine, precision=precision, export=export, checkpoint=checkpoint, adapter=adapter,
+        batch_size=batch_size, threads=threads, cache_dir=cache_dir, ov_cache=ov_cache,
     )
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -66,7 +66,8 @@ class SamPredictor:
         if use_cache or cache_dir is not None:
             from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 
-            key = f"{spec.name}:{precision}:{module_fingerprint(model.image_encoder)}"
+            fingerprint = getattr(model, "fingerprint", None) or module_fingerprint(model.image_encoder)
+            key = f"{spec.name}:{precision}:{fingerprint}"
             self.cache = EmbeddingCache(self._encode_chunked, key, directory=cache_dir)
         # A drop-in replacement for model.encode (e.g. an ONNX Runtime / OpenVINO engine).
         self.encoder = encoder
@@ -150,7 +151,7 @@ class SamPredictor:
 
     @property
     def is_automatic(self) -> bool:
-        return hasattr(self.model, "class_prompts") and self.classes is not None
+        return getattr(self.model, "class_prompts", None) is not None and self.classes is not None
 
     @torch.no_grad()
     def decode_auto(self, embedding: torch.Tensor, transform: Transform) -> np.ndarray:

@@ -1,0 +1,415 @@
+"""Embedding distillation of a SAM-family image encoder into a smaller student (``medadapt distill``).
+
+The student encoder learns to reproduce the teacher's ``[256, 64, 64]`` image embedding (mean
+squared error), as MobileSAM's decoupled distillation and the CVPR24 "MedSAM on Laptop"
+entries did; the prompt encoder and mask decoder are the teacher's and are joined afterwards by
+``medadapt merge --student`` (:mod:`medadapt.deploy.merge`).
+
+- Inputs: each 2D slice is preprocessed for the student; the teacher sees either the same tensor
+  (``teacher_input="student"``) or the slice preprocessed at its own resolution (``"own"``).
+- Flips: every sample is flipped at random (horizontally, vertically) identically for both
+  views. ``flip="embedding"`` flips the cached teacher embedding of the unflipped input (one
+  teacher pass per slice: on a 64x64 grid of a 256 input, pixel ``i`` maps to cell ``i // 4``
+  and its mirror to ``63 - i // 4``); ``flip="input"`` encodes the flipped teacher input too (the
+  cache holds up to four views per slice).
+- Teacher embeddings come from :class:`~medadapt.engine.embedding_cache.EmbeddingCache`
+  (memory, or disk with ``cache_dir``), so the teacher runs once per view, not once per epoch.
+- Training goes through the shared :class:`~medadapt.engine.trainer.Trainer` (resume, CSV and
+  TensorBoard logs, ``checkpoint/``); the best student (lowest validation MSE) is written to
+  ``RUN/student/`` as ``student.safetensors`` + ``student.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+import medadapt
+from medadapt.errors import MedadaptError
+from medadapt.io.atomic import atomic_path, write_json
+
+STUDENT_DIR = "student"
+STUDENT_TENSORS = "student.safetensors"
+STUDENT_JSON = "student.json"
+FORMAT = "medadapt.student"
+FORMAT_VERSION = 1
+
+
+class DistillOptions(BaseModel):
+    """Every option of ``medadapt distill`` (also readable from a YAML config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    out: str
+    teacher: str = "litemedsam"
+    teacher_checkpoint: str | None = None
+    student: str = "litemedsam_student_s"
+    init: Literal["teacher", "random"] = "teacher"  # seed the student with matching teacher blocks
+    teacher_input: Literal["student", "own"] = "student"
+    # Input side of the student (and of the teacher with teacher_input="student"); default: the
+    # student's registered size. Smaller sides make quick smoke runs.
+    image_size: int | None = Field(None, ge=16)
+    flip: Literal["embedding", "input", "none"] = "embedding"
+    # data
+    split: str | None = None  # reuse a split.json (its train part is distilled on)
+    shots: int | None = Field(None, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+    n_val: int | None = Field(None, ge=0)
+    slices: Literal["all", "labelled"] = "all"
+    max_train_slices: int | None = Field(None, ge=1)
+    max_val_slices: int = Field(32, ge=1)
+    modality: str = "auto"
+    image_suffix: str | None = None
+    label_suffix: str | None = None
+    label_dir: str | None = None
+    window: str | None = None
+    # optimisation
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="default: 500 unless epochs is given")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    clip_grad_norm: float | None = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    val_every: int | None = Field(50, ge=1)
+    patience: int | None = None
+    cache_dir: str | None = None
+    progress: bool = True
+
+    @classmethod
+    def build(cls, values: dict, config_file: Path | None = None) -> DistillOptions:
+        merged: dict = {}
+        if config_file is not None:
+            import yaml
+
+            try:
+                loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+            except (OSError, yaml.YAMLError) as err:
+                raise MedadaptError(f"cannot read the config ({err}).", path=config_file) from None
+            if not isinstance(loaded, dict):
+                raise MedadaptError("the config must be a mapping of option: value.", path=config_file)
+            merged.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        merged.update({k: v for k, v in values.items() if v is not None})
+        try:
+            return cls(**merged)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "options"
+            raise MedadaptError(f"invalid distill option '{where}': {first['msg']}.", path=config_file,
+                                fix="see `medadapt distill --help` for the accepted values.") from None
+
+
+DEFAULT_STEPS = 500
+
+
+# ----------------------------------------------------------------------------- the task
+def flip_views(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Flip each ``[B, C, H, W]`` sample: ``flips[b] = (horizontal, vertical)`` booleans."""
+    out = x.clone()
+    for b, (h, v) in enumerate(flips.tolist()):
+        dims = [d for d, on in ((-1, h), (-2, v)) if on]
+        if dims:
+            out[b] = x[b].flip(dims)
+    return out
+
+
+class DistillTask:
+    """TrainTask: student encoder vs cached teacher embeddings (see the module docstring)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, student_spec, teacher_spec, train_samples,
+                 val_samples, *, batch_size: int = 8, flip: str = "embedding", teacher_input: str = "student",
+                 seed: int = 0, cache_dir: Path | None = None, meta: dict | None = None):
+        from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
+
+        self.model = student  # the student *encoder*: [B, 3, S, S] -> [B, 256, 64, 64]
+        self.teacher = teacher.eval()  # the teacher *encoder*
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student_spec, self.teacher_spec = student_spec, teacher_spec
+        self.train_samples, self.val_samples = list(train_samples), list(val_samples)
+        self.batch_size, self.flip, self.seed = batch_size, flip, seed
+        self.teacher_input = teacher_input
+        self.meta = dict(meta or {})
+        key = f"{teacher_spec.name}:{teacher_input}:{module_fingerprint(self.teacher)}"
+        self.cache = EmbeddingCache(self._teacher_encode, key, directory=cache_dir)
+
+    @torch.no_grad()
+    def _teacher_encode(self, batch: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        return torch.cat([self.teacher(batch[i : i + chunk]) for i in range(0, len(batch), chunk)])
+
+    def _inputs(self, samples) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student and teacher input tensors ``[B, 3, S, S]`` (the same tensor when the specs agree)."""
+        from medadapt.models.preprocess import preprocess_image
+
+        xs, ts = [], []
+        for s in samples:
+            x, _ = preprocess_image(s.image, self.student_spec)
+            xs.append(x)
+            ts.append(x if self.teacher_input == "student" else preprocess_image(s.image, self.teacher_spec)[0])
+        return torch.stack(xs), torch.stack(ts)
+
+    def targets(self, teacher_inputs: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+        """Teacher embeddings of (flipped) teacher inputs, from the cache."""
+        if flips is None or self.flip == "none":
+            return self.cache.get_many(teacher_inputs)
+        if self.flip == "input":
+            return self.cache.get_many(flip_views(teacher_inputs, flips))
+        return flip_views(self.cache.get_many(teacher_inputs), flips)
+
+    # -- TrainTask -----------------------------------------------------------------------------
+    def parameters_to_train(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def train_batches(self, epoch: int) -> list[tuple[int, int, list[int]]]:
+        """(epoch, batch index, sample indices); a step's flips derive from the first two (resumable)."""
+        order = np.random.default_rng(self.seed * 1000 + epoch).permutation(len(self.train_samples)).tolist()
+        bs = self.batch_size
+        return [(epoch, i // bs, order[i : i + bs]) for i in range(0, len(order), bs)]
+
+    def training_step(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        epoch, b, idx = batch
+        x, t_in = self._inputs([self.train_samples[i] for i in idx])
+        flips = None
+        if self.flip != "none":
+            rng = np.random.default_rng([self.seed, epoch, b])
+            flips = torch.from_numpy(rng.integers(0, 2, size=(len(idx), 2)).astype(bool))
+            x = flip_views(x, flips)
+        target = self.targets(t_in, flips)  # [B, 256, 64, 64], no grad
+        pred = self.model(x)
+        if pred.shape != target.shape:
+            raise MedadaptError(
+                f"the student's embedding {tuple(pred.shape[1:])} and the teacher's {tuple(target.shape[1:])} differ",
+                fix="pick a student and teacher with the same embedding grid, or --teacher-input student",
+            )
+        loss = F.mse_loss(pred.float(), target)
+        return loss, {}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean squared error and mean per-slice cosine similarity to the teacher, no flips."""
+        if not self.val_samples:
+            return {}
+        return embedding_agreement(self.model, self, self.val_samples)
+
+    def save_best(self, out_dir: str | Path) -> None:
+        save_student(self.model, Path(out_dir) / STUDENT_DIR, self.meta)
+
+
+@torch.no_grad()
+def embedding_agreement(student: nn.Module, task: DistillTask, samples, batch: int = 8) -> dict[str, float]:
+    """``val_mse`` (mean over all elements) and ``val_cos`` (mean over slices) of student vs teacher."""
+    was_training = student.training
+    student.eval()
+    sq, n, cos = 0.0, 0, []
+    for i in range(0, len(samples), batch):
+        x, t_in = task._inputs(samples[i : i + batch])
+        pred, target = student(x).float(), task.targets(t_in, None)
+        sq += float(((pred - target) ** 2).sum())
+        n += target.numel()
+        cos += F.cosine_similarity(pred.flatten(1), target.flatten(1), dim=1).tolist()
+    student.train(was_training)
+    return {"val_mse": sq / max(1, n), "val_cos": float(np.mean(cos)) if cos else float("nan")}
+
+
+# ----------------------------------------------------------------------------- student artifact
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_student(encoder: nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """Write the student encoder's state dict (``student.safetensors``) and ``student.json``."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
+    path = out_dir / STUDENT_TENSORS
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "medadapt": FORMAT})
+    cfg = getattr(encoder, "cfg", None)
+    write_json(out_dir / STUDENT_JSON, {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "medadapt_version": medadapt.__version__,
+        **meta,
+        "encoder_config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None,
+        "params": sum(p.numel() for p in encoder.parameters()),
+        "files": {STUDENT_TENSORS: {"sha256": _sha256(path), "bytes": path.stat().st_size}},
+    })
+    return out_dir
+
+
+def student_dir(path: str | Path) -> Path:
+    """Accept a distill run folder (``RUN/student``) or the student folder itself."""
+    path = Path(path)
+    for cand in (path / STUDENT_DIR, path):
+        if (cand / STUDENT_JSON).is_file():
+            return cand
+    raise MedadaptError("is not a `medadapt distill` run or student folder (no student/student.json inside).",
+                        path=path, fix="pass the --out folder of `medadapt distill` once it has saved a student.")
+
+
+def load_student(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(encoder state dict, metadata) of a saved student; checks the format and checksum."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = student_dir(path)
+    try:
+        meta = json.loads((folder / STUDENT_JSON).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MedadaptError(f"{STUDENT_JSON} cannot be read ({err}).", path=folder / STUDENT_JSON) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise MedadaptError(f"{STUDENT_JSON} is not a medadapt student description.", path=folder / STUDENT_JSON)
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise MedadaptError("the student was saved by a newer medadapt.", path=folder, fix="upgrade medadapt")
+    tensors = folder / STUDENT_TENSORS
+    want = meta.get("files", {}).get(STUDENT_TENSORS, {}).get("sha256")
+    if not tensors.is_file() or (want and _sha256(tensors) != want):
+        raise MedadaptError(f"{STUDENT_TENSORS} is missing or does not belong to {STUDENT_JSON}.", path=tensors,
+                            fix="run `medadapt distill --resume` to write the student again")
+    try:
+        return load_file(str(tensors)), meta
+    except (SafetensorError, OSError) as err:
+        raise MedadaptError(f"cannot read {STUDENT_TENSORS} ({err})", path=tensors) from None
+
+
+# ----------------------------------------------------------------------------- models
+def build_student(name: str, image_size: int | None = None) -> nn.Module:
+    """A SAM model whose image encoder is a registered student (random weights)."""
+    from medadapt.models.registry import build_model, get_spec
+
+    spec = get_spec(name)
+    if spec.encoder != "student":
+        from medadapt.models.registry import list_models
+
+        names = ", ".join(s.name for s in list_models() if s.encoder == "student")
+        raise MedadaptError(f"'{spec.name}' is not a student model.", fix=f"use one of: {names}")
+    return build_model(spec.name, pretrained=False, image_size=image_size)
+
+
+def build_teacher(name: str, checkpoint: str | Path | None, image_size: int | None = None) -> nn.Module:
+    from medadapt.models.registry import build_model
+
+    return build_model(name, checkpoint=checkpoint, image_size=image_size)
+
+
+# ----------------------------------------------------------------------------- the run
+def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
+    """Distil ``opts.teacher``'s image encoder into ``opts.student``; returns ``result.json``'s content."""
+    from medadapt.data.datasets import load_dataset
+    from medadapt.data.fewshot import load_split, make_split, save_split
+    from medadapt.data.slices import iter_slices
+    from medadapt.engine.config import TrainConfig
+    from medadapt.engine.seed import seed_everything
+    from medadapt.engine.trainer import Trainer
+    from medadapt.io.discovery import resolve_spec
+    from medadapt.models.registry import get_spec
+    from medadapt.models.sam import TinyViT
+    from medadapt.models.sam.student import init_from_teacher
+
+    out = Path(opts.out)
+    if not resume and (out / "checkpoint" / "last.pt").exists():
+        raise MedadaptError("this run folder already holds a run.", path=out,
+                            fix="pass --resume to continue it, or choose another --out.")
+    # Check names and data before writing anything.
+    student_spec, teacher_spec = get_spec(opts.student), get_spec(opts.teacher)
+    student_model = build_student(opts.student, opts.image_size)
+    if opts.image_size is not None:
+        student_spec = dataclasses.replace(student_spec, image_size=opts.image_size)
+    size = None if opts.teacher_input == "own" else student_spec.image_size
+    teacher_model = build_teacher(opts.teacher, opts.teacher_checkpoint, size)
+    if teacher_model.image_encoder.embedding_size != student_model.image_encoder.embedding_size:
+        raise MedadaptError(
+            f"the teacher's embedding grid ({teacher_model.image_encoder.embedding_size}) differs from the "
+            f"student's ({student_model.image_encoder.embedding_size}) with --teacher-input {opts.teacher_input}",
+            fix="use --teacher-input own (the teacher at its own resolution), or another teacher",
+        )
+    dataset = load_dataset(opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix,
+                           modality=opts.modality, label_dir=opts.label_dir, window=opts.window)
+    split_file = out / "split.json"
+    if opts.split:
+        split = load_split(opts.split, dataset)
+    elif resume and split_file.exists():
+        split = load_split(split_file, dataset)
+    else:
+        split = make_split(dataset, shots=opts.shots, fraction=opts.fraction, seed=opts.seed, n_val=opts.n_val)
+    include_empty = opts.slices == "all"
+    train = list(iter_slices(dataset, split.train, include_empty=include_empty))
+    if not train:
+        raise MedadaptError("the training cases hold no slice to distil on.", path=opts.data)
+    train = _evenly(train, opts.max_train_slices)
+    val = _evenly(list(iter_slices(dataset, split.val, include_empty=include_empty)), opts.max_val_slices)
+
+    seed_everything(opts.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_split(split_file, split)
+    write_json(out / "distill_config.json", {**opts.model_dump(mode="json"), "data": resolve_spec(opts.data)})
+    student = student_model.image_encoder
+    copied = []
+    if opts.init == "teacher" and isinstance(teacher_model.image_encoder, TinyViT):
+        copied = init_from_teacher(student, teacher_model.image_encoder)
+    meta = {
+        "student": student_spec.name,
+        "teacher": teacher_spec.name,
+        "teacher_checkpoint": str(Path(opts.teacher_checkpoint).resolve()) if opts.teacher_checkpoint else None,
+        "image_size": student_spec.image_size,
+        "teacher_input": opts.teacher_input,
+        "flip": opts.flip,
+        "train_cases": list(split.train),
+        "train_slices": len(train),
+    }
+    task = DistillTask(student, teacher_model.image_encoder, student_spec, teacher_spec, train, val,
+                       batch_size=opts.batch_size, flip=opts.flip, teacher_input=opts.teacher_input, seed=opts.seed,
+                       cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, meta=meta)
+    config = TrainConfig(
+        optimizer="adamw", lr=opts.lr, weight_decay=opts.weight_decay, schedule="cosine",
+        warmup_steps=opts.warmup_steps, epochs=opts.epochs,
+        max_steps=opts.max_steps if (opts.max_steps or opts.epochs) else DEFAULT_STEPS,
+        clip_grad_norm=opts.clip_grad_norm, precision=opts.precision, val_every=opts.val_every if val else None,
+        monitor="val_mse" if val else None, mode="min", patience=opts.patience, seed=opts.seed,
+        batch_size=opts.batch_size, progress=opts.progress,
+        device="cpu" if not torch.cuda.is_available() else "auto",
+    )
+    start = time.perf_counter()
+    initial = embedding_agreement(student, task, val) if val and not resume else {}
+    result = Trainer(config, task, out).fit(resume=resume)
+    summary = {
+        **{k: v for k, v in meta.items() if k != "train_cases"},
+        "train_cases": len(split.train),
+        "val_slices": len(val),
+        "init_tensors_from_teacher": len(copied),
+        "initial_val_mse": initial.get("val_mse"),
+        "initial_val_cos": initial.get("val_cos"),
+        "student_params": sum(p.numel() for p in student.parameters()),
+        "teacher_params": sum(p.numel() for p in teacher_model.image_encoder.parameters()),
+        "teacher_cache": task.cache.stats(),
+        "distill_seconds": time.perf_counter() - start,
+        **{k: v for k, v in result.to_dict().items() if k != "history"},
+    }
+    write_json(out / "result.json", summary)
+    return json.loads(json.dumps(summary, default=str))
+
+
+def _evenly(items: list, n: int | None) -> list:
+    """At most ``n`` items, evenly spaced and deterministic."""
+    if n is None or len(items) <= n:
+        return items
+    pick = np.linspace(0, len(items) - 1, n).round().astype(int)
+    return [items[i] for i in pick]

@@ -1,0 +1,90 @@
+"""Pick the inference engine for ``predict`` / ``evaluate``: PyTorch, or an export on ONNX Runtime / OpenVINO.
+
+With ``--engine onnxruntime|openvino`` and no ``--export DIR``, the model (base + adapter) is
+exported once into the medadapt cache, keyed by the sha256 of its merged weights, and reused by
+later runs; int8 needs calibration images and therefore an explicit ``medadapt export``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from medadapt.deploy.export import MANIFEST, export_model
+from medadapt.deploy.runtime import DeployedSam, check_engine, default_cache_root
+from medadapt.errors import MedadaptError
+from medadapt.infer.factory import build_predictor, load_adapted_model
+from medadapt.infer.predictor import SamPredictor
+from medadapt.models.registry import build_model, get_spec
+
+
+def load_for_export(model: str | None, *, checkpoint: Path | None = None, adapter: Path | None = None):
+    """(Sam, spec, source info, automatic-mode classes) of a base model or a fit run."""
+    classes = None
+    if adapter is not None:
+        net, name, meta = load_adapted_model(adapter, model=model, checkpoint=checkpoint)
+        extra = meta.get("extra") or {}
+        if extra.get("prompt") == "auto":
+            classes = list(extra["classes"])
+        source = {"model": name, "checkpoint": str(checkpoint) if checkpoint else (meta.get("base") or {}).get("checkpoint"),
+                  "adapter": str(Path(adapter).resolve()), "recipe": meta.get("recipe")}
+    else:
+        name = model or "litemedsam"
+        net = build_model(name, checkpoint=checkpoint)
+        source = {"model": name, "checkpoint": str(checkpoint) if checkpoint else None, "adapter": None}
+    return net.eval(), get_spec(name), source, classes
+
+
+def _weights_digest(net: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, tensor in sorted(net.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=None,
+                  cache_root: Path | None = None) -> Path:
+    """The export folder of this model for ``engine``, created on first use."""
+    net, spec, source, classes = load_for_export(model, checkpoint=checkpoint, adapter=adapter)
+    fmt = "onnx" if engine == "onnxruntime" else "openvino"
+    folder = (cache_root or default_cache_root()) / "exports" / f"{spec.name}-{fmt}-{_weights_digest(net)}"
+    if not (folder / MANIFEST).is_file():
+        export_model(net, spec, folder, fmt=fmt, source=source, classes=classes, overwrite=True)
+    return folder
+
+
+def build_engine_predictor(
+    model: str | None,
+    *,
+    engine: str = "torch",
+    precision: str = "fp32",
+    export: Path | None = None,
+    checkpoint: Path | None = None,
+    adapter: Path | None = None,
+    batch_size: int = 8,
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+    use_cache: bool = False,
+    ov_cache: Path | None = None,
+) -> SamPredictor:
+    """A :class:`SamPredictor` on the chosen engine and precision."""
+    check_engine(engine, precision)
+    if engine == "torch":
+        if export is not None:
+            raise MedadaptError("--export is an ONNX / OpenVINO folder; --engine torch does not use it.",
+                                fix="add --engine openvino (or onnxruntime), or drop --export.")
+        return build_predictor(model, checkpoint=checkpoint, adapter=adapter, batch_size=batch_size,
+                               precision=precision, cache_dir=cache_dir, use_cache=use_cache)
+    if export is None:
+        if precision == "int8":
+            raise MedadaptError("--precision int8 needs an export quantised on calibration images.",
+                                fix="run `medadapt export ... --int8-calibration DATA --out DIR`, then pass --export DIR.")
+        export = cached_export(model, engine=engine, checkpoint=checkpoint, adapter=adapter)
+    deployed = DeployedSam(export, engine=engine, precision=precision, threads=threads, cache_dir=ov_cache)
+    spec = get_spec(deployed.manifest["model"])
+    classes = deployed.manifest.get("classes")
+    return SamPredictor(deployed, spec, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
+                        classes=classes if deployed.class_prompts is not None else None)

@@ -1,0 +1,222 @@
+"""Export a (base or adapted) SAM-family model to ONNX or OpenVINO IR as three graphs + a manifest.
+
+finetune-SAM cannot export adapted models; medadapt folds LoRA into the base weights first
+(``adapt.artifact.merge_adapter``; bottleneck adapters are non-linear and stay in the graph), then
+writes ``image_encoder``, ``prompt_encoder`` and ``mask_decoder`` with a dynamic batch axis, the
+never-changing decoder inputs once in ``constants.npz`` (dense positional encoding, the no-mask
+dense prompt, learned class tokens of an automatic-mode adapter), and ``manifest.json`` with the
+preprocessing, input size, graph I/O and a sha256 per file.
+
+ONNX uses the TorchScript exporter (opset 17: one ``LayerNormalization`` node per norm). OpenVINO
+IR is converted from the PyTorch modules directly (``openvino.convert_model``), which gave a faster
+CPU graph than converting the ONNX file in our measurements. ``int8`` graphs are added by
+``deploy.quantize`` (post-training quantisation calibrated on a few images).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medadapt.deploy.graphs import DecoderGraph, EncoderGraph, PromptGraph, prompt_constants
+from medadapt.errors import MedadaptError
+from medadapt.io.atomic import write_json
+from medadapt.models.registry import ModelSpec
+
+FORMATS = ("onnx", "openvino")
+MANIFEST = "manifest.json"
+CONSTANTS = "constants.npz"
+GRAPHS = ("image_encoder", "prompt_encoder", "mask_decoder")
+OPSET = 17
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def graph_file(name: str, fmt: str, precision: str = "fp32") -> str:
+    """File name of a graph: ``image_encoder.onnx``, ``image_encoder.int8.xml`` (+ ``.bin``)."""
+    tag = "" if precision == "fp32" else f".{precision}"
+    return f"{name}{tag}.{'onnx' if fmt == 'onnx' else 'xml'}"
+
+
+def _examples(model: nn.Module, image_size: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    grid = model.prompt_encoder.image_embedding_size
+    consts = prompt_constants(model.prompt_encoder)
+    return {
+        "image_encoder": (torch.zeros(2, 3, image_size, image_size),),
+        "prompt_encoder": (torch.tensor([[[10.0, 12.0], [80.0, 90.0]]] * 2), torch.tensor([[2, 3]] * 2)),
+        "mask_decoder": (
+            torch.zeros(1, 256, *grid), torch.from_numpy(consts["image_pe"]), torch.zeros(2, 2, 256),
+            torch.from_numpy(consts["no_mask_dense"]),
+        ),
+    }
+
+
+IO_NAMES = {
+    "image_encoder": (["images"], ["embeddings"]),
+    "prompt_encoder": (["coords", "labels"], ["sparse"]),
+    "mask_decoder": (["embeddings", "image_pe", "sparse", "dense"], ["masks", "iou"]),
+}
+DYNAMIC_AXES = {
+    "image_encoder": {"images": {0: "batch"}, "embeddings": {0: "batch"}},
+    "prompt_encoder": {"coords": {0: "batch", 1: "points"}, "labels": {0: "batch", 1: "points"},
+                       "sparse": {0: "batch", 1: "points"}},
+    "mask_decoder": {"embeddings": {0: "image_batch"}, "sparse": {0: "batch", 1: "points"},
+                     "dense": {0: "image_batch"}, "masks": {0: "batch"}, "iou": {0: "batch"}},
+}
+
+
+def _modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {
+        "image_encoder": EncoderGraph(model.image_encoder).eval(),
+        "prompt_encoder": PromptGraph(model.prompt_encoder).eval(),
+        "mask_decoder": DecoderGraph(model.mask_decoder).eval(),
+    }
+
+
+def _export_onnx(module: nn.Module, example: tuple, path: Path, name: str) -> None:
+    inputs, outputs = IO_NAMES[name]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript tracer / deprecation chatter
+        torch.onnx.export(
+            module, example, str(path), input_names=inputs, output_names=outputs,
+            dynamic_axes=DYNAMIC_AXES[name], opset_version=OPSET, dynamo=False,
+        )
+
+
+def _export_openvino(module: nn.Module, example: tuple, path: Path, name: str) -> None:
+    import openvino as ov
+
+    inputs, _ = IO_NAMES[name]
+    shapes = []
+    for input_name, tensor in zip(inputs, example, strict=True):
+        dims = list(tensor.shape)
+        for axis in DYNAMIC_AXES[name].get(input_name, {}):
+            dims[axis] = -1
+        shapes.append((input_name, ov.PartialShape(dims), ov.Type.i64 if tensor.dtype == torch.int64 else ov.Type.f32))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        ov_model = ov.convert_model(module, example_input=example, input=shapes)
+    for out, out_name in zip(ov_model.outputs, IO_NAMES[name][1], strict=True):
+        out.get_tensor().set_names({out_name})
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+
+
+def export_model(
+    model: nn.Module,
+    spec: ModelSpec,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    source: dict[str, Any] | None = None,
+    classes: list[int] | None = None,
+    calibration: np.ndarray | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the export folder ``out`` atomically; returns the manifest path.
+
+    ``model`` is a ``Sam`` (possibly adapted; it is copied, then LoRA is merged into the copy).
+    ``source`` (model name, checkpoint, adapter) goes into the manifest. ``classes``: the class ids
+    of an automatic-mode adapter's class tokens. ``calibration`` ``[N, 3, S, S]`` preprocessed images
+    add int8 image-encoder graphs (see ``deploy.quantize``).
+    """
+    from medadapt.adapt.artifact import merge_adapter
+
+    if fmt not in FORMATS:
+        raise MedadaptError(f"--format '{fmt}' is not one of {', '.join(FORMATS)}.", fix="use --format onnx or openvino")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not ((out / MANIFEST).is_file() and overwrite):
+        raise MedadaptError(
+            "the export folder exists and is not empty.", path=out,
+            fix="choose a new --out folder (or pass --overwrite to replace an earlier medadapt export).",
+        )
+    merged = merge_adapter(copy.deepcopy(model)).eval().float()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        examples = _examples(merged, spec.image_size)
+        for name, module in _modules(merged).items():
+            target = tmp / graph_file(name, fmt)
+            (_export_onnx if fmt == "onnx" else _export_openvino)(module, examples[name], target, name)
+        consts = prompt_constants(merged.prompt_encoder)
+        if getattr(merged, "class_prompts", None) is not None:
+            consts["class_tokens"] = merged.class_prompts.tokens.detach().float().numpy()
+        np.savez(tmp / CONSTANTS, **consts)
+        precisions = ["fp32"]
+        if calibration is not None:
+            from medadapt.deploy.quantize import quantize_encoder
+
+            quantize_encoder(tmp, fmt, calibration)
+            precisions.append("int8")
+        manifest = {
+            "format": fmt,
+            "medadapt_export": 1,
+            "model": spec.name,
+            "spec": {k: v for k, v in asdict(spec).items() if k not in ("encoder_config", "aliases")},
+            "image_size": spec.image_size,
+            "embedding_grid": list(merged.prompt_encoder.image_embedding_size),
+            "preprocessing": {"normalization": spec.normalization, "box_rounding": spec.box_rounding,
+                              "resize": "longest side to image_size, pad bottom/right"},
+            "precisions": precisions,
+            "opset": OPSET if fmt == "onnx" else None,
+            "graphs": {name: {"inputs": IO_NAMES[name][0], "outputs": IO_NAMES[name][1]} for name in GRAPHS},
+            "classes": classes,
+            "source": source or {},
+            "files": {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+        }
+        write_json(tmp / MANIFEST, manifest)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / MANIFEST
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move the finished folder into place; an earlier export is removed only after the move."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dest.rename(old)
+    new.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(folder: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """The manifest of an export folder; with ``verify`` every file's sha256 is checked."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise MedadaptError("is not a medadapt export folder (no manifest.json).", path=folder,
+                            fix="pass the --out folder of `medadapt export`.")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MedadaptError(f"manifest.json cannot be read ({err}).", path=path, fix="re-run `medadapt export`.") from None
+    if verify:
+        for name, digest in manifest.get("files", {}).items():
+            f = folder / name
+            if not f.is_file() or sha256(f) != digest:
+                raise MedadaptError(
+                    f"{name} is missing or does not match its checksum in manifest.json.", path=f,
+                    fix="the export is incomplete or was modified; re-run `medadapt export`.",
+                )
+    return manifest

@@ -1,0 +1,99 @@
+"""The three exportable graphs of a SAM-family model: image encoder, prompt encoder, mask decoder.
+
+``Sam.decode`` branches in Python on which prompts are present (points? box? both?), which a
+static graph cannot do. As in segment-anything's ONNX export, every prompt becomes a *labelled
+point*: label 0/1 are negative/positive clicks, 2/3 a box's top-left/bottom-right corner, -1 the
+"not a point" padding SAM appends when there is no box. :class:`PromptGraph` embeds that one form
+and equals ``PromptEncoder.forward`` for points, boxes and both (tests check it). Mask prompts are
+not exported (no medadapt workflow feeds them at inference); the dense prompt is SAM's learned
+"no mask" embedding, stored once with the dense positional encoding in ``constants.npz``.
+
+:class:`DecoderGraph` returns all 1 + 3 mask logits and IoUs; the runtime takes the first (single-
+mask output) or the other three (multimask), as ``MaskDecoder.forward`` does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from medadapt.models.sam.prompt_encoder import PromptEncoder
+
+# Labels of the labelled-point prompt form.
+PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
+
+
+class EncoderGraph(nn.Module):
+    """``images [B, 3, S, S]`` (preprocessed) → ``embeddings [B, 256, 64, 64]``."""
+
+    def __init__(self, image_encoder: nn.Module):
+        super().__init__()
+        self.image_encoder = image_encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)
+
+
+class PromptGraph(nn.Module):
+    """``coords [B, N, 2]`` (x, y input pixels), ``labels [B, N]`` (int64) → sparse tokens ``[B, N, 256]``."""
+
+    def __init__(self, prompt_encoder: PromptEncoder):
+        super().__init__()
+        self.pe = prompt_encoder
+
+    def forward(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        emb = self.pe.pe_layer.forward_with_coords(coords + 0.5, self.pe.input_image_size)  # pixel centres
+        lab = labels[..., None]
+        emb = torch.where(lab == PAD, self.pe.not_a_point_embed.weight, emb)
+        for value, table in enumerate(self.pe.point_embeddings):  # 0 neg, 1 pos, 2/3 box corners
+            emb = emb + (lab == value).to(emb.dtype) * table.weight
+        return emb
+
+
+class DecoderGraph(nn.Module):
+    """(embeddings ``[1|B, 256, h, w]``, image_pe ``[1, 256, h, w]``, sparse ``[B, N, 256]``,
+    dense ``[1|B, 256, h, w]``) → (all mask logits ``[B, 4, 4h, 4w]``, IoU ``[B, 4]``)."""
+
+    def __init__(self, mask_decoder: nn.Module):
+        super().__init__()
+        self.mask_decoder = mask_decoder
+
+    def forward(self, embeddings, image_pe, sparse, dense):
+        return self.mask_decoder.predict_masks(embeddings, image_pe, sparse, dense)
+
+
+def labelled_points(
+    points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``Sam.decode``'s prompts in the labelled-point form: (coords ``[B, N, 2]`` float32, labels ``[B, N]`` int64).
+
+    Order and padding follow ``PromptEncoder.forward``: points first, then a padding point when
+    there is no box, then the box's two corners.
+    """
+    parts_c: list[np.ndarray] = []
+    parts_l: list[np.ndarray] = []
+    if points is not None:
+        coords, labels = (np.asarray(t, dtype=np.float32) for t in points)
+        b = coords.shape[0]
+        parts_c.append(coords)
+        parts_l.append(labels.astype(np.int64))
+        if boxes is None:
+            parts_c.append(np.zeros((b, 1, 2), np.float32))
+            parts_l.append(np.full((b, 1), PAD, np.int64))
+    if boxes is not None:
+        bx = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        parts_c.append(bx.reshape(-1, 2, 2))
+        parts_l.append(np.tile(np.array([[BOX_TOP_LEFT, BOX_BOTTOM_RIGHT]], np.int64), (bx.shape[0], 1)))
+    if not parts_c:
+        raise ValueError("a prompt needs points, a box or both")
+    return np.concatenate(parts_c, axis=1), np.concatenate(parts_l, axis=1)
+
+
+def prompt_constants(prompt_encoder: PromptEncoder) -> dict[str, np.ndarray]:
+    """Inputs that never change between calls, stored once: dense PE and the no-mask dense prompt."""
+    with torch.no_grad():
+        image_pe = prompt_encoder.get_dense_pe().float().numpy()  # [1, 256, h, w]
+        no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).float().numpy()
+    dense = np.ascontiguousarray(np.broadcast_to(no_mask, image_pe.shape))  # [1, 256, h, w]
+    return {"image_pe": image_pe, "no_mask_dense": dense}

@@ -1,0 +1,178 @@
+"""Run an exported model with ONNX Runtime or OpenVINO behind the ``Sam`` interface.
+
+:class:`DeployedSam` has ``encode`` / ``decode`` (and ``class_prompts.decode`` for automatic-mode
+exports) with the same tensors in and out as ``models.sam.Sam``, so ``infer.SamPredictor`` and all
+of its 2D / 3D features (embedding cache, batched slices, CVPR24 box propagation, automatic mode)
+run unchanged on either engine. Precision applies to the image encoder, >95 % of the compute:
+
+- ``onnxruntime``: ``fp32``, ``int8`` (graph quantised at export); it has no bf16 CPU kernels.
+- ``openvino``: ``fp32``, ``bf16`` (inference-precision hint; needs a CPU with bf16, e.g. AVX512-BF16
+  or AMX), ``int8`` (NNCF graph from export). Compiled models are kept in a cache directory so later
+  runs skip compilation.
+The prompt encoder and mask decoder always run in fp32.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medadapt.deploy.export import CONSTANTS, graph_file, read_manifest, sha256
+from medadapt.deploy.graphs import labelled_points
+from medadapt.errors import MedadaptError
+
+ENGINES = ("torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+SUPPORTED = {
+    "torch": ("fp32", "bf16"),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+}
+
+
+def check_engine(engine: str, precision: str) -> None:
+    if engine not in ENGINES:
+        raise MedadaptError(f"--engine '{engine}' is not one of {', '.join(ENGINES)}.", fix="use --engine openvino")
+    if precision not in SUPPORTED[engine]:
+        hint = {"int8": "export with --int8-calibration DATA and use --engine openvino or onnxruntime",
+                "bf16": "use --engine openvino (or torch) for bf16"}.get(precision, "use --precision fp32")
+        raise MedadaptError(
+            f"--engine {engine} has no --precision {precision} (it supports {', '.join(SUPPORTED[engine])}).",
+            fix=hint,
+        )
+
+
+def cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OrtGraph:
+    """One ONNX graph in an ONNX Runtime session (fixed thread count, all graph optimisations)."""
+
+    def __init__(self, path: Path, threads: int | None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.inputs, arrays, strict=True)))
+
+
+class OvGraph:
+    """One OpenVINO IR compiled for the CPU with a precision hint; one reusable infer request."""
+
+    def __init__(self, path: Path, threads: int | None, precision: str, cache_dir: Path | None):
+        import openvino as ov
+
+        core = ov.Core()
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        result = self.request.infer(list(arrays), share_inputs=True)
+        return [np.array(result[out]) for out in self.compiled.outputs]
+
+
+class _ClassPrompts:
+    """Automatic mode of an export: the stored class tokens through the decoder graph."""
+
+    def __init__(self, tokens: np.ndarray):
+        self.tokens = tokens.astype(np.float32)  # [C, T, 256]
+        self.num_classes = tokens.shape[0]
+
+    def decode(self, model: DeployedSam, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c = embeddings.shape[0], self.num_classes
+        src = np.repeat(embeddings.float().numpy(), c, axis=0)
+        sparse = np.tile(self.tokens, (b, 1, 1))
+        masks, iou = model.decoder(src, model.image_pe, sparse, model.no_mask_dense)
+        return torch.from_numpy(masks[:, :1]).reshape(b, c, *masks.shape[-2:]), torch.from_numpy(iou[:, :1]).reshape(b, c)
+
+
+class DeployedSam:
+    """An export folder on an engine, with ``Sam``'s ``encode`` / ``decode`` signatures."""
+
+    def __init__(self, folder: str | Path, *, engine: str = "openvino", precision: str = "fp32",
+                 threads: int | None = None, cache_dir: str | Path | None = None):
+        check_engine(engine, precision)
+        if engine == "torch":
+            raise MedadaptError("--engine torch runs the PyTorch model itself, not an export folder.",
+                                fix="use --engine onnxruntime or openvino with --export DIR.")
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        fmt = self.manifest["format"]
+        if (engine == "onnxruntime") != (fmt == "onnx"):
+            raise MedadaptError(
+                f"this export is in {fmt} format; --engine {engine} needs "
+                f"{'onnx' if engine == 'onnxruntime' else 'openvino'}.",
+                path=self.folder, fix=f"use --engine {'onnxruntime' if fmt == 'onnx' else 'openvino'} or re-export.",
+            )
+        if precision == "int8" and "int8" not in self.manifest.get("precisions", []):
+            raise MedadaptError("this export has no int8 image encoder.", path=self.folder,
+                                fix="re-run `medadapt export` with --int8-calibration DATA.")
+        if precision == "bf16" and not cpu_has_bf16():
+            raise MedadaptError("this CPU has no bf16 support (OpenVINO reports no BF16 capability).",
+                                fix="use --precision fp32 or int8.")
+        self.engine, self.precision = engine, precision
+        threads = threads or torch.get_num_threads()
+        cache = Path(cache_dir) if cache_dir is not None else self.folder / "ov_cache"
+
+        def graph(name: str, prec: str = "fp32"):
+            path = self.folder / graph_file(name, fmt, "int8" if prec == "int8" else "fp32")
+            if engine == "onnxruntime":
+                return OrtGraph(path, threads)
+            return OvGraph(path, threads, prec, cache)
+
+        self.encoder = graph("image_encoder", precision)
+        self.prompt = graph("prompt_encoder")
+        self.decoder = graph("mask_decoder")
+        consts = np.load(self.folder / CONSTANTS)
+        self.image_pe = consts["image_pe"]
+        self.no_mask_dense = consts["no_mask_dense"]
+        self.class_prompts = _ClassPrompts(consts["class_tokens"]) if "class_tokens" in consts else None
+        # Cache key of embeddings: the encoder graph's checksum and the precision it runs at.
+        encoder_file = graph_file("image_encoder", fmt, "int8" if precision == "int8" else "fp32")
+        digest = self.manifest["files"].get(encoder_file) or sha256(self.folder / encoder_file)
+        self.fingerprint = f"{engine}:{precision}:{digest[:16]}"
+
+    # -- the Sam interface used by SamPredictor ---------------------------------------------------
+    def eval(self) -> DeployedSam:
+        return self
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` → ``[B, 256, 64, 64]`` float32."""
+        x = np.ascontiguousarray(images.float().numpy())
+        return torch.from_numpy(self.encoder(x)[0])
+
+    def decode(self, image_embeddings: torch.Tensor, points=None, boxes=None, masks=None,
+               multimask_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if masks is not None:
+            raise MedadaptError("mask prompts are not part of an exported model.", fix="use box or point prompts.")
+        coords, labels = labelled_points(points, boxes)
+        sparse = self.prompt(coords, labels)[0]
+        emb = np.ascontiguousarray(image_embeddings.float().numpy())
+        dense = self.no_mask_dense if emb.shape[0] == 1 else np.repeat(self.no_mask_dense, emb.shape[0], axis=0)
+        all_masks, all_iou = self.decoder(emb, self.image_pe, sparse, dense)
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        return torch.from_numpy(all_masks[:, sl]), torch.from_numpy(all_iou[:, sl])
+
+
+def default_cache_root() -> Path:
+    """Where on-the-fly exports and OpenVINO's compiled-model cache live (``MEDADAPT_CACHE`` overrides)."""
+    return Path(os.environ.get("MEDADAPT_CACHE", Path.home() / ".cache" / "medadapt"))

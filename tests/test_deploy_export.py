@@ -1,0 +1,186 @@
+"""Export to ONNX / OpenVINO and the runtime engines: graphs equal the PyTorch model they came from."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medadapt.adapt import RecipeConfig, apply_recipe
+from medadapt.cli.main import app
+from medadapt.deploy.engine import build_engine_predictor
+from medadapt.deploy.export import export_model, read_manifest
+from medadapt.deploy.graphs import PromptGraph, labelled_points
+from medadapt.deploy.runtime import DeployedSam
+from medadapt.errors import MedadaptError
+from medadapt.models.registry import build_model, get_spec
+
+torch.set_num_threads(2)
+BOXES = torch.tensor([[10.0, 20.0, 100.0, 120.0], [50.0, 60.0, 200.0, 210.0]])
+POINTS = (torch.tensor([[[30.0, 40.0], [60.0, 70.0]], [[100.0, 100.0], [5.0, 5.0]]]), torch.tensor([[1, 0], [1, 1]]))
+PROMPTS = {"box": {"boxes": BOXES}, "points": {"points": POINTS}, "both": {"points": POINTS, "boxes": BOXES}}
+
+
+@pytest.fixture(scope="module")
+def litemedsam():
+    return build_model("litemedsam").eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_export(litemedsam, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    export_model(litemedsam, get_spec("litemedsam"), out, fmt="onnx", source={"model": "litemedsam"})
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(PROMPTS))
+def test_prompt_graph_equals_prompt_encoder(litemedsam, kind):
+    pe = litemedsam.prompt_encoder
+    with torch.no_grad():
+        sparse, _ = pe(masks=None, **{"points": None, "boxes": None, **PROMPTS[kind]})
+        coords, labels = labelled_points(PROMPTS[kind].get("points"), PROMPTS[kind].get("boxes"))
+        graph = PromptGraph(pe)(torch.from_numpy(coords), torch.from_numpy(labels))
+    assert graph.shape == sparse.shape
+    torch.testing.assert_close(graph, sparse, rtol=0, atol=1e-6)
+
+
+def test_manifest_lists_graphs_and_checksums(onnx_export):
+    manifest = read_manifest(onnx_export)
+    assert manifest["model"] == "litemedsam" and manifest["image_size"] == 256
+    assert manifest["preprocessing"]["normalization"] == "minmax"
+    for name in ("image_encoder.onnx", "prompt_encoder.onnx", "mask_decoder.onnx", "constants.npz"):
+        assert len(manifest["files"][name]) == 64
+
+
+def test_corrupt_export_is_refused(onnx_export, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(onnx_export, copy)
+    with open(copy / "mask_decoder.onnx", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(MedadaptError, match="checksum"):
+        read_manifest(copy)
+
+
+def test_onnxruntime_equals_torch(litemedsam, onnx_export):
+    deployed = DeployedSam(onnx_export, engine="onnxruntime", threads=2)
+    x = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        ref = litemedsam.encode(x)
+        emb = deployed.encode(x)
+        # fp32 tolerance: 1e-4 of the embedding range
+        assert (emb - ref).abs().max() <= 1e-4 * ref.abs().max()
+        for kind, prompts in PROMPTS.items():
+            for multimask in (False, True):
+                masks, iou = litemedsam.decode(ref[:1], multimask_output=multimask, **prompts)
+                d_masks, d_iou = deployed.decode(ref[:1], multimask_output=multimask, **prompts)
+                assert d_masks.shape == masks.shape, kind
+                assert (d_masks - masks).abs().max() <= 1e-4 * masks.abs().max(), kind
+                torch.testing.assert_close(d_iou, iou, rtol=0, atol=1e-4)
+
+
+def test_lora_is_merged_before_export(tmp_path):
+    model = build_model("litemedsam").eval()
+    apply_recipe(model, RecipeConfig(name="lora", lora_rank=2))
+    with torch.no_grad():  # make the LoRA update non-zero so merging matters
+        for name, p in model.named_parameters():
+            if "lora" in name.lower():
+                p.normal_(0, 0.05)
+    export_model(model, get_spec("litemedsam"), tmp_path / "e", fmt="onnx")
+    deployed = DeployedSam(tmp_path / "e", engine="onnxruntime", threads=2)
+    base = build_model("litemedsam").eval()
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        adapted, plain, exported = model.encode(x), base.encode(x), deployed.encode(x)
+        assert (adapted - plain).abs().max() > 1e-2  # the adapter changes the embedding
+        assert (exported - adapted).abs().max() <= 1e-4 * adapted.abs().max()
+        m_ref, _ = model.decode(adapted, boxes=BOXES[:1])
+        m_exp, _ = deployed.decode(adapted, boxes=BOXES[:1])
+    assert (m_exp - m_ref).abs().max() <= 1e-4 * m_ref.abs().max()
+
+
+def test_export_refuses_non_empty_folder(litemedsam, tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(MedadaptError, match="not empty"):
+        export_model(litemedsam, get_spec("litemedsam"), tmp_path, fmt="onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_engine_precision_errors(onnx_export):
+    with pytest.raises(MedadaptError, match="no --precision bf16"):
+        DeployedSam(onnx_export, engine="onnxruntime", precision="bf16")
+    with pytest.raises(MedadaptError, match="no int8"):
+        DeployedSam(onnx_export, engine="onnxruntime", precision="int8")
+    with pytest.raises(MedadaptError, match="needs openvino"):
+        DeployedSam(onnx_export, engine="openvino")
+    with pytest.raises(MedadaptError, match="int8 needs an export"):
+        build_engine_predictor("litemedsam", engine="openvino", precision="int8")
+
+
+def _image_and_label(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((96, 128)) * 60).astype(np.uint8)
+    lab = np.zeros((96, 128), np.uint8)
+    img[30:60, 40:90] += 150
+    lab[30:60, 40:90] = 255
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    Image.fromarray(img).save(tmp_path / "img" / "a.png")
+    Image.fromarray(lab).save(tmp_path / "lab" / "a.png")
+    return tmp_path / "img", tmp_path / "lab"
+
+
+def test_cli_predict_onnxruntime_equals_torch(onnx_export, tmp_path):
+    from PIL import Image
+
+    images, labels = _image_and_label(tmp_path)
+    runner = CliRunner()
+    common = ["predict", "--input", str(images), "--labels", str(labels), "--threads", "2"]
+    r1 = runner.invoke(app, [*common, "--out", str(tmp_path / "torch")])
+    r2 = runner.invoke(app, [*common, "--out", str(tmp_path / "ort"), "--engine", "onnxruntime", "--export", str(onnx_export)])
+    assert r1.exit_code == 0, r1.output
+    assert r2.exit_code == 0, r2.output
+    a = np.asarray(Image.open(tmp_path / "torch" / "a.png"))
+    b = np.asarray(Image.open(tmp_path / "ort" / "a.png"))
+    assert a.any() and (a != b).mean() < 1e-3
+
+
+def test_cli_export_bad_input_exit_2(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", "--format", "tflite", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "tflite" in r.output
+    assert not (tmp_path / "x").exists()
+    r = runner.invoke(app, ["export", "--adapter", str(tmp_path), "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "adapter" in r.output
+    r = runner.invoke(app, ["predict", "--input", str(tmp_path), "--out", str(tmp_path / "z"), "--engine", "onnxruntime",
+                            "--precision", "bf16", "--prompts", "boxes-from-labels", "--labels", str(tmp_path)])
+    assert r.exit_code == 2 and "bf16" in r.output
+    assert not (tmp_path / "z").exists()
+
+
+@pytest.mark.slow
+def test_openvino_fp32_and_bf16_equal_torch(litemedsam, tmp_path):
+    from medadapt.deploy.runtime import cpu_has_bf16
+
+    export_model(litemedsam, get_spec("litemedsam"), tmp_path / "ov", fmt="openvino")
+    assert json.loads((tmp_path / "ov" / "manifest.json").read_text())["format"] == "openvino"
+    x = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        ref = litemedsam.encode(x)
+        masks, _ = litemedsam.decode(ref[:1], boxes=BOXES)
+    fp32 = DeployedSam(tmp_path / "ov", engine="openvino", threads=2, cache_dir=tmp_path / "cache")
+    assert (fp32.encode(x) - ref).abs().max() <= 1e-4 * ref.abs().max()
+    d_masks, _ = fp32.decode(ref[:1], boxes=BOXES)
+    assert (d_masks - masks).abs().max() <= 1e-4 * masks.abs().max()
+    assert any((tmp_path / "cache").iterdir())  # compiled-model cache written
+    if cpu_has_bf16():
+        bf16 = DeployedSam(tmp_path / "ov", engine="openvino", precision="bf16", threads=2)
+        emb = bf16.encode(x)
+        # bf16 keeps 8 mantissa bits: a few per cent of the embedding range
+        assert (emb - ref).norm() / ref.norm() < 0.1
