@@ -4,8 +4,9 @@ Measures, with a fixed number of torch threads (default 2):
 1. encoder latency per 256×256 slice: batch 1 fp32 (official), batched fp32, batched bf16 autocast;
 2. whole-volume time on hippocampus cases with boxes from labels (a 2D box per class on every
    labelled slice): the official procedure encodes each slice once per object, batch 1, fp32;
-   medadapt encodes each slice once (embedding cache), in batches, optionally bf16; and the DSC of
-   both, so a speed-up that changed the result would show.
+   medadapt encodes each slice once (embedding cache), in batches, on PyTorch (fp32, bf16) or on
+   OpenVINO (fp32, bf16; exported on first use into the medadapt cache); and the DSC of each, so a
+   speed-up that changed the result would show. (All engines and int8: bench/bench_deploy.py.)
 
 Writes bench/results/inference.json and prints a table.
 
@@ -86,6 +87,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from medadapt.data.datasets import load_dataset
+    from medadapt.deploy.engine import build_engine_predictor
     from medadapt.evaluate.segmentation import case_metrics
     from medadapt.infer.predictor import SamPredictor
     from medadapt.infer.volume import segment_volume_from_labels
@@ -106,8 +108,10 @@ def main() -> int:
     keys = dataset.keys()[: args.cases]
     variants = {
         "official (per object, batch 1, fp32)": None,
-        f"medadapt fp32 (cache + batch {args.batch})": "fp32",
-        f"medadapt bf16 (cache + batch {args.batch})": "bf16",
+        f"medadapt fp32 (cache + batch {args.batch})": ("torch", "fp32"),
+        f"medadapt bf16 (cache + batch {args.batch})": ("torch", "bf16"),
+        f"medadapt OpenVINO fp32 (cache + batch {args.batch})": ("openvino", "fp32"),
+        f"medadapt OpenVINO bf16 (cache + batch {args.batch})": ("openvino", "bf16"),
     }
     for key in keys:
         image, label, spacing, axis = dataset.load(key)
@@ -118,7 +122,9 @@ def main() -> int:
                 t = time.perf_counter()
                 seg = official_volume(pred, image, label, axis)
             else:
-                pred = SamPredictor(model, spec, batch_size=args.batch, precision=precision)
+                engine, prec = precision
+                pred = build_engine_predictor("litemedsam", engine=engine, precision=prec, batch_size=args.batch,
+                                              threads=args.threads)
                 t = time.perf_counter()
                 seg = segment_volume_from_labels(pred, image, label, slice_axis=axis)
             secs = time.perf_counter() - t
