@@ -12,7 +12,11 @@ from medadapt.data.classification import (
     IMAGENET_STD,
     NIH_CLASSES,
     ClassificationDataset,
+    ClassificationSplit,
+    EpochPasses,
     ImageTransform,
+    dataset_splits,
+    holdout_split,
     infer_task,
     load_chexpert,
     load_csv,
@@ -22,6 +26,7 @@ from medadapt.data.classification import (
     load_rsna_pneumonia,
     load_split_file,
     sample_fraction,
+    sample_shots,
 )
 from medadapt.errors import MedadaptError
 
@@ -262,3 +267,62 @@ def test_dataset_items_and_seeded_augmentation():
     assert torch.equal(ds[1]["image"], item["image"])  # same (seed, epoch, index): same augmentation
     ds.epoch = 1
     assert not torch.equal(ds[1]["image"], item["image"])
+
+
+# --------------------------------------------------------------------------- shots, hold-out, splits, classes
+
+
+def test_sample_shots_single_and_multilabel():
+    labels = np.array([0] * 50 + [1] * 5 + [2] * 2)
+    idx = sample_shots(labels, 3, seed=1)
+    assert np.bincount(labels[idx]).tolist() == [3, 3, 2]  # a class with fewer keeps all it has
+    assert sample_shots(labels, 3, seed=1).tolist() == idx.tolist()
+    assert sample_shots(labels, 3, seed=2).tolist() != idx.tolist()
+    ml = np.zeros((40, 3), np.float32)
+    ml[:30, 0], ml[30:36, 1], ml[36:, 2] = 1, 1, 1
+    ml[0, 2] = 1
+    idx = sample_shots(ml, 2, seed=0)
+    assert (ml[idx].sum(0) >= 2).all() and len(idx) <= 6
+    with pytest.raises(MedadaptError):
+        sample_shots(labels, 0)
+
+
+def test_holdout_split_is_stratified_and_seeded():
+    labels = np.array([0] * 90 + [1] * 10)
+    held = holdout_split(labels, 0.2, seed=0)
+    assert np.bincount(labels[held]).tolist() == [18, 2]
+    assert holdout_split(labels, 0.2, seed=0).tolist() == held.tolist()
+    with pytest.raises(MedadaptError, match="too few"):
+        holdout_split(np.array([0]), 0.5)
+
+
+def test_dataset_splits_per_source(tmp_path):
+    np.savez(tmp_path / "m.npz", train_images=np.zeros((2, 4, 4)), train_labels=np.zeros((2, 1)),
+             test_images=np.zeros((2, 4, 4)), test_labels=np.zeros((2, 1)), extra_images=np.zeros((1, 4, 4)))
+    assert dataset_splits(tmp_path / "m.npz") == ["train", "test"]
+    (tmp_path / "a.csv").write_text("image,label\n")
+    assert dataset_splits(tmp_path / "a.csv") is None
+    (tmp_path / "nih").mkdir()
+    (tmp_path / "nih" / "Data_Entry_2017.csv").write_text("Image Index\n")
+    assert dataset_splits(tmp_path / "nih") == ["train", "val", "train_val", "test"]
+
+
+def test_select_classes_keeps_columns_and_mask():
+    mask = np.ones((4, 3), bool)
+    mask[0, 2] = False
+    s = ClassificationSplit(images=np.zeros((4, 2, 2), np.uint8), labels=np.eye(4, 3, dtype=np.float32),
+                            task="multilabel", class_names=["a", "b", "c"], ids=list("wxyz"), mask=mask)
+    sub = s.select_classes([2, 0])
+    assert sub.class_names == ["c", "a"] and sub.labels[:, 1].tolist() == [1, 0, 0, 0]
+    assert sub.mask[0].tolist() == [False, True]
+    with pytest.raises(MedadaptError, match="0..2"):
+        s.select_classes([3])
+    with pytest.raises(MedadaptError, match="multi-label"):
+        ClassificationSplit(images=np.zeros((2, 2, 2)), labels=np.array([0, 1]), task="binary",
+                            class_names=["n", "p"], ids=["a", "b"]).select_classes([0])
+
+
+def test_epoch_passes_cover_every_image_each_pass():
+    order = list(EpochPasses(5, 12, torch.Generator().manual_seed(0)))
+    assert len(order) == 12 and sorted(order[:5]) == [0, 1, 2, 3, 4] and sorted(order[5:10]) == [5, 6, 7, 8, 9]
+    assert all(10 <= i < 15 for i in order[10:])

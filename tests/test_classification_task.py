@@ -160,3 +160,23 @@ def test_random_vit_with_partial_recipe_is_refused(tmp_path):
     cfg = ClassifyConfig(data=str(tmp_path / "none.npz"), backbone="vit_base_patch16", recipe="lora")
     with pytest.raises(MedadaptError, match="randomly initialised"):
         build_classify_task(cfg, train_config())
+
+
+def test_csv_source_holds_out_validation_and_cnn_needs_full(tmp_path):
+    from PIL import Image
+
+    rows = ["image,label"]
+    for i in range(20):
+        Image.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'pneu' if i % 4 == 0 else 'normal'}")
+    (tmp_path / "all.csv").write_text("\n".join(rows) + "\n")
+    cfg = ClassifyConfig(data=str(tmp_path / "all.csv"), backbone="cnn_small", recipe="full", img_size=16,
+                         val_fraction=0.2, shots=2, fraction_seed=3)
+    task = build_classify_task(cfg, train_config())
+    # 20 % of each class held out with seed 0 (3 normal + 1 pneu), then 2 shots per class from the rest
+    assert np.bincount(task.val.labels).tolist() == [3, 1] and len(task.train) == 4
+    assert not set(task.train.ids) & set(task.val.ids)
+    again = build_classify_task(cfg.model_copy(update={"fraction_seed": 4}), train_config())
+    assert again.val.ids == task.val.ids  # validation does not move with the training seed
+    with pytest.raises(MedadaptError, match="has no pre-training"):
+        build_classify_task(cfg.model_copy(update={"recipe": "encoder-lora"}), train_config())

@@ -206,3 +206,25 @@ def test_sam_encoder_backbone_with_pooled_head():
     applied = apply_recipe(model, classifier_recipe(model, "lora", lora_rank=2))
     assert all(n.startswith(("image_encoder.", "head.", "fc_norm.")) for n in applied.trainable_names)
     assert any(".lora_" in n for n in applied.trainable_names)
+
+
+@pytest.mark.parametrize("pool", ["gap", "cls"])
+def test_pooled_path_equals_forward(pool):
+    torch.manual_seed(0)
+    m = VisionTransformer(img_size=32, embed_dim=32, depth=1, num_heads=2, num_classes=3, pool=pool).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(m.forward_from_pooled(m.forward_pooled(x)), m(x))
+
+
+def test_cnn_small_from_scratch():
+    from medadapt.models.classification import is_random_init
+
+    torch.manual_seed(0)
+    m = build_classifier("cnn_small", 2, img_size=28).eval()
+    assert m.input_spec.size == 28 and sum(p.numel() for p in m.parameters()) == 1_173_730
+    x = torch.randn(2, 3, 28, 28)
+    assert m(x).shape == (2, 2)
+    torch.testing.assert_close(m.forward_from_pooled(m.forward_pooled(x)), m(x))
+    assert is_random_init("cnn_small", None) and not is_random_init("litemedsam", None)
+    with pytest.raises(MedadaptError, match="from scratch"):
+        build_classifier("cnn_small", 2, checkpoint="x.pth")

@@ -14,7 +14,9 @@ The task type (binary / multi-class / multi-label) is inferred from the labels.
 :func:`sample_fraction` draws the 1 % / 10 % label subsets of "Less could be better": stratified per
 class, every class kept, deterministic for a seed. Iterative stratification (Sechidis et al., 2011) is
 written out for the multi-label case because scikit-learn has no multi-label stratifier and
-scikit-multilearn is not a dependency.
+scikit-multilearn is not a dependency. :func:`sample_shots` draws k images per class instead,
+:func:`holdout_split` a validation part for sources that have none, :func:`dataset_splits` lists
+the split names a source offers.
 """
 
 from __future__ import annotations
@@ -111,6 +113,21 @@ class ClassificationSplit:
         images = self.images[idx] if isinstance(self.images, np.ndarray) else [self.images[i] for i in idx]
         return replace(self, images=images, labels=self.labels[idx], ids=[self.ids[i] for i in idx],
                        mask=None if self.mask is None else self.mask[idx], meta=dict(self.meta))
+
+    def select_classes(self, indices: Sequence[int]) -> ClassificationSplit:
+        """Keep only the label columns ``indices`` of a multi-label split (e.g. 5 of NIH's 14)."""
+        idx = [int(i) for i in indices]
+        if self.task != "multilabel":
+            raise MedadaptError(f"choosing classes applies to multi-label data; this {self.task} data has "
+                                f"classes {self.class_names}", path=self.source or None,
+                                fix="drop --classes (all classes of single-label data are trained together)")
+        bad = [i for i in idx if not 0 <= i < self.num_classes]
+        if bad or not idx or len(set(idx)) != len(idx):
+            raise MedadaptError(f"classes {idx} must be distinct indices in 0..{self.num_classes - 1} "
+                                f"({', '.join(f'{j}={c}' for j, c in enumerate(self.class_names))})",
+                                path=self.source or None)
+        return replace(self, labels=self.labels[:, idx], class_names=[self.class_names[i] for i in idx],
+                       mask=None if self.mask is None else self.mask[:, idx], meta=dict(self.meta))
 
     def load_image(self, i: int) -> np.ndarray:
         """Pixels of image ``i``: ``H×W`` or ``H×W×3`` in the stored dtype."""
@@ -489,6 +506,28 @@ def load_csv(csv_path: str | Path, *, image_root: str | Path | None = None, imag
     return _split(paths, labels, names, rels, mask=mask, source=str(csv_path), task=task, meta={"format": "csv"})
 
 
+def dataset_splits(source: str | Path) -> list[str] | None:
+    """Split names ``source`` offers, or None for a single-file source (CSV, split list) that is one
+    split by itself (pass another file for another split)."""
+    source = Path(source)
+    if source.is_dir():
+        if (source / "Data_Entry_2017.csv").is_file():
+            return ["train", "val", "train_val", "test"]
+        if (source / "stage_2_train_labels.csv").is_file():
+            return ["train", "val", "test", "all"]
+        return []
+    if source.suffix.lower() == ".npz" and source.is_file():
+        try:
+            with np.load(source, allow_pickle=False) as npz:
+                keys = set(npz.files)
+        except Exception:
+            return []
+        names = {k.removesuffix("_images") for k in keys if k.endswith("_images")}
+        names = {n for n in names if f"{n}_labels" in keys}
+        return [n for n in ("train", "val", "test") if n in names] + sorted(names - {"train", "val", "test"})
+    return None
+
+
 def load_dataset(source: str | Path, split: str = "train", **kwargs) -> ClassificationSplit:
     """Pick the reader from what ``source`` is: ``.npz`` (MedMNIST), a folder with NIH's
     ``Data_Entry_2017.csv`` or RSNA's ``stage_2_train_labels.csv``, a CheXpert CSV (``Path`` column),
@@ -549,6 +588,46 @@ def sample_fraction(labels: np.ndarray, fraction: float, seed: int = 0, *, mask:
     for j in np.flatnonzero(pos.any(axis=0) & ~pos[chosen].any(axis=0)):
         chosen[rng.choice(np.flatnonzero(pos[:, j]))] = True
     return np.flatnonzero(chosen)
+
+
+def sample_shots(labels: np.ndarray, shots: int, seed: int = 0, *, mask: np.ndarray | None = None) -> np.ndarray:
+    """Sorted indices of ``shots`` images per class (all of a class when it has fewer), seeded.
+
+    Multi-label: classes from the rarest up, random positives are added until each class has ``shots``
+    (an image counts for every class it is positive for, so common classes may get more).
+    """
+    labels = np.asarray(labels)
+    if shots < 1:
+        raise MedadaptError(f"shots must be >= 1, got {shots}", fix="use e.g. --shots 10 (images per class)")
+    rng = np.random.default_rng(seed)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim == 1:
+        keep = [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)]
+        return np.sort(np.concatenate(keep))
+    pos = labels > 0.5
+    if mask is not None:
+        pos &= mask.astype(bool)
+    chosen = np.zeros(len(labels), bool)
+    for j in np.argsort(pos.sum(axis=0), kind="stable"):
+        need = shots - int(pos[chosen, j].sum())
+        if need > 0:
+            chosen[rng.permutation(np.flatnonzero(pos[:, j] & ~chosen))[:need]] = True
+    return np.flatnonzero(chosen)
+
+
+def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Bool ``[N]``: a seeded ``fraction`` held out for validation, stratified by class (multi-label:
+    by the iterative stratification of :func:`sample_fraction`). For sources without a validation split."""
+    labels = np.asarray(labels)
+    if not 0 < fraction < 1:
+        raise MedadaptError(f"validation fraction must be in (0, 1), got {fraction}")
+    held = np.zeros(len(labels), bool)
+    held[sample_fraction(labels, fraction, seed)] = True
+    if held.all() or not held.any():
+        raise MedadaptError(f"{len(labels)} labelled images are too few to hold {fraction:.0%} out for validation",
+                            fix="pass a separate validation file (val_data)")
+    return held
 
 
 def _iterative_stratification(pos: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -673,6 +752,28 @@ class ClassificationDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict:
+        # i >= len: the same image on a later pass of one long epoch (EpochPasses), augmented anew
         seed = (self.seed * 1_000_003 + self.epoch * 100_003 + i) % 2**32
+        i = i % len(self.split)
         return {"image": self.transform(self.split.load_image(i), seed), "target": self._targets[i],
                 "known": self._known[i], "index": i}
+
+
+class EpochPasses(torch.utils.data.Sampler[int]):
+    """``num_samples`` indices made of fresh permutations of ``range(n)``, pass ``p`` offset by ``p*n``.
+
+    Lets one "epoch" span several passes over a few-label training set (so validation, which the
+    trainer runs at each epoch end, happens every ``val_every`` steps, not every few steps) while
+    every pass still sees each image once, with its own augmentation seed (datasets map ``i % n``).
+    """
+
+    def __init__(self, n: int, num_samples: int, generator: torch.Generator | None = None):
+        self.n, self.num_samples, self.generator = n, num_samples, generator
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        passes = -(-self.num_samples // self.n)
+        order = torch.cat([torch.randperm(self.n, generator=self.generator) + p * self.n for p in range(passes)])
+        return iter(order[: self.num_samples].tolist())

@@ -10,6 +10,11 @@ MED-PEFT), on a label fraction of the training split:
 - validation: mean AUROC over classes (``auroc``, the monitored metric), AP, accuracy, loss. The
   trainer sits left of :mod:`medadapt.evaluate` in the import order, so validation calls scikit-learn
   directly; final reports (bootstrap CIs, per-image CSV) are :mod:`medadapt.evaluate.classification`;
+- frozen trunk (linear probe) without augmentation: each image's pooled feature is computed once
+  (``forward_pooled``, in eval mode, through :class:`EmbeddingCache`, on disk with ``cache_dir`` so
+  runs that share the backbone share it) and only ``forward_from_pooled`` runs per step;
+- ``samples_per_epoch``: one "epoch" spans several passes over a small training set, so the
+  trainer's end-of-epoch validation happens every ``val_every`` steps rather than every few steps;
 - best model: an adapter artifact (``adapter.safetensors`` + ``adapter.json``) in the run folder,
   which :func:`load_trained_classifier` turns back into a model.
 """
@@ -42,16 +47,21 @@ from medadapt.adapt import (
 from medadapt.data.classification import (
     ClassificationDataset,
     ClassificationSplit,
+    EpochPasses,
     ImageTransform,
+    dataset_splits,
+    holdout_split,
     load_dataset,
     sample_fraction,
+    sample_shots,
 )
 from medadapt.engine.config import TrainConfig
+from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 from medadapt.engine.losses import ClassificationLoss, class_weights_from_labels
 from medadapt.engine.optim import layer_decay_groups
 from medadapt.engine.seed import loader_kwargs
 from medadapt.errors import MedadaptError
-from medadapt.models.classification import DEFAULT_BACKBONE, VIT_CONFIGS, build_classifier
+from medadapt.models.classification import DEFAULT_BACKBONE, VIT_CONFIGS, build_classifier, is_random_init
 
 # Recipes whose SAM names ("lora", "adapter") mean encoder + decoder: a classifier has no decoder.
 _CLASSIFIER_ALIASES = {"lora": "encoder-lora", "adapter": "encoder-adapter"}
@@ -67,6 +77,10 @@ class ClassifyConfig(BaseModel):
     train_split: str = "train"
     val_split: str = "val"
     label_fraction: float = Field(1.0, gt=0, le=1, description="share of training labels (0.01 = 1 %)")
+    shots: int | None = Field(None, ge=1, description="images per class instead of label_fraction")
+    train_ids: list[str] | None = Field(None, description="exact training images (ids), e.g. from a split file")
+    classes: list[int] | None = Field(None, description="multi-label: label columns to keep")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="held out for validation when the data has no val split")
     fraction_seed: int = 0
     backbone: str = DEFAULT_BACKBONE
     checkpoint: str | None = None
@@ -83,6 +97,9 @@ class ClassifyConfig(BaseModel):
     augment: bool = True
     layer_decay: float | None = Field(None, gt=0, le=1)
     eval_batch_size: int = Field(64, ge=1)
+    samples_per_epoch: int | None = Field(None, ge=1)
+    cache_features: bool = Field(True, description="frozen trunk + no augmentation: encode each image once")
+    cache_dir: str | None = None
     loader_options: dict[str, Any] = Field(default_factory=dict, description="extra keyword args for the reader")
 
 
@@ -101,7 +118,9 @@ class ClassificationTask:
     def __init__(self, model: nn.Module, train: ClassificationSplit, val: ClassificationSplit | None, *,
                  train_config: TrainConfig, recipe: RecipeConfig | None = None, pos_weight: bool = True,
                  class_weights: bool = False, augment: bool = True, layer_decay: float | None = None,
-                 eval_batch_size: int = 64, base: Mapping[str, Any] | None = None):
+                 eval_batch_size: int = 64, base: Mapping[str, Any] | None = None,
+                 samples_per_epoch: int | None = None, cache_features: bool = False,
+                 cache_dir: str | Path | None = None):
         if train.num_outputs != _num_outputs(model):
             raise MedadaptError(f"the model has {_num_outputs(model)} outputs but the {train.task} data needs "
                                 f"{train.num_outputs}", fix="build the classifier with split.num_outputs classes")
@@ -120,7 +139,32 @@ class ClassificationTask:
         self._train_tf = ImageTransform(spec.size, spec.normalize, spec.fit, augment=augment, seed=train_config.seed)
         self._eval_tf = ImageTransform(spec.size, spec.normalize, spec.fit)
         self._train_ds = ClassificationDataset(train, self._train_tf, seed=train_config.seed)
+        self.samples_per_epoch = samples_per_epoch
+        self.artifact_dir: str | None = None  # subfolder of the run folder for the adapter (None: the run folder)
         self.loss_fn = self._build_loss(pos_weight, class_weights)
+        self.cache: EmbeddingCache | None = None
+        self._feats: dict[str, Tensor] = {}
+        if cache_features and not augment and self.trunk_frozen():
+            self.cache = EmbeddingCache(self.model.forward_pooled, module_fingerprint(_trunk(model)),
+                                        directory=cache_dir, dtype=torch.float32)
+
+    def trunk_frozen(self) -> bool:
+        """Only the parts after pooling train (``forward_from_pooled``): the features can be cached."""
+        after = ("head.", "fc_norm.", "norm.")
+        return hasattr(self.model, "forward_pooled") and all(n.startswith(after) for n in self.applied.trainable_names)
+
+    @torch.no_grad()
+    def pooled_features(self, which: str) -> Tensor:
+        """Cached pooled features ``[N,D]`` of the ``train`` or ``val`` split (eval preprocessing)."""
+        if which not in self._feats:
+            split = self.train if which == "train" else self.val
+            was_training = self.model.training
+            self.model.eval()
+            loader = DataLoader(ClassificationDataset(split, self._eval_tf), batch_size=self.eval_batch_size,
+                                shuffle=False, num_workers=self.cfg.num_workers)
+            self._feats[which] = torch.cat([self.cache.get_many(b["image"]) for b in loader])
+            self.model.train(was_training)
+        return self._feats[which]
 
     # ------------------------------------------------------------------ loss
     def _build_loss(self, pos_weight: bool, class_weights: bool) -> nn.Module:
@@ -154,12 +198,24 @@ class ClassificationTask:
                                   num_layers=len(self.model.blocks) + 1, weight_decay=self.cfg.weight_decay)
 
     def train_batches(self, epoch: int) -> DataLoader:
-        self._train_ds.epoch = epoch
-        return DataLoader(self._train_ds, batch_size=self.cfg.batch_size, shuffle=True, drop_last=False,
-                          **loader_kwargs(self.cfg.seed, epoch, self.cfg.num_workers))
+        kwargs = loader_kwargs(self.cfg.seed, epoch, self.cfg.num_workers)
+        if self.cache is not None:
+            feats = self.pooled_features("train")
+            dataset: Any = _FeatureDataset(feats, self._train_ds._targets, self._train_ds._known)
+        else:
+            self._train_ds.epoch = epoch
+            dataset = self._train_ds
+        sampler = None
+        if self.samples_per_epoch:
+            sampler = EpochPasses(len(dataset), self.samples_per_epoch, kwargs.pop("generator"))
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                          drop_last=False, **kwargs)
 
     def training_step(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        logits = self.model(batch["image"])
+        if "feature" in batch:  # cached trunk: single-process only (DDP would need the full forward)
+            logits = self.model.forward_from_pooled(batch["feature"])
+        else:
+            logits = self.model(batch["image"])
         loss = self._loss(logits, batch["target"], batch["known"])
         return loss, {}
 
@@ -178,10 +234,14 @@ class ClassificationTask:
     def validate(self) -> dict[str, float]:
         if self.val is None:
             return {}
-        logits = self.predict(self.val)
+        if self.cache is not None:
+            logits = self.model.forward_from_pooled(self.pooled_features("val")).float().numpy()
+        else:
+            logits = self.predict(self.val)
         return validation_metrics(self.val, logits)
 
     def save_best(self, out_dir: Path) -> None:
+        out_dir = Path(out_dir) / self.artifact_dir if self.artifact_dir else out_dir
         save_adapter(self.model, out_dir, recipe=self.recipe, base=self.base, extra={"classify": self.describe()})
 
     def describe(self) -> dict[str, Any]:
@@ -191,6 +251,34 @@ class ClassificationTask:
                 "backbone": getattr(m, "backbone", None), "pool": getattr(m, "pool", None),
                 "input_spec": asdict(m.input_spec), "train_images": len(self.train),
                 "trainable_params": self.applied.trainable, "total_params": self.applied.total}
+
+
+class _FeatureDataset(torch.utils.data.Dataset):
+    """Cached pooled features as training items (``i % N``: see ``EpochPasses``)."""
+
+    def __init__(self, feats: Tensor, targets: Tensor, known: Tensor):
+        self.feats, self.targets, self.known = feats, targets, known
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def __getitem__(self, i: int) -> dict:
+        i = i % len(self.feats)
+        return {"feature": self.feats[i], "target": self.targets[i], "known": self.known[i], "index": i}
+
+
+def _trunk(model: nn.Module) -> nn.Module:
+    """A module holding (references to) the weights before pooling: the feature cache's key, which
+    must not change with the head's initialisation, so runs with other seeds reuse the features."""
+    holder = nn.Module()
+    after = ("head.", "fc_norm.", "norm.")
+    for i, (name, p) in enumerate(model.named_parameters()):
+        if not name.startswith(after):
+            holder.register_parameter(f"p{i}_{name.replace('.', '_')}", p)
+    for i, (name, b) in enumerate(model.named_buffers()):
+        if not name.startswith(after):
+            holder.register_buffer(f"b{i}_{name.replace('.', '_')}", b)
+    return holder
 
 
 def _num_outputs(model: nn.Module) -> int:
@@ -230,20 +318,51 @@ def _sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def build_classify_task(cfg: ClassifyConfig, train_config: TrainConfig) -> ClassificationTask:
-    """Read the data, draw the label fraction, build the backbone and the task (for ``medadapt fit``)."""
-    if cfg.backbone in VIT_CONFIGS and cfg.checkpoint is None and cfg.recipe != "full":
-        raise MedadaptError(
-            f"{cfg.backbone} without a checkpoint is randomly initialised: adapting part of it ({cfg.recipe}) "
-            "cannot work",
-            fix="pass the pre-trained ViT file (MRM.pth, a CXR-MAE checkpoint...) as checkpoint, use the "
-                "'full' recipe, or use the litemedsam backbone (bundled weights)",
-        )
-    train = load_dataset(cfg.data, cfg.train_split, **cfg.loader_options)
-    if cfg.label_fraction < 1:
-        mask = train.mask if train.task == "multilabel" else None
+def load_classify_splits(cfg: ClassifyConfig) -> tuple[ClassificationSplit, ClassificationSplit]:
+    """(training images after the label selection, validation images) as ``cfg`` defines them.
+
+    Validation: ``val_data`` (its ``val_split``), else the data's own ``val_split``, else (a CSV or
+    split list, which has no split names) a stratified ``val_fraction`` of the file held out with
+    seed 0, the same for every training seed. Labels are then chosen from the training part:
+    ``train_ids``, else ``shots`` per class, else a stratified ``label_fraction``.
+    """
+    opts = cfg.loader_options
+    train = load_dataset(cfg.data, cfg.train_split, **opts)
+    if cfg.val_data is not None:
+        val = load_dataset(cfg.val_data, cfg.val_split, **opts)
+    elif dataset_splits(cfg.data) is None:
+        held = holdout_split(train.labels, cfg.val_fraction, seed=0)
+        train, val = train.subset(np.flatnonzero(~held)), train.subset(np.flatnonzero(held))
+    else:
+        val = load_dataset(cfg.data, cfg.val_split, **opts)
+    if cfg.classes:
+        train, val = train.select_classes(cfg.classes), val.select_classes(cfg.classes)
+    mask = train.mask if train.task == "multilabel" else None
+    if cfg.train_ids is not None:
+        where = {k: i for i, k in enumerate(train.ids)}
+        unknown = [k for k in cfg.train_ids if k not in where]
+        if unknown:
+            raise MedadaptError(f"{len(unknown)} training ids of the split are not in the training data "
+                                f"(e.g. {unknown[0]!r})", path=cfg.data,
+                                fix="use a split written for this dataset (a run's split.json)")
+        train = train.subset([where[k] for k in cfg.train_ids])
+    elif cfg.shots is not None:
+        train = train.subset(sample_shots(train.labels, cfg.shots, cfg.fraction_seed, mask=mask))
+    elif cfg.label_fraction < 1:
         train = train.subset(sample_fraction(train.labels, cfg.label_fraction, cfg.fraction_seed, mask=mask))
-    val = load_dataset(cfg.val_data or cfg.data, cfg.val_split, **cfg.loader_options)
+    return train, val
+
+
+def build_classify_task(cfg: ClassifyConfig, train_config: TrainConfig) -> ClassificationTask:
+    """Read the data, draw the labels, build the backbone and the task (for ``medadapt fit``)."""
+    if is_random_init(cfg.backbone, cfg.checkpoint) and cfg.recipe != "full":
+        why = "without a checkpoint is randomly initialised" if cfg.backbone in VIT_CONFIGS else "has no pre-training"
+        raise MedadaptError(
+            f"{cfg.backbone} {why}: adapting part of it ({cfg.recipe}) cannot work",
+            fix="use the 'full' recipe, pass the pre-trained ViT file (MRM.pth, a CXR-MAE checkpoint...) as "
+                "checkpoint, or use the litemedsam backbone (bundled weights)",
+        )
+    train, val = load_classify_splits(cfg)
     model = build_classifier(cfg.backbone, train.num_outputs, checkpoint=cfg.checkpoint, pool=cfg.pool,
                              drop_path=cfg.drop_path, img_size=cfg.img_size)
     lora = {"lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
@@ -253,7 +372,8 @@ def build_classify_task(cfg: ClassifyConfig, train_config: TrainConfig) -> Class
             "checkpoint": cfg.checkpoint, "checkpoint_sha256": _sha256(cfg.checkpoint) if cfg.checkpoint else None}
     return ClassificationTask(model, train, val, train_config=train_config, recipe=recipe, pos_weight=cfg.pos_weight,
                               class_weights=cfg.class_weights, augment=cfg.augment, layer_decay=cfg.layer_decay,
-                              eval_batch_size=cfg.eval_batch_size, base=base)
+                              eval_batch_size=cfg.eval_batch_size, base=base, samples_per_epoch=cfg.samples_per_epoch,
+                              cache_features=cfg.cache_features, cache_dir=cfg.cache_dir)
 
 
 def load_trained_classifier(adapter_dir: str | Path, *, checkpoint: str | Path | None = None) -> nn.Module:
@@ -272,12 +392,13 @@ def load_trained_classifier(adapter_dir: str | Path, *, checkpoint: str | Path |
                             fix="pass checkpoint= with the pre-trained file")
     backbone = info["backbone"]
     partial = meta.get("params", {}).get("trainable") != meta.get("params", {}).get("total")
-    if backbone in VIT_CONFIGS and ckpt is None and partial:
+    if is_random_init(backbone, ckpt) and partial:
         raise MedadaptError("the adapter was trained on a randomly initialised ViT, which cannot be rebuilt",
                             path=adapter_dir, fix="train from a pre-trained checkpoint, or with the 'full' recipe")
     kwargs = {"pool": info.get("pool") or "gap"} if backbone in VIT_CONFIGS else {}
-    model = build_classifier(backbone, info["num_outputs"], checkpoint=ckpt, img_size=info["input_spec"]["size"]
-                             if backbone in VIT_CONFIGS else None, **kwargs)
+    # the trained input size (a SAM encoder adapted at 64 px must not be rebuilt at its default 256)
+    model = build_classifier(backbone, info["num_outputs"], checkpoint=ckpt, img_size=info["input_spec"]["size"],
+                             **kwargs)
     check = {"model": backbone}
     if ckpt is not None and base.get("checkpoint_sha256"):
         check["checkpoint_sha256"] = _sha256(ckpt)

@@ -1,4 +1,4 @@
-"""Image classification backbones: timm-layout ViTs and SAM-family encoders with a pooled head."""
+"""Image classification backbones: timm-layout ViTs, SAM-family encoders with a pooled head, a small CNN."""
 
 from .backbones import (
     DEFAULT_BACKBONE,
@@ -6,12 +6,17 @@ from .backbones import (
     PooledEncoderClassifier,
     build_classifier,
     input_spec,
+    is_random_init,
     list_backbones,
 )
 from .checkpoint import LoadReport, load_vit_checkpoint, read_state_dict
+from .cnn import CNN_CONFIGS, SmallCNN
 from .vit import VIT_CONFIGS, VisionTransformer, resample_pos_embed, vit_patch16
 
 __all__ = [
+    "CNN_CONFIGS",
+    "SmallCNN",
+    "is_random_init",
     "DEFAULT_BACKBONE",
     "VIT_CONFIGS",
     "InputSpec",

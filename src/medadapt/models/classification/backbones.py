@@ -29,6 +29,7 @@ from medadapt.errors import MedadaptError
 from medadapt.models.registry import DEFAULT_MODEL, build_model, list_models
 
 from .checkpoint import LoadReport, load_vit_checkpoint
+from .cnn import CNN_CONFIGS, SmallCNN
 from .vit import VIT_CONFIGS, Pool, vit_patch16
 
 Normalize = Literal["imagenet", "minmax"]
@@ -45,6 +46,7 @@ class InputSpec:
 
 
 VIT_INPUT = InputSpec(size=224, normalize="imagenet", fit="crop")
+CNN_INPUT = InputSpec(size=64, normalize="imagenet", fit="crop")  # small inputs: MedMNIST is 28-224 px
 SAM_EMBED_DIM = 256  # every SAM image encoder ends with a neck projecting to 256 channels
 DEFAULT_BACKBONE = DEFAULT_MODEL  # LiteMedSAM: the backbone with bundled pre-trained weights
 
@@ -55,13 +57,20 @@ def _sam_specs() -> dict[str, InputSpec]:
 
 
 def list_backbones() -> list[str]:
-    return sorted(VIT_CONFIGS) + sorted(_sam_specs())
+    return sorted(VIT_CONFIGS) + sorted(CNN_CONFIGS) + sorted(_sam_specs())
+
+
+def is_random_init(name: str, checkpoint: str | Path | None) -> bool:
+    """True for backbones that start from random weights here (a ViT without a file, the CNN)."""
+    return name in CNN_CONFIGS or (name in VIT_CONFIGS and checkpoint is None)
 
 
 def input_spec(name: str, img_size: int | None = None) -> InputSpec:
     """Input spec of backbone ``name`` (``img_size`` overrides the default input side)."""
     if name in VIT_CONFIGS:
         return VIT_INPUT if img_size is None else InputSpec(img_size, VIT_INPUT.normalize, VIT_INPUT.fit)
+    if name in CNN_CONFIGS:
+        return CNN_INPUT if img_size is None else InputSpec(img_size, CNN_INPUT.normalize, CNN_INPUT.fit)
     sam = _sam_specs()
     if name in sam:
         return sam[name] if img_size is None else InputSpec(img_size, sam[name].normalize, sam[name].fit)
@@ -90,6 +99,13 @@ class PooledEncoderClassifier(nn.Module):
         x = self.head_drop(self.fc_norm(feats.mean(dim=(2, 3))))  # [B,C]
         return x if pre_logits else self.head(x)
 
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,3,S,S] -> [B,C]: the frozen part of a linear probe (cacheable)."""
+        return self.image_encoder(x).mean(dim=(2, 3))
+
+    def forward_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_drop(self.fc_norm(pooled)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
@@ -106,7 +122,8 @@ def build_classifier(name: str, num_classes: int, *, checkpoint: str | Path | No
     """Build a classifier for ``num_classes`` outputs on backbone ``name``.
 
     ViT: random init unless ``checkpoint`` (MAE/MRM/CXR-MAE file, loaded as MAE fine-tuning does; the
-    load report is kept in ``model.load_report``). SAM encoders (any ``medadapt.models.registry``
+    load report is kept in ``model.load_report``). ``cnn_small``: random init (trained from scratch,
+    the baseline). SAM encoders (any ``medadapt.models.registry``
     name): the bundled weights (LiteMedSAM) or ``checkpoint``; ``pretrained=False`` gives random
     weights (tests). ``pool`` and ``drop_path`` apply to ViTs only.
     The returned module has ``input_spec`` and ``backbone`` attributes.
@@ -121,6 +138,11 @@ def build_classifier(name: str, num_classes: int, *, checkpoint: str | Path | No
         if checkpoint is not None:
             report = load_vit_checkpoint(model, checkpoint)
             _init_head(model.head)
+    elif name in CNN_CONFIGS:
+        if checkpoint is not None:
+            raise MedadaptError(f"{name} is trained from scratch and takes no checkpoint",
+                                fix="drop the checkpoint, or choose a pre-trained backbone")
+        model = SmallCNN(num_classes, CNN_CONFIGS[name])
     else:
         sam = build_model(name, checkpoint, image_size=spec.size, pretrained=pretrained)
         model = PooledEncoderClassifier(sam.image_encoder, SAM_EMBED_DIM, num_classes, norm=sam_norm)

@@ -192,6 +192,17 @@ class VisionTransformer(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] -> the pooled token [B,D] before ``fc_norm`` / ``norm`` (what a frozen trunk gives;
+        ``norm`` acts per token, so norming the class token alone equals ``norm(tokens)[:, 0]``)."""
+        tokens = self.forward_features(x)
+        return tokens[:, 1:].mean(dim=1) if self.pool == "gap" else tokens[:, 0]
+
+    def forward_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """[B,D] from :meth:`forward_pooled` -> logits; ``forward == forward_from_pooled(forward_pooled)``."""
+        x = self.fc_norm(pooled) if self.pool == "gap" else self.norm(pooled)
+        return self.head(self.head_drop(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 

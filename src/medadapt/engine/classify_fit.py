@@ -1,0 +1,287 @@
+"""``medadapt fit --task classify``: options → label selection → classifier + recipe → training → run folder.
+
+The run folder mirrors the segmentation one (:mod:`medadapt.engine.sam_fit`):
+``fit_config.json`` (every option, after defaults), ``split.json`` (the exact training and
+validation image ids), ``adapter/`` (adapter-only safetensors + JSON, rebuilt by
+:func:`medadapt.engine.classify_task.load_trained_classifier`), ``checkpoint/`` (resume state),
+``metrics.csv``, ``tb/`` and ``result.json`` (best validation AUROC, wall time, peak memory).
+
+Options come from the command line (common options plus ``--set key=value`` strings) over an optional
+YAML file; :class:`ClassifyFitOptions` validates them all at once, before anything is read or written,
+so a typo costs no run folder. ``--resume`` reloads ``fit_config.json`` and ``split.json`` from the
+run folder (command-line values still win), so ``medadapt fit --task classify --out RUN --resume``
+alone continues a killed run on the same images.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medadapt.errors import MedadaptError
+from medadapt.io.atomic import write_json
+
+DEFAULT_STEPS = 200
+ADAPTER_DIR = "adapter"
+# Recipes whose lr default is lower: every pre-trained weight moves (MED-PEFT uses 1e-4 .. 5e-4 for full FT).
+_FULL_LR, _PEFT_LR = 1e-4, 1e-3
+
+
+class ClassifyFitOptions(BaseModel):
+    """Every option of ``medadapt fit --task classify`` (command line, ``--set`` or YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # common options of `medadapt fit`
+    data: str
+    out: str
+    model: str = Field("litemedsam", description="backbone: litemedsam (bundled weights), vit_*_patch16, cnn_small")
+    checkpoint: str | None = None
+    method: str = Field("lora", description="recipe: lora (q/v LoRA), linear-probe, full, bias, norm, peft-lora...")
+    shots: int | None = Field(None, ge=1, description="labelled images per class (instead of fraction)")
+    fraction: float | None = Field(None, gt=0, le=1, description="share of the training labels, e.g. 0.01")
+    seed: int = 0
+    split: str | None = Field(None, description="split.json of another run, or a .txt of training image ids")
+    classes: list[int] | None = None
+    max_steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float | None = Field(None, gt=0, description="default 1e-3 (1e-4 for full fine-tuning of a pre-trained model)")
+    lora_rank: int = Field(4, ge=1)
+    target_modules: list[str] | None = None
+    val_every: int | None = Field(50, ge=1)
+    patience: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    cache_dir: str | None = None
+    progress: bool = True
+    # task-specific (--set key=value)
+    img_size: int | None = Field(None, ge=8)
+    pool: Literal["gap", "cls"] = "gap"
+    lora_alpha: float | None = Field(32.0, gt=0)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    drop_path: float = Field(0.1, ge=0, lt=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.05, ge=0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup: int | None = Field(None, ge=0, description="warm-up steps; default 10 % of the steps")
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    augment: bool = True
+    pos_weight: bool = True
+    class_weights: bool = False
+    uncertain_policy: Literal["ones", "zeros", "ignore"] | None = Field(None, description="CheXpert -1 labels")
+    image_root: str | None = None
+    frontal_only: bool | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    val_data: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    eval_batch_size: int = Field(64, ge=1)
+    cache_features: bool = True
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _none_strings(cls, v: Any) -> Any:
+        """``--set layer_decay=none`` (strings arrive raw) means unset."""
+        return None if isinstance(v, str) and v.strip().lower() in ("none", "null") else v
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, v: Any) -> Any:
+        return [t.strip() for t in v.split(",") if t.strip()] if isinstance(v, str) else v
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _split_classes(cls, v: Any) -> Any:
+        return [t.strip() for t in v.split(",") if t.strip()] if isinstance(v, str) else v
+
+    @classmethod
+    def build(cls, values: dict[str, Any], config_file: Path | None = None,
+              saved: dict[str, Any] | None = None) -> ClassifyFitOptions:
+        """``saved`` (a resumed run's fit_config.json) < YAML ``config_file`` < command-line ``values``."""
+        merged: dict[str, Any] = {k: v for k, v in (saved or {}).items() if k != "recipe"}  # recipe: derived
+        if config_file is not None:
+            merged.update(_read_yaml(Path(config_file)))
+        merged.update({k.replace("-", "_"): v for k, v in values.items() if v is not None})
+        known = list(cls.model_fields)
+        unknown = [k for k in merged if k not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise MedadaptError(f"unknown classification option '{unknown[0]}'{hint}.", path=config_file,
+                                fix="valid options: " + ", ".join(known))
+        try:
+            return cls(**merged)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "options"
+            got = f" (got {first['input']!r})" if first.get("input") is not None and first["loc"] else ""
+            raise MedadaptError(f"invalid classification option '{where}': {first['msg']}{got}.", path=config_file,
+                                fix="see `medadapt fit --help`; task options are set with --set key=value") from None
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> ClassifyFitOptions:
+        if self.fraction is not None and self.shots is not None:
+            raise ValueError("give fraction or shots, not both")
+        return self
+
+    def recipe(self) -> str:
+        return "encoder-lora" if self.method == "lora" else self.method
+
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        from medadapt.models.classification import is_random_init
+
+        return _FULL_LR if self.recipe() == "full" and not is_random_init(self.model, self.checkpoint) else _PEFT_LR
+
+    def loader_options(self) -> dict[str, Any]:
+        """Reader keyword arguments (only those set, so readers that take none are not disturbed)."""
+        opts = {"uncertain": self.uncertain_policy, "image_root": self.image_root, "frontal_only": self.frontal_only}
+        return {k: v for k, v in opts.items() if v is not None}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise MedadaptError(f"cannot read the config ({err}).", path=path) from None
+    if not isinstance(loaded, dict):
+        raise MedadaptError("the config must be a mapping of option: value.", path=path)
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
+def _read_train_ids(path: Path) -> list[str]:
+    """Training ids from a run's ``split.json`` or a text file of ids (one per line)."""
+    if not path.is_file():
+        raise MedadaptError("split file not found", path=path, fix="pass a run's split.json or a .txt of image ids")
+    if path.suffix.lower() == ".json":
+        try:
+            ids = json.loads(path.read_text()).get("train")
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            ids = None
+        if not isinstance(ids, list) or not ids:
+            raise MedadaptError("the split file has no 'train' list of image ids", path=path,
+                                fix="use the split.json a `medadapt fit --task classify` run wrote")
+        return [str(i) for i in ids]
+    ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    if not ids:
+        raise MedadaptError("the split file lists no image ids", path=path)
+    return ids
+
+
+def _classify_config(opts: ClassifyFitOptions, train_ids: list[str] | None):
+    from medadapt.engine.classify_task import ClassifyConfig
+
+    try:
+        return ClassifyConfig(
+            data=opts.data, val_data=opts.val_data, train_split=opts.train_split, val_split=opts.val_split,
+            label_fraction=opts.fraction or 1.0, shots=opts.shots,
+            train_ids=train_ids, classes=opts.classes, val_fraction=opts.val_fraction, fraction_seed=opts.seed,
+            backbone=opts.model, checkpoint=opts.checkpoint, pool=opts.pool, drop_path=opts.drop_path,
+            img_size=opts.img_size, recipe=opts.recipe(), lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha,
+            lora_dropout=opts.lora_dropout, target_modules=opts.target_modules, pos_weight=opts.pos_weight,
+            class_weights=opts.class_weights, augment=opts.augment, layer_decay=opts.layer_decay,
+            eval_batch_size=opts.eval_batch_size, cache_features=opts.cache_features, cache_dir=opts.cache_dir,
+            loader_options=opts.loader_options(),
+        )
+    except ValidationError as err:  # ranges are checked by ClassifyFitOptions; this is a safety net
+        raise MedadaptError(f"invalid classification option: {err.errors()[0]['msg']}") from None
+
+
+def _train_config(opts: ClassifyFitOptions):
+    import torch
+
+    from medadapt.engine.config import TrainConfig
+
+    steps = opts.max_steps if (opts.max_steps or opts.epochs) else DEFAULT_STEPS
+    return TrainConfig(
+        optimizer=opts.optimizer, lr=opts.learning_rate(), weight_decay=opts.weight_decay, schedule=opts.schedule,
+        warmup_steps=opts.warmup, warmup_ratio=None if opts.warmup is not None else 0.1, epochs=opts.epochs,
+        max_steps=steps, grad_accum=opts.grad_accum, clip_grad_norm=opts.clip_grad_norm, precision=opts.precision,
+        val_every=opts.val_every, monitor="auroc", mode="max", patience=opts.patience, seed=opts.seed,
+        batch_size=opts.batch_size, num_workers=opts.num_workers, progress=opts.progress,
+        device="cpu" if not torch.cuda.is_available() else "auto",
+    )
+
+
+def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train one classifier adapter; returns ``result.json``'s content plus ``message`` (one line)."""
+    from medadapt.engine.classify_task import build_classify_task
+    from medadapt.engine.seed import seed_everything
+    from medadapt.engine.trainer import Trainer
+
+    out_value = values.get("out")
+    saved, saved_split = None, None
+    if resume:
+        if not out_value:
+            raise MedadaptError("--resume needs --out, the run folder to continue.")
+        run = Path(out_value)
+        if not (run / "checkpoint" / "last.pt").is_file():
+            raise MedadaptError("there is no run to resume here (checkpoint/last.pt is missing)", path=run,
+                                fix="start it without --resume")
+        if (run / "fit_config.json").is_file():
+            saved = json.loads((run / "fit_config.json").read_text())
+        if (run / "split.json").is_file():
+            saved_split = run / "split.json"
+    opts = ClassifyFitOptions.build(values, config, saved)
+    out = Path(opts.out)
+    if not resume and (out / "checkpoint" / "last.pt").exists():
+        raise MedadaptError("this run folder already holds a run.", path=out,
+                            fix="pass --resume to continue it, or choose another --out.")
+    split_source = saved_split if saved_split is not None and not values.get("split") else (
+        Path(opts.split) if opts.split else None)
+    train_ids = _read_train_ids(split_source) if split_source is not None else None
+
+    seed_everything(opts.seed)
+    train_config = _train_config(opts)
+    task = build_classify_task(_classify_config(opts, train_ids), train_config)  # reads data: errors come first
+    task.artifact_dir = ADAPTER_DIR
+    if not opts.epochs:  # epochs of a whole number of validation periods: validation at the val_every rhythm only
+        period = (opts.val_every or train_config.max_steps) * opts.batch_size * opts.grad_accum
+        task.samples_per_epoch = -(-len(task.train) // period) * period
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "fit_config.json", {**opts.model_dump(mode="json"), "recipe": opts.recipe(),
+                                         "lr": train_config.lr})
+    write_json(out / "split.json", {"data": opts.data, "train": list(task.train.ids),
+                                    "val": list(task.val.ids) if task.val is not None else [],
+                                    "train_class_counts": task.train.class_counts(), "seed": opts.seed,
+                                    "fraction": opts.fraction, "shots": opts.shots})
+    start = time.perf_counter()
+    result = Trainer(train_config, task, out).fit(resume=resume)
+    session = time.perf_counter() - start
+    adapter = out / ADAPTER_DIR / "adapter.safetensors"
+    applied = task.applied
+    summary = {
+        "model": opts.model, "method": opts.method, "recipe": opts.recipe(), "fraction": opts.fraction,
+        "shots": opts.shots if not opts.fraction else None, "seed": opts.seed, "task": task.train.task,
+        "class_names": task.train.class_names, "train_images": len(task.train),
+        "train_class_counts": task.train.class_counts(), "val_images": len(task.val) if task.val is not None else 0,
+        "input_size": task.model.input_spec.size, "trainable_params": applied.trainable,
+        "total_params": applied.total, "lr": train_config.lr, "feature_cache": task.cache.stats() if task.cache else None,
+        "adapter_bytes": adapter.stat().st_size if adapter.exists() else None,
+        "fit_seconds": result.wall_time_s, "session_seconds": session,
+        **{k: v for k, v in result.to_dict().items() if k != "history"},
+    }
+    write_json(out / "result.json", summary)
+    summary = json.loads(json.dumps(summary, default=str))
+    best = summary.get("best_metric")
+    amount = f"{opts.fraction:.0%} of labels" if opts.fraction else (
+        f"{opts.shots} per class" if opts.shots else "all labels")
+    summary["message"] = (
+        f"fit done: {opts.method} on {opts.model}, {amount} ({len(task.train)} images), "
+        f"{applied.trainable:,} trainable parameters, best val AUROC "
+        f"{'n/a' if best is None else f'{best:.4f}'} (step {summary.get('best_step')}), "
+        f"{result.wall_time_s:.0f} s; adapter: {adapter.parent} ({(summary['adapter_bytes'] or 0) / 1024:.0f} KiB)"
+    )
+    return summary
