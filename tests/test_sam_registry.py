@@ -14,7 +14,8 @@ from medadapt.models.weights import litemedsam_checkpoint_path
 def test_specs():
     names = [s.name for s in list_models()]
     assert names[0] == DEFAULT_MODEL == "litemedsam"
-    assert set(names) == {"litemedsam", "medsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "mobilesam"}
+    assert set(names) == {"litemedsam", "medsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "mobilesam",
+                          "litemedsam_student_s", "litemedsam_student_xs"}
     lite = get_spec("LiteMedSAM")
     assert (lite.image_size, lite.normalization, lite.box_rounding, lite.default_weights) == (256, "minmax", "trunc", True)
     assert get_spec("sam-vit-t").name == "mobilesam"

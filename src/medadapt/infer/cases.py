@@ -22,6 +22,7 @@ from medadapt.data.prompts import (
     validate_prompts,
 )
 from medadapt.errors import MedadaptError
+from medadapt.infer.modality_bank import ModalityBankPredictor
 from medadapt.infer.predictor import SamPredictor
 from medadapt.infer.volume import segment_volume_boxes3d, segment_volume_from_labels
 from medadapt.io.cvpr24 import read_cvpr24, write_cvpr24_segs
@@ -149,6 +150,8 @@ def _file_prompts(case: Case, options: PredictOptions) -> list[Prompt]:
 
 def predict_case(predictor: SamPredictor, case: Case, options: PredictOptions, progress=None) -> np.ndarray:
     """The label map for one case, in the case's own array layout."""
+    if isinstance(predictor, ModalityBankPredictor):  # per-modality adapters: pick this case's
+        predictor.select_for_file(case.source, options.modality)
     source = options.prompts
     rng = np.random.default_rng(options.seed)
     if case.kind in ("npz2d", "npz3d") and source in ("file-boxes", "auto-npz"):

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from medadapt.errors import MedadaptError
+from medadapt.infer.modality_bank import is_bank
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_spec
 
@@ -63,6 +64,11 @@ def build_predictor(
     use_cache: bool = False,
 ) -> SamPredictor:
     classes = None
+    if adapter is not None and is_bank(adapter):  # per-modality adapters, routed per case
+        from medadapt.infer.modality_bank import load_bank_predictor
+
+        return load_bank_predictor(adapter, model=model, checkpoint=checkpoint, batch_size=batch_size,
+                                   precision=precision, cache_dir=cache_dir, use_cache=use_cache)
     if adapter is not None:
         net, model, meta = load_adapted_model(adapter, model=model, checkpoint=checkpoint)
         extra = meta.get("extra") or {}

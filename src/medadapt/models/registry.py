@@ -30,6 +30,7 @@ from medadapt.models.sam import (
     ViTConfig,
     build_sam,
 )
+from medadapt.models.sam.student import LITEMEDSAM_STUDENT_S, LITEMEDSAM_STUDENT_XS, StudentConfig, StudentViT
 from medadapt.models.weights import litemedsam_checkpoint_path
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ BoxRounding = Literal["trunc", "float"]
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    encoder: Literal["tiny_vit", "vit"]
-    encoder_config: TinyViTConfig | ViTConfig
+    encoder: Literal["tiny_vit", "vit", "student"]
+    encoder_config: TinyViTConfig | ViTConfig | StudentConfig
     image_size: int
     # "imagenet": SAM's (x - mean) / std on 0..255 after a PIL bilinear resize;
     # "minmax": CVPR24 MedSAM pipeline, cv2 INTER_AREA resize then per-image min-max to [0, 1].
@@ -90,6 +91,22 @@ _SPECS = (
         layout="sam_vit_t", aliases=("sam_vit_t",),
         description="MobileSAM: TinyViT-5M distilled from SAM ViT-H, 1024x1024 input",
     ),
+    # Distillation students (`medadapt distill`, then `medadapt merge --student`): a smaller encoder
+    # under LiteMedSAM's prompt encoder and mask decoder; weights come from a merged checkpoint.
+    ModelSpec(
+        name="litemedsam_student_s", encoder="student", encoder_config=LITEMEDSAM_STUDENT_S, image_size=256,
+        normalization="minmax", box_rounding="trunc",
+        checkpoint_file="MERGED.safetensors",
+        description="LiteMedSAM student: TinyViT blocks at 128/64 px, 3M encoder parameters, ~2.6x fewer "
+                    "MACs than LiteMedSAM's encoder; LiteMedSAM prompt encoder and decoder",
+    ),
+    ModelSpec(
+        name="litemedsam_student_xs", encoder="student", encoder_config=LITEMEDSAM_STUDENT_XS, image_size=256,
+        normalization="minmax", box_rounding="trunc",
+        checkpoint_file="MERGED.safetensors",
+        description="LiteMedSAM student: three narrow stages, 1.5M encoder parameters, ~5x fewer MACs than "
+                    "LiteMedSAM's encoder; LiteMedSAM prompt encoder and decoder",
+    ),
 )
 _BY_NAME = {n: s for s in _SPECS for n in (s.name, *s.aliases)}
 DEFAULT_MODEL = "litemedsam"
@@ -124,13 +141,15 @@ def build_model(name: str, checkpoint: str | Path | None = None, *, image_size: 
                             fix=f"use {spec.image_size}, the size {spec.name} was trained at")
     if checkpoint is None and pretrained:  # resolve weights before spending time on the build
         if not spec.default_weights:
-            raise MedadaptError(
-                f"{spec.name} has no bundled weights",
-                fix=f"download the official {spec.checkpoint_file} and pass it with --checkpoint",
-            )
+            fix = f"download the official {spec.checkpoint_file} and pass it with --checkpoint"
+            if spec.encoder == "student":
+                fix = ("distil it (`medadapt distill`), join it to its teacher (`medadapt merge --student RUN "
+                       "--teacher litemedsam --out FILE.safetensors`) and pass FILE with --checkpoint")
+            raise MedadaptError(f"{spec.name} has no bundled weights", fix=fix)
         checkpoint = litemedsam_checkpoint_path()
     cfg = dataclasses.replace(spec.encoder_config, img_size=size)
-    encoder = TinyViT(cfg) if spec.encoder == "tiny_vit" else ImageEncoderViT(cfg)
+    encoders = {"tiny_vit": TinyViT, "vit": ImageEncoderViT, "student": StudentViT}
+    encoder = encoders[spec.encoder](cfg)
     model = build_sam(encoder)
     if checkpoint is not None:
         report = load_sam_state_dict(model, read_checkpoint(checkpoint), source=checkpoint)

@@ -1,0 +1,152 @@
+"""Benchmark encoder distillation: LiteMedSAM (teacher) vs a distilled student on hippocampus.
+
+    .venv/bin/python bench/bench_distill.py [--student litemedsam_student_s] [--train-slices 240]
+        [--steps 80] [--batch-size 6] [--lr 1e-3] [--test-volumes 5] [--repeats 10] [--threads 2]
+        [--work DIR]
+
+1. Split ``../shared/data/hippocampus`` with the few-shot protocol (seed 0): the 20 fixed test
+   volumes are held out, validation volumes come from the pool, the rest is the training split.
+2. ``medadapt distill`` on training-split slices only (``--train-slices`` evenly spaced, every slice
+   including unlabelled ones), teacher embeddings cached, random flips, ``--steps`` AdamW steps.
+3. ``medadapt merge --student``: the student encoder under LiteMedSAM's prompt encoder and decoder.
+4. Encoder latency per 256x256 slice (``--threads`` threads, median of ``--repeats`` after a warm-up)
+   and box-prompt DSC (a 2D box per class on every slice holding it, volumes reassembled, scored in
+   3D) on the first ``--test-volumes`` held-out volumes, teacher vs student.
+
+Writes bench/results/distill.json (with ``os.getloadavg()`` at start and end: other jobs may share
+the CPU) and prints a Markdown table. Full protocol (all training slices, all 20 test volumes, longer
+training; hours on 2 CPU cores):
+
+    .venv/bin/python bench/bench_distill.py --train-slices 100000 --steps 2000 --batch-size 8 --test-volumes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medadapt.data.datasets import load_dataset
+from medadapt.data.fewshot import make_split
+from medadapt.deploy.distill import DistillOptions, run_distill
+from medadapt.deploy.merge import merge_student
+from medadapt.infer.dataset_eval import evaluate_dataset
+from medadapt.infer.predictor import SamPredictor
+from medadapt.io.atomic import write_json
+from medadapt.models.registry import build_model, get_spec
+from medadapt.models.sam.student import count_macs
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "hippocampus"
+
+
+def latency_ms(encoder: torch.nn.Module, repeats: int) -> dict:
+    x = torch.rand(1, 3, 256, 256)
+    times = []
+    with torch.no_grad():
+        encoder(x)  # warm-up
+        for _ in range(repeats):
+            t = time.perf_counter()
+            encoder(x)
+            times.append((time.perf_counter() - t) * 1000)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "all_ms": times}
+
+
+def dsc_on(model, name: str, dataset, keys) -> dict:
+    pred = SamPredictor(model, get_spec(name), batch_size=8)
+    rows, info = evaluate_dataset(pred, dataset, keys, mode="box")
+    per_class: dict[int, list[float]] = {}
+    for r in rows:
+        per_class.setdefault(int(r["class"]), []).append(float(r["dsc"]))
+    means = {c: float(np.nanmean(v)) for c, v in sorted(per_class.items())}
+    return {"mean_dsc": float(np.mean(list(means.values()))), "dsc_per_class": means,
+            "seconds": info["seconds"], "slices_encoded": info["images_encoded"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", default="litemedsam_student_s")
+    ap.add_argument("--train-slices", type=int, default=240)
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--batch-size", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--val-slices", type=int, default=16)
+    ap.add_argument("--test-volumes", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=None, help="Run folder (default: a temporary one).")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    t0 = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_distill_"))
+
+    dataset = load_dataset(DATA)
+    split = make_split(dataset, seed=0)
+    test_keys = list(split.test[: args.test_volumes])
+    run = work / "distill"
+    opts = DistillOptions(
+        data=str(DATA), out=str(run), student=args.student, teacher="litemedsam", max_train_slices=args.train_slices,
+        max_val_slices=args.val_slices, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=10,
+        val_every=max(10, args.steps // 4), seed=0, progress=False,
+    )
+    res = run_distill(opts, resume=(run / "checkpoint" / "last.pt").is_file())
+    assert not set(res_keys := json_keys(run / "split.json", "train")) & set(split.test), "test volume trained on"
+    merged = work / "student.safetensors"
+    merge_student(run, merged, teacher="litemedsam")
+
+    teacher = build_model("litemedsam")
+    student = build_model(args.student, checkpoint=merged)
+    rows = {}
+    for label, name, model in (("LiteMedSAM (teacher)", "litemedsam", teacher), (f"{args.student}", args.student, student)):
+        enc = model.image_encoder.eval()
+        rows[label] = {
+            "model": name,
+            "encoder_params": sum(p.numel() for p in enc.parameters()),
+            "encoder_gmacs": count_macs(enc) / 1e9,
+            "latency": latency_ms(enc, args.repeats),
+            **dsc_on(model, name, dataset, test_keys),
+        }
+    load_end = os.getloadavg()
+    out = {
+        "what": "LiteMedSAM encoder distillation on hippocampus: latency per 256x256 slice and box-prompt DSC",
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "threads": args.threads},
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
+        "settings": vars(args) | {"work": str(work)},
+        "split": {"train_volumes": len(res_keys), "test_volumes_scored": test_keys,
+                  "test_volumes_total": len(split.test)},
+        "distill": {k: res[k] for k in ("train_slices", "val_slices", "steps", "initial_val_mse", "initial_val_cos",
+                                         "best_metric", "distill_seconds", "teacher_cache", "init_tensors_from_teacher")},
+        "results": rows,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    history = (run / "metrics.csv").read_text().splitlines()
+    out["distill"]["val_cos_curve"] = [line for line in history if ",val_cos," in line]
+    write_json(ROOT / "bench" / "results" / "distill.json", out)
+
+    print(f"\nloadavg start {load_start}, end {load_end}; {args.threads} threads; "
+          f"{res['train_slices']} training slices, {res['steps']} steps, {len(test_keys)} held-out volumes\n")
+    print("| encoder | params | GMACs | latency / slice (median ms) | box DSC (mean of classes) |")
+    print("|---|---|---|---|---|")
+    for label, r in rows.items():
+        print(f"| {label} | {r['encoder_params'] / 1e6:.2f} M | {r['encoder_gmacs']:.1f} | "
+              f"{r['latency']['median_ms']:.0f} | {r['mean_dsc']:.3f} |")
+
+
+def json_keys(path: Path, part: str) -> list[str]:
+    import json
+
+    return json.loads(path.read_text())[part]
+
+
+if __name__ == "__main__":
+    main()
