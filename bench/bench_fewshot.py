@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--method-lr", nargs="*", default=[], metavar="METHOD=LR",
+                    help="per-recipe learning rate, e.g. decoder-lora=1e-3 (LoRA starts at zero and needs more)")
     ap.add_argument("--test-cases", type=int, default=None, help="score only the first N of the fixed test set")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--label-dir", default=None)
@@ -84,6 +86,8 @@ def main() -> int:
                                  "wall_seconds": time.perf_counter() - t}
         out_json.write_text(json.dumps(results, indent=2) + "\n")
 
+    method_lr = {m: float(v) for m, v in (item.split("=") for item in args.method_lr)}
+    results["method_lr"] = {**results.get("method_lr", {}), **method_lr}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for prompt in args.prompts:
         for method in args.methods:
@@ -95,7 +99,8 @@ def main() -> int:
                     run = work / key.replace("/", "_")
                     cmd = [sys.executable, "-m", "medadapt.cli.main", "fit", "--data", args.data, "--out", str(run),
                            "--method", method, "--prompt", prompt, "--shots", str(k), "--seed", str(seed),
-                           "--max-steps", str(args.max_steps), "--lr", str(args.lr), "--cache-dir", str(cache),
+                           "--max-steps", str(args.max_steps), "--lr", str(method_lr.get(method, args.lr)),
+                           "--cache-dir", str(cache),
                            "--threads", str(args.threads), "--no-progress", "--val-every", str(args.max_steps // 3)]
                     for opt, val in (("--label-dir", args.label_dir), ("--image-suffix", args.image_suffix),
                                      ("--label-suffix", args.label_suffix)):
@@ -114,7 +119,7 @@ def main() -> int:
                     s = score(build_predictor(None, adapter=run, cache_dir=cache), dataset, test, prompt)
                     runs[key] = {**s, "fit_wall_seconds": wall, "peak_rss_mb": fit.get("peak_rss_mb"),
                                  "trainable_params": fit["trainable_params"], "adapter_bytes": fit["adapter_bytes"],
-                                 "best_val_dsc": fit.get("best_metric")}
+                                 "best_val_dsc": fit.get("best_metric"), "lr": method_lr.get(method, args.lr)}
                     out_json.write_text(json.dumps(results, indent=2) + "\n")
                     print(key, {k2: runs[key][k2] for k2 in ("dsc", "nsd", "fit_wall_seconds")}, flush=True)
 

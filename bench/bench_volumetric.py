@@ -1,274 +1,245 @@
-"""Benchmark volumetric few-shot adaptation on CPU.
+"""Few-shot 3D adaptation on MSD hippocampus, through the same API as the CLI (issue 4, "Must show").
 
-    .venv/bin/python bench/bench_volumetric.py [--part speed|fewshot|all] [--threads N]
-        [--backbones swinunetr unet3d] [--recipes full decoder encoder-lora bias norm linear-probe]
-        [--shots 1 5] [--pretrain-steps 300] [--adapt-steps 100] [--seed 0]
+    .venv/bin/python bench/bench_volumetric.py                       # full protocol (resumable)
+    .venv/bin/python bench/bench_volumetric.py --seeds 0 --shots 1 5 # a subset
+    .venv/bin/python bench/bench_volumetric.py --table               # print the table of the JSON only
 
-``speed``: the real architectures (Swin UNETR feature_size 48, DynUNet 32..320) at their 96^3 crop:
-seconds per optimiser step (batch 1, forward + backward + AdamW) for each recipe, the trainable
-parameter count, and seconds for a Gaussian-blended sliding-window prediction of a 96 x 96 x 96 volume
-(random weights: speed does not depend on them; no published 3D weights ship with medadapt).
+Protocol (``../shared/data/hippocampus``, MR, 1 mm, 60 volumes):
 
-``fewshot``: MSD hippocampus (``../shared/data/hippocampus``, MR, 1 mm). Without published weights, the
-pretrained model is made here the way SuPreM / the universal model are made, with partial labels:
-a DynUNet with one sigmoid channel per class is pretrained on the labelled pool, half of the volumes
-labelling only "anterior", the other half only "posterior" (each class masked out where unlabelled).
-It is then adapted to "anterior" with k support volumes (linear probe initialised from the pretrained
-anterior row, with and without the transductive proportion constraint, and full fine-tuning), and
-every model is evaluated on the 20 held-out volumes on their original grid (sliding window, inverse
-transforms) with the official-convention DSC and NSD (2 mm). Support volumes never overlap the test set.
+1. ``medadapt pretrain`` (:func:`medadapt.engine.pretrain.run_pretrain`) on class 1 (anterior) only,
+   on the 40 volumes outside the fixed held-out set of :mod:`medadapt.data.fewshot` (posterior voxels
+   are plain background for the single "anterior" channel).
+2. ``medadapt fit --task volumetric`` (:func:`medadapt.engine.volumetric_fit.run_volumetric_fit`) for
+   two targets: class 2 (posterior, a class the model never saw) and both classes (anterior starts
+   from the pretrained row), k = 1, 5, 10 support volumes, seeds 0, 1, 2 (nested support sets), with
+   ``scratch`` (no checkpoint, every weight), ``linear`` (1x1x1 probe on frozen decoder features),
+   ``spatial`` (residual 3x3x3 adapter + probe), ``lora`` (peft LoRA rank 4 on every encoder Conv3d +
+   new probe), ``full`` (every weight from the checkpoint), and ``linear+T`` / ``spatial+T``: the same
+   with transductive inference (the 20 held-out volumes as unlabelled queries, proportion penalty
+   lambda 0.1, margin 0.3, starting at half the run's epochs).
+3. ``medadapt evaluate --task volumetric`` (:func:`medadapt.evaluate.volumetric_run.evaluate_volumetric_run`)
+   on the 20 held-out volumes, never trained on (transductive runs see their images, not labels):
+   DSC, NSD at 2 mm and HD95 on the original grid; mean over the 20 volumes and the classes. The table
+   shows mean ± sd over seeds. HD95 means leave out infinite values (a class missed entirely);
+   ``hd95_inf`` counts them.
 
-Prints tables and writes bench/results/volumetric.json with the machine it ran on.
+Choices forced by the CPU (2 threads, shared with other jobs, ~40 minutes for everything): a 3D
+U-Net (MONAI DynUNet, filters 8-16-32-64, strides 1-2-2-2, 351k parameters), 32^3 crops at native
+1 mm spacing, MR percentile scaling, sliding window with overlap 0.25; ``--steps`` (default 40)
+optimiser steps of 2 crops for every method (batch 1 volume x 2 crops when the backbone trains,
+batch 2 of 4 cached crops per support volume otherwise), AdamW, cosine schedule, lr 1e-2 for heads /
+adapters, 5e-3 for LoRA, 1e-3 for full and scratch; no validation volumes (the final weights are
+scored); pretraining ``--pretrain-steps`` (150) steps of 2 crops at lr 3e-3. Wall time is the fit
+(``fit_seconds``; evaluation separately), peak memory the process RSS sampled every 20 ms during
+the fit (it includes the ~0.5 GB of the Python process itself). ``os.getloadavg()`` is recorded at
+the start and end of every session: other work on the machine slows the timings.
+
+Results go to ``bench/results/volumetric.json`` after every run; a rerun skips runs already there
+(same key: target / k / seed / method), so the protocol can be completed in several sessions.
+Work folders (pretraining, runs) live under ``--work`` (default /tmp/medadapt_bench_volumetric).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import platform
-import resource
+import shutil
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medadapt.adapt.recipes import apply_recipe
-from medadapt.data.transforms3d import VolumePreprocessing, preprocess_transforms
-from medadapt.data.volume_dataset import (
-    few_shot_volumes,
-    load_volume_dataset,
-    volume_preprocessing,
-    volume_records,
-)
-from medadapt.engine.config import TrainConfig
-from medadapt.engine.pretrain import ClassTemplate, PartialLabelTask
-from medadapt.engine.trainer import Trainer
-from medadapt.engine.transductive import ConstraintConfig, ProportionConstraint
-from medadapt.engine.volumetric_task import VolumetricTask, volumetric_recipe
-from medadapt.evaluate.segmentation import case_metrics
-from medadapt.infer.sliding_window import segment_volume, sliding_window_logits
+from medadapt.engine.pretrain import run_pretrain
+from medadapt.engine.volumetric_fit import file_sha256, run_volumetric_fit
+from medadapt.evaluate.volumetric_run import evaluate_volumetric_run
 from medadapt.io.atomic import write_json
-from medadapt.io.volumes import read_volume
-from medadapt.models.volumetric import build_volumetric, replace_head
 
 ROOT = Path(__file__).resolve().parents[1]
 HIPPO = ROOT.parent / "shared" / "data" / "hippocampus"
-BENCH_UNET = {"strides": [1, 2, 2, 2], "filters": [16, 32, 64, 128]}
-ROI = (32, 32, 32)
+RESULTS = ROOT / "bench" / "results" / "volumetric.json"
+ARCH = {"filters": "8,16,32,64", "strides": "1,2,2,2"}
+ROI = 32
+FIXED_CROPS = 4
+TARGETS = {"posterior": [2], "both": [1, 2]}
+METHODS = ("scratch", "linear", "linear+T", "spatial", "spatial+T", "lora", "full")
+LR = {"scratch": 1e-3, "full": 1e-3, "lora": 5e-3}  # heads and adapters: 1e-2
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class PeakRSS:
+    """Peak resident memory of this process (MB) while the block runs, sampled every ``every`` s."""
+
+    def __init__(self, every: float = 0.02):
+        self.every, self.peak = every, 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss_mb())
+            time.sleep(self.every)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self.rss_mb()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss_mb())
 
 
-def bench_speed(backbones: list[str], recipes: list[str], repeats: int = 2) -> list[dict]:
-    rows = []
-    x = torch.randn(1, 1, 96, 96, 96)
-    for name in backbones:
-        for recipe in recipes:
-            if name == "unet3d" and recipe.startswith("encoder-"):
-                continue  # no transformer blocks in a 3D U-Net
-            torch.manual_seed(0)
-            model = build_volumetric(name, 14)
-            applied = apply_recipe(model, volumetric_recipe(model, recipe))
-            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-            target = torch.randint(0, 14, (1, 96, 96, 96))
-            times = []
-            for _ in range(repeats + 1):
-                t = time.perf_counter()
-                loss = torch.nn.functional.cross_entropy(model(x), target)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                times.append(time.perf_counter() - t)
-            row = {
-                "backbone": name,
-                "recipe": recipe,
-                "trainable": applied.trainable,
-                "total": applied.total,
-                "s_per_step": float(np.median(times[1:])),
-                "peak_rss_mb": _rss_mb(),
-            }
-            rows.append(row)
-            print(
-                f"{name:10s} {recipe:16s} {applied.trainable:>11,d} params  {row['s_per_step']:7.2f} s/step",
-                flush=True,
-            )
-        model = build_volumetric(name, 14)
-        t = time.perf_counter()
-        sliding_window_logits(model, x, (96, 96, 96), overlap=0.5)
-        rows.append({"backbone": name, "recipe": "inference-96^3", "s_per_volume": time.perf_counter() - t})
-        print(f"{name:10s} sliding-window 96^3: {rows[-1]['s_per_volume']:.2f} s", flush=True)
-    return rows
+def _common(steps: int) -> dict:
+    return {"data": str(HIPPO), "max_steps": steps, "progress": False, "roi": str(ROI), "spacing": "native",
+            **ARCH}
 
 
-def _evaluate(model, ds, keys, prep, sigmoid: bool) -> dict:
-    dsc, nsd = [], []
-    for key in keys:
-        case = ds.case(key)
-        vol = read_volume(case.image)
-        gt = read_volume(case.label, label=True).array
-        seg = segment_volume(model, vol, prep, ROI, overlap=0.5, sigmoid=sigmoid, largest_component=True)
-        row = case_metrics((gt == 1).astype(np.uint8), (seg == 1).astype(np.uint8), vol.spacing, classes=[1])[
-            0
-        ]
-        dsc.append(row["dsc"])
-        nsd.append(row["nsd"])
+def pretrain(work: Path, steps: int, seed: int) -> dict:
+    out = work / "pretrain"
+    if (out / "model.pt").is_file() and (out / "model.json").is_file():
+        return {"reused": True, "checkpoint": str(out / "model.pt"), "sha256": file_sha256(out / "model.pt")}
+    shutil.rmtree(out, ignore_errors=True)
+    values = {"datasets": [{"data": str(HIPPO), "labels": {1: "Anterior"}}], "out": str(out), "max_steps": steps,
+              "batch_size": 2, "num_samples": 1, "lr": 3e-3, "seed": seed, "progress": False, "roi": str(ROI),
+              "spacing": "native", **ARCH}
+    with PeakRSS() as mem:
+        meta = run_pretrain(values)
+    print(meta["message"], flush=True)
+    return {"reused": False, "checkpoint": str(out / "model.pt"), "sha256": file_sha256(out / "model.pt"),
+            "steps": meta["steps"], "fit_seconds": meta["fit_seconds"], "peak_rss_mb": mem.peak,
+            "cases": meta["datasets"][0]["cases"]}
+
+
+def one_run(work: Path, checkpoint: str, target: str, k: int, seed: int, method: str, steps: int) -> dict:
+    base = method.removesuffix("+T")
+    frozen = base in ("linear", "spatial")
+    run = work / "runs" / f"{target}_k{k}_s{seed}_{method}"
+    shutil.rmtree(run, ignore_errors=True)
+    values = {
+        **_common(steps), "out": str(run), "shots": k, "seed": seed, "n_val": 0,
+        "classes": TARGETS[target], "method": {"scratch": "full"}.get(base, "linear-probe" if frozen else base),
+        "head": "spatial" if base == "spatial" else "linear", "adapter_kernel": 3, "overlap": 0.25,
+        "lr": LR.get(base, 1e-2), "batch_size": 2 if frozen else 1, "num_samples": 2, "fixed_crops": FIXED_CROPS,
+    }
+    if base != "scratch":
+        values["checkpoint"] = checkpoint
+    if method.endswith("+T"):
+        per_epoch = math.ceil(FIXED_CROPS * k / 2)
+        values.update(transductive=True, warmup_epochs=math.ceil(steps / per_epoch) // 2)
+    with PeakRSS() as mem:
+        fit = run_volumetric_fit(values, None, False)
+    start = time.perf_counter()
+    summary = evaluate_volumetric_run(data=str(HIPPO), adapter=run, split=None, out=run / "eval", batch_size=4,
+                                      precision="fp32", n_boot=0, tolerance_mm=2.0, save_predictions=False)
+    o = summary["overall"]
     return {
-        "dsc": float(np.mean(dsc)),
-        "dsc_std": float(np.std(dsc)),
-        "nsd": float(np.mean(nsd)),
-        "n": len(keys),
+        "target": target, "shots": k, "seed": seed, "method": method, "recipe": fit["recipe"],
+        "trainable_params": fit["trainable_params"], "steps": fit["steps"],
+        "warmup_epochs": values.get("warmup_epochs"), "dsc": o["dsc"]["mean"], "nsd": o["nsd"]["mean"],
+        "hd95": o["hd95"]["mean"], "hd95_inf": o["hd95"]["n_inf"], "n_test": summary["n_cases"],
+        "per_class": {c: {m: s["mean"] for m, s in v.items()} for c, v in summary["per_class"].items()},
+        "fit_seconds": fit["fit_seconds"], "eval_seconds": time.perf_counter() - start, "peak_rss_mb": mem.peak,
+        "train_cases": fit["train_cases"],
     }
 
 
-def bench_fewshot(shots: list[int], pretrain_steps: int, adapt_steps: int, seed: int) -> list[dict]:
-    ds = load_volume_dataset(HIPPO)
-    prep = volume_preprocessing(ds, VolumePreprocessing(spacing=None))
-    full_split = few_shot_volumes(ds, 40, seed=seed, n_val=0)  # the whole labelled pool
-    test = list(full_split.test)
-    pool = list(full_split.train)
-    work = Path(tempfile.mkdtemp(prefix="bench_volumetric_"))
-    rows: list[dict] = []
+def _fmt(values: list[float], digits: int) -> str:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return "–"
+    sd = f" ± {np.std(v, ddof=1):.{digits}f}" if len(v) > 1 else ""
+    return f"{np.mean(v):.{digits}f}{sd}"
 
-    # 1. partial-label pretraining: sigmoid channels [anterior, posterior]
-    template = ClassTemplate(("anterior", "posterior"), {"A": {1: "anterior"}, "B": {2: "posterior"}})
-    torch.manual_seed(seed)
-    base = build_volumetric("unet3d", 2, **BENCH_UNET)
-    records = {"A": volume_records(ds, pool[::2]), "B": volume_records(ds, pool[1::2])}
-    task = PartialLabelTask(base, template, records, prep, ROI, batch_size=2, num_samples=2, seed=seed)
-    cfg = TrainConfig(
-        max_steps=pretrain_steps,
-        epochs=None,
-        lr=3e-3,
-        weight_decay=1e-5,
-        warmup_ratio=0.05,
-        progress=False,
-        tensorboard=False,
-        seed=seed,
-    )
-    t = time.perf_counter()
-    Trainer(cfg, task, work / "pretrain").fit()
-    pre_s = time.perf_counter() - t
-    state = {k: v.clone() for k, v in base.state_dict().items()}
-    zs = _evaluate(base, ds, test, prep, sigmoid=True)
-    rows.append({"method": "pretrained (zero-shot)", "shots": 0, **zs, "train_s": pre_s})
-    print(
-        f"pretrained zero-shot anterior: DSC {zs['dsc']:.3f} NSD {zs['nsd']:.3f}  ({pre_s:.0f} s)", flush=True
-    )
 
-    # 2. few-shot adaptation to "anterior" (binary, one sigmoid channel)
-    for k in shots:
-        split = few_shot_volumes(ds, k, seed=seed, n_val=0)
-        assert not set(split.train) & set(test)
-        for method in ("linear-probe", "linear-probe+transductive", "full"):
-            torch.manual_seed(seed)
-            model = build_volumetric("unet3d", 2, **BENCH_UNET)
-            model.load_state_dict(state)
-            replace_head(
-                model,
-                "linear",
-                1,
-                rows=[0],
-                pretrained={"weight": state["head.conv.conv.weight"], "bias": state["head.conv.conv.bias"]},
-            )
-            recipe = "full" if method == "full" else "linear-probe"
-            tc = None
-            if method.endswith("transductive"):
-                model.backbone.requires_grad_(False)
-                # transductive on one unlabelled test volume, as FSEFT adapts per query volume
-                q = preprocess_transforms(prep, keys=("image",))({"image": str(ds.case(test[0]).image)})[
-                    "image"
-                ]
-                sup = [
-                    preprocess_transforms(prep, label_map={1: 1})(r)["label"][0].numpy()
-                    for r in volume_records(ds, split.train)
-                ]
-                tc = ProportionConstraint(
-                    model,
-                    q[None].as_tensor(),
-                    sup,
-                    ROI,
-                    config=ConstraintConfig(warmup_epochs=adapt_steps // 2),
+def table(results: dict) -> str:
+    runs = list(results.get("runs", {}).values())
+    lines = []
+    for target in TARGETS:
+        rows = [r for r in runs if r["target"] == target]
+        if not rows:
+            continue
+        lines += [f"\n**{target}** (classes {TARGETS[target]}; mean ± sd over seeds; 20 held-out volumes)\n",
+                  "| method | k | seeds | DSC | NSD 2 mm | HD95 mm (inf) | trainable | fit s | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for method in METHODS:
+            for k in sorted({r["shots"] for r in rows}):
+                sel = [r for r in rows if r["method"] == method and r["shots"] == k]
+                if not sel:
+                    continue
+                lines.append(
+                    f"| {method} | {k} | {len(sel)} | {_fmt([r['dsc'] for r in sel], 3)} | "
+                    f"{_fmt([r['nsd'] for r in sel], 3)} | {_fmt([r['hd95'] for r in sel], 1)} "
+                    f"({sum(r['hd95_inf'] for r in sel)}) | {sel[0]['trainable_params']:,} | "
+                    f"{_fmt([r['fit_seconds'] for r in sel], 0)} | {_fmt([r['peak_rss_mb'] for r in sel], 0)} |"
                 )
-            task = VolumetricTask(
-                model,
-                volume_records(ds, split.train),
-                [],
-                prep,
-                recipe=recipe,
-                roi_size=ROI,
-                sigmoid=True,
-                label_map={1: 1},
-                class_names=["anterior"],
-                transductive=tc,
-                num_samples=2,
-                fixed_crops=8,
-                seed=seed,
-            )
-            steps_per_epoch = max(1, len(list(task.train_batches(0))))
-            cfg = TrainConfig(
-                max_steps=adapt_steps,
-                epochs=None,
-                lr=1e-3 if recipe == "full" else 1e-2,
-                weight_decay=1e-5,
-                progress=False,
-                tensorboard=False,
-                seed=seed,
-            )
-            if tc is not None:
-                tc.config = ConstraintConfig(warmup_epochs=max(1, adapt_steps // (2 * steps_per_epoch)))
-            t = time.perf_counter()
-            Trainer(cfg, task, work / f"k{k}_{method}").fit()
-            train_s = time.perf_counter() - t
-            res = _evaluate(model, ds, test, prep, sigmoid=True)
-            rows.append(
-                {"method": method, "shots": k, "trainable": task.applied.trainable, **res, "train_s": train_s}
-            )
-            print(
-                f"k={k} {method:26s} DSC {res['dsc']:.3f}±{res['dsc_std']:.3f} NSD {res['nsd']:.3f} "
-                f"({task.applied.trainable:,} params, {train_s:.0f} s)",
-                flush=True,
-            )
-    return rows
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["speed", "fewshot", "all"], default="all")
-    ap.add_argument("--backbones", nargs="+", default=["swinunetr", "unet3d"])
-    ap.add_argument(
-        "--recipes",
-        nargs="+",
-        default=["full", "decoder", "encoder-lora", "encoder-adapter", "bias", "norm", "linear-probe"],
-    )
-    ap.add_argument("--shots", nargs="+", type=int, default=[1, 5])
-    ap.add_argument("--pretrain-steps", type=int, default=300)
-    ap.add_argument("--adapt-steps", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    ap.add_argument("--shots", nargs="+", type=int, default=[1, 5, 10])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--pretrain-steps", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/medadapt_bench_volumetric"))
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--table", action="store_true", help="only print the table of the results file")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = {
-        "machine": {
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-        }
-    }
-    if args.part in ("speed", "all"):
-        out["speed"] = bench_speed(args.backbones, args.recipes)
-    if args.part in ("fewshot", "all"):
-        out["fewshot"] = bench_fewshot(args.shots, args.pretrain_steps, args.adapt_steps, args.seed)
-    path = ROOT / "bench" / "results" / "volumetric.json"
-    write_json(path, out)
-    print(f"wrote {path}")
+    results_path = args.results
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    if args.table:
+        print(table(results))
+        return
+    torch.set_num_threads(args.threads)
+    if results.get("protocol") != "pretrain-anterior/adapt":  # an older layout of this file: start afresh
+        results = {"protocol": "pretrain-anterior/adapt"}
+    settings = {"arch": {"model": "unet3d", **ARCH}, "roi": ROI, "spacing": "native (1 mm)", "steps": args.steps,
+                "pretrain_steps": args.pretrain_steps, "fixed_crops": FIXED_CROPS, "lr": {**LR, "heads": 1e-2},
+                "threads": args.threads, "crops_per_step": 2, "overlap": 0.25, "val": "none (final weights)"}
+    if results.get("settings", settings) != settings:
+        sys.exit(f"{results_path} was made with other settings ({results['settings']}); move it away first.")
+    results["settings"] = settings
+    session = {"start": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg(),
+               "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
+                           "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
+    results.setdefault("sessions", []).append(session)
+    args.work.mkdir(parents=True, exist_ok=True)
+    pre = pretrain(args.work, args.pretrain_steps, seed=0)
+    if "pretrain" in results and results["pretrain"]["sha256"] != pre["sha256"]:
+        sys.exit("the pretrained checkpoint differs from the one of the results file; move one of them away.")
+    results.setdefault("pretrain", pre)
+    runs = results.setdefault("runs", {})
+    for seed in args.seeds:  # seed outermost: a cut session leaves complete grids of the first seeds
+        for target in args.targets:
+            for k in args.shots:
+                for method in args.methods:
+                    key = f"{target}/k{k}/s{seed}/{method}"
+                    if key in runs:
+                        continue
+                    row = one_run(args.work, pre["checkpoint"], target, k, seed, method, args.steps)
+                    runs[key] = row
+                    session["loadavg_end"] = os.getloadavg()
+                    write_json(results_path, results)
+                    print(f"{key:28s} DSC {row['dsc']:.3f} NSD {row['nsd']:.3f} HD95 {row['hd95']:.1f} "
+                          f"fit {row['fit_seconds']:.0f}s eval {row['eval_seconds']:.0f}s "
+                          f"{row['peak_rss_mb']:.0f}MB", flush=True)
+    session["loadavg_end"] = os.getloadavg()
+    write_json(results_path, results)
+    print(table(results))
 
 
 if __name__ == "__main__":

@@ -77,3 +77,38 @@ def test_constraint_on_cached_query_features():
     assert float(loss.detach()) == pytest.approx(0.1 * max(0.0, gap - 0.3), rel=1e-5)
     loss.backward()
     assert model.head.linear.weight.grad is not None and model.head.linear.weight.grad.abs().sum() > 0
+
+
+def test_per_class_constraints_share_queries_and_average():
+    """Two classes, two queries: each class's penalty is its own hinge, averaged over queries, then classes."""
+    from medadapt.engine.transductive import per_class_constraints
+
+    torch.manual_seed(0)
+    model = build_volumetric("unet3d", 2, strides=[1, 2, 2], filters=[4, 8, 16])
+    model.head = LinearProbe(4, 2)
+    model.backbone.requires_grad_(False)
+    queries = [torch.randn(1, 1, 16, 16, 16), torch.randn(1, 1, 32, 16, 16)]  # 1 and 2 patches
+    support = [np.zeros((8, 8, 8), np.uint8)]
+    support[0][:2, :2, :2] = 1  # class 1: 8 voxels
+    support[0][4:8, 4:8, 4:8] = 2  # class 2: 64 voxels
+    cfg = ConstraintConfig(weight=1.0, margin=0.0, warmup_epochs=0)
+    cs = per_class_constraints(model, queries, support, [1, 2], (16, 16, 16), sigmoid=True, config=cfg)
+    a, b = cs.constraints
+    assert a.features is b.features and a.taus == pytest.approx([8 / 16**3, 8 / (2 * 16**3)])
+    assert b.taus == pytest.approx([64 / 16**3, 64 / (2 * 16**3)])
+    loss, logs = cs.loss()
+    model.eval()
+    with torch.no_grad():
+        expected = []
+        for c, taus in ((0, a.taus), (1, b.taus)):
+            per_query = []
+            for q, tau in zip(queries, taus, strict=True):
+                patches = [q[:, :, i * 16 : (i + 1) * 16] for i in range(q.shape[2] // 16)]
+                p = torch.cat([torch.sigmoid(model.head(torch.nn.functional.avg_pool3d(
+                    model.extract(x)[0], 2)))[:, c].flatten() for x in patches]).mean()
+                per_query.append(abs(tau - float(p)) / max(float(p), tau))
+            expected.append(np.mean(per_query))
+    assert float(loss) == pytest.approx(np.mean(expected), rel=1e-5)
+    assert logs["proportion_penalty"] == pytest.approx(float(loss))
+    with pytest.raises(MedadaptError, match="absent"):
+        per_class_constraints(model, queries, support, [3], (16, 16, 16), sigmoid=True, config=cfg)

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import typer
 
+import medadapt.cli.pretrain_cmd as pretrain_cmd
 from medadapt import __version__
-from medadapt.cli import demo_cmd, evaluate_cmd, fit_cmd, models_cmd, predict_cmd, report_cmd
+from medadapt.cli import (
+    demo_cmd,
+    distill_cmd,
+    evaluate_cmd,
+    export_cmd,
+    fit_cmd,
+    merge_cmd,
+    modality_cmd,
+    models_cmd,
+    predict_cmd,
+    report_cmd,
+)
 
 app = typer.Typer(
     name="medadapt",
@@ -34,8 +46,13 @@ app.command("models")(models_cmd.models)
 app.command("predict")(predict_cmd.predict)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("fit")(fit_cmd.fit)
+app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("report")(report_cmd.report)
 app.command("demo")(demo_cmd.demo)
+app.command("export")(export_cmd.export)
+app.command("distill")(distill_cmd.distill)
+app.command("merge")(merge_cmd.merge)
+app.command("fit-modalities")(modality_cmd.fit_modalities)
 
 
 if __name__ == "__main__":  # pragma: no cover

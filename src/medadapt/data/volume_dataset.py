@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from monai.data import CacheDataset
+import torch
+from monai.data import CacheDataset, DataLoader, list_data_collate
 from monai.data import Dataset as MonaiDataset
 from monai.transforms import Compose
 
@@ -26,6 +27,7 @@ from medadapt.data.transforms3d import VolumePreprocessing
 from medadapt.errors import MedadaptError
 
 __all__ = [
+    "crop_loader",
     "few_shot_volumes",
     "load_volume_dataset",
     "volume_dataset",
@@ -84,3 +86,20 @@ def volume_dataset(
     if cache:
         return CacheDataset(list(records), transform, cache_rate=1.0, num_workers=0, progress=False)
     return MonaiDataset(list(records), transform)
+
+
+def crop_loader(dataset: MonaiDataset, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled loader of random crops whose order depends on ``seed`` only (pass seed + epoch).
+
+    In-process (``num_workers=0``): the crop transforms are seeded with ``Compose.set_random_state``
+    by the caller, which worker processes would not see. ``list_data_collate`` flattens the
+    ``num_samples`` crops of each volume into the batch.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=0,
+        collate_fn=list_data_collate,
+    )

@@ -9,26 +9,38 @@ and masked out elsewhere (``TEMPLATE`` + per-class BCE and Dice in the reference
 :class:`PartialLabelLoss` is that masked BCE + Dice (MONAI's ``DiceLoss`` / torch BCE, per sample and
 channel, averaged over the labelled pairs only); :class:`PartialLabelTask` feeds several datasets
 through the shared :class:`~medadapt.engine.trainer.Trainer`, each with its own label renumbering.
+:func:`run_pretrain` is ``medadapt pretrain``: options, datasets (their fixed held-out volumes left out),
+training, and a checkpoint in a published layout that ``fit --task volumetric --checkpoint`` loads.
+Several GPUs: ``accelerate launch -m medadapt.cli.main pretrain ...`` (the trainer is accelerate-based).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from monai.data import DataLoader, list_data_collate
 from monai.losses import DiceLoss
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset
 
 from medadapt.data.transforms3d import VolumePreprocessing, training_transforms
-from medadapt.data.volume_dataset import volume_dataset
+from medadapt.data.volume_dataset import crop_loader, volume_dataset
 from medadapt.errors import MedadaptError
 
-__all__ = ["ClassTemplate", "PartialLabelLoss", "PartialLabelTask"]
+__all__ = [
+    "ClassTemplate",
+    "PartialLabelLoss",
+    "PartialLabelTask",
+    "PretrainDataset",
+    "PretrainOptions",
+    "run_pretrain",
+]
 
 
 @dataclass(frozen=True)
@@ -126,15 +138,7 @@ class PartialLabelTask:
     def train_batches(self, epoch: int) -> Iterable[Any]:
         for i, tf in enumerate(self._transforms):
             tf.set_random_state(seed=self.seed + 1000 * epoch + i)
-        gen = torch.Generator().manual_seed(self.seed + epoch)
-        return DataLoader(
-            self._data,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=gen,
-            num_workers=0,
-            collate_fn=list_data_collate,
-        )
+        return crop_loader(self._data, self.batch_size, self.seed + epoch)
 
     def training_step(self, batch: Mapping[str, Any]) -> tuple[Tensor, Mapping[str, Tensor]]:
         logits = self.model(batch["image"])
@@ -143,3 +147,196 @@ class PartialLabelTask:
 
     def validate(self) -> Mapping[str, float]:
         return {}
+
+
+# ----------------------------------------------------------------------------- ``medadapt pretrain``
+
+
+class PretrainDataset(BaseModel):
+    """One dataset of the mixture: its spec and ``{stored label value: template class}`` (None: its own names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    labels: dict[int, str] | None = None
+    name: str | None = None
+
+
+class PretrainOptions(BaseModel):
+    """Every option of ``medadapt pretrain`` (CLI, ``--set key=value`` or a YAML config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: list[PretrainDataset] = Field(min_length=1)
+    classes: list[str] | None = None  # template order (default: first appearance)
+    out: str
+    model: str = "unet3d"
+    checkpoint: str | None = None
+    feature_size: int | None = Field(None, ge=12)
+    depths: list[int] | None = None
+    num_heads: list[int] | None = None
+    filters: list[int] | None = None
+    strides: list[int] | None = None
+    head: Literal["linear", "text"] = "linear"
+    text_encoder: Literal["onehot", "random"] = "onehot"
+    roi: list[int] | None = None
+    spacing: list[float] | None = None  # [] (from "native"): keep the input spacing
+    modality: str = "auto"
+    exclude_test: bool = True  # leave each dataset's fixed held-out volumes out (medadapt.data.fewshot)
+    seed: int = 0
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(2, ge=1)
+    num_samples: int = Field(1, ge=1)
+    pos: float = Field(2.0, ge=0)
+    neg: float = Field(1.0, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    clip_grad_norm: float | None = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    progress: bool = True
+
+    @field_validator("classes", "depths", "num_heads", "filters", "strides", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("roi", "spacing", mode="before")
+    @classmethod
+    def _triples(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("native", "none"):
+            return []
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        if isinstance(value, int | float):
+            value = [value]
+        return value * 3 if isinstance(value, list) and len(value) == 1 else value
+
+
+def run_pretrain(values: dict, config: Path | None = None, resume: bool = False) -> dict:
+    """Partial-label pretraining; writes ``OUT/model.pt`` (+ ``model.json``) loadable by ``fit --checkpoint``.
+
+    ``model.pt`` is a published layout, so :mod:`medadapt.models.volumetric.layouts` reads it like
+    any other file: a MONAI state dict under ``state_dict`` (linear head: the MONAI output block,
+    one sigmoid channel per template class), or for ``head=text`` the CLIP-driven universal layout
+    (``net`` with ``module.backbone.`` and the text-conditioned head's ``module.controller`` ...).
+    ``model.json`` records the architecture, class names, ROI and preprocessing for ``fit``.
+    """
+    from accelerate import PartialState
+
+    from medadapt.data.fewshot import make_split, save_split
+    from medadapt.data.transforms3d import VolumePreprocessing
+    from medadapt.data.volume_dataset import load_volume_dataset, volume_preprocessing, volume_records
+    from medadapt.engine.config import TrainConfig
+    from medadapt.engine.seed import seed_everything
+    from medadapt.engine.trainer import Trainer
+    from medadapt.engine.volumetric_fit import read_options_yaml, validate_options
+    from medadapt.io.atomic import atomic_path, write_json
+    from medadapt.io.discovery import resolve_spec
+    from medadapt.models.volumetric import TextConditionedHead, build_volumetric, embed_class_names, get_spec
+    from medadapt.models.volumetric.layouts import read_checkpoint
+
+    merged = read_options_yaml(config) if config is not None else {}
+    merged.update({k: v for k, v in values.items() if v is not None})
+    opts: PretrainOptions = validate_options(PretrainOptions, merged, config, "pretrain")
+    out = Path(opts.out)
+    if not resume and (out / "checkpoint" / "last.pt").exists():
+        raise MedadaptError("this folder already holds a pretraining run.", path=out,
+                            fix="pass --resume to continue it, or choose another --out.")
+    if opts.checkpoint:
+        read_checkpoint(opts.checkpoint)
+    spec = get_spec(opts.model)
+
+    # datasets, class template, cases (every check before anything is written)
+    loaded, mapping, splits = [], {}, {}
+    for i, entry in enumerate(opts.datasets):
+        ds = load_volume_dataset(entry.data, modality=opts.modality)
+        name = entry.name or (ds.name if all(d.name != ds.name for d in loaded) else f"{ds.name}_{i}")
+        labels = entry.labels if entry.labels is not None else dict(ds.classes)
+        unknown = [v for v in labels if v not in ds.classes]
+        if unknown:
+            raise MedadaptError(f"dataset '{name}' has no label value(s) {unknown} (its classes: "
+                                f"{dict(sorted(ds.classes.items()))}).", path=entry.data,
+                                fix="map label values the dataset has, e.g. --labels 1=anterior")
+        mapping[name] = {int(v): str(c) for v, c in labels.items()}
+        split = make_split(ds, n_val=0) if opts.exclude_test else make_split(ds, n_val=0, test=None)
+        splits[name] = split
+        loaded.append(ds)
+    order = list(dict.fromkeys(c for m in mapping.values() for c in m.values()))
+    classes = tuple(opts.classes or order)
+    template = ClassTemplate(classes, mapping)  # refuses names outside the template
+    modalities = {volume_preprocessing(ds).modality for ds in loaded}
+    if len(modalities) > 1 and opts.modality == "auto":
+        raise MedadaptError(f"the datasets mix modalities ({', '.join(sorted(modalities))}); one "
+                            "intensity preprocessing is used for all.", fix="--set modality=MR (or CT)")
+    spacing = spec.preprocessing.spacing if opts.spacing is None else (tuple(opts.spacing) or None)
+    prep = volume_preprocessing(loaded[0], VolumePreprocessing(spacing=spacing))
+    roi = tuple(opts.roi or spec.roi_size)
+    arch = {k: getattr(opts, k) for k in ("feature_size", "depths", "num_heads", "filters", "strides")
+            if getattr(opts, k) is not None}
+    seed_everything(opts.seed)
+    model = build_volumetric(opts.model, len(classes), checkpoint=opts.checkpoint, **arch)
+    model.check_input(roi)
+    if opts.head == "text":
+        emb = embed_class_names(classes, opts.text_encoder, seed=opts.seed)
+        model.head = TextConditionedHead(model.feature_channels, model.bottleneck_channels, emb)
+
+    records = {name: volume_records(ds, splits[name].train) for name, ds in zip(mapping, loaded, strict=True)}
+    task = PartialLabelTask(model, template, records, prep, roi, batch_size=opts.batch_size,
+                            num_samples=opts.num_samples, pos=opts.pos, neg=opts.neg, seed=opts.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        save_split(out / "splits" / f"{name}.json", split)
+    train_config = TrainConfig(
+        optimizer="adamw", lr=opts.lr, weight_decay=opts.weight_decay, schedule="cosine",
+        warmup_steps=opts.warmup_steps, epochs=opts.epochs,
+        max_steps=opts.max_steps if (opts.max_steps or opts.epochs) else 200,
+        clip_grad_norm=opts.clip_grad_norm, precision=opts.precision, seed=opts.seed,
+        batch_size=opts.batch_size, progress=opts.progress,
+    )
+    start = time.perf_counter()
+    result = Trainer(train_config, task, out).fit(resume=resume)
+    wall = time.perf_counter() - start
+
+    meta = {
+        "format": "medadapt.pretrain",
+        "model": opts.model,
+        "arch": arch,
+        "classes": list(classes),
+        "sigmoid": True,
+        "head": opts.head,
+        "roi": list(roi),
+        "preprocessing": {"spacing": list(spacing) if spacing else None, "modality": prep.modality},
+        "datasets": [{"name": n, "data": resolve_spec(d.data), "labels": {str(k): v for k, v in mapping[n].items()},
+                      "cases": len(records[n]), "held_out": len(splits[n].test)}
+                     for n, d in zip(mapping, opts.datasets, strict=True)],
+        "options": opts.model_dump(mode="json"),
+        "steps": result.steps,
+        "fit_seconds": wall,
+        "peak_rss_mb": result.peak_rss_mb,
+    }
+    checkpoint = out / "model.pt"
+    if PartialState().is_main_process:
+        state = _published_state_dict(model, opts.head)
+        with atomic_path(checkpoint) as tmp:
+            torch.save(state, tmp)
+        write_json(out / "model.json", meta)
+    n = sum(p.numel() for p in model.parameters())
+    meta["message"] = (
+        f"pretrain done: {opts.model} ({n:,} parameters, {opts.head} head) on "
+        f"{', '.join(f'{k} ({len(v)} vol.)' for k, v in records.items())} for classes {', '.join(classes)}, "
+        f"{result.steps} steps, {wall:.0f} s; checkpoint: {checkpoint} (use fit --task volumetric --checkpoint {checkpoint})"
+    )
+    return meta
+
+
+def _published_state_dict(model: nn.Module, head: str) -> dict[str, dict[str, Tensor]]:
+    """The model in a published layout: MONAI keys (head at its MONAI name) or the universal layout."""
+    backbone = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
+    head_sd = {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
+    if head == "text":
+        net = {f"module.backbone.{k}": v for k, v in backbone.items()}
+        net.update({f"module.{k}": v for k, v in head_sd.items()})
+        return {"net": net}
+    return {"state_dict": {**backbone, **{f"{model.spec.head_attr}.{k}": v for k, v in head_sd.items()}}}

@@ -8,7 +8,9 @@ close to the expected fraction ``tau``. The penalty is a hinge on their relative
 
 It is added after ``E0 = 50`` purely supervised epochs, and only when the backbone is frozen: then the
 query features are computed once (cached, average-pooled by 2 as in the reference code to save
-memory) and each step only re-runs the head.
+memory) and each step only re-runs the head. FSEFT adapts once per query volume; ``medadapt fit``
+can instead take all held-out volumes as queries of one run (penalty averaged over queries), and a
+multi-class task gets one constraint per class (:func:`per_class_constraints`, shared query features).
 
 Choices (as the reference implementation, ``fseft/transductive``):
 
@@ -39,9 +41,12 @@ from medadapt.models.volumetric.heads import FeatureCache
 
 __all__ = [
     "ConstraintConfig",
+    "ConstraintSet",
     "ProportionConstraint",
+    "QueryFeatures",
     "expected_organ_size",
     "largest_component_size",
+    "per_class_constraints",
     "proportion_penalty",
 ]
 
@@ -84,65 +89,159 @@ class ConstraintConfig:
 
 
 class ProportionConstraint:
-    """The penalty on one query volume, evaluated with the current head on cached features.
+    """The penalty on one or several query volumes, evaluated with the current head on cached features.
 
     ``model`` is a :class:`~medadapt.models.volumetric.VolumetricSegmenter` whose backbone is frozen;
-    ``query`` is the preprocessed query image ``[1, C, D, H, W]``, cut into non-overlapping
-    ``roi_size`` patches (zero-padded) like the reference. ``foreground`` maps logits to the
-    foreground probability map (default: sigmoid of channel 0, the binary FSEFT head; for a softmax
-    head pass e.g. ``lambda z: z.softmax(1)[:, 1:].sum(1)``).
+    ``query`` is the preprocessed query image ``[1, C, D, H, W]`` (or a list of them), cut into
+    non-overlapping ``roi_size`` patches (zero-padded) like the reference. ``foreground`` maps logits
+    to the foreground probability map (default: sigmoid of channel 0, the binary FSEFT head; for a
+    softmax head pass e.g. ``lambda z: z.softmax(1)[:, 1:].sum(1)``). With several queries each has
+    its own ``tau`` (same organ size, its own voxel count) and the penalty is their mean; ``tau`` and
+    ``query_voxels`` are those of the first query. ``features`` reuses the cached query features of
+    another constraint on the same queries (one constraint per class, see :func:`per_class_constraints`).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        query: torch.Tensor,
+        query: torch.Tensor | Sequence[torch.Tensor],
         support_masks: Sequence[np.ndarray],
         roi_size: Sequence[int],
         *,
         config: ConstraintConfig | None = None,
         foreground: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        features: QueryFeatures | None = None,
     ):
         self.model = model
         self.config = config or ConstraintConfig()
         self.foreground = foreground or (lambda z: torch.sigmoid(z[:, 0]))
-        if any(p.requires_grad for p in model.backbone.parameters()):
-            raise MedadaptError(
-                "the transductive constraint needs a frozen backbone",
-                fix="use it with black-box heads (linear probe, spatial adapters), or turn it off",
-            )
-        patches = _patches(query, roi_size)  # [N, C, r0, r1, r2]
-        self.query_voxels = patches.shape[0] * int(np.prod(roi_size))
+        _check_frozen(model)
+        queries = [query] if isinstance(query, torch.Tensor) else list(query)
+        self.features = features or QueryFeatures(model, queries, roi_size, pool=self.config.pool)
         size = expected_organ_size([largest_component_size(m) for m in support_masks])
-        self.tau = size / self.query_voxels
-        cache = FeatureCache(model.extract, model.backbone)
-        pool = self.config.pool
-        self._features = []
-        for dense, *rest in cache.get_many(list(range(patches.shape[0])), patches):
-            if pool > 1:  # [1, F, r0, r1, r2] -> [1, F, r0/pool, ...]
-                dense = F.avg_pool3d(dense, pool)
-            self._features.append((dense, *rest))
+        self.taus = [size / v for v in self.features.voxels]
+        self.tau, self.query_voxels = self.taus[0], self.features.voxels[0]
 
     def active(self, epoch: int) -> bool:
         return epoch >= self.config.warmup_epochs
 
-    def p_hat(self) -> torch.Tensor:
-        total = 0.0
-        count = 0
-        for feats in self._features:
-            prob = self.foreground(self.model.apply_head(*feats))
-            total = total + prob.sum()
-            count += prob.numel()
-        return total / count
+    def p_hats(self, logits: list[list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
+        """Mean foreground probability of each query (padding included, see the module docstring).
 
-    def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
-        p_hat = self.p_hat()
-        penalty = proportion_penalty(p_hat, self.tau, weight=self.config.weight, margin=self.config.margin)
+        ``logits`` (per query, per patch) are the head's outputs when already computed (shared by the
+        per-class constraints of a :class:`ConstraintSet`).
+        """
+        logits = logits if logits is not None else self.features.logits(self.model)
+        out = []
+        for patches in logits:
+            total, count = 0.0, 0
+            for z in patches:
+                prob = self.foreground(z)
+                total = total + prob.sum()
+                count += prob.numel()
+            out.append(total / count)
+        return out
+
+    def p_hat(self) -> torch.Tensor:
+        return self.p_hats()[0]
+
+    def loss(self, logits: list[list[torch.Tensor]] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        p_hats = self.p_hats(logits)
+        terms = [
+            proportion_penalty(p, tau, weight=self.config.weight, margin=self.config.margin)
+            for p, tau in zip(p_hats, self.taus, strict=True)
+        ]
+        penalty = torch.stack(terms).mean()
         return penalty, {
-            "tau": self.tau,
-            "p_hat": float(p_hat.detach()),
+            "tau": float(np.mean(self.taus)),
+            "p_hat": float(torch.stack(p_hats).detach().mean()),
             "proportion_penalty": float(penalty.detach()),
         }
+
+
+class QueryFeatures:
+    """Frozen-backbone features of the query volumes' patches, average-pooled by ``pool`` (computed once)."""
+
+    def __init__(self, model: nn.Module, queries: Sequence[torch.Tensor], roi_size: Sequence[int], *, pool: int = 2):
+        _check_frozen(model)
+        if not queries:
+            raise MedadaptError("no query volume for the transductive constraint")
+        self.items: list[list[tuple[torch.Tensor, ...]]] = []  # per query, per patch
+        self.voxels: list[int] = []
+        cache = FeatureCache(model.extract, model.backbone)
+        for q, query in enumerate(queries):
+            patches = _patches(query, roi_size)  # [N, C, r0, r1, r2]
+            self.voxels.append(patches.shape[0] * int(np.prod(roi_size)))
+            feats = []
+            for dense, *rest in cache.get_many([(q, i) for i in range(patches.shape[0])], patches):
+                if pool > 1:  # [1, F, r0, r1, r2] -> [1, F, r0/pool, ...]
+                    dense = F.avg_pool3d(dense, pool)
+                feats.append((dense, *rest))
+            cache.clear()
+            self.items.append(feats)
+
+    def logits(self, model: nn.Module) -> list[list[torch.Tensor]]:
+        """The current head's logits on every cached patch (per query, per patch)."""
+        return [[model.apply_head(*feats) for feats in patches] for patches in self.items]
+
+
+class ConstraintSet:
+    """Several constraints (one per class) used as one: active together, penalties averaged."""
+
+    def __init__(self, constraints: Sequence[ProportionConstraint]):
+        if not constraints:
+            raise MedadaptError("no transductive constraint to combine")
+        self.constraints = list(constraints)
+
+    def active(self, epoch: int) -> bool:
+        return self.constraints[0].active(epoch)
+
+    def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
+        first = self.constraints[0]
+        shared = all(c.features is first.features for c in self.constraints)
+        logits = first.features.logits(first.model) if shared else None  # one head pass for every class
+        parts = [c.loss(logits) for c in self.constraints]
+        penalty = torch.stack([p for p, _ in parts]).mean()
+        logs = {k: float(np.mean([lg[k] for _, lg in parts])) for k in parts[0][1]}
+        logs["proportion_penalty"] = float(penalty.detach())
+        return penalty, logs
+
+
+def per_class_constraints(
+    model: nn.Module,
+    queries: Sequence[torch.Tensor],
+    support_labels: Sequence[np.ndarray],
+    classes: Sequence[int],
+    roi_size: Sequence[int],
+    *,
+    sigmoid: bool,
+    config: ConstraintConfig | None = None,
+) -> ConstraintSet:
+    """One constraint per class ``c`` (support masks ``label == c``), all on the same cached queries.
+
+    ``classes`` are the training label values 1..C; ``sigmoid``: channel ``c - 1`` is class ``c``,
+    else a softmax with background at channel 0.
+    """
+    config = config or ConstraintConfig()
+    features = QueryFeatures(model, queries, roi_size, pool=config.pool)
+    out = []
+    for c in classes:
+        masks = [np.asarray(lab) == c for lab in support_labels]
+        if not any(m.any() for m in masks):
+            raise MedadaptError(f"class {c} is absent from every support mask: its size cannot be estimated")
+        fg = (lambda z, c=c: torch.sigmoid(z[:, c - 1])) if sigmoid else (lambda z, c=c: z.softmax(1)[:, c])
+        out.append(
+            ProportionConstraint(model, queries, masks, roi_size, config=config, foreground=fg, features=features)
+        )
+    return ConstraintSet(out)
+
+
+def _check_frozen(model: nn.Module) -> None:
+    if any(p.requires_grad for p in model.backbone.parameters()):
+        raise MedadaptError(
+            "the transductive constraint needs a frozen backbone",
+            fix="use it with black-box heads (linear probe, spatial adapters), or turn it off",
+        )
 
 
 def _patches(image: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import DataLoader, list_data_collate
 from monai.inferers import sliding_window_inference
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
@@ -38,9 +37,9 @@ from torch import Tensor, nn
 from medadapt.adapt.artifact import save_adapter
 from medadapt.adapt.recipes import AppliedRecipe, RecipeConfig, apply_recipe
 from medadapt.data.transforms3d import VolumePreprocessing, preprocess_transforms, training_transforms
-from medadapt.data.volume_dataset import volume_dataset
+from medadapt.data.volume_dataset import crop_loader, volume_dataset
 from medadapt.engine.losses import SegmentationLoss
-from medadapt.engine.transductive import ProportionConstraint
+from medadapt.engine.transductive import ConstraintSet, ProportionConstraint
 from medadapt.errors import MedadaptError
 from medadapt.models.volumetric.heads import FeatureCache
 from medadapt.models.volumetric.registry import VolumetricSegmenter
@@ -99,8 +98,9 @@ class VolumetricTask:
         seed: int = 0,
         cache_features: bool | None = None,
         fixed_crops: int = 4,
-        transductive: ProportionConstraint | None = None,
+        transductive: ProportionConstraint | ConstraintSet | None = None,
         base: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ):
         self.model = model
         self._plain = model
@@ -120,13 +120,12 @@ class VolumetricTask:
                 f"recipe {self.recipe.name!r} trains the backbone, so its features cannot be cached",
                 fix="drop cache_features, or use a head-only recipe (head, linear-probe)",
             )
-        if transductive is not None and not self.frozen_backbone:
-            raise MedadaptError(
-                "the transductive constraint needs a frozen backbone", fix="use a head-only recipe"
-            )
-        self.transductive = transductive
+        self.transductive = None
+        if transductive is not None:
+            self.set_transductive(transductive)
         self.loss = SegmentationLoss(sigmoid=sigmoid, include_background=False, squared_pred=False)
         self.base = dict(base or {"model": model.spec.name})
+        self.extra = dict(extra or {})
         self._epoch = 0
 
         train_tf = training_transforms(
@@ -154,6 +153,14 @@ class VolumetricTask:
                 [c["key"] for c in self._fixed], torch.cat([c["image"] for c in self._fixed])
             )
 
+    def set_transductive(self, constraint: ProportionConstraint | ConstraintSet) -> None:
+        """Add the proportion constraint (built on this task's model once its recipe froze the backbone)."""
+        if not self.frozen_backbone:
+            raise MedadaptError(
+                "the transductive constraint needs a frozen backbone", fix="use a head-only recipe"
+            )
+        self.transductive = constraint
+
     @property
     def _n_fg(self) -> int:
         return self.out_channels if self.sigmoid else self.out_channels - 1
@@ -169,15 +176,7 @@ class VolumetricTask:
             items = [self._fixed[i] for i in order]
             return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         self._train_tf.set_random_state(seed=self.seed + epoch)
-        gen = torch.Generator().manual_seed(self.seed + epoch)
-        return DataLoader(
-            self._train_ds,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=gen,
-            num_workers=0,
-            collate_fn=list_data_collate,
-        )
+        return crop_loader(self._train_ds, self.batch_size, self.seed + epoch)
 
     def training_step(self, batch: Any) -> tuple[Tensor, Mapping[str, float]]:
         if self._fixed is not None:  # list of cached crops: the head only
@@ -231,6 +230,7 @@ class VolumetricTask:
                 "classes": self.class_names,
                 "preprocessing": asdict(self.prep),
                 "head": type(self._plain.head).__name__,
+                **self.extra,
             },
         )
 

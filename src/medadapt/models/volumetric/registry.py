@@ -48,6 +48,9 @@ class VolumetricSpec:
     decoder_attrs: tuple[str, ...]
     roi_size: tuple[int, int, int] = (96, 96, 96)
     preprocessing: VolumePreprocessing = field(default_factory=VolumePreprocessing)
+    # "lora" on this backbone: a recipe name, and for peft-lora its default targets (a regex)
+    lora_recipe: str = "encoder-lora"
+    lora_targets: str | None = None
 
     def feature_channels(self, **overrides) -> int:
         return self._channels(overrides)[0]
@@ -127,6 +130,8 @@ VOLUMETRIC_MODELS: dict[str, VolumetricSpec] = {
         encoder_attrs=("input_block", "downsamples", "bottleneck"),
         decoder_attrs=("upsamples",),
         roi_size=(96, 96, 96),
+        lora_recipe="peft-lora",  # no attention: LoRA on every encoder Conv3d
+        lora_targets=r"backbone\.(input_block|downsamples\.\d+|bottleneck)\.conv[12]\.conv",
     ),
 }
 

@@ -1,0 +1,538 @@
+"""``medadapt fit --task volumetric``: dataset spec → k-volume split → 3D model + head → recipe → run folder.
+
+The run folder mirrors the 2D one (:mod:`medadapt.engine.sam_fit`): ``fit_config.json`` (every option
+plus the resolved model, classes, ROI and preprocessing), ``split.json``, ``adapter/`` (adapter-only
+safetensors + JSON), ``checkpoint/`` (resume state), ``metrics.csv``, ``tb/`` and ``result.json``.
+:func:`load_fitted` rebuilds the adapted model from a run folder (used by ``medadapt evaluate``).
+
+Model choices, in order of precedence: the options given, then the ``model.json`` written by
+``medadapt pretrain`` beside ``--checkpoint`` (architecture, class names, preprocessing, ROI), then
+the registry defaults. Heads: ``linear`` (1x1x1 probe, initialised from the pretrained classifier
+rows of classes the checkpoint knows by name), ``spatial`` (residual 1x1x1 / 3x3x3 adapter + probe),
+``text`` (controller-generated head driven by class-name embeddings; its class codes train) and
+``pretrained`` (keep the checkpoint's classifier). Outputs are one sigmoid channel per class by
+default (FSEFT, universal model); ``sigmoid=false`` gives a softmax with a background channel.
+``method=lora`` picks the backbone's LoRA (fused-qkv LoRA on Swin UNETR, peft LoRA on the Conv3d
+layers of a 3D U-Net encoder); training from scratch is ``method=full`` without ``--checkpoint``.
+
+Transductive inference (``transductive=true``, frozen backbones only): the held-out volumes of the
+split are the unlabelled queries; after ``warmup_epochs`` epochs the anatomical-proportion penalty
+(:mod:`medadapt.engine.transductive`, one per class, averaged over queries) joins the loss. Their
+labels are never read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medadapt.errors import MedadaptError
+from medadapt.io.atomic import write_json
+from medadapt.io.discovery import resolve_spec
+
+__all__ = [
+    "VolumetricFitOptions",
+    "build_head_model",
+    "file_sha256",
+    "load_fitted",
+    "prep_from_fields",
+    "read_options_yaml",
+    "read_pretrain_meta",
+    "run_volumetric_fit",
+    "validate_options",
+]
+
+DEFAULT_STEPS = 200
+PRETRAIN_META = "model.json"  # written by ``medadapt pretrain`` beside its checkpoint
+ARCH_KEYS = ("feature_size", "depths", "num_heads", "filters", "strides")
+_LIST_FIELDS = (
+    "classes", "class_names", "pretrained_classes", "target_modules", *ARCH_KEYS[1:]
+)
+
+
+def _split_list(value: Any) -> Any:
+    """``"32,32,32"`` → ``["32", "32", "32"]`` (pydantic then converts the items)."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.replace(" ", "").split(",") if v.strip()]
+    if isinstance(value, int | float):
+        return [value]
+    return value
+
+
+class VolumetricFitOptions(BaseModel):
+    """Every option of ``medadapt fit --task volumetric`` (CLI, ``--set key=value`` or a YAML config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    out: str
+    model: str | None = None  # default: the pretrain model.json's, else unet3d
+    checkpoint: str | None = None
+    method: str = "linear-probe"
+    shots: int | None = Field(5, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+    n_val: int | None = Field(None, ge=0)
+    split: str | None = None
+    classes: list[int] | None = None  # label values to train (default: all)
+    class_names: list[str] | None = None  # default: the dataset's names of those values
+    modality: str = "auto"
+    # model and head
+    feature_size: int | None = Field(None, ge=12)
+    depths: list[int] | None = None
+    num_heads: list[int] | None = None
+    filters: list[int] | None = None
+    strides: list[int] | None = None
+    head: Literal["linear", "spatial", "text", "pretrained"] = "linear"
+    adapter_kernel: Literal[1, 3] = 3
+    sigmoid: bool = True
+    text_encoder: str = "onehot"  # onehot | random | sentence | a sentence-transformers folder
+    pretrained_classes: list[str] | None = None  # class names of the checkpoint's classifier rows
+    # preprocessing and sampling
+    roi: list[int] | None = None
+    spacing: list[float] | None = None  # mm (RAS x, y, z); "native" keeps the input spacing
+    num_samples: int = Field(2, ge=1)
+    fixed_crops: int = Field(8, ge=1)
+    pos: float = Field(2.0, ge=0)
+    neg: float = Field(1.0, ge=0)
+    overlap: float = Field(0.5, ge=0, lt=1)
+    largest_component: bool = False
+    # recipe
+    lora_rank: int = Field(4, ge=1)
+    lora_alpha: float | None = None
+    target_modules: list[str] | str | None = None
+    # transductive
+    transductive: bool = False
+    lambda_: float = Field(0.1, ge=0)
+    margin: float = Field(0.3, ge=0)
+    warmup_epochs: int = Field(50, ge=0)
+    # optimisation
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    clip_grad_norm: float | None = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    val_every: int | None = Field(50, ge=1)
+    patience: int | None = Field(None, ge=1)
+    progress: bool = True
+
+    @field_validator(*_LIST_FIELDS, mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("spacing", mode="before")
+    @classmethod
+    def _spacing(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("native", "none", ""):
+            return []  # marker: keep the native spacing
+        value = _split_list(value)
+        return value * 3 if isinstance(value, list) and len(value) == 1 else value
+
+    @field_validator("roi", mode="before")
+    @classmethod
+    def _roi(cls, value: Any) -> Any:
+        value = _split_list(value)
+        return value * 3 if isinstance(value, list) and len(value) == 1 else value
+
+    @classmethod
+    def build(cls, values: dict, config_file: Path | None = None) -> VolumetricFitOptions:
+        merged: dict[str, Any] = {}
+        if config_file is not None:
+            merged.update(read_options_yaml(config_file))
+        merged.update({k: v for k, v in values.items() if v is not None})
+        if "lambda" in merged:
+            merged["lambda_"] = merged.pop("lambda")
+        if merged.get("cache_dir") is not None:
+            raise MedadaptError("--cache-dir is not used by --task volumetric (frozen-backbone features are "
+                                "cached in memory).", fix="drop --cache-dir.")
+        merged.pop("cache_dir", None)
+        return validate_options(cls, merged, config_file, "fit --task volumetric")
+
+    def arch(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ARCH_KEYS if getattr(self, k) is not None}
+
+
+def read_options_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise MedadaptError(f"cannot read the config ({err}).", path=path) from None
+    if not isinstance(loaded, dict):
+        raise MedadaptError("the config must be a mapping of option: value.", path=path)
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
+def validate_options(cls: type[BaseModel], merged: dict, config_file: Path | None, command: str):
+    """Build ``cls``; an unknown key or bad value becomes one MedadaptError naming the key."""
+    known = [k for k in cls.model_fields]
+    unknown = [k for k in merged if k not in known]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise MedadaptError(
+            f"unknown option '{key}' for {command}{hint}.", path=config_file,
+            fix="valid options are " + ", ".join(known) + ".",
+        )
+    try:
+        return cls(**merged)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        raise MedadaptError(
+            f"invalid option '{where}' for {command}: {first['msg']} (got {first.get('input')!r}).",
+            path=config_file, fix=f"see `medadapt {command.split()[0]} --help` and docs/recipes.md.",
+        ) from None
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def read_pretrain_meta(checkpoint: str | Path | None) -> dict[str, Any]:
+    """The ``model.json`` that ``medadapt pretrain`` writes beside its checkpoint ({} for foreign files)."""
+    if checkpoint is None:
+        return {}
+    path = Path(checkpoint).parent / PRETRAIN_META
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MedadaptError(f"cannot read the pretraining description ({err})", path=path) from None
+    return meta if isinstance(meta, dict) and meta.get("format") == "medadapt.pretrain" else {}
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_head_model(resolved: dict[str, Any], checkpoint: str | None, *, init: bool = True):
+    """Base 3D model with the run's head (``resolved`` = the ``resolved`` block of fit_config.json).
+
+    ``init=False`` skips what only matters before training (pretrained-row init, text encoder):
+    the adapter then overwrites every head tensor.
+    """
+    import torch
+
+    from medadapt.models.volumetric import (
+        TextConditionedHead,
+        build_volumetric,
+        embed_class_names,
+        load_sentence_encoder,
+        match_classes,
+        replace_head,
+    )
+
+    n_out = resolved["out_channels"]
+    model = build_volumetric(resolved["model"], n_out, checkpoint=checkpoint, **resolved["arch"])
+    head, names = resolved["head"], resolved["class_names"]
+    if head == "pretrained":
+        replace_head(model, "pretrained", n_out)
+    elif head == "text":
+        dim = resolved["embedding_dim"]
+        if init:
+            method = resolved["text_encoder"]
+            if method in ("onehot", "random"):
+                emb = embed_class_names(names, method, dim=dim, seed=resolved["seed"])
+            else:
+                encoder = load_sentence_encoder(None if method == "sentence" else method)
+                emb = embed_class_names(names, "sentence", encoder=encoder)
+        else:
+            emb = torch.zeros(len(names), dim)
+        model.head = TextConditionedHead(
+            model.feature_channels, model.bottleneck_channels, emb, learn_embeddings=True
+        )
+        if init and model.load_report is not None and model.load_report.extras:
+            model.head.load_universal(model.load_report.extras)
+    else:
+        kind = "linear" if head == "linear" else f"adapter{resolved['adapter_kernel']}"
+        rows = None
+        report = model.load_report
+        known = resolved.get("pretrained_classes")
+        if init and known and report is not None and "weight" in report.pretrained_head:
+            offset = report.pretrained_head["weight"].shape[0] - len(known)  # 1: softmax background row
+            if offset in (0, 1):
+                found = [None if r is None else r + offset for r in match_classes(names, known)]
+                rows = found if resolved["sigmoid"] else [0 if offset else None, *found]
+                if all(r is None for r in rows):
+                    rows = None
+        replace_head(model, kind, n_out, rows=rows)
+    return model
+
+
+def _resolve(opts: VolumetricFitOptions, dataset, meta: dict[str, Any]) -> dict[str, Any]:
+    """Model, classes, ROI and preprocessing of the run, from options, pretrain meta and defaults."""
+    from medadapt.data.transforms3d import VolumePreprocessing
+    from medadapt.data.volume_dataset import volume_preprocessing
+    from medadapt.models.volumetric import get_spec
+
+    name = opts.model or meta.get("model") or "unet3d"
+    spec = get_spec(name)
+    arch = {**(meta.get("arch") or {}), **opts.arch()} if name == meta.get("model") else opts.arch()
+    available = dict(sorted(dataset.classes.items()))
+    classes = opts.classes or sorted(available)
+    missing = [c for c in classes if c not in available]
+    if missing:
+        raise MedadaptError(
+            f"--classes {','.join(map(str, missing))} not in the dataset (its classes: "
+            f"{', '.join(f'{k}={v}' for k, v in available.items())}).", path=opts.data,
+            fix="choose classes the dataset labels.",
+        )
+    names = opts.class_names or [available[c] for c in classes]
+    if len(names) != len(classes):
+        raise MedadaptError(f"{len(names)} class_names for {len(classes)} classes.",
+                            fix="give one name per trained class, in the order of --classes.")
+    if opts.head == "text" and not opts.sigmoid:
+        raise MedadaptError("the text-conditioned head has one sigmoid output per class.",
+                            fix="drop sigmoid=false, or use head=linear.")
+    roi = opts.roi or meta.get("roi") or list(spec.roi_size)
+    if len(roi) != 3:
+        raise MedadaptError(f"roi needs 1 or 3 sizes, got {roi}.", fix="e.g. --set roi=32")
+    if opts.spacing is not None:
+        spacing = None if opts.spacing == [] else list(opts.spacing)
+    elif "spacing" in (meta.get("preprocessing") or {}):
+        spacing = meta["preprocessing"]["spacing"]
+    else:
+        spacing = spec.preprocessing.spacing
+    if spacing is not None and len(spacing) != 3:
+        raise MedadaptError(f"spacing needs 1 or 3 values (mm), got {spacing}.", fix="e.g. --set spacing=1.5")
+    base_prep = VolumePreprocessing(**{**_prep_fields(spec.preprocessing), "spacing": spacing})
+    prep = volume_preprocessing(dataset, base_prep)
+    method = opts.method
+    target_modules = opts.target_modules
+    if method == "lora":
+        method = spec.lora_recipe
+        if method == "peft-lora" and not target_modules:
+            target_modules = spec.lora_targets  # one regular expression (a list would be module names)
+    embedding_dim = None
+    if opts.head == "text":
+        embedding_dim = (
+            max(len(names), 1) if opts.text_encoder == "onehot"
+            else 256 if opts.text_encoder == "random" else None
+        )
+    return {
+        "model": name,
+        "arch": arch,
+        "classes": classes,
+        "class_names": list(names),
+        "out_channels": len(classes) if opts.sigmoid else len(classes) + 1,
+        "sigmoid": opts.sigmoid,
+        "head": opts.head,
+        "adapter_kernel": opts.adapter_kernel,
+        "text_encoder": opts.text_encoder,
+        "embedding_dim": embedding_dim,
+        "pretrained_classes": opts.pretrained_classes or meta.get("classes"),
+        "roi": [int(r) for r in roi],
+        "preprocessing": _prep_fields(prep),
+        "recipe": method,
+        "target_modules": target_modules,
+        "seed": opts.seed,
+        "overlap": opts.overlap,
+        "largest_component": opts.largest_component,
+    }
+
+
+def _prep_fields(prep) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(prep).items()}
+
+
+def prep_from_fields(fields: dict[str, Any]):
+    from medadapt.data.transforms3d import VolumePreprocessing
+
+    return VolumePreprocessing(
+        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()}
+    )
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = False) -> dict:
+    """Train one 3D adapter; returns the result dict (also ``result.json``) with a one-line ``message``."""
+    import torch
+
+    from medadapt.adapt.recipes import RecipeConfig
+    from medadapt.data.fewshot import load_split, make_split, save_split
+    from medadapt.data.transforms3d import preprocess_transforms
+    from medadapt.data.volume_dataset import load_volume_dataset, volume_records
+    from medadapt.engine.config import TrainConfig
+    from medadapt.engine.seed import seed_everything
+    from medadapt.engine.trainer import Trainer
+    from medadapt.engine.transductive import ConstraintConfig, per_class_constraints
+    from medadapt.engine.volumetric_task import VolumetricTask
+    from medadapt.models.volumetric.layouts import read_checkpoint
+
+    opts = VolumetricFitOptions.build(values, config)
+    # --- every check that can fail on user input, before anything is written
+    out = Path(opts.out)
+    if not resume and (out / "checkpoint" / "last.pt").exists():
+        raise MedadaptError("this run folder already holds a run.", path=out,
+                            fix="pass --resume to continue it, or choose another --out.")
+    if opts.checkpoint:
+        read_checkpoint(opts.checkpoint)  # exists and is a state dict
+    dataset = load_volume_dataset(opts.data, modality=opts.modality)
+    meta = read_pretrain_meta(opts.checkpoint)
+    resolved = _resolve(opts, dataset, meta)
+    split_file = out / "split.json"
+    if opts.split:
+        split = load_split(opts.split, dataset)
+    elif resume and split_file.exists():
+        split = load_split(split_file, dataset)
+    else:
+        split = make_split(dataset, shots=None if opts.fraction else opts.shots, fraction=opts.fraction,
+                           seed=opts.seed, n_val=opts.n_val)
+    if not split.train:
+        raise MedadaptError("the split has no training volume.", path=opts.split or opts.data)
+    if opts.transductive and not split.test:
+        raise MedadaptError("transductive inference needs held-out (query) volumes; the split has none.")
+    max_steps = opts.max_steps if (opts.max_steps or opts.epochs) else DEFAULT_STEPS
+    recipe = RecipeConfig(name=resolved["recipe"], lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha,
+                          target_modules=resolved["target_modules"])
+    seed_everything(opts.seed)
+    checkpoint = str(Path(opts.checkpoint).resolve()) if opts.checkpoint else None
+    model = build_head_model(resolved, checkpoint)
+    if resolved["head"] == "text":  # the size of the class codes, to rebuild the head for evaluation
+        resolved["embedding_dim"] = int(model.head.organ_embedding.shape[1])
+    base = {"model": resolved["model"], "arch": resolved["arch"], "checkpoint": checkpoint,
+            "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None}
+    label_map = {c: i + 1 for i, c in enumerate(resolved["classes"])}
+    prep = prep_from_fields(resolved["preprocessing"])
+    task = VolumetricTask(
+        model, volume_records(dataset, split.train), volume_records(dataset, split.val), prep,
+        recipe=recipe, roi_size=resolved["roi"], sigmoid=opts.sigmoid, label_map=label_map,
+        class_names=resolved["class_names"], batch_size=opts.batch_size, num_samples=opts.num_samples,
+        pos=opts.pos, neg=opts.neg, overlap=opts.overlap, seed=opts.seed, fixed_crops=opts.fixed_crops,
+        base=base, extra={"label_values": resolved["classes"], "largest_component": opts.largest_component},
+    )
+    epochs_total = _epochs_total(task, opts, max_steps)
+    if opts.transductive:
+        if not task.frozen_backbone:
+            raise MedadaptError(f"transductive inference needs a frozen backbone; recipe {recipe.name!r} trains it.",
+                                fix="use method=linear-probe with head=linear or head=spatial.")
+        if opts.warmup_epochs >= epochs_total:
+            raise MedadaptError(
+                f"the proportion constraint starts after warmup_epochs={opts.warmup_epochs} epochs, but this run "
+                f"has {epochs_total} epoch(s).", fix=f"--set warmup_epochs={max(0, epochs_total // 2)} or train longer.",
+            )
+        pre_image = preprocess_transforms(prep, keys=("image",))
+        queries = [pre_image({"image": r["image"]})["image"].as_tensor()[None]
+                   for r in volume_records(dataset, split.test)]
+        pre_label = preprocess_transforms(prep, label_map=label_map)
+        support = [pre_label(r)["label"][0].numpy() for r in volume_records(dataset, split.train)]
+        cfg = ConstraintConfig(weight=opts.lambda_, margin=opts.margin, warmup_epochs=opts.warmup_epochs)
+        task.set_transductive(per_class_constraints(
+            model, queries, support, list(range(1, len(resolved["classes"]) + 1)), resolved["roi"],
+            sigmoid=opts.sigmoid, config=cfg,
+        ))
+
+    # --- outputs
+    out.mkdir(parents=True, exist_ok=True)
+    save_split(split_file, split)
+    write_json(out / "fit_config.json", {**opts.model_dump(mode="json"), "data": resolve_spec(opts.data),
+                                         "checkpoint": checkpoint, "resolved": resolved})
+    train_config = TrainConfig(
+        optimizer="adamw", lr=opts.lr, weight_decay=opts.weight_decay, schedule="cosine",
+        warmup_steps=opts.warmup_steps, epochs=opts.epochs, max_steps=max_steps,
+        clip_grad_norm=opts.clip_grad_norm, precision=opts.precision,
+        val_every=opts.val_every if split.val else None, monitor="dice" if split.val else None, mode="max",
+        patience=opts.patience, seed=opts.seed, batch_size=opts.batch_size, progress=opts.progress,
+        device="cpu" if not torch.cuda.is_available() else "auto",
+    )
+    start = time.perf_counter()
+    result = Trainer(train_config, task, out).fit(resume=resume)
+    wall = time.perf_counter() - start
+    adapter = out / "adapter" / "adapter.safetensors"
+    summary = {
+        "task": "volumetric",
+        "model": resolved["model"],
+        "method": opts.method,
+        "recipe": recipe.name,
+        "head": opts.head,
+        "transductive": opts.transductive,
+        "shots": opts.shots if not opts.fraction else None,
+        "fraction": opts.fraction,
+        "seed": opts.seed,
+        "classes": resolved["classes"],
+        "class_names": resolved["class_names"],
+        "train_cases": list(split.train),
+        "val_cases": list(split.val),
+        "trainable_params": task.applied.trainable,
+        "total_params": task.applied.total,
+        "encoder_trainable": task.applied.encoder_trainable,
+        "cached_features": task.cache_features,
+        "load_report": model.load_report.summary() if model.load_report else None,
+        "adapter_bytes": adapter.stat().st_size if adapter.exists() else None,
+        "fit_seconds": wall,
+        **{k: v for k, v in result.to_dict().items() if k != "history"},
+    }
+    write_json(out / "result.json", summary)
+    summary = json.loads(json.dumps(summary, default=str))
+    best = summary.get("best_metric")
+    summary["message"] = (
+        f"fit done: {recipe.name} / {opts.head} head{' + transductive' if opts.transductive else ''} on "
+        f"k={len(split.train)} volume(s), {task.applied.trainable:,} trainable parameters, best val DSC "
+        f"{'n/a' if best is None else f'{best:.4f}'}, {wall:.0f} s; adapter: {out / 'adapter'} "
+        f"({(summary['adapter_bytes'] or 0) / 1024:.0f} KiB)"
+    )
+    return summary
+
+
+def _epochs_total(task, opts: VolumetricFitOptions, max_steps: int | None) -> int:
+    """Epochs the run will start (cached crops: a known number of batches per epoch)."""
+    if opts.epochs is not None and max_steps is None:
+        return opts.epochs
+    if task._fixed is None:  # fresh crops: one batch per volume group
+        per_epoch = math.ceil(len(task._train_ds) / opts.batch_size)
+    else:
+        per_epoch = math.ceil(len(task._fixed) / opts.batch_size)
+    by_steps = math.ceil(max_steps / per_epoch) if max_steps else math.inf
+    return int(min(by_steps, opts.epochs or math.inf))
+
+
+def load_fitted(run: str | Path):
+    """``(model, fit_config, adapter_meta)`` of a ``fit --task volumetric`` run folder, adapter loaded, eval mode."""
+    from medadapt.adapt.artifact import load_adapter, read_adapter_meta
+
+    run = Path(run)
+    if (run / "adapter.json").is_file() and not (run / "fit_config.json").is_file():
+        run = run.parent  # the adapter folder itself was given
+    cfg_path = run / "fit_config.json"
+    if not cfg_path.is_file():
+        raise MedadaptError("not a volumetric fit run: fit_config.json is missing.", path=run,
+                            fix="pass the --out folder of `medadapt fit --task volumetric`.")
+    fit_config = json.loads(cfg_path.read_text())
+    resolved = fit_config.get("resolved")
+    if not resolved or fit_config.get("resolved", {}).get("roi") is None:
+        raise MedadaptError("this run was not made by `fit --task volumetric`.", path=cfg_path,
+                            fix="use --task segment / classify for other runs.")
+    meta = read_adapter_meta(run / "adapter")
+    base = meta.get("base") or {}
+    checkpoint = base.get("checkpoint")
+    if checkpoint and not Path(checkpoint).is_file():
+        raise MedadaptError("the base checkpoint of this run is gone.", path=checkpoint,
+                            fix="put the pretrained checkpoint back where the run was fitted from.")
+    if checkpoint and base.get("checkpoint_sha256") and file_sha256(checkpoint) != base["checkpoint_sha256"]:
+        raise MedadaptError("the base checkpoint changed since the run was fitted (sha256 differs).",
+                            path=checkpoint, fix="restore the original checkpoint file.")
+    model = build_head_model(resolved, checkpoint, init=False)
+    load_adapter(model, run / "adapter", base={"model": resolved["model"]})
+    model.eval()
+    return model, fit_config, meta
