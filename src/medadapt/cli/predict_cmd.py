@@ -49,9 +49,9 @@ def predict(
     seed: int = typer.Option(0, "--seed", help="Seed for jitter and random points."),
 ) -> None:
     """Segment images or volumes with box / point prompts; outputs keep the input names and geometry."""
-    from medadapt.infer.cases import PROMPT_SOURCES, PredictOptions, load_case, predict_case, write_prediction
     from medadapt.deploy.engine import build_engine_predictor
     from medadapt.deploy.runtime import check_engine
+    from medadapt.infer.cases import PROMPT_SOURCES, PredictOptions, load_case, predict_case, write_prediction
     from medadapt.io.discovery import ALL_SUFFIXES, find_files, pair_by_name
 
     set_threads(threads)
