@@ -89,16 +89,25 @@ def predictor_for(engine: str, precision: str, exports: dict[str, Path], batch: 
                                   batch_size=batch, threads=threads)
 
 
-def time_encoder(predictor, slices: torch.Tensor, batch: int, repeats: int) -> float:
-    """Median ms per slice of ``predictor``'s encoder on ``batch`` real slices."""
-    x = slices[:batch]
-    predictor._encode_batch(x)  # warm-up (and OpenVINO first-inference set-up)
-    times = []
+def time_encoders(predictors: dict, slices: torch.Tensor, batch: int, repeats: int) -> dict[str, dict]:
+    """Median ms per slice, batch 1 and ``batch``, of every predictor's encoder on real slices.
+
+    Rounds are interleaved (every config once per round) so a change in machine load hits all
+    configs alike instead of whichever ran first.
+    """
+    times = {name: {1: [], batch: []} for name in predictors}
+    for pred in predictors.values():  # warm-up (and OpenVINO first-inference set-up)
+        pred._encode_batch(slices[:1])
+        pred._encode_batch(slices[:batch])
     for _ in range(repeats):
-        t = time.perf_counter()
-        predictor._encode_batch(x)
-        times.append((time.perf_counter() - t) / len(x))
-    return 1000 * statistics.median(times)
+        for name, pred in predictors.items():
+            for b in (1, batch):
+                x = slices[:b]
+                t = time.perf_counter()
+                pred._encode_batch(x)
+                times[name][b].append((time.perf_counter() - t) / len(x))
+    return {name: {"batch1_ms": 1000 * statistics.median(t[1]), f"batch{batch}_ms": 1000 * statistics.median(t[batch])}
+            for name, t in times.items()}
 
 
 def official_volume_boxes3d(predictor, image, boxes, classes, axis):
@@ -183,15 +192,12 @@ def main() -> int:
     samples = list(iter_slices(dataset, test_keys))[: args.batch]
     slices = torch.stack([preprocess_image(np.repeat(s.image[:, :, None], 3, -1), spec)[0] for s in samples])
 
-    # 1. encoder latency
-    for engine, precision in configs:
-        name = label(engine, precision)
-        pred = predictor_for(engine, precision, exports, args.batch, args.threads)
-        result["encoder"][name] = {
-            "batch1_ms": time_encoder(pred, slices, 1, args.repeats),
-            f"batch{args.batch}_ms": time_encoder(pred, slices, args.batch, args.repeats),
-        }
-        print(name, result["encoder"][name], flush=True)
+    # 1. encoder latency, interleaved rounds
+    predictors = {label(e, p): predictor_for(e, p, exports, args.batch, args.threads) for e, p in configs}
+    result["encoder"] = time_encoders(predictors, slices, args.batch, args.repeats)
+    del predictors
+    for name, r in result["encoder"].items():
+        print(name, r, flush=True)
 
     # 2. hippocampus volumes, CVPR24 procedure
     loaded = {k: dataset.load(k) for k in test_keys}
