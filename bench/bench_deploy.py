@@ -47,23 +47,25 @@ def label(engine: str, precision: str) -> str:
     return f"{engine} {precision}"
 
 
-def make_exports(calibration_keys: list[str], n_calib: int) -> dict[str, Path]:
+def make_exports(calibration_keys: list[str], n_calib: int, model_name: str = "litemedsam",
+                 checkpoint: Path | None = None) -> dict[str, Path]:
     from medadapt.deploy.export import MANIFEST, export_model
     from medadapt.deploy.quantize import calibration_images
     from medadapt.models.registry import build_model, get_spec
 
-    spec = get_spec("litemedsam")
-    model = build_model("litemedsam").eval()
+    spec = get_spec(model_name)
+    model = build_model(model_name, checkpoint=checkpoint).eval()
     out = {}
     calib = None
     for fmt in ("onnx", "openvino"):
-        folder = WORK / fmt
+        folder = WORK / fmt if model_name == "litemedsam" else WORK / model_name / fmt
         if not (folder / MANIFEST).is_file():
             if calib is None:
                 calib_dir = WORK / "calibration_data"
                 _subset_dataset(calib_dir, calibration_keys)
                 calib = calibration_images(str(calib_dir), spec, count=n_calib)
-            export_model(model, spec, folder, fmt=fmt, source={"model": "litemedsam"}, calibration=calib, overwrite=True)
+            export_model(model, spec, folder, fmt=fmt, source={"model": model_name, "checkpoint": str(checkpoint)},
+                         calibration=calib, overwrite=True)
         out[fmt] = folder
     return out
 
@@ -81,12 +83,13 @@ def _subset_dataset(dest: Path, keys: list[str]) -> None:
     (dest / "dataset.json").write_text(json.dumps(meta))
 
 
-def predictor_for(engine: str, precision: str, exports: dict[str, Path], batch: int, threads: int):
+def predictor_for(engine: str, precision: str, exports: dict[str, Path], batch: int, threads: int,
+                  model_name: str = "litemedsam", checkpoint: Path | None = None):
     from medadapt.deploy.engine import build_engine_predictor
 
     export = None if engine == "torch" else exports["onnx" if engine == "onnxruntime" else "openvino"]
-    return build_engine_predictor("litemedsam", engine=engine, precision=precision, export=export,
-                                  batch_size=batch, threads=threads)
+    return build_engine_predictor(model_name, engine=engine, precision=precision, export=export,
+                                  checkpoint=checkpoint if engine == "torch" else None, batch_size=batch, threads=threads)
 
 
 def time_encoders(predictors: dict, slices: torch.Tensor, batch: int, repeats: int) -> dict[str, dict]:
@@ -158,6 +161,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--configs", nargs="*", default=[f"{e}:{p}" for e, p in CONFIGS])
+    ap.add_argument("--model", default="litemedsam", help="e.g. a distilled student (with --checkpoint)")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="weights of --model (merged student file)")
+    ap.add_argument("--encoder-only", action="store_true", help="only the encoder latency table")
     ap.add_argument("--skip-official", action="store_true", help="skip the slow per-object batch-1 reference")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-npz", action="store_true")
@@ -185,25 +191,29 @@ def main() -> int:
               "calibration_cases": calib_keys, "test_cases": test_keys, "encoder": {}, "volumes": {},
               "synthetic_ct": {}, "cvpr24_npz": {}}
     t0 = time.perf_counter()
-    exports = make_exports(calib_keys, args.calibration_images)
+    exports = make_exports(calib_keys, args.calibration_images, args.model, args.checkpoint)
     result["export_seconds"] = time.perf_counter() - t0
 
-    spec = get_spec("litemedsam")
+    spec = get_spec(args.model)
     samples = list(iter_slices(dataset, test_keys))[: args.batch]
     slices = torch.stack([preprocess_image(np.repeat(s.image[:, :, None], 3, -1), spec)[0] for s in samples])
 
     # 1. encoder latency, interleaved rounds
-    predictors = {label(e, p): predictor_for(e, p, exports, args.batch, args.threads) for e, p in configs}
+    predictors = {label(e, p): predictor_for(e, p, exports, args.batch, args.threads, args.model, args.checkpoint)
+                  for e, p in configs}
     result["encoder"] = time_encoders(predictors, slices, args.batch, args.repeats)
     del predictors
     for name, r in result["encoder"].items():
         print(name, r, flush=True)
 
+    if args.encoder_only:
+        args.skip_synthetic = args.skip_npz = True
+        test_keys = []
     # 2. hippocampus volumes, CVPR24 procedure
     loaded = {k: dataset.load(k) for k in test_keys}
     boxes = {k: boxes3d_from_label(v.label, v.slice_axis) for k, v in loaded.items()}
-    runs = [("official", "torch", "fp32")] if not args.skip_official else []
-    runs += [("cached", e, p) for e, p in configs]
+    runs = [("official", "torch", "fp32")] if not (args.skip_official or args.encoder_only) else []
+    runs += [("cached", e, p) for e, p in configs] if not args.encoder_only else []
     for mode, engine, precision in runs:
         name = "eager fp32, per object, batch 1 (official)" if mode == "official" else label(engine, precision)
         pred = predictor_for(engine, precision, exports, 1 if mode == "official" else args.batch, args.threads)
