@@ -56,9 +56,10 @@ import numpy as np
 import torch
 
 from medadapt.engine.pretrain import run_pretrain
-from medadapt.engine.volumetric_fit import file_sha256, run_volumetric_fit
+from medadapt.engine.volumetric_fit import run_volumetric_fit
 from medadapt.evaluate.volumetric_run import evaluate_volumetric_run
 from medadapt.io.atomic import write_json
+from medadapt.io.hashing import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 HIPPO = ROOT.parent / "shared" / "data" / "hippocampus"

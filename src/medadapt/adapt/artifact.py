@@ -20,7 +20,6 @@ cannot be folded, so they stay in the merged model.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from torch import nn
 import medadapt
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import atomic_path, write_json
+from medadapt.io.hashing import file_sha256
 
 from .lora import merge_lora
 from .peft_lora import merge_peft_lora
@@ -70,14 +70,6 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_adapter(model: nn.Module, out_dir: str | Path, *, recipe: RecipeConfig, base: dict[str, Any],
                  extra: dict[str, Any] | None = None) -> Path:
     """Write ``adapter.safetensors`` + ``adapter.json`` into ``out_dir``; returns ``out_dir``.
@@ -111,7 +103,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, *, recipe: RecipeConfig,
         "base": base,
         "params": {"trainable": n_train, "total": n_total, "saved_tensors": len(cpu),
                    "saved_elements": sum(t.numel() for t in cpu.values())},
-        "files": {ADAPTER_TENSORS: {"sha256": _sha256(tensor_path), "bytes": tensor_path.stat().st_size}},
+        "files": {ADAPTER_TENSORS: {"sha256": file_sha256(tensor_path), "bytes": tensor_path.stat().st_size}},
         "tensors": table,
         "extra": extra or {},
     }
@@ -164,7 +156,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, *, base: dict[str, A
     if not tensor_path.is_file():
         raise MedadaptError(f"{ADAPTER_TENSORS} is missing", path=adapter_dir)
     want_sha = meta.get("files", {}).get(ADAPTER_TENSORS, {}).get("sha256")
-    if want_sha and _sha256(tensor_path) != want_sha:
+    if want_sha and file_sha256(tensor_path) != want_sha:
         raise MedadaptError(f"{ADAPTER_TENSORS} does not belong to this adapter.json (checksum differs)",
                             path=tensor_path, fix="save the adapter again; the folder mixes two saves")
     try:

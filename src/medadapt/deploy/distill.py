@@ -22,7 +22,6 @@ entries did; the prompt encoder and mask decoder are the teacher's and are joine
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import nn
 import medadapt
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import atomic_path, write_json
+from medadapt.io.hashing import file_sha256
 
 STUDENT_DIR = "student"
 STUDENT_TENSORS = "student.safetensors"
@@ -91,17 +91,9 @@ class DistillOptions(BaseModel):
 
     @classmethod
     def build(cls, values: dict, config_file: Path | None = None) -> DistillOptions:
-        merged: dict = {}
-        if config_file is not None:
-            import yaml
+        from medadapt.engine.config import read_options_yaml
 
-            try:
-                loaded = yaml.safe_load(Path(config_file).read_text()) or {}
-            except (OSError, yaml.YAMLError) as err:
-                raise MedadaptError(f"cannot read the config ({err}).", path=config_file) from None
-            if not isinstance(loaded, dict):
-                raise MedadaptError("the config must be a mapping of option: value.", path=config_file)
-            merged.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        merged: dict = read_options_yaml(config_file) if config_file is not None else {}
         merged.update({k: v for k, v in values.items() if v is not None})
         try:
             return cls(**merged)
@@ -225,14 +217,6 @@ def embedding_agreement(student: nn.Module, task: DistillTask, samples, batch: i
 
 
 # ----------------------------------------------------------------------------- student artifact
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_student(encoder: nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> Path:
     """Write the student encoder's state dict (``student.safetensors``) and ``student.json``."""
     from safetensors.torch import save_file
@@ -250,7 +234,7 @@ def save_student(encoder: nn.Module, out_dir: str | Path, meta: dict[str, Any]) 
         **meta,
         "encoder_config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None,
         "params": sum(p.numel() for p in encoder.parameters()),
-        "files": {STUDENT_TENSORS: {"sha256": _sha256(path), "bytes": path.stat().st_size}},
+        "files": {STUDENT_TENSORS: {"sha256": file_sha256(path), "bytes": path.stat().st_size}},
     })
     return out_dir
 
@@ -281,7 +265,7 @@ def load_student(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise MedadaptError("the student was saved by a newer medadapt.", path=folder, fix="upgrade medadapt")
     tensors = folder / STUDENT_TENSORS
     want = meta.get("files", {}).get(STUDENT_TENSORS, {}).get("sha256")
-    if not tensors.is_file() or (want and _sha256(tensors) != want):
+    if not tensors.is_file() or (want and file_sha256(tensors) != want):
         raise MedadaptError(f"{STUDENT_TENSORS} is missing or does not belong to {STUDENT_JSON}.", path=tensors,
                             fix="run `medadapt distill --resume` to write the student again")
     try:

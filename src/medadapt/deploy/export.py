@@ -16,7 +16,6 @@ CPU graph than converting the ONNX file in our measurements. ``int8`` graphs are
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from torch import nn
 from medadapt.deploy.graphs import DecoderGraph, EncoderGraph, PromptGraph, prompt_constants
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
+from medadapt.io.hashing import file_sha256
 from medadapt.models.registry import ModelSpec
 
 FORMATS = ("onnx", "openvino")
@@ -39,14 +39,6 @@ MANIFEST = "manifest.json"
 CONSTANTS = "constants.npz"
 GRAPHS = ("image_encoder", "prompt_encoder", "mask_decoder")
 OPSET = 17
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def graph_file(name: str, fmt: str, precision: str = "fp32") -> str:
@@ -178,7 +170,7 @@ def export_model(
             "graphs": {name: {"inputs": IO_NAMES[name][0], "outputs": IO_NAMES[name][1]} for name in GRAPHS},
             "classes": classes,
             "source": source or {},
-            "files": {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
         write_json(tmp / MANIFEST, manifest)
         _replace_dir(tmp, out)
@@ -214,7 +206,7 @@ def read_manifest(folder: str | Path, *, verify: bool = True) -> dict[str, Any]:
     if verify:
         for name, digest in manifest.get("files", {}).items():
             f = folder / name
-            if not f.is_file() or sha256(f) != digest:
+            if not f.is_file() or file_sha256(f) != digest:
                 raise MedadaptError(
                     f"{name} is missing or does not match its checksum in manifest.json.", path=f,
                     fix="the export is incomplete or was modified; re-run `medadapt export`.",

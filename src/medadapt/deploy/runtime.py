@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medadapt.deploy.export import CONSTANTS, graph_file, read_manifest, sha256
+from medadapt.deploy.export import CONSTANTS, graph_file, read_manifest
 from medadapt.deploy.graphs import labelled_points
 from medadapt.errors import MedadaptError
+from medadapt.io.hashing import file_sha256
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -148,7 +149,7 @@ class DeployedSam:
         self.class_prompts = _ClassPrompts(consts["class_tokens"]) if "class_tokens" in consts else None
         # Cache key of embeddings: the encoder graph's checksum and the precision it runs at.
         encoder_file = graph_file("image_encoder", fmt, "int8" if precision == "int8" else "fp32")
-        digest = self.manifest["files"].get(encoder_file) or sha256(self.folder / encoder_file)
+        digest = self.manifest["files"].get(encoder_file) or file_sha256(self.folder / encoder_file)
         self.fingerprint = f"{engine}:{precision}:{digest[:16]}"
 
     # -- the Sam interface used by SamPredictor ---------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medadapt.engine.config import read_options_yaml
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
 
@@ -108,7 +109,7 @@ class ClassifyFitOptions(BaseModel):
         """``saved`` (a resumed run's fit_config.json) < YAML ``config_file`` < command-line ``values``."""
         merged: dict[str, Any] = {k: v for k, v in (saved or {}).items() if k != "recipe"}  # recipe: derived
         if config_file is not None:
-            merged.update(_read_yaml(Path(config_file)))
+            merged.update(read_options_yaml(config_file))
         merged.update({k.replace("-", "_"): v for k, v in values.items() if v is not None})
         known = list(cls.model_fields)
         unknown = [k for k in merged if k not in known]
@@ -148,16 +149,6 @@ class ClassifyFitOptions(BaseModel):
         return {k: v for k, v in opts.items() if v is not None}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise MedadaptError(f"cannot read the config ({err}).", path=path) from None
-    if not isinstance(loaded, dict):
-        raise MedadaptError("the config must be a mapping of option: value.", path=path)
-    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
 
 
 def _read_train_ids(path: Path) -> list[str]:

@@ -21,7 +21,6 @@ MED-PEFT), on a label fraction of the training split:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
@@ -61,6 +60,7 @@ from medadapt.engine.losses import ClassificationLoss, class_weights_from_labels
 from medadapt.engine.optim import layer_decay_groups
 from medadapt.engine.seed import loader_kwargs
 from medadapt.errors import MedadaptError
+from medadapt.io.hashing import file_sha256
 from medadapt.models.classification import DEFAULT_BACKBONE, VIT_CONFIGS, build_classifier, is_random_init
 
 # Recipes whose SAM names ("lora", "adapter") mean encoder + decoder: a classifier has no decoder.
@@ -310,14 +310,6 @@ def validation_metrics(split: ClassificationSplit, logits: np.ndarray) -> dict[s
             "ap": float(np.mean(aps)) if aps else math.nan, "accuracy": acc, "val_loss": loss}
 
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_classify_splits(cfg: ClassifyConfig) -> tuple[ClassificationSplit, ClassificationSplit]:
     """(training images after the label selection, validation images) as ``cfg`` defines them.
 
@@ -369,7 +361,7 @@ def build_classify_task(cfg: ClassifyConfig, train_config: TrainConfig) -> Class
             "target_modules": cfg.target_modules}
     recipe = classifier_recipe(model, cfg.recipe, **lora)
     base = {"model": cfg.backbone, "image_size": model.input_spec.size, "pool": cfg.pool,
-            "checkpoint": cfg.checkpoint, "checkpoint_sha256": _sha256(cfg.checkpoint) if cfg.checkpoint else None}
+            "checkpoint": cfg.checkpoint, "checkpoint_sha256": file_sha256(cfg.checkpoint) if cfg.checkpoint else None}
     return ClassificationTask(model, train, val, train_config=train_config, recipe=recipe, pos_weight=cfg.pos_weight,
                               class_weights=cfg.class_weights, augment=cfg.augment, layer_decay=cfg.layer_decay,
                               eval_batch_size=cfg.eval_batch_size, base=base, samples_per_epoch=cfg.samples_per_epoch,
@@ -401,7 +393,7 @@ def load_trained_classifier(adapter_dir: str | Path, *, checkpoint: str | Path |
                              **kwargs)
     check = {"model": backbone}
     if ckpt is not None and base.get("checkpoint_sha256"):
-        check["checkpoint_sha256"] = _sha256(ckpt)
+        check["checkpoint_sha256"] = file_sha256(ckpt)
     load_adapter(model, adapter_dir, base=check)
     model.class_names = info["class_names"]
     model.task_type = info["task"]

@@ -141,3 +141,14 @@ def _config_error(err: ValidationError, source: str | Path | None) -> MedadaptEr
         path=source,
         fix="valid keys are " + ", ".join(known),
     )
+
+
+def read_options_yaml(path: str | Path) -> dict[str, Any]:
+    """A ``--config`` YAML of command options as a dict with ``snake_case`` keys (any task)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise MedadaptError(f"cannot read the config ({err}).", path=path) from None
+    if not isinstance(loaded, dict):
+        raise MedadaptError("the config must be a mapping of option: value.", path=path)
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}

@@ -228,10 +228,10 @@ def run_pretrain(values: dict, config: Path | None = None, resume: bool = False)
     from medadapt.data.fewshot import make_split, save_split
     from medadapt.data.transforms3d import VolumePreprocessing
     from medadapt.data.volume_dataset import load_volume_dataset, volume_preprocessing, volume_records
-    from medadapt.engine.config import TrainConfig
+    from medadapt.engine.config import TrainConfig, read_options_yaml
     from medadapt.engine.seed import seed_everything
     from medadapt.engine.trainer import Trainer
-    from medadapt.engine.volumetric_fit import read_options_yaml, validate_options
+    from medadapt.engine.volumetric_fit import validate_options
     from medadapt.io.atomic import atomic_path, write_json
     from medadapt.io.discovery import resolve_spec
     from medadapt.models.volumetric import TextConditionedHead, build_volumetric, embed_class_names, get_spec

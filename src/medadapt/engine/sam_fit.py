@@ -79,17 +79,9 @@ class FitOptions(BaseModel):
 
     @classmethod
     def build(cls, values: dict, config_file: Path | None = None) -> FitOptions:
-        merged: dict = {}
-        if config_file is not None:
-            import yaml
+        from medadapt.engine.config import read_options_yaml
 
-            try:
-                loaded = yaml.safe_load(Path(config_file).read_text()) or {}
-            except (OSError, yaml.YAMLError) as err:
-                raise MedadaptError(f"cannot read the config ({err}).", path=config_file) from None
-            if not isinstance(loaded, dict):
-                raise MedadaptError("the config must be a mapping of option: value.", path=config_file)
-            merged.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        merged: dict = read_options_yaml(config_file) if config_file is not None else {}
         merged.update({k: v for k, v in values.items() if v is not None})
         try:
             return cls(**merged)

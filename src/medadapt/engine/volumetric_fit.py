@@ -24,7 +24,6 @@ labels are never read.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import math
 import time
@@ -34,9 +33,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medadapt.engine.config import read_options_yaml
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
 from medadapt.io.discovery import resolve_spec
+from medadapt.io.hashing import file_sha256
 
 __all__ = [
     "VolumetricFitOptions",
@@ -44,7 +45,6 @@ __all__ = [
     "file_sha256",
     "load_fitted",
     "prep_from_fields",
-    "read_options_yaml",
     "read_pretrain_meta",
     "run_volumetric_fit",
     "validate_options",
@@ -164,16 +164,6 @@ class VolumetricFitOptions(BaseModel):
         return {k: getattr(self, k) for k in ARCH_KEYS if getattr(self, k) is not None}
 
 
-def read_options_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise MedadaptError(f"cannot read the config ({err}).", path=path) from None
-    if not isinstance(loaded, dict):
-        raise MedadaptError("the config must be a mapping of option: value.", path=path)
-    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
 
 
 def validate_options(cls: type[BaseModel], merged: dict, config_file: Path | None, command: str):
@@ -214,14 +204,6 @@ def read_pretrain_meta(checkpoint: str | Path | None) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as err:
         raise MedadaptError(f"cannot read the pretraining description ({err})", path=path) from None
     return meta if isinstance(meta, dict) and meta.get("format") == "medadapt.pretrain" else {}
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_head_model(resolved: dict[str, Any], checkpoint: str | None, *, init: bool = True):
