@@ -298,7 +298,7 @@ def build_teacher(name: str, checkpoint: str | Path | None, image_size: int | No
 def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
     """Distil ``opts.teacher``'s image encoder into ``opts.student``; returns ``result.json``'s content."""
     from medadapt.data.datasets import load_dataset
-    from medadapt.data.fewshot import load_split, make_split, save_split
+    from medadapt.data.fewshot import run_split, save_split
     from medadapt.data.slices import iter_slices
     from medadapt.engine.config import TrainConfig
     from medadapt.engine.seed import seed_everything
@@ -328,12 +328,8 @@ def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
     dataset = load_dataset(opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix,
                            modality=opts.modality, label_dir=opts.label_dir, window=opts.window)
     split_file = out / "split.json"
-    if opts.split:
-        split = load_split(opts.split, dataset)
-    elif resume and split_file.exists():
-        split = load_split(split_file, dataset)
-    else:
-        split = make_split(dataset, shots=opts.shots, fraction=opts.fraction, seed=opts.seed, n_val=opts.n_val)
+    split = run_split(dataset, out, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
+                      seed=opts.seed, n_val=opts.n_val)
     include_empty = opts.slices == "all"
     train = list(iter_slices(dataset, split.train, include_empty=include_empty))
     if not train:

@@ -102,7 +102,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False) -> dict:
 
     from medadapt.adapt.recipes import RecipeConfig, apply_recipe
     from medadapt.data.datasets import load_dataset
-    from medadapt.data.fewshot import load_split, make_split, save_split
+    from medadapt.data.fewshot import run_split, save_split
     from medadapt.data.slices import iter_slices
     from medadapt.engine.config import TrainConfig
     from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings, attach_class_prompts
@@ -123,13 +123,8 @@ def run_fit(opts: FitOptions, *, resume: bool = False) -> dict:
         label_dir=opts.label_dir, window=opts.window, binary=opts.binary,
     )
     split_file = out / "split.json"
-    if opts.split:
-        split = load_split(opts.split, dataset)
-    elif resume and split_file.exists():
-        split = load_split(split_file, dataset)
-    else:
-        split = make_split(dataset, shots=None if opts.fraction else opts.shots, fraction=opts.fraction,
-                           seed=opts.seed, n_val=opts.n_val)
+    split = run_split(dataset, out, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
+                      seed=opts.seed, n_val=opts.n_val)
     save_split(split_file, split)
     classes = opts.classes or sorted(dataset.classes)
     write_json(out / "fit_config.json", {**opts.model_dump(mode="json"), "data": resolve_spec(opts.data)})

@@ -352,7 +352,7 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
     import torch
 
     from medadapt.adapt.recipes import RecipeConfig
-    from medadapt.data.fewshot import load_split, make_split, save_split
+    from medadapt.data.fewshot import run_split, save_split
     from medadapt.data.transforms3d import preprocess_transforms
     from medadapt.data.volume_dataset import load_volume_dataset, volume_records
     from medadapt.engine.config import TrainConfig
@@ -374,13 +374,8 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
     meta = read_pretrain_meta(opts.checkpoint)
     resolved = _resolve(opts, dataset, meta)
     split_file = out / "split.json"
-    if opts.split:
-        split = load_split(opts.split, dataset)
-    elif resume and split_file.exists():
-        split = load_split(split_file, dataset)
-    else:
-        split = make_split(dataset, shots=None if opts.fraction else opts.shots, fraction=opts.fraction,
-                           seed=opts.seed, n_val=opts.n_val)
+    split = run_split(dataset, out, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
+                      seed=opts.seed, n_val=opts.n_val)
     if not split.train:
         raise MedadaptError("the split has no training volume.", path=opts.split or opts.data)
     if opts.transductive and not split.test:
