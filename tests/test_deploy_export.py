@@ -213,3 +213,23 @@ def test_engine_dsc_equals_torch_on_hippocampus(engine, precision, data_dir, tmp
             out += [m["dsc"] for m in case_metrics(case.label, seg, case.spacing)]
     assert np.mean(ref) > 0.6
     assert abs(np.mean(got) - np.mean(ref)) <= 0.005
+
+
+def test_automatic_mode_class_tokens_survive_export(tmp_path):
+    """An auto-mode model's learned class tokens go into constants.npz and decode as in PyTorch."""
+    from medadapt.engine.sam_task import attach_class_prompts
+
+    model = build_model("litemedsam").eval()
+    attach_class_prompts(model, 2)
+    with torch.no_grad():
+        model.class_prompts.tokens.add_(torch.randn_like(model.class_prompts.tokens) * 0.1)
+    export_model(model, get_spec("litemedsam"), tmp_path / "auto", fmt="onnx", classes=[1, 2])
+    deployed = DeployedSam(tmp_path / "auto", engine="onnxruntime", threads=2)
+    assert deployed.manifest["classes"] == [1, 2]
+    emb = torch.rand(2, 256, 64, 64)
+    with torch.no_grad():
+        ref, ref_iou = model.class_prompts.decode(model, emb)
+    got, got_iou = deployed.class_prompts.decode(deployed, emb)
+    assert got.shape == ref.shape == (2, 2, 256, 256)
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+    torch.testing.assert_close(got_iou, ref_iou, rtol=0, atol=1e-4)

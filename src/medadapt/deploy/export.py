@@ -47,9 +47,8 @@ def graph_file(name: str, fmt: str, precision: str = "fp32") -> str:
     return f"{name}{tag}.{'onnx' if fmt == 'onnx' else 'xml'}"
 
 
-def _examples(model: nn.Module, image_size: int) -> dict[str, tuple[torch.Tensor, ...]]:
+def _examples(model: nn.Module, image_size: int, consts: dict[str, np.ndarray]) -> dict[str, tuple[torch.Tensor, ...]]:
     grid = model.prompt_encoder.image_embedding_size
-    consts = prompt_constants(model.prompt_encoder)
     return {
         "image_encoder": (torch.zeros(2, 3, image_size, image_size),),
         "prompt_encoder": (torch.tensor([[[10.0, 12.0], [80.0, 90.0]]] * 2), torch.tensor([[2, 3]] * 2)),
@@ -142,11 +141,11 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        examples = _examples(merged, spec.image_size)
+        consts = prompt_constants(merged.prompt_encoder)
+        examples = _examples(merged, spec.image_size, consts)
         for name, module in _modules(merged).items():
             target = tmp / graph_file(name, fmt)
             (_export_onnx if fmt == "onnx" else _export_openvino)(module, examples[name], target, name)
-        consts = prompt_constants(merged.prompt_encoder)
         if getattr(merged, "class_prompts", None) is not None:
             consts["class_tokens"] = merged.class_prompts.tokens.detach().float().numpy()
         np.savez(tmp / CONSTANTS, **consts)
