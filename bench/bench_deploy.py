@@ -4,7 +4,8 @@ One run measures, with a fixed thread count (default 2):
 1. encoder latency per 256×256 slice on real hippocampus slices, batch 1 (the official path) and
    batched, for every engine × precision;
 2. whole-volume time and DSC on held-out hippocampus volumes with the CVPR24 procedure (one 3D box
-   per class, box propagation), every slice encoded once, batched — the DSC beside each timing;
+   per class, box propagation), every slice encoded once at medadapt's default batch size (1 on a
+   CPU; ``--volume-batch`` to change) — the DSC beside each timing;
    eager fp32 batch-1 per-object encoding (the official code's path) is the reference;
 3. whole-volume time on a synthetic 512×512×100 CT-sized volume (3 objects spanning the slices);
 4. CVPR24 ``.npz`` in, ``segs`` out: ``medadapt predict`` as a new process per case, timed end to
@@ -13,7 +14,7 @@ One run measures, with a fixed thread count (default 2):
 int8 graphs are calibrated on slices of the *first* hippocampus cases (training side); volumes are
 evaluated on the last ``--cases`` cases. Exports are made once into bench/results/tmp/deploy.
 
-    .venv/bin/python bench/bench_deploy.py [--cases 4] [--threads 2] [--repeats 5] [--batch 8]
+    .venv/bin/python bench/bench_deploy.py [--cases 4] [--threads 2] [--repeats 5] [--batch 8] [--volume-batch N]
 
 Writes bench/results/deploy.json and prints Markdown tables.
 """
@@ -159,7 +160,9 @@ def main() -> int:
     ap.add_argument("--calibration-images", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8, help="the batched column of the encoder table")
+    ap.add_argument("--volume-batch", type=int, default=None,
+                    help="slices per encoder call in the volume runs (default: medadapt's, 1 on a CPU)")
     ap.add_argument("--configs", nargs="*", default=[f"{e}:{p}" for e, p in CONFIGS])
     ap.add_argument("--model", default="litemedsam", help="e.g. a distilled student (with --checkpoint)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="weights of --model (merged student file)")
@@ -216,7 +219,7 @@ def main() -> int:
     runs += [("cached", e, p) for e, p in configs] if not args.encoder_only else []
     for mode, engine, precision in runs:
         name = "eager fp32, per object, batch 1 (official)" if mode == "official" else label(engine, precision)
-        pred = predictor_for(engine, precision, exports, 1 if mode == "official" else args.batch, args.threads)
+        pred = predictor_for(engine, precision, exports, 1 if mode == "official" else args.volume_batch, args.threads)
         total, dscs, per_case = 0.0, [], {}
         for k, case in loaded.items():
             b, cls = boxes[k]
@@ -239,7 +242,7 @@ def main() -> int:
         image, lab = synthetic_ct()
         b, cls = boxes3d_from_label(lab, 0)
         for engine, precision in configs:
-            pred = predictor_for(engine, precision, exports, args.batch, args.threads)
+            pred = predictor_for(engine, precision, exports, args.volume_batch, args.threads)
             t = time.perf_counter()
             seg = segment_volume_boxes3d(pred, image, b, slice_axis=0, values=[int(c) for c in cls])
             secs = time.perf_counter() - t
@@ -255,14 +258,15 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             npz_dir = cvpr24_cases(test_keys, dataset, Path(tmp) / "imgs")
             best = min((c for c in configs if c[0] != "torch"),
-                       key=lambda c: result["encoder"][label(*c)][f"batch{args.batch}_ms"], default=None)
+                       key=lambda c: result["encoder"][label(*c)]["batch1_ms"], default=None)
             for engine, precision in [("torch", "fp32"), *([best] if best else [])]:
                 times = {}
                 for f in sorted(npz_dir.glob("*.npz")):
                     out_dir = Path(tmp) / f"segs_{engine}_{precision}"
                     cmd = [str(ROOT / ".venv" / "bin" / "medadapt"), "predict", "--input", str(f), "--prompts", "file-boxes",
-                           "--out", str(out_dir), "--engine", engine, "--precision", precision, "--threads", str(args.threads),
-                           "--batch-size", str(args.batch)]
+                           "--out", str(out_dir), "--engine", engine, "--precision", precision, "--threads", str(args.threads)]
+                    if args.volume_batch:
+                        cmd += ["--batch-size", str(args.volume_batch)]
                     if engine != "torch":
                         cmd += ["--export", str(exports["onnx" if engine == "onnxruntime" else "openvino"])]
                     t = time.perf_counter()
@@ -292,10 +296,12 @@ def print_tables(result: dict, batch: int, base_ms: float, ref_dsc: float | None
         best = min(r["batch1_ms"], r[f"batch{batch}_ms"])
         print(f"| {name} | {r['batch1_ms']:.0f} | {r[f'batch{batch}_ms']:.0f} | {base_ms / best:.1f}x |")
     print(f"\nHippocampus, {len(result['test_cases'])} held-out volumes, CVPR24 3D boxes + propagation")
-    print("| path | total s | mean DSC | ΔDSC vs torch fp32 |\n|---|---|---|---|")
+    official = next((r["total_seconds"] for n, r in result["volumes"].items() if "official" in n), None)
+    print("| path | total s | speed-up vs official | mean DSC | ΔDSC vs torch fp32 |\n|---|---|---|---|---|")
     for name, r in result["volumes"].items():
         delta = "" if ref_dsc is None else f"{r['mean_dsc'] - ref_dsc:+.4f}"
-        print(f"| {name} | {r['total_seconds']:.1f} | {r['mean_dsc']:.4f} | {delta} |")
+        speed = "" if official is None else f"{official / r['total_seconds']:.2f}x"
+        print(f"| {name} | {r['total_seconds']:.1f} | {speed} | {r['mean_dsc']:.4f} | {delta} |")
     if result["synthetic_ct"]:
         print("\nSynthetic CT-sized volume 512×512×100, 3 objects, CVPR24 procedure")
         print("| path | seconds | slices encoded |\n|---|---|---|")

@@ -56,6 +56,10 @@ def main() -> int:
     ap.add_argument("--label-dir", default=None)
     ap.add_argument("--image-suffix", default=None)
     ap.add_argument("--label-suffix", default=None)
+    ap.add_argument("--encoder-engine", default=None, help="fit --encoder-engine (e.g. openvino)")
+    ap.add_argument("--cold-cache", action="store_true",
+                    help="each fit fills its own empty embedding cache (a new user's wall time)")
+    ap.add_argument("--tag", default="", help="appended to the method in the result keys, e.g. +ov-cold")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "tmp")
     args = ap.parse_args()
 
@@ -93,19 +97,21 @@ def main() -> int:
         for method in args.methods:
             for k in args.shots:
                 for seed in args.seeds:
-                    key = f"{method}/{prompt}/k{k}/s{seed}"
+                    key = f"{method}{args.tag}/{prompt}/k{k}/s{seed}"
                     if key in runs:
                         continue
                     run = work / key.replace("/", "_")
                     cmd = [sys.executable, "-m", "medadapt.cli.main", "fit", "--data", args.data, "--out", str(run),
                            "--method", method, "--prompt", prompt, "--shots", str(k), "--seed", str(seed),
                            "--max-steps", str(args.max_steps), "--lr", str(method_lr.get(method, args.lr)),
-                           "--cache-dir", str(cache),
+                           "--cache-dir", str(run / "embedding_cache" if args.cold_cache else cache),
                            "--threads", str(args.threads), "--no-progress", "--val-every", str(args.max_steps // 3)]
                     for opt, val in (("--label-dir", args.label_dir), ("--image-suffix", args.image_suffix),
                                      ("--label-suffix", args.label_suffix)):
                         if val:
                             cmd += [opt, val]
+                    if args.encoder_engine:
+                        cmd += ["--encoder-engine", args.encoder_engine]
                     if (run / "checkpoint" / "last.pt").exists():
                         cmd.append("--resume")
                     t = time.perf_counter()
@@ -119,7 +125,9 @@ def main() -> int:
                     s = score(build_predictor(None, adapter=run, cache_dir=cache), dataset, test, prompt)
                     runs[key] = {**s, "fit_wall_seconds": wall, "peak_rss_mb": fit.get("peak_rss_mb"),
                                  "trainable_params": fit["trainable_params"], "adapter_bytes": fit["adapter_bytes"],
-                                 "best_val_dsc": fit.get("best_metric"), "lr": method_lr.get(method, args.lr)}
+                                 "best_val_dsc": fit.get("best_metric"), "lr": method_lr.get(method, args.lr),
+                                 "encoder_engine": fit.get("encoder_engine", "torch"),
+                                 "embedding_cache": fit.get("embedding_cache"), "cold_cache": args.cold_cache}
                     out_json.write_text(json.dumps(results, indent=2) + "\n")
                     print(key, {k2: runs[key][k2] for k2 in ("dsc", "nsd", "fit_wall_seconds")}, flush=True)
 

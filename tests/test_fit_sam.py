@@ -141,3 +141,33 @@ def test_auto_mode_segments_without_prompts(hippo, tmp_path: Path, cache_dir: Pa
     # Learned from the training volume itself: it must find the structures there.
     fg = (seg > 0) & (label > 0)
     assert 2 * fg.sum() / ((seg > 0).sum() + (label > 0).sum()) > 0.3
+
+
+def test_frozen_encoder_on_another_engine_fills_the_cache(hippo, tmp_path: Path, monkeypatch):
+    """`--encoder-engine onnxruntime`: the base model is exported once and its fp32 embeddings, equal to
+    PyTorch's within float32 rounding, fill the cache under their own key."""
+    from medadapt.deploy.engine import frozen_encoder
+
+    monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "medadapt-cache"))
+    spec, split = hippo
+    opts = FitOptions(data=spec, out=str(tmp_path / "run"), split=str(split), cache_dir=str(tmp_path / "emb"),
+                      progress=False, val_every=None, method="decoder", max_steps=2, encoder_engine="onnxruntime")
+    tag, encode = frozen_encoder(opts)
+    assert tag.startswith("onnxruntime:fp32:")
+    x = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        ref = build_predictor("litemedsam").model.encode(x)
+    torch.testing.assert_close(encode(x), ref, rtol=0, atol=1e-3 * float(ref.abs().max()))
+    result = run_fit(opts, frozen_encoder=frozen_encoder)
+    assert result["encoder_engine"] == tag
+    # The cache started empty: every slice the two steps drew was encoded by the exported graph.
+    assert 0 < result["embedding_cache"]["misses"] <= opts.max_steps * opts.batch_size
+    assert (tmp_path / "run" / "adapter" / "adapter.safetensors").is_file()
+
+
+def test_other_encoder_engine_needs_the_factory(hippo, tmp_path: Path):
+    from medadapt.errors import MedadaptError
+
+    spec, split = hippo
+    with pytest.raises(MedadaptError, match="frozen-encoder factory"):
+        _fit(tmp_path / "run", spec, split, tmp_path / "emb", method="decoder", max_steps=1, encoder_engine="openvino")

@@ -29,7 +29,8 @@ def evaluate(
     label_dir: str | None = typer.Option(None, "--label-dir", help="With --data: label folder name."),
     image_suffix: str | None = typer.Option(None, "--image-suffix", help="With --data: image name suffix rule."),
     label_suffix: str | None = typer.Option(None, "--label-suffix", help="With --data: label name suffix rule."),
-    batch_size: int = typer.Option(8, "--batch-size", help="With --data: slices per encoder call."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
+                                           help="Per call: slices (segment; default 1 on a CPU, 8 on a GPU), images (classify; 64) or windows (volumetric; 4)."),
     precision: str = typer.Option("fp32", "--precision", help="With --data: fp32 | bf16."),
     threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
     tolerance_mm: float = typer.Option(2.0, "--tolerance-mm", help="NSD tolerance in mm."),
@@ -57,8 +58,9 @@ def evaluate(
         else:
             from medadapt.evaluate.volumetric_run import evaluate_volumetric_run as run_eval
         result = run_eval(
-            data=data, adapter=adapter, split=split, out=out, batch_size=batch_size, precision=precision,
+            data=data, adapter=adapter, split=split, out=out, precision=precision,
             n_boot=n_boot, tolerance_mm=tolerance_mm, save_predictions=save_predictions,
+            **({} if batch_size is None else {"batch_size": batch_size}),
         )
         console.print(result.get("message", f"wrote {out}"))
         return

@@ -68,6 +68,11 @@ def fit(
     label_suffix: str | None = typer.Option(None, "--label-suffix", help="Suffix dropped from label names when pairing."),
     label_dir: str | None = typer.Option(None, "--label-dir", help="Label folder name inside --data (e.g. 1st_manual)."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="On-disk embedding cache shared across runs."),
+    encoder_engine: str | None = typer.Option(
+        None, "--encoder-engine",
+        help="torch | openvino | onnxruntime: engine that fills the embedding cache when the recipe freezes the "
+             "encoder (openvino fp32: same embeddings, about 2x faster on a CPU; exported once into the cache).",
+    ),
     config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
     threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
@@ -108,10 +113,13 @@ def fit(
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
         target_modules=target_modules.split(",") if target_modules else None, val_every=val_every,
         patience=patience, precision=precision, image_suffix=image_suffix, label_suffix=label_suffix,
-        label_dir=label_dir, cache_dir=cache_dir, progress=False if no_progress else None,
+        label_dir=label_dir, cache_dir=cache_dir, encoder_engine=encoder_engine,
+        progress=False if no_progress else None,
     )
     opts = FitOptions.build(values, config)
-    result = run_fit(opts, resume=resume)
+    from medadapt.deploy.engine import frozen_encoder
+
+    result = run_fit(opts, resume=resume, frozen_encoder=frozen_encoder)
     from medadapt.report import write_report
 
     page = write_report(Path(opts.out))

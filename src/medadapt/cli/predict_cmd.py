@@ -35,7 +35,8 @@ def predict(
     n_neg: int = typer.Option(0, "--neg-points", help="Negative points per object for points-from-labels."),
     image_suffix: str | None = typer.Option(None, "--image-suffix", help="Suffix dropped from image names when pairing."),
     label_suffix: str | None = typer.Option(None, "--label-suffix", help="Suffix dropped from label names when pairing."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Slices per encoder call."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
+                                           help="Slices per encoder call (default: 1 on a CPU, where it is fastest; 8 on a GPU)."),
     engine: str = typer.Option("torch", "--engine", help="torch | onnxruntime | openvino (see `medadapt export`)."),
     precision: str = typer.Option(
         "fp32", "--precision", help="fp32 | bf16 (torch autocast, openvino) | int8 (onnxruntime/openvino, needs --export)."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -74,6 +75,7 @@ class FitOptions(BaseModel):
     n_neg: int = 0
     augment: bool = True
     cache_dir: str | None = None
+    encoder_engine: Literal["torch", "onnxruntime", "openvino"] = "torch"
     max_val_slices: int = Field(64, ge=1)
     progress: bool = True
 
@@ -95,8 +97,16 @@ class FitOptions(BaseModel):
             ) from None
 
 
-def run_fit(opts: FitOptions, *, resume: bool = False) -> dict:
-    """Train one adapter; returns the result dict also written to ``result.json``."""
+FrozenEncoderFactory = Callable[["FitOptions"], tuple[str, Callable]]
+
+
+def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEncoderFactory | None = None) -> dict:
+    """Train one adapter; returns the result dict also written to ``result.json``.
+
+    ``frozen_encoder(opts) -> (tag, encode)`` supplies the encoder that fills the embedding cache
+    when ``opts.encoder_engine`` is not torch and the recipe leaves the encoder frozen (the command
+    line passes :func:`medadapt.deploy.engine.frozen_encoder`; the engine layer cannot import deploy).
+    """
     import numpy as np
     import torch
 
@@ -157,6 +167,11 @@ def run_fit(opts: FitOptions, *, resume: bool = False) -> dict:
         n_pos=opts.n_pos, n_neg=opts.n_neg, iou_weight=opts.iou_weight, augment=opts.augment,
         cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, seed=opts.seed, base=base,
     )
+    if opts.encoder_engine != "torch" and not applied.encoder_trainable:
+        if frozen_encoder is None:
+            raise MedadaptError(f"encoder_engine '{opts.encoder_engine}' needs a frozen-encoder factory.",
+                                fix="run through `medadapt fit`, or pass frozen_encoder=medadapt.deploy.engine.frozen_encoder.")
+        settings.frozen_encoder = frozen_encoder(opts)
     task = SamSegmentationTask(model, spec, recipe, applied.encoder_trainable, train, val, settings)
     config = TrainConfig(
         optimizer=opts.optimizer, lr=opts.lr, weight_decay=opts.weight_decay, schedule=opts.schedule,
@@ -186,6 +201,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False) -> dict:
         "total_params": applied.total,
         "encoder_trainable": applied.encoder_trainable,
         "embedding_cache": task.cache.stats() if task.cache is not None else None,
+        "encoder_engine": settings.frozen_encoder[0] if settings.frozen_encoder else "torch",
         "adapter_bytes": adapter.stat().st_size if adapter.exists() else None,
         "fit_seconds": wall,
         **{k: v for k, v in result.to_dict().items() if k != "history"},

@@ -22,7 +22,7 @@ model frame, plus optionally the IoU-head loss.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +57,8 @@ class SamTaskSettings:
     cache_dir: Path | None = None
     seed: int = 0
     base: dict = field(default_factory=dict)  # identifies the base model in the artifact
+    # Another engine for the frozen encoder: (tag, [B,3,S,S] -> [B,256,64,64]); see ``run_fit``.
+    frozen_encoder: tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 
 @dataclass
@@ -114,7 +116,11 @@ class SamSegmentationTask:
         self.cache = None
         if not encoder_trainable:
             key = module_fingerprint(model.image_encoder, checkpoint_sha=settings.base.get("checkpoint_sha256"))
-            self.cache = EmbeddingCache(self._encode_frozen, f"{spec.name}:{key}", directory=settings.cache_dir)
+            encode, tag = self._encode_frozen, ""
+            if settings.frozen_encoder is not None:  # e.g. OpenVINO fp32: same embeddings, ~2x faster
+                tag, encode = settings.frozen_encoder
+                tag = f":{tag}"
+            self.cache = EmbeddingCache(encode, f"{spec.name}:{key}{tag}", directory=settings.cache_dir)
 
     # -- data -------------------------------------------------------------------------------
     def _item(self, sample: SliceSample) -> _Item:

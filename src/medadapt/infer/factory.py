@@ -58,7 +58,7 @@ def build_predictor(
     *,
     checkpoint: Path | None = None,
     adapter: Path | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     precision: str = "fp32",
     cache_dir: Path | None = None,
     use_cache: bool = False,

@@ -41,6 +41,15 @@ def autocast_context(precision: str):
     return contextlib.nullcontext()
 
 
+def default_batch_size() -> int:
+    """Slices per encoder call when the user does not say: 8 on a GPU, 1 on a CPU.
+
+    On a 2-core CPU every engine except OpenVINO int8 is *slower* per slice at batch 8 than at batch 1
+    (larger activations leave the caches; bench/results/deploy.json), so batching only pays on GPUs.
+    """
+    return 8 if torch.cuda.is_available() else 1
+
+
 class SamPredictor:
     """Encode images, decode prompts, return masks in the original image frame."""
 
@@ -49,7 +58,7 @@ class SamPredictor:
         model: torch.nn.Module,
         spec: ModelSpec,
         *,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         precision: str = "fp32",
         cache_dir=None,
         use_cache: bool = False,
@@ -58,7 +67,7 @@ class SamPredictor:
     ):
         self.model = model.eval()
         self.spec = spec
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = default_batch_size() if batch_size is None else max(1, int(batch_size))
         self.precision = precision
         # Class ids of an automatic-mode model's class prompts, in order.
         self.classes = list(classes) if classes is not None else None
