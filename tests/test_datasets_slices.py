@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medadapt.data.datasets import load_dataset
-from medadapt.data.slices import iter_slices, reassemble
+from medadapt.data.slices import SliceSample, iter_slices, reassemble, with_empty_slices
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +61,18 @@ def test_2d_images_are_yielded_whole(data_dir: Path):
     samples = list(iter_slices(ds, ds.keys()[:3]))
     assert [s.key for s in samples] == ds.keys()[:3]
     assert all(s.axis is None and s.index == 0 and s.image.shape == (384, 384) for s in samples)
+
+
+def test_with_empty_slices_keeps_every_labelled_slice_and_caps_the_empty_ones():
+    def sample(i: int, fg: bool) -> SliceSample:
+        label = np.zeros((4, 4), np.uint8)
+        label[1, 1] = fg
+        return SliceSample("v", i, 2, np.zeros((4, 4), np.uint8), label, (1.0, 1.0), (4, 4, 20))
+
+    samples = [sample(i, 5 <= i < 9) for i in range(20)]  # 4 labelled, 16 empty
+    kept = with_empty_slices(samples, 0.5)
+    assert [s.index for s in kept if s.label.any()] == [5, 6, 7, 8]
+    empty = [s.index for s in kept if not s.label.any()]
+    assert len(empty) == 2 and empty == sorted(empty) and empty[0] == 0 and empty[-1] == 19  # evenly spaced
+    assert [s.index for s in with_empty_slices(samples, 0)] == [5, 6, 7, 8]
+    assert len(with_empty_slices(samples, 100)) == 20  # never more than there are

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from medadapt.data.datasets import load_dataset
 from medadapt.data.fewshot import Split, save_split
+from medadapt.data.slices import iter_slices
 from medadapt.engine.sam_fit import FitOptions, run_fit
 from medadapt.infer.dataset_eval import evaluate_dataset
 from medadapt.infer.factory import build_predictor
@@ -130,9 +131,12 @@ def test_auto_mode_segments_without_prompts(hippo, tmp_path: Path, cache_dir: Pa
     run = tmp_path / "auto"
     result = _fit(run, spec, split, cache_dir, method="decoder", prompt="auto", max_steps=30, lr=3e-4)
     assert result["classes"] == [1, 2]
+    ds = load_dataset(spec)
+    labelled = len(list(iter_slices(ds, TRAIN)))
+    # auto inference sees every slice, so training sees empty ones too (default: half as many)
+    assert labelled < result["train_slices"] <= labelled + round(0.5 * labelled)
     predictor = build_predictor(None, adapter=run, cache_dir=cache_dir)
     assert predictor.is_automatic
-    ds = load_dataset(spec)
     image, label, _, axis = ds.load(TRAIN[0])
     from medadapt.infer.volume import segment_volume_auto
 
@@ -171,3 +175,26 @@ def test_other_encoder_engine_needs_the_factory(hippo, tmp_path: Path):
     spec, split = hippo
     with pytest.raises(MedadaptError, match="frozen-encoder factory"):
         _fit(tmp_path / "run", spec, split, tmp_path / "emb", method="decoder", max_steps=1, encoder_engine="openvino")
+
+
+def test_auto_mode_class_tokens_get_their_own_learning_rate():
+    """Prompt tuning needs a larger step than the decoder weights: the class tokens form their own
+    optimiser group at ``class_token_lr_scale`` x lr, without weight decay."""
+    from medadapt.adapt.recipes import RecipeConfig, apply_recipe
+    from medadapt.engine.config import TrainConfig
+    from medadapt.engine.optim import build_optimizer
+    from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings, attach_class_prompts
+    from medadapt.models.registry import build_model, get_spec
+
+    model = build_model("litemedsam", pretrained=False)
+    attach_class_prompts(model, 2)
+    recipe = RecipeConfig(name="decoder", also_train=["class_prompts"])
+    applied = apply_recipe(model, recipe)
+    settings = SamTaskSettings(prompt="auto", classes=[1, 2], class_token_lr_scale=7.0)
+    task = SamSegmentationTask(model, get_spec("litemedsam"), recipe, applied.encoder_trainable, [], [], settings)
+    opt = build_optimizer(TrainConfig(lr=1e-4, weight_decay=0.05), task.parameters_to_train())
+    tokens = [g for g in opt.param_groups if any(p is model.class_prompts.tokens for p in g["params"])]
+    assert len(tokens) == 1 and tokens[0]["lr"] == pytest.approx(7e-4) and tokens[0]["weight_decay"] == 0
+    others = [g for g in opt.param_groups if g is not tokens[0]]
+    assert all(g["lr"] == pytest.approx(1e-4) for g in others)
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == applied.trainable

@@ -84,6 +84,21 @@ def iter_slices(
             )
 
 
+def with_empty_slices(samples: Sequence[SliceSample], ratio: float) -> list[SliceSample]:
+    """Every slice that shows a class, plus up to ``ratio`` x as many slices that show none.
+
+    Automatic (prompt-free) inference segments every slice of a volume, so its training must also
+    see slices where the answer is "nothing"; in CT-sized volumes these would swamp the labelled
+    ones, hence the cap. The empty slices kept are evenly spaced in the input order (deterministic).
+    """
+    labelled = [s for s in samples if np.any(s.label)]
+    empty = [s for s in samples if not np.any(s.label)]
+    n = min(len(empty), int(round(ratio * len(labelled))))
+    keep = {int(i) for i in np.linspace(0, len(empty) - 1, n).round()} if n else set()
+    chosen = {id(empty[i]) for i in keep}
+    return [s for s in samples if np.any(s.label) or id(s) in chosen]
+
+
 def reassemble(
     predictions: Mapping[int, np.ndarray] | Iterable[tuple[int, np.ndarray]],
     shape: Sequence[int],

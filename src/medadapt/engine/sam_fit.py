@@ -55,6 +55,9 @@ class FitOptions(BaseModel):
     adapter_ratio: float = 0.25
     train_prompt_encoder: bool = False
     class_tokens: int = Field(2, ge=1)
+    # auto mode: slices without any class added per labelled slice, and the class tokens' lr multiplier
+    empty_slice_ratio: float = Field(0.5, ge=0)
+    class_token_lr_scale: float = Field(10.0, gt=0)
     # optimisation
     epochs: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1, description="default: 200 unless epochs is given")
@@ -113,7 +116,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     from medadapt.adapt.recipes import RecipeConfig, apply_recipe
     from medadapt.data.datasets import load_dataset
     from medadapt.data.fewshot import run_split, save_split
-    from medadapt.data.slices import iter_slices
+    from medadapt.data.slices import iter_slices, with_empty_slices
     from medadapt.engine.config import TrainConfig
     from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings, attach_class_prompts
     from medadapt.engine.seed import seed_everything
@@ -152,10 +155,13 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     )
     applied = apply_recipe(model, recipe)
 
-    train = list(iter_slices(dataset, split.train, classes=classes))
-    if not train:
+    auto = opts.prompt == "auto"  # prompt-free inference sees every slice, so training sees empty ones too
+    train = list(iter_slices(dataset, split.train, classes=classes, include_empty=auto))
+    val = list(iter_slices(dataset, split.val, classes=classes, include_empty=auto))
+    if auto:
+        train, val = (with_empty_slices(s, opts.empty_slice_ratio) for s in (train, val))
+    if not any(np.any(s.label) for s in train):
         raise MedadaptError("the training cases hold no labelled slice of the chosen classes.", path=opts.data)
-    val = list(iter_slices(dataset, split.val, classes=classes))
     if len(val) > opts.max_val_slices:  # evenly spaced, deterministic
         pick = np.linspace(0, len(val) - 1, opts.max_val_slices).round().astype(int)
         val = [val[i] for i in pick]
@@ -166,6 +172,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         prompt=opts.prompt, classes=classes, batch_size=opts.batch_size, box_jitter=opts.box_jitter,
         n_pos=opts.n_pos, n_neg=opts.n_neg, iou_weight=opts.iou_weight, augment=opts.augment,
         cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, seed=opts.seed, base=base,
+        class_token_lr_scale=opts.class_token_lr_scale,
     )
     if opts.encoder_engine != "torch" and not applied.encoder_trainable:
         if frozen_encoder is None:

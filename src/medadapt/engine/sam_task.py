@@ -57,6 +57,7 @@ class SamTaskSettings:
     cache_dir: Path | None = None
     seed: int = 0
     base: dict = field(default_factory=dict)  # identifies the base model in the artifact
+    class_token_lr_scale: float = 10.0  # auto mode: prompt tuning wants a larger lr than the decoder
     # Another engine for the frozen encoder: (tag, [B,3,S,S] -> [B,256,64,64]); see ``run_fit``.
     frozen_encoder: tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None = None
 
@@ -105,7 +106,9 @@ class SamSegmentationTask:
         self.settings = settings
         self.encoder_trainable = encoder_trainable
         self.classes = [int(c) for c in settings.classes]
-        self.loss = SegmentationLoss(iou_weight=settings.iou_weight)
+        # auto mode decodes every class on every slice, empty ones included: one Dice per class over
+        # the batch (MONAI ``batch``) so that a slice without the class does not give a 0/0 Dice.
+        self.loss = SegmentationLoss(iou_weight=settings.iou_weight, batch=settings.prompt == "auto")
         self.augmenter = None
         if encoder_trainable and settings.augment:
             from medadapt.data.augment import train_augment
@@ -137,7 +140,17 @@ class SamSegmentationTask:
         return torch.cat([self.sam.encode(batch[i : i + chunk]) for i in range(0, len(batch), chunk)])
 
     def parameters_to_train(self):
-        return [p for p in self.model.parameters() if p.requires_grad]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        prompts = getattr(self.sam, "class_prompts", None)
+        if prompts is None or not prompts.tokens.requires_grad:
+            return trainable
+        tokens = {id(prompts.tokens)}
+        rest = [p for p in trainable if id(p) not in tokens]
+        return [  # as build_optimizer splits plain parameters; the >1-D group keeps the configured decay
+            {"params": [p for p in rest if p.ndim > 1]},
+            {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0},
+            {"params": [prompts.tokens], "weight_decay": 0.0, "lr_scale": self.settings.class_token_lr_scale},
+        ]
 
     def train_batches(self, epoch: int) -> Iterator[tuple[int, int, list[int]]]:
         """(epoch, batch index, slice indices): the randomness of a step is derived from the first two,
