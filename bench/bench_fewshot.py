@@ -80,8 +80,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     out_json = ROOT / "bench" / "results" / f"fewshot_{args.name}.json"
     results = json.loads(out_json.read_text()) if out_json.exists() else {}
-    results.update({"data": args.data, "test_cases": test, "max_steps": args.max_steps, "lr": args.lr,
+    results.update({"data": args.data, "test_cases": test, "lr": args.lr,
                     "threads": args.threads, "cpu_count": os.cpu_count()})
+    results.pop("max_steps", None)  # per run now (runs differ in budget)
     runs = results.setdefault("runs", {})
 
     if "zero-shot/box" not in runs:
@@ -126,6 +127,7 @@ def main() -> int:
                     runs[key] = {**s, "fit_wall_seconds": wall, "peak_rss_mb": fit.get("peak_rss_mb"),
                                  "trainable_params": fit["trainable_params"], "adapter_bytes": fit["adapter_bytes"],
                                  "best_val_dsc": fit.get("best_metric"), "lr": method_lr.get(method, args.lr),
+                                 "max_steps": args.max_steps, "train_slices": fit.get("train_slices"),
                                  "encoder_engine": fit.get("encoder_engine", "torch"),
                                  "embedding_cache": fit.get("embedding_cache"), "cold_cache": args.cold_cache}
                     out_json.write_text(json.dumps(results, indent=2) + "\n")
@@ -145,8 +147,8 @@ def print_table(results: dict) -> None:
         parts = key.split("/")
         groups.setdefault("/".join(parts[:3]) if len(parts) > 2 else key, []).append(r)
     print(f"\nheld-out cases: {len(results['test_cases'])}; mean ± sd over seeds")
-    print("| run | n seeds | DSC | NSD 2mm | HD95 mm | fit s | peak MB | trainable | adapter KiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| run | n seeds | steps | DSC | NSD 2mm | HD95 mm | fit s | peak MB | trainable | adapter KiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for g, rs in groups.items():
         def ms(m, rs=rs):
             v = np.array([r.get(m, np.nan) for r in rs], dtype=float)
@@ -158,7 +160,7 @@ def print_table(results: dict) -> None:
         peak = np.mean([r.get("peak_rss_mb") or np.nan for r in rs])
         tp = rs[0].get("trainable_params", "–")
         ab = rs[0].get("adapter_bytes")
-        print(f"| {g} | {len(rs)} | {ms('dsc')} | {ms('nsd')} | {ms('hd95')} | "
+        print(f"| {g} | {len(rs)} | {rs[0].get('max_steps', '–')} | {ms('dsc')} | {ms('nsd')} | {ms('hd95')} | "
               f"{'–' if np.isnan(fit_s) else f'{fit_s:.0f}'} | {'–' if np.isnan(peak) else f'{peak:.0f}'} | "
               f"{tp if isinstance(tp, str) else f'{tp:,}'} | {'–' if ab is None else f'{ab / 1024:.0f}'} |")
 
