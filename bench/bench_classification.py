@@ -234,7 +234,8 @@ def main() -> None:
     result["protocol"] = protocol
     result["choices"] = ("input 32 px; AdamW, 10 % warm-up + cosine, wd 0.05, batch 16, fixed step budget for every "
                          "method and fraction; no augmentation; final model (no checkpoint selection); AUROC on all "
-                         "524 val images; linear probe on disk-cached pooled features; every run its own process")
+                         "524 val images; linear probe on disk-cached pooled features; all runs in one process, peak RSS "
+                         "mark reset before each run")
     if args.part == "speed":
         result["speed"] = bench_speed(args.backbones, args.recipes, args.batch_size)
     else:
