@@ -23,7 +23,7 @@ Methods, each run through ``medadapt.engine.classify_fit.run_classify_fit`` (wha
 Same for every method: label fraction 1 %, 10 %, 100 % of the training split, stratified per class
 with the seed (39 / 388 / 3882 images); seeds 0, 1, 2 (labels, initialisation, order); input 32 px
 (28 px images, long side resized, as each backbone prepares them); ``--steps`` AdamW steps (default
-20) of ``--batch-size`` 16, 10 % warm-up then cosine, weight decay 0.05, BCE with pos_weight
+100) of ``--batch-size`` 16, 10 % warm-up then cosine, weight decay 0.05, BCE with pos_weight
 (negatives/positives), no augmentation (so the probe can cache), fp32, 2 threads. The model
 evaluated is the one after the last step (one validation, at the end: no checkpoint selection on
 the split we report), AUROC on all 524 validation images. All runs share one process (a process per
@@ -34,8 +34,8 @@ an upper bound of the run's own need.
 
 Why these choices: the 2 shared CPU cores give ~0.14 s (LoRA) / ~0.34 s (full) per image per training
 step at 32 px and ~0.05 s per image for inference under the load of other jobs; the whole protocol
-(36 runs) must fit in ~40 minutes. 64 px would cost ~4x. A step budget equal for all fractions means
-the fraction changes the labels, not the compute; at 100 % the runs see only 320 of 3882 images.
+(36 runs) must fit in well under an hour (18 min at 100 steps on the quiet machine). 64 px would cost
+~4x. A step budget equal for all fractions means the fraction changes the labels, not the compute; at 100 % the runs see only 1600 of 3882 images.
 
 Runs are appended to ``bench/results/classification.json`` as they finish (seed-major order, so an
 interrupted benchmark has whole seeds); a rerun skips the runs already there, and subsets chosen with
@@ -211,7 +211,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(PROTOCOL_METHODS), choices=list(PROTOCOL_METHODS))
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--img-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
