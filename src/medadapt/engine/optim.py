@@ -89,6 +89,16 @@ def build_scheduler(
 ParamsOrGroups = Iterable[nn.Parameter] | Iterable[Mapping[str, Any]]
 
 
+def weight_decay_groups(params: Iterable[nn.Parameter]) -> list[dict[str, Any]]:
+    """Two param groups: >1-D tensors (optimiser's weight decay) and 1-D ones (biases, norm scales:
+    no decay, since decaying them towards 0 hurts norm tuning and BitFit)."""
+    params = list(params)
+    return [
+        {"params": [p for p in params if p.ndim > 1]},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
 def build_optimizer(config: TrainConfig, params: ParamsOrGroups) -> torch.optim.Optimizer:
     """AdamW or SGD over the trainable parameters.
 
@@ -108,12 +118,7 @@ def build_optimizer(config: TrainConfig, params: ParamsOrGroups) -> torch.optim.
             if g["params"]:
                 groups.append(g)
     else:
-        trainable = [p for p in items if p.requires_grad]
-        groups = [
-            {"params": [p for p in trainable if p.ndim > 1], "weight_decay": config.weight_decay},
-            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
+        groups = [g for g in weight_decay_groups(p for p in items if p.requires_grad) if g["params"]]
     if not groups:
         raise MedadaptError(
             "nothing to train: the task returned no parameters with requires_grad=True",

@@ -37,6 +37,7 @@ from medadapt.adapt.recipes import RecipeConfig
 from medadapt.data.slices import SliceSample
 from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 from medadapt.engine.losses import SegmentationLoss
+from medadapt.engine.optim import weight_decay_groups
 from medadapt.models.preprocess import preprocess_image
 from medadapt.models.registry import ModelSpec
 
@@ -144,13 +145,9 @@ class SamSegmentationTask:
         prompts = getattr(self.sam, "class_prompts", None)
         if prompts is None or not prompts.tokens.requires_grad:
             return trainable
-        tokens = {id(prompts.tokens)}
-        rest = [p for p in trainable if id(p) not in tokens]
-        return [  # as build_optimizer splits plain parameters; the >1-D group keeps the configured decay
-            {"params": [p for p in rest if p.ndim > 1]},
-            {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0},
-            {"params": [prompts.tokens], "weight_decay": 0.0, "lr_scale": self.settings.class_token_lr_scale},
-        ]
+        rest = weight_decay_groups(p for p in trainable if p is not prompts.tokens)
+        return [*rest, {"params": [prompts.tokens], "weight_decay": 0.0,
+                        "lr_scale": self.settings.class_token_lr_scale}]
 
     def train_batches(self, epoch: int) -> Iterator[tuple[int, int, list[int]]]:
         """(epoch, batch index, slice indices): the randomness of a step is derived from the first two,
