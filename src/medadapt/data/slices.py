@@ -91,12 +91,11 @@ def with_empty_slices(samples: Sequence[SliceSample], ratio: float) -> list[Slic
     see slices where the answer is "nothing"; in CT-sized volumes these would swamp the labelled
     ones, hence the cap. The empty slices kept are evenly spaced in the input order (deterministic).
     """
-    labelled = [s for s in samples if np.any(s.label)]
-    empty = [s for s in samples if not np.any(s.label)]
-    n = min(len(empty), int(round(ratio * len(labelled))))
-    keep = {int(i) for i in np.linspace(0, len(empty) - 1, n).round()} if n else set()
-    chosen = {id(empty[i]) for i in keep}
-    return [s for s in samples if np.any(s.label) or id(s) in chosen]
+    shows = [bool(np.any(s.label)) for s in samples]
+    empty = [i for i, has in enumerate(shows) if not has]
+    n = min(len(empty), int(round(ratio * (len(samples) - len(empty)))))
+    keep = {empty[int(j)] for j in np.linspace(0, len(empty) - 1, n).round()} if n else set()
+    return [s for i, s in enumerate(samples) if shows[i] or i in keep]
 
 
 def reassemble(
