@@ -293,3 +293,10 @@ def test_modality_override(tmp_path: Path):
     assert not np.array_equal(auto.load("v").image, ct.load("v").image)
     with pytest.raises(MedadaptError, match="CT window"):
         load_dataset(tmp_path, modality="mr", window="bone")
+
+
+def test_drive_relative_path_with_label_dir(data_dir: Path, monkeypatch):
+    """A relative dataset path with label_dir (the README's DRIVE command) finds the default image folder."""
+    monkeypatch.chdir(data_dir / "drive")
+    ds = load_dataset(Path("training"), label_dir="1st_manual", image_suffix="_training", label_suffix="_manual1")
+    assert len(ds) == 20 and ds.case("21").image.exists()

@@ -112,3 +112,29 @@ def test_per_class_constraints_share_queries_and_average():
     assert logs["proportion_penalty"] == pytest.approx(float(loss.detach()))
     with pytest.raises(MedadaptError, match="absent"):
         per_class_constraints(model, queries, support, [3], (16, 16, 16), sigmoid=True, config=cfg)
+
+
+def test_queries_per_step_uses_a_seeded_subset():
+    """queries_per_step=1 of 3 queries: the penalty is that query's own hinge; the draw repeats per seed."""
+    from medadapt.engine.transductive import per_class_constraints
+
+    torch.manual_seed(0)
+    model = build_volumetric("unet3d", 1, strides=[1, 2, 2], filters=[4, 8, 16])
+    model.head = LinearProbe(4, 1)
+    model.backbone.requires_grad_(False)
+    queries = [torch.randn(1, 1, 16, 16, 16) for _ in range(3)]
+    support = [np.zeros((8, 8, 8), np.uint8)]
+    support[0][:4, :4, :4] = 1
+    full = per_class_constraints(model, queries, support, [1], (16, 16, 16), sigmoid=True,
+                                 config=ConstraintConfig(weight=1.0, margin=0.0, warmup_epochs=0))
+    one = per_class_constraints(model, queries, support, [1], (16, 16, 16), sigmoid=True,
+                                config=ConstraintConfig(weight=1.0, margin=0.0, warmup_epochs=0, queries_per_step=1))
+    assert full.pick((0, 0, 0)) is None
+    picks = {tuple(one.pick((0, e, s))) for e in range(4) for s in range(4)}
+    assert all(len(p) == 1 for p in picks) and len(picks) > 1  # different steps, different queries
+    assert one.pick((0, 1, 2)) == one.pick((0, 1, 2))
+    (q,) = one.pick((0, 1, 2))
+    alone = per_class_constraints(model, [queries[q]], support, [1], (16, 16, 16), sigmoid=True,
+                                  config=ConstraintConfig(weight=1.0, margin=0.0, warmup_epochs=0))
+    assert float(one.loss([q])[0]) == pytest.approx(float(alone.loss()[0]), rel=1e-6)
+    assert float(full.loss()[0]) != pytest.approx(float(one.loss([q])[0]), rel=1e-6)

@@ -221,7 +221,8 @@ def load_dataset(
                 fix=f"give one of these layouts: {'; '.join(LAYOUTS)}.",
             )
     elif label_dir is not None or image_dir is not None:
-        images = path / (image_dir or _first_dir(path, _IMAGE_DIRS) or "images")
+        # _first_dir returns root / name: joining it to a relative ``path`` again would double it
+        images = path / image_dir if image_dir is not None else (_first_dir(path, _IMAGE_DIRS) or path / "images")
         labels = path / label_dir if label_dir is not None else _first_dir(path, _LABEL_DIRS)
         ds = _load_folders(images, labels, path, image_suffix, label_suffix)
     elif (path / "dataset.json").is_file():

@@ -86,6 +86,7 @@ class ConstraintConfig:
     margin: float = 0.3  # m
     warmup_epochs: int = 50  # E0: supervised epochs before the constraint starts
     pool: int = 2  # average pooling of cached query features
+    queries_per_step: int | None = None  # a random subset of the queries per step (None: all of them)
 
 
 class ProportionConstraint:
@@ -125,13 +126,15 @@ class ProportionConstraint:
     def active(self, epoch: int) -> bool:
         return epoch >= self.config.warmup_epochs
 
-    def p_hats(self, logits: list[list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
+    def p_hats(
+        self, logits: list[list[torch.Tensor]] | None = None, queries: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
         """Mean foreground probability of each query (padding included, see the module docstring).
 
         ``logits`` (per query, per patch) are the head's outputs when already computed (shared by the
-        per-class constraints of a :class:`ConstraintSet`).
+        per-class constraints of a :class:`ConstraintSet`); ``queries`` restricts to those query indices.
         """
-        logits = logits if logits is not None else self.features.logits(self.model)
+        logits = logits if logits is not None else self.features.logits(self.model, queries)
         out = []
         for patches in logits:
             total, count = 0.0, 0
@@ -145,15 +148,30 @@ class ProportionConstraint:
     def p_hat(self) -> torch.Tensor:
         return self.p_hats()[0]
 
-    def loss(self, logits: list[list[torch.Tensor]] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        p_hats = self.p_hats(logits)
+    def pick(self, step_seed: Sequence[int]) -> list[int] | None:
+        """The query indices of one step (``config.queries_per_step`` of them, drawn from ``step_seed``).
+
+        ``None`` means every query. With many query volumes (all held-out volumes of a split) the head
+        pass over every cached query patch dominates each step; a seeded random subset keeps the
+        penalty an unbiased estimate at a fixed cost, and the same steps draw the same subsets on resume.
+        """
+        n, k = len(self.taus), self.config.queries_per_step
+        if k is None or k >= n:
+            return None
+        return sorted(np.random.default_rng(list(step_seed)).choice(n, size=k, replace=False).tolist())
+
+    def loss(
+        self, logits: list[list[torch.Tensor]] | None = None, queries: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        p_hats = self.p_hats(logits, queries)
+        taus = self.taus if queries is None else [self.taus[i] for i in queries]
         terms = [
             proportion_penalty(p, tau, weight=self.config.weight, margin=self.config.margin)
-            for p, tau in zip(p_hats, self.taus, strict=True)
+            for p, tau in zip(p_hats, taus, strict=True)
         ]
         penalty = torch.stack(terms).mean()
         return penalty, {
-            "tau": float(np.mean(self.taus)),
+            "tau": float(np.mean(taus)),
             "p_hat": float(torch.stack(p_hats).detach().mean()),
             "proportion_penalty": float(penalty.detach()),
         }
@@ -180,9 +198,10 @@ class QueryFeatures:
             cache.clear()
             self.items.append(feats)
 
-    def logits(self, model: nn.Module) -> list[list[torch.Tensor]]:
-        """The current head's logits on every cached patch (per query, per patch)."""
-        return [[model.apply_head(*feats) for feats in patches] for patches in self.items]
+    def logits(self, model: nn.Module, queries: Sequence[int] | None = None) -> list[list[torch.Tensor]]:
+        """The current head's logits on every cached patch (per query, per patch) of ``queries`` (default all)."""
+        items = self.items if queries is None else [self.items[i] for i in queries]
+        return [[model.apply_head(*feats) for feats in patches] for patches in items]
 
 
 class ConstraintSet:
@@ -196,11 +215,14 @@ class ConstraintSet:
     def active(self, epoch: int) -> bool:
         return self.constraints[0].active(epoch)
 
-    def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
+    def pick(self, step_seed: Sequence[int]) -> list[int] | None:
+        return self.constraints[0].pick(step_seed)
+
+    def loss(self, queries: Sequence[int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         first = self.constraints[0]
         shared = all(c.features is first.features for c in self.constraints)
-        logits = first.features.logits(first.model) if shared else None  # one head pass for every class
-        parts = [c.loss(logits) for c in self.constraints]
+        logits = first.features.logits(first.model, queries) if shared else None  # one head pass for every class
+        parts = [c.loss(logits, queries) for c in self.constraints]
         penalty = torch.stack([p for p, _ in parts]).mean()
         logs = {k: float(np.mean([lg[k] for _, lg in parts])) for k in parts[0][1]}
         logs["proportion_penalty"] = float(penalty.detach())

@@ -114,6 +114,7 @@ class VolumetricFitOptions(BaseModel):
     lambda_: float = Field(0.1, ge=0)
     margin: float = Field(0.3, ge=0)
     warmup_epochs: int = Field(50, ge=0)
+    queries_per_step: int | None = Field(None, ge=1)  # random query volumes per step (None: all)
     # optimisation
     epochs: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -414,7 +415,8 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
                    for r in volume_records(dataset, split.test)]
         pre_label = preprocess_transforms(prep, label_map=label_map)
         support = [pre_label(r)["label"][0].numpy() for r in volume_records(dataset, split.train)]
-        cfg = ConstraintConfig(weight=opts.lambda_, margin=opts.margin, warmup_epochs=opts.warmup_epochs)
+        cfg = ConstraintConfig(weight=opts.lambda_, margin=opts.margin, warmup_epochs=opts.warmup_epochs,
+                               queries_per_step=opts.queries_per_step)
         task.set_transductive(per_class_constraints(
             model, queries, support, list(range(1, len(resolved["classes"]) + 1)), resolved["roi"],
             sigmoid=opts.sigmoid, config=cfg,

@@ -126,7 +126,7 @@ class VolumetricTask:
         self.loss = SegmentationLoss(sigmoid=sigmoid, include_background=False, squared_pred=False)
         self.base = dict(base or {"model": model.spec.name})
         self.extra = dict(extra or {})
-        self._epoch = 0
+        self._epoch = self._step_in_epoch = 0
 
         train_tf = training_transforms(
             prep,
@@ -170,7 +170,7 @@ class VolumetricTask:
         return [p for p in self._plain.parameters() if p.requires_grad]
 
     def train_batches(self, epoch: int) -> Iterable[Any]:
-        self._epoch = epoch
+        self._epoch, self._step_in_epoch = epoch, 0
         if self._fixed is not None:
             order = np.random.default_rng(self.seed + epoch).permutation(len(self._fixed))
             items = [self._fixed[i] for i in order]
@@ -190,9 +190,11 @@ class VolumetricTask:
         terms = self.loss.terms(logits, self._target(label))
         loss, logs = terms["loss"], {"dice_loss": terms["dice"].detach(), "ce": terms["ce"].detach()}
         if self.transductive is not None and self.transductive.active(self._epoch):
-            penalty, extra = self.transductive.loss()
+            queries = self.transductive.pick((self.seed, self._epoch, self._step_in_epoch))
+            penalty, extra = self.transductive.loss(queries)
             loss = loss + penalty
             logs.update(extra)
+        self._step_in_epoch += 1
         return loss, logs
 
     def validate(self) -> Mapping[str, float]:
