@@ -1,6 +1,7 @@
 """3D recipes vs LiteMedSAM slice-wise recipes on the SAME held-out hippocampus volumes (issue 4, "Must show").
 
     .venv/bin/python bench/bench_side_by_side.py            # score, write the JSON, print the table
+    .venv/bin/python bench/bench_side_by_side.py --refresh-3d   # keep the LiteMedSAM rows, re-read the 3D ones
     .venv/bin/python bench/bench_side_by_side.py --table    # print the table of the JSON only
 
 The 3D rows come from ``bench/results/volumetric.json`` (``bench_volumetric.py``: target ``both``, i.e.
@@ -66,6 +67,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--volumetric-work", type=Path, default=Path("/tmp/medadapt_bench_volumetric"))
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--refresh-3d", action="store_true",
+                    help="keep the LiteMedSAM rows of the JSON, re-read only volumetric.json")
     args = ap.parse_args()
     if args.table:
         print(table(json.loads(OUT.read_text())))
@@ -81,22 +84,25 @@ def main() -> int:
 
     dataset = load_dataset(HIPPO)
     test = list(make_split(dataset, shots=1, seed=0).test)
-    splits = sorted((args.volumetric_work / "runs").glob("both_k5_s*/split.json"))
+    splits = sorted((args.volumetric_work / "runs").glob("*/split.json"))
     if splits:
         vol_test = json.loads(splits[0].read_text())["test"]
         if sorted(vol_test) != sorted(test):
             sys.exit(f"the volumetric runs were scored on other volumes ({splits[0]}); refusing to compare.")
-    vol = json.loads(VOLUMETRIC.read_text())
-    if vol["runs"] and next(iter(vol["runs"].values()))["n_test"] != len(test):
-        sys.exit("volumetric.json was scored on a different number of held-out volumes.")
 
     rows: dict[str, dict] = {}
     cache = FEWSHOT / "embedding_cache"
     start = time.perf_counter()
-    s = score(build_predictor("litemedsam", cache_dir=cache), dataset, test, "box")
-    rows["LiteMedSAM zero-shot, box (oracle)"] = {"prompt": "box from labels", "runs": ["litemedsam"],
-                                                  **{m: [s[m]] for m in ("dsc", "nsd", "hd95")}}
-    print("zero-shot", s["dsc"], flush=True)
+    if args.refresh_3d:
+        old = json.loads(OUT.read_text())
+        rows = {k: v for k, v in old["rows"].items() if k.startswith("LiteMedSAM")}
+        SAM_RUNS.clear()
+        start -= old["seconds"]
+    else:
+        s = score(build_predictor("litemedsam", cache_dir=cache), dataset, test, "box")
+        rows["LiteMedSAM zero-shot, box (oracle)"] = {"prompt": "box from labels", "runs": ["litemedsam"],
+                                                      **{m: [s[m]] for m in ("dsc", "nsd", "hd95")}}
+        print("zero-shot", s["dsc"], flush=True)
     for name, (prefix, mode) in SAM_RUNS.items():
         row = {"prompt": "box from labels" if mode == "box" else "none (auto)", "runs": [],
                "dsc": [], "nsd": [], "hd95": []}
@@ -111,6 +117,9 @@ def main() -> int:
             print(name, seed, s["dsc"], flush=True)
         rows[name] = row
 
+    vol = json.loads(VOLUMETRIC.read_text())
+    if vol["runs"] and next(iter(vol["runs"].values()))["n_test"] != len(test):
+        sys.exit("volumetric.json was scored on a different number of held-out volumes.")
     k5 = [r for r in vol["runs"].values() if r["target"] == "both" and r["shots"] == 5]
     methods = sorted({r["method"] for r in k5}, key=lambda m: -np.mean([r["dsc"] for r in k5 if r["method"] == m]))
     for i, method in enumerate(methods):
