@@ -93,17 +93,17 @@ def main() -> int:
     rows: dict[str, dict] = {}
     cache = FEWSHOT / "embedding_cache"
     start = time.perf_counter()
+    sam_runs = {} if args.refresh_3d else SAM_RUNS
     if args.refresh_3d:
         old = json.loads(OUT.read_text())
         rows = {k: v for k, v in old["rows"].items() if k.startswith("LiteMedSAM")}
-        SAM_RUNS.clear()
         start -= old["seconds"]
     else:
         s = score(build_predictor("litemedsam", cache_dir=cache), dataset, test, "box")
         rows["LiteMedSAM zero-shot, box (oracle)"] = {"prompt": "box from labels", "runs": ["litemedsam"],
                                                       **{m: [s[m]] for m in ("dsc", "nsd", "hd95")}}
         print("zero-shot", s["dsc"], flush=True)
-    for name, (prefix, mode) in SAM_RUNS.items():
+    for name, (prefix, mode) in sam_runs.items():
         row = {"prompt": "box from labels" if mode == "box" else "none (auto)", "runs": [],
                "dsc": [], "nsd": [], "hd95": []}
         for seed in args.seeds:

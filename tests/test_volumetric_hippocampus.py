@@ -91,6 +91,11 @@ def test_few_shot_task_head_only_with_transductive_constraint(hippo):
             loss.backward()
             opt.step()
         assert ("proportion_penalty" in logs) == (epoch >= 1)
+    # a resumed run replays (draws without training on) the batches before its checkpoint: the
+    # task's batch index, which seeds the transductive query subset, follows the draws
+    batches = task.train_batches(1)
+    drawn = list(batches)  # no training_step
+    assert len(drawn) == len(batches) >= 2 and task._step_in_epoch == len(drawn) - 1
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {"head.conv.conv.weight", "head.conv.conv.bias"}  # the 1x1x1 classifier only
     with torch.no_grad():

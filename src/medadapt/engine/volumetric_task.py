@@ -170,13 +170,15 @@ class VolumetricTask:
         return [p for p in self._plain.parameters() if p.requires_grad]
 
     def train_batches(self, epoch: int) -> Iterable[Any]:
-        self._epoch, self._step_in_epoch = epoch, 0
+        self._epoch = epoch
         if self._fixed is not None:
             order = np.random.default_rng(self.seed + epoch).permutation(len(self._fixed))
             items = [self._fixed[i] for i in order]
-            return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
-        self._train_tf.set_random_state(seed=self.seed + epoch)
-        return crop_loader(self._train_ds, self.batch_size, self.seed + epoch)
+            batches = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        else:
+            self._train_tf.set_random_state(seed=self.seed + epoch)
+            batches = crop_loader(self._train_ds, self.batch_size, self.seed + epoch)
+        return _Numbered(batches, self)
 
     def training_step(self, batch: Any) -> tuple[Tensor, Mapping[str, float]]:
         if self._fixed is not None:  # list of cached crops: the head only
@@ -194,7 +196,6 @@ class VolumetricTask:
             penalty, extra = self.transductive.loss(queries)
             loss = loss + penalty
             logs.update(extra)
-        self._step_in_epoch += 1
         return loss, logs
 
     def validate(self) -> Mapping[str, float]:
@@ -265,6 +266,26 @@ class VolumetricTask:
                         {"key": (v, n), "image": sample["image"][None], "label": sample["label"][None]}
                     )
         return crops
+
+
+class _Numbered:
+    """The batches of an epoch, telling the task the index of each one as it is drawn.
+
+    The trainer replays (draws without training on) the batches before a mid-epoch checkpoint on
+    resume, so numbering at draw time gives every batch the same index in a resumed run; the
+    transductive query subset of a step is seeded with it. Keeps ``len()`` for the trainer.
+    """
+
+    def __init__(self, batches: Iterable[Any], task: VolumetricTask):
+        self.batches, self.task = batches, task
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self):
+        for index, batch in enumerate(self.batches):
+            self.task._step_in_epoch = index
+            yield batch
 
 
 def _out_channels(model: VolumetricSegmenter) -> int:
