@@ -40,7 +40,7 @@ SHARED = Path(os.environ.get("MEDADAPT_SHARED", ROOT.parent / "shared"))
 WORK = ROOT / "bench" / "results" / "tmp" / "deploy"
 CONFIGS = (  # (engine, precision)
     ("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
-    ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"),
+    ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "mixed"), ("openvino", "int8"),
 )
 
 
@@ -186,7 +186,7 @@ def main() -> int:
 
     configs = [tuple(c.split(":")) for c in args.configs]
     if not cpu_has_bf16():
-        configs = [c for c in configs if c[1] != "bf16"]
+        configs = [c for c in configs if c[1] not in ("bf16", "mixed")]
     dataset = load_dataset(SHARED / "data" / "hippocampus")
     keys = dataset.keys()
     calib_keys, test_keys = keys[: args.calibration_cases], keys[-args.cases :]

@@ -1,8 +1,8 @@
 """Benchmark encoder distillation: LiteMedSAM (teacher) vs a distilled student on hippocampus.
 
     .venv/bin/python bench/bench_distill.py [--student litemedsam_student_s] [--train-slices 240]
-        [--steps 80] [--batch-size 6] [--lr 1e-3] [--test-volumes 5] [--repeats 10] [--threads 2]
-        [--work DIR]
+        [--steps 80] [--batch-size 6] [--lr 1e-3] [--precision fp32|bf16] [--test-volumes 5] [--repeats 10]
+        [--threads 2] [--work DIR] [--cache-dir DIR]
 
 1. Split ``../shared/data/hippocampus`` with the few-shot protocol (seed 0): the 20 fixed test
    volumes are held out, validation volumes come from the pool, the rest is the training split.
@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--batch-size", type=int, default=6)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="student training precision")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="on-disk teacher-embedding cache (reused by reruns)")
     ap.add_argument("--val-slices", type=int, default=16)
     ap.add_argument("--test-volumes", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=10)
@@ -95,7 +97,8 @@ def main() -> None:
     opts = DistillOptions(
         data=str(DATA), out=str(run), student=args.student, teacher="litemedsam", max_train_slices=args.train_slices,
         max_val_slices=args.val_slices, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=10,
-        val_every=max(10, args.steps // 4), seed=0, progress=False,
+        val_every=max(10, args.steps // 4), seed=0, progress=False, precision=args.precision,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None,
     )
     res = run_distill(opts, resume=(run / "checkpoint" / "last.pt").is_file())
     assert not set(res_keys := json_keys(run / "split.json", "train")) & set(split.test), "test volume trained on"

@@ -6,7 +6,8 @@ Measures, with a fixed number of torch threads (default 2):
    labelled slice): the official procedure encodes each slice once per object, batch 1, fp32;
    medadapt encodes each slice once (embedding cache), at its default batch size (1 on a CPU, where
    the encoder table shows batching is slower; ``--volume-batch`` to change), on PyTorch (fp32, bf16) or on
-   OpenVINO (fp32, bf16; exported on first use into the medadapt cache); and the DSC of each, so a
+   OpenVINO (fp32, bf16, mixed: fp32 stem + bf16 trunk; exported on first use into the medadapt
+   cache); and the DSC of each, so a
    speed-up that changed the result would show. (All engines and int8: bench/bench_deploy.py.)
 
 Writes bench/results/inference.json and prints a table.
@@ -17,7 +18,6 @@ Writes bench/results/inference.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -93,6 +93,7 @@ def main() -> int:
     from medadapt.evaluate.segmentation import case_metrics
     from medadapt.infer.predictor import SamPredictor
     from medadapt.infer.volume import segment_volume_from_labels
+    from medadapt.io.atomic import write_json
     from medadapt.models.registry import build_model, get_spec
 
     spec = get_spec("litemedsam")
@@ -115,6 +116,7 @@ def main() -> int:
         "medadapt bf16 (cache)": ("torch", "bf16"),
         "medadapt OpenVINO fp32 (cache)": ("openvino", "fp32"),
         "medadapt OpenVINO bf16 (cache)": ("openvino", "bf16"),
+        "medadapt OpenVINO mixed (cache)": ("openvino", "mixed"),
     }
     for key in keys:
         image, label, spacing, axis = dataset.load(key)
@@ -146,8 +148,7 @@ def main() -> int:
         summary[vname]["speedup"] = summary[base]["total_seconds"] / summary[vname]["total_seconds"]
         summary[vname]["dsc_diff"] = summary[vname]["mean_dsc"] - summary[base]["mean_dsc"]
     result["summary"] = summary
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
 
     print(f"LiteMedSAM encoder, {args.threads} threads (load avg {result['machine']['load_avg_start'][0]:.1f})")
     print("| path | ms / slice |\n|---|---|")

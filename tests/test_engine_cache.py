@@ -58,6 +58,19 @@ def test_no_grad_and_duplicates_in_one_batch():
     torch.testing.assert_close(out[0], enc.proj(x[:1])[0].detach())
 
 
+def test_bf16_training_step_gets_fp32_embeddings():
+    """Under bf16 autocast (``fit``/``distill --precision bf16``) the frozen encoder still runs in fp32."""
+    enc = CountingEncoder()
+    seen = []
+    cache = EmbeddingCache(lambda b: seen.append(torch.is_autocast_enabled("cpu")) or enc(b), "k")
+    x = _images(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = cache.get_many(x)
+        second = cache.get_many(x)  # hits: stacking the float16 copies under autocast
+    assert seen == [False] and first.dtype == second.dtype == torch.float32
+    torch.testing.assert_close(first, enc.proj(x).detach().half().float())
+
+
 def test_disk_persistence_across_instances(tmp_path):
     enc = CountingEncoder()
     key = module_fingerprint(enc)

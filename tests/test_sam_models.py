@@ -67,6 +67,18 @@ def test_encoder_batch_equals_single(lite):
     torch.testing.assert_close(both[1:], one, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["litemedsam", "litemedsam_student_s"])
+def test_encoder_stem_then_trunk_equals_forward(name):
+    """The split used by the OpenVINO ``mixed`` precision computes exactly the encoder's forward."""
+    torch.manual_seed(2)
+    enc = build_model(name, pretrained=False, image_size=S).image_encoder.eval()
+    x = torch.rand(1, 3, S, S)
+    with torch.no_grad():
+        ref = enc(x)
+        for n in range(1, len(enc.layers) + 1):
+            torch.testing.assert_close(enc.forward_trunk(enc.forward_stem(x, n), n), ref, rtol=0, atol=0)
+
+
 def test_decode_shared_and_per_image_embeddings(lite):
     torch.manual_seed(2)
     emb = torch.randn(1, 256, E, E)

@@ -39,7 +39,9 @@ def predict(
                                            help="Slices per encoder call (default: 1 on a CPU, where it is fastest; 8 on a GPU)."),
     engine: str = typer.Option("torch", "--engine", help="torch | onnxruntime | openvino (see `medadapt export`)."),
     precision: str = typer.Option(
-        "fp32", "--precision", help="fp32 | bf16 (torch autocast, openvino) | int8 (onnxruntime/openvino, needs --export)."
+        "fp32", "--precision",
+        help="fp32 | bf16 (torch autocast, openvino) | mixed (openvino: fp32 stem, bf16 rest; bf16's speed at fp32's "
+             "DSC) | int8 (onnxruntime/openvino, needs --export)."
     ),
     export: Path | None = typer.Option(
         None, "--export", help="Folder from `medadapt export` (default with a runtime engine: export once into the cache)."
@@ -58,7 +60,7 @@ def predict(
     set_threads(threads)
     _check_choice("--modality", modality, ("auto", "ct", "mr", "none"))
     _check_choice("--per", per, ("class", "component"))
-    _check_choice("--precision", precision, ("fp32", "bf16", "int8"))
+    _check_choice("--precision", precision, ("fp32", "bf16", "mixed", "int8"))
     check_engine(engine, precision)
     options = PredictOptions(
         prompts=prompts, slice_axis=slice_axis, modality=modality, window=window, per=per, jitter=jitter,

@@ -11,6 +11,14 @@ ONNX uses the TorchScript exporter (opset 17: one ``LayerNormalization`` node pe
 IR is converted from the PyTorch modules directly (``openvino.convert_model``), which gave a faster
 CPU graph than converting the ONNX file in our measurements. ``int8`` graphs are added by
 ``deploy.quantize`` (post-training quantisation calibrated on a few images).
+
+OpenVINO exports of TinyViT-family encoders (LiteMedSAM, MobileSAM, the distilled students) also
+hold the encoder split in two, ``image_encoder_stem`` (patch stem + the first
+``MIXED_FP32_STAGES`` stages) and ``image_encoder_trunk`` (the rest + neck), for the ``mixed``
+precision: stem in fp32, trunk in bf16. bf16 everywhere moved hippocampus DSC by -0.009 (12
+volumes, 2D box per slice); the loss comes mostly from the high-resolution first stages (fp32
+stem + stage 0: -0.005; + stage 1: -0.002) while the trunk holds most of the compute, so
+``mixed`` keeps most of bf16's speed (bench/bench_inference.py).
 """
 
 from __future__ import annotations
@@ -28,7 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from medadapt.deploy.graphs import DecoderGraph, EncoderGraph, PromptGraph, prompt_constants
+from medadapt.deploy.graphs import (
+    DecoderGraph,
+    EncoderGraph,
+    EncoderStemGraph,
+    EncoderTrunkGraph,
+    PromptGraph,
+    prompt_constants,
+)
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
 from medadapt.io.hashing import file_sha256
@@ -38,6 +53,9 @@ FORMATS = ("onnx", "openvino")
 MANIFEST = "manifest.json"
 CONSTANTS = "constants.npz"
 GRAPHS = ("image_encoder", "prompt_encoder", "mask_decoder")
+MIXED_GRAPHS = ("image_encoder_stem", "image_encoder_trunk")
+# Stages of a staged (TinyViT-family) encoder kept in fp32 by the ``mixed`` precision.
+MIXED_FP32_STAGES = 2
 OPSET = 17
 
 
@@ -63,6 +81,8 @@ IO_NAMES = {
     "image_encoder": (["images"], ["embeddings"]),
     "prompt_encoder": (["coords", "labels"], ["sparse"]),
     "mask_decoder": (["embeddings", "image_pe", "sparse", "dense"], ["masks", "iou"]),
+    "image_encoder_stem": (["images"], ["tokens"]),
+    "image_encoder_trunk": (["tokens"], ["embeddings"]),
 }
 DYNAMIC_AXES = {
     "image_encoder": {"images": {0: "batch"}, "embeddings": {0: "batch"}},
@@ -70,6 +90,8 @@ DYNAMIC_AXES = {
                        "sparse": {0: "batch", 1: "points"}},
     "mask_decoder": {"embeddings": {0: "image_batch"}, "sparse": {0: "batch", 1: "points"},
                      "dense": {0: "image_batch"}, "masks": {0: "batch"}, "iou": {0: "batch"}},
+    "image_encoder_stem": {"images": {0: "batch"}, "tokens": {0: "batch"}},
+    "image_encoder_trunk": {"tokens": {0: "batch"}, "embeddings": {0: "batch"}},
 }
 
 
@@ -79,6 +101,24 @@ def _modules(model: nn.Module) -> dict[str, nn.Module]:
         "prompt_encoder": PromptGraph(model.prompt_encoder).eval(),
         "mask_decoder": DecoderGraph(model.mask_decoder).eval(),
     }
+
+
+def supports_mixed(model: nn.Module) -> bool:
+    """Whether the image encoder can be split for the ``mixed`` precision (TinyViT family)."""
+    from medadapt.models.sam.tiny_vit import StagedEncoder
+
+    enc = model.image_encoder
+    return isinstance(enc, StagedEncoder) and len(enc.layers) > MIXED_FP32_STAGES
+
+
+def _mixed_modules(model: nn.Module, image_size: int) -> dict[str, tuple[nn.Module, tuple]]:
+    """The two halves of the encoder with their example inputs."""
+    enc, n = model.image_encoder, MIXED_FP32_STAGES
+    images = torch.zeros(2, 3, image_size, image_size)
+    with torch.no_grad():
+        tokens = enc.forward_stem(images, n)
+    return {"image_encoder_stem": (EncoderStemGraph(enc, n).eval(), (images,)),
+            "image_encoder_trunk": (EncoderTrunkGraph(enc, n).eval(), (tokens,))}
 
 
 def _export_onnx(module: nn.Module, example: tuple, path: Path, name: str) -> None:
@@ -146,10 +186,14 @@ def export_model(
         for name, module in _modules(merged).items():
             target = tmp / graph_file(name, fmt)
             (_export_onnx if fmt == "onnx" else _export_openvino)(module, examples[name], target, name)
+        precisions = ["fp32"]
+        if fmt == "openvino" and supports_mixed(merged):
+            for name, (module, example) in _mixed_modules(merged, spec.image_size).items():
+                _export_openvino(module, example, tmp / graph_file(name, fmt), name)
+            precisions.append("mixed")
         if getattr(merged, "class_prompts", None) is not None:
             consts["class_tokens"] = merged.class_prompts.tokens.detach().float().numpy()
         np.savez(tmp / CONSTANTS, **consts)
-        precisions = ["fp32"]
         if calibration is not None:
             from medadapt.deploy.quantize import quantize_encoder
 
@@ -166,7 +210,9 @@ def export_model(
                               "resize": "longest side to image_size, pad bottom/right"},
             "precisions": precisions,
             "opset": OPSET if fmt == "onnx" else None,
-            "graphs": {name: {"inputs": IO_NAMES[name][0], "outputs": IO_NAMES[name][1]} for name in GRAPHS},
+            "graphs": {name: {"inputs": IO_NAMES[name][0], "outputs": IO_NAMES[name][1]}
+                       for name in GRAPHS + (MIXED_GRAPHS if "mixed" in precisions else ())},
+            "mixed_fp32_stages": MIXED_FP32_STAGES if "mixed" in precisions else None,
             "classes": classes,
             "source": source or {},
             "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},

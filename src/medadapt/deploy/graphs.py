@@ -35,6 +35,28 @@ class EncoderGraph(nn.Module):
         return self.image_encoder(images)
 
 
+class EncoderStemGraph(nn.Module):
+    """``images [B, 3, S, S]`` → ``tokens [B, L, C]``: a staged encoder's stem and first ``stages`` stages."""
+
+    def __init__(self, image_encoder: nn.Module, stages: int):
+        super().__init__()
+        self.image_encoder, self.stages = image_encoder, stages
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder.forward_stem(images, self.stages)
+
+
+class EncoderTrunkGraph(nn.Module):
+    """``tokens [B, L, C]`` → ``embeddings [B, 256, 64, 64]``: the remaining stages and the neck."""
+
+    def __init__(self, image_encoder: nn.Module, stages: int):
+        super().__init__()
+        self.image_encoder, self.stages = image_encoder, stages
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder.forward_trunk(tokens, self.stages)
+
+
 class PromptGraph(nn.Module):
     """``coords [B, N, 2]`` (x, y input pixels), ``labels [B, N]`` (int64) → sparse tokens ``[B, N, 256]``."""
 

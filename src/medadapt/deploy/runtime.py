@@ -7,8 +7,9 @@ run unchanged on either engine. Precision applies to the image encoder, >95 % of
 
 - ``onnxruntime``: ``fp32``, ``int8`` (graph quantised at export); it has no bf16 CPU kernels.
 - ``openvino``: ``fp32``, ``bf16`` (inference-precision hint; needs a CPU with bf16, e.g. AVX512-BF16
-  or AMX), ``int8`` (NNCF graph from export). Compiled models are kept in a cache directory so later
-  runs skip compilation.
+  or AMX), ``mixed`` (TinyViT-family encoders: the high-resolution stem and first stages in fp32,
+  the rest in bf16; nearly bf16's speed at fp32's DSC, see ``deploy.export``), ``int8`` (NNCF graph
+  from export). Compiled models are kept in a cache directory so later runs skip compilation.
 The prompt encoder and mask decoder always run in fp32.
 """
 
@@ -26,11 +27,11 @@ from medadapt.errors import MedadaptError
 from medadapt.io.hashing import file_sha256
 
 ENGINES = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "mixed", "int8")
 SUPPORTED = {
     "torch": ("fp32", "bf16"),
     "onnxruntime": ("fp32", "int8"),
-    "openvino": ("fp32", "bf16", "int8"),
+    "openvino": ("fp32", "bf16", "mixed", "int8"),
 }
 
 
@@ -39,7 +40,8 @@ def check_engine(engine: str, precision: str) -> None:
         raise MedadaptError(f"--engine '{engine}' is not one of {', '.join(ENGINES)}.", fix="use --engine openvino")
     if precision not in SUPPORTED[engine]:
         hint = {"int8": "export with --int8-calibration DATA and use --engine openvino or onnxruntime",
-                "bf16": "use --engine openvino (or torch) for bf16"}.get(precision, "use --precision fp32")
+                "bf16": "use --engine openvino (or torch) for bf16",
+                "mixed": "use --engine openvino for mixed precision"}.get(precision, "use --precision fp32")
         raise MedadaptError(
             f"--engine {engine} has no --precision {precision} (it supports {', '.join(SUPPORTED[engine])}).",
             fix=hint,
@@ -91,6 +93,16 @@ class OvGraph:
         return [np.array(result[out]) for out in self.compiled.outputs]
 
 
+class _Chain:
+    """Two graphs run one after the other (the ``mixed`` encoder: fp32 stem, then bf16 trunk)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        return self.second(*self.first(*arrays))
+
+
 class _ClassPrompts:
     """Automatic mode of an export: the stored class tokens through the decoder graph."""
 
@@ -127,7 +139,11 @@ class DeployedSam:
         if precision == "int8" and "int8" not in self.manifest.get("precisions", []):
             raise MedadaptError("this export has no int8 image encoder.", path=self.folder,
                                 fix="re-run `medadapt export` with --int8-calibration DATA.")
-        if precision == "bf16" and not cpu_has_bf16():
+        if precision == "mixed" and "mixed" not in self.manifest.get("precisions", []):
+            raise MedadaptError("this export has no split image encoder for --precision mixed (only TinyViT-family "
+                                "encoders exported to OpenVINO by medadapt >= 0.1 have one).", path=self.folder,
+                                fix="re-run `medadapt export --format openvino`, or use --precision bf16 or fp32.")
+        if precision in ("bf16", "mixed") and not cpu_has_bf16():
             raise MedadaptError("this CPU has no bf16 support (OpenVINO reports no BF16 capability).",
                                 fix="use --precision fp32 or int8.")
         self.engine, self.precision = engine, precision
@@ -140,17 +156,21 @@ class DeployedSam:
                 return OrtGraph(path, threads)
             return OvGraph(path, threads, prec, cache)
 
-        self.encoder = graph("image_encoder", precision)
+        if precision == "mixed":
+            self.encoder = _Chain(graph("image_encoder_stem", "fp32"), graph("image_encoder_trunk", "bf16"))
+            encoder_files = [graph_file(g, fmt) for g in ("image_encoder_stem", "image_encoder_trunk")]
+        else:
+            self.encoder = graph("image_encoder", precision)
+            encoder_files = [graph_file("image_encoder", fmt, "int8" if precision == "int8" else "fp32")]
         self.prompt = graph("prompt_encoder")
         self.decoder = graph("mask_decoder")
         consts = np.load(self.folder / CONSTANTS)
         self.image_pe = consts["image_pe"]
         self.no_mask_dense = consts["no_mask_dense"]
         self.class_prompts = _ClassPrompts(consts["class_tokens"]) if "class_tokens" in consts else None
-        # Cache key of embeddings: the encoder graph's checksum and the precision it runs at.
-        encoder_file = graph_file("image_encoder", fmt, "int8" if precision == "int8" else "fp32")
-        digest = self.manifest["files"].get(encoder_file) or file_sha256(self.folder / encoder_file)
-        self.fingerprint = f"{engine}:{precision}:{digest[:16]}"
+        # Cache key of embeddings: the encoder graphs' checksums and the precision they run at.
+        digest = "".join((self.manifest["files"].get(f) or file_sha256(self.folder / f))[:16] for f in encoder_files)
+        self.fingerprint = f"{engine}:{precision}:{digest}"
 
     # -- the Sam interface used by SamPredictor ---------------------------------------------------
     def eval(self) -> DeployedSam:

@@ -106,7 +106,17 @@ class EmbeddingCache:
         return self.get_many(image.unsqueeze(0))[0]
 
     def get_many(self, batch: Tensor) -> Tensor:
-        """[B, 3, S, S] -> [B, 256, 64, 64]; the misses are encoded in one batched call."""
+        """[B, 3, S, S] -> [B, 256, 64, 64]; the misses are encoded in one batched call.
+
+        Runs with autocast off: a training step under bf16 autocast (``--precision bf16``) must
+        not encode the frozen encoder in bf16 under a key that does not say so, and autocast
+        cannot stack the stored float16 tensors. An ``encode_fn`` that wants a lower precision
+        enters its own autocast (as ``SamPredictor`` does, with the precision in its key).
+        """
+        with torch.autocast(device_type=batch.device.type, enabled=False):
+            return self._get_many(batch)
+
+    def _get_many(self, batch: Tensor) -> Tensor:
         keys = [self.key(x) for x in batch]
         found: dict[str, Tensor] = {}
         todo: list[int] = []

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .common import LayerNorm2d
-from .tiny_vit import BasicLayer, Conv2dBN, ConvLayer, PatchMerging, TinyViT
+from .tiny_vit import BasicLayer, Conv2dBN, ConvLayer, PatchMerging, StagedEncoder, TinyViT
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class StudentStem(nn.Module):
         return self.seq(x)
 
 
-class StudentViT(nn.Module):
+class StudentViT(StagedEncoder):
     """``[B, 3, S, S]`` -> ``[B, out_chans, S/4, S/4]``; stage resolutions ``S/2, S/4, S/4, ...``."""
 
     def __init__(self, cfg: StudentConfig) -> None:
@@ -95,15 +95,6 @@ class StudentViT(nn.Module):
             nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(cfg.out_chans),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))  # [B, C0, S/2, S/2]
-        for layer in self.layers:
-            x = layer(x)  # tokens [B, L, C] after stage 0
-        b, _, c = x.shape
-        r = self.embedding_size
-        x = x.view(b, r, r, c).permute(0, 3, 1, 2)
-        return self.neck(x).contiguous()  # [B, 256, S/4, S/4]
 
 
 @torch.no_grad()

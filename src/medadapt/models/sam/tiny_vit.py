@@ -257,7 +257,43 @@ class BasicLayer(_Stage):
 
 
 
-class TinyViT(nn.Module):
+class StagedEncoder(nn.Module):
+    """``patch_embed``, ``layers`` (stage 0 convolutional, the rest token stages), ``neck``.
+
+    The forward pass is split in two so that deployment can run the high-resolution first stages
+    and the rest at different precisions (``deploy.export``: OpenVINO ``mixed`` precision):
+    ``forward(x) == forward_trunk(forward_stem(x, n), n)`` for every ``n`` in ``1..len(layers)``.
+    """
+
+    patch_embed: nn.Module
+    layers: nn.ModuleList
+    neck: nn.Module
+    embedding_size: int
+
+    def forward_stem(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        """``[B, 3, S, S]`` → tokens ``[B, L, C]`` after the patch stem and the first ``stages`` stages."""
+        # Channels-last convolutions are faster on CPU, and the token stages need this layout
+        # anyway: [B, C, H, W] channels-last flattens to tokens [B, H*W, C] without a copy.
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))  # [B, C0, r, r]
+        for layer in self.layers[:stages]:
+            x = layer(x)  # tokens [B, L, C] after stage 0
+        return x
+
+    def forward_trunk(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        """Tokens after ``stages`` stages → ``[B, out_chans, g, g]``: the remaining stages, then the neck."""
+        for layer in self.layers[stages:]:
+            x = layer(x)
+        b, _, c = x.shape
+        r = self.embedding_size
+        x = x.view(b, r, r, c).permute(0, 3, 1, 2)
+        return self.neck(x).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.layers)
+        return self.forward_trunk(self.forward_stem(x, n), n)
+
+
+class TinyViT(StagedEncoder):
     """``[B, 3, S, S]`` image -> ``[B, 256, 64, 64]`` embedding (for the published sizes).
 
     Stage resolutions with ``r`` = stem output: ``r, r/2, r/4, r/4`` (the last downsampling
@@ -296,14 +332,3 @@ class TinyViT(nn.Module):
             nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(cfg.out_chans),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Channels-last convolutions are faster on CPU, and the token stages need this layout
-        # anyway: [B, C, H, W] channels-last flattens to tokens [B, H*W, C] without a copy.
-        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))  # [B, C0, r, r]
-        for layer in self.layers:
-            x = layer(x)  # tokens [B, L, C] after stage 0
-        b, _, c = x.shape
-        r = self.embedding_size
-        x = x.view(b, r, r, c).permute(0, 3, 1, 2)
-        return self.neck(x).contiguous()
