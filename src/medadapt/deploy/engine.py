@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from medadapt.deploy.export import MANIFEST, export_model
+from medadapt.deploy.export import MANIFEST, export_model, read_manifest
 from medadapt.deploy.runtime import DeployedSam, check_engine, default_cache_root
 from medadapt.errors import MedadaptError
 from medadapt.infer.factory import build_predictor, load_adapted_model
@@ -47,12 +47,18 @@ def _weights_digest(net: torch.nn.Module) -> str:
 
 
 def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=None,
-                  cache_root: Path | None = None) -> Path:
-    """The export folder of this model for ``engine``, created on first use."""
+                  cache_root: Path | None = None, precision: str = "fp32") -> Path:
+    """The export folder of this model for ``engine``, created on first use.
+
+    A cached export written by an older medadapt without the graphs ``precision`` needs (the
+    split encoder of ``mixed``) is exported again.
+    """
     net, spec, source, classes = load_for_export(model, checkpoint=checkpoint, adapter=adapter)
     fmt = "onnx" if engine == "onnxruntime" else "openvino"
     folder = (cache_root or default_cache_root()) / "exports" / f"{spec.name}-{fmt}-{_weights_digest(net)}"
-    if not (folder / MANIFEST).is_file():
+    manifest = folder / MANIFEST
+    stale = precision == "mixed" and manifest.is_file() and "mixed" not in read_manifest(folder, verify=False)["precisions"]
+    if not manifest.is_file() or stale:
         export_model(net, spec, folder, fmt=fmt, source=source, classes=classes, overwrite=True)
     return folder
 
@@ -97,7 +103,7 @@ def build_engine_predictor(
         if precision == "int8":
             raise MedadaptError("--precision int8 needs an export quantised on calibration images.",
                                 fix="run `medadapt export ... --int8-calibration DATA --out DIR`, then pass --export DIR.")
-        export = cached_export(model, engine=engine, checkpoint=checkpoint, adapter=adapter)
+        export = cached_export(model, engine=engine, checkpoint=checkpoint, adapter=adapter, precision=precision)
     deployed = DeployedSam(export, engine=engine, precision=precision, threads=threads, cache_dir=ov_cache)
     spec = get_spec(deployed.manifest["model"])
     classes = deployed.manifest.get("classes")
