@@ -11,7 +11,9 @@
 3. ``medadapt merge --student``: the student encoder under LiteMedSAM's prompt encoder and decoder.
 4. Encoder latency per 256x256 slice (``--threads`` threads, median of ``--repeats`` after a warm-up)
    and box-prompt DSC (a 2D box per class on every slice holding it, volumes reassembled, scored in
-   3D) on the first ``--test-volumes`` held-out volumes, teacher vs student.
+   3D) on the first ``--test-volumes`` held-out volumes, teacher vs student, eager PyTorch fp32 and
+   each ``--engines`` entry (e.g. ``openvino:mixed``; exported on first use into the medadapt cache),
+   every row's ΔDSC against the teacher in PyTorch fp32.
 
 Writes bench/results/distill.json (with ``os.getloadavg()`` at start and end: other jobs may share
 the CPU) and prints a Markdown table. Full protocol (all training slices, all 20 test volumes, longer
@@ -23,6 +25,7 @@ training; hours on 2 CPU cores):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -36,6 +39,7 @@ import torch
 from medadapt.data.datasets import load_dataset
 from medadapt.data.fewshot import make_split
 from medadapt.deploy.distill import DistillOptions, run_distill
+from medadapt.deploy.engine import build_engine_predictor
 from medadapt.deploy.merge import merge_student
 from medadapt.infer.dataset_eval import evaluate_dataset
 from medadapt.infer.predictor import SamPredictor
@@ -59,8 +63,19 @@ def latency_ms(encoder: torch.nn.Module, repeats: int) -> dict:
     return {"median_ms": statistics.median(times), "min_ms": min(times), "all_ms": times}
 
 
-def dsc_on(model, name: str, dataset, keys) -> dict:
-    pred = SamPredictor(model, get_spec(name), batch_size=8)
+def engine_latency_ms(pred, repeats: int) -> dict:
+    x = torch.rand(1, 3, 256, 256)
+    pred._encode_batch(x)  # warm-up (and OpenVINO first-inference set-up)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        pred._encode_batch(x)
+        times.append((time.perf_counter() - t) * 1000)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "all_ms": times}
+
+
+def dsc_on(model, name: str, dataset, keys, pred=None) -> dict:
+    pred = pred or SamPredictor(model, get_spec(name), batch_size=1)
     rows, info = evaluate_dataset(pred, dataset, keys, mode="box")
     per_class: dict[int, list[float]] = {}
     for r in rows:
@@ -84,6 +99,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="Run folder (default: a temporary one).")
+    ap.add_argument("--engines", nargs="*", default=["openvino:fp32", "openvino:mixed", "openvino:bf16"],
+                    help="engine:precision rows besides eager fp32, for teacher and student")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
@@ -100,7 +117,12 @@ def main() -> None:
         val_every=max(10, args.steps // 4), seed=0, progress=False, precision=args.precision,
         cache_dir=str(args.cache_dir) if args.cache_dir else None,
     )
-    res = run_distill(opts, resume=(run / "checkpoint" / "last.pt").is_file())
+    resume = (run / "checkpoint" / "last.pt").is_file()
+    earlier = json.loads((run / "result.json").read_text()) if (run / "result.json").is_file() else {}
+    res = run_distill(opts, resume=resume)
+    if resume:  # a resumed run does not re-measure the agreement before training; keep the first one's
+        res.update({k: earlier[k] for k in ("initial_val_mse", "initial_val_cos", "distill_seconds", "teacher_cache")
+                    if earlier.get(k) is not None})
     assert not set(res_keys := json_keys(run / "split.json", "train")) & set(split.test), "test volume trained on"
     merged = work / "student.safetensors"
     merge_student(run, merged, teacher="litemedsam")
@@ -108,15 +130,28 @@ def main() -> None:
     teacher = build_model("litemedsam")
     student = build_model(args.student, checkpoint=merged)
     rows = {}
-    for label, name, model in (("LiteMedSAM (teacher)", "litemedsam", teacher), (f"{args.student}", args.student, student)):
+    for label, name, model, ckpt in (("LiteMedSAM (teacher)", "litemedsam", teacher, None),
+                                     (f"{args.student}", args.student, student, merged)):
         enc = model.image_encoder.eval()
-        rows[label] = {
-            "model": name,
+        rows[f"{label}, torch fp32"] = {
+            "model": name, "engine": "torch", "precision": "fp32",
             "encoder_params": sum(p.numel() for p in enc.parameters()),
             "encoder_gmacs": count_macs(enc) / 1e9,
             "latency": latency_ms(enc, args.repeats),
             **dsc_on(model, name, dataset, test_keys),
         }
+        for engine, precision in (e.split(":") for e in args.engines):
+            pred = build_engine_predictor(name, engine=engine, precision=precision, checkpoint=ckpt, batch_size=1,
+                                          threads=args.threads)
+            rows[f"{label}, {engine} {precision}"] = {
+                "model": name, "engine": engine, "precision": precision,
+                "latency": engine_latency_ms(pred, args.repeats),
+                **dsc_on(None, name, dataset, test_keys, pred=pred),
+            }
+        print(label, "done", flush=True)
+    base = rows["LiteMedSAM (teacher), torch fp32"]["mean_dsc"]
+    for r in rows.values():
+        r["dsc_diff_vs_teacher_fp32"] = r["mean_dsc"] - base
     load_end = os.getloadavg()
     out = {
         "what": "LiteMedSAM encoder distillation on hippocampus: latency per 256x256 slice and box-prompt DSC",
@@ -138,16 +173,16 @@ def main() -> None:
 
     print(f"\nloadavg start {load_start}, end {load_end}; {args.threads} threads; "
           f"{res['train_slices']} training slices, {res['steps']} steps, {len(test_keys)} held-out volumes\n")
-    print("| encoder | params | GMACs | latency / slice (median ms) | box DSC (mean of classes) |")
-    print("|---|---|---|---|---|")
+    print("| encoder, engine | params | G multiply-adds | ms / slice (median, batch 1) | box DSC | ΔDSC vs teacher fp32 |")
+    print("|---|---|---|---|---|---|")
     for label, r in rows.items():
-        print(f"| {label} | {r['encoder_params'] / 1e6:.2f} M | {r['encoder_gmacs']:.1f} | "
-              f"{r['latency']['median_ms']:.0f} | {r['mean_dsc']:.3f} |")
+        params = f"{r['encoder_params'] / 1e6:.2f} M" if "encoder_params" in r else ""
+        macs = f"{r['encoder_gmacs']:.1f}" if "encoder_gmacs" in r else ""
+        print(f"| {label} | {params} | {macs} | {r['latency']['median_ms']:.0f} | {r['mean_dsc']:.4f} | "
+              f"{r['dsc_diff_vs_teacher_fp32']:+.4f} |")
 
 
 def json_keys(path: Path, part: str) -> list[str]:
-    import json
-
     return json.loads(path.read_text())[part]
 
 
