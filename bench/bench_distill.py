@@ -51,31 +51,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 
 
-def latency_ms(encoder: torch.nn.Module, repeats: int) -> dict:
+def latency_ms(encode, repeats: int) -> dict:
+    """Median / min ms of ``encode`` on one 256x256 slice, after a warm-up (and OpenVINO's first-inference set-up)."""
     x = torch.rand(1, 3, 256, 256)
     times = []
     with torch.no_grad():
-        encoder(x)  # warm-up
+        encode(x)
         for _ in range(repeats):
             t = time.perf_counter()
-            encoder(x)
+            encode(x)
             times.append((time.perf_counter() - t) * 1000)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "all_ms": times}
 
 
-def engine_latency_ms(pred, repeats: int) -> dict:
-    x = torch.rand(1, 3, 256, 256)
-    pred._encode_batch(x)  # warm-up (and OpenVINO first-inference set-up)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        pred._encode_batch(x)
-        times.append((time.perf_counter() - t) * 1000)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "all_ms": times}
-
-
-def dsc_on(model, name: str, dataset, keys, pred=None) -> dict:
-    pred = pred or SamPredictor(model, get_spec(name), batch_size=1)
+def dsc_on(pred, dataset, keys) -> dict:
     rows, info = evaluate_dataset(pred, dataset, keys, mode="box")
     per_class: dict[int, list[float]] = {}
     for r in rows:
@@ -138,15 +127,15 @@ def main() -> None:
             "encoder_params": sum(p.numel() for p in enc.parameters()),
             "encoder_gmacs": count_macs(enc) / 1e9,
             "latency": latency_ms(enc, args.repeats),
-            **dsc_on(model, name, dataset, test_keys),
+            **dsc_on(SamPredictor(model, get_spec(name), batch_size=1), dataset, test_keys),
         }
         for engine, precision in (e.split(":") for e in args.engines):
             pred = build_engine_predictor(name, engine=engine, precision=precision, checkpoint=ckpt, batch_size=1,
                                           threads=args.threads)
             rows[f"{label}, {engine} {precision}"] = {
                 "model": name, "engine": engine, "precision": precision,
-                "latency": engine_latency_ms(pred, args.repeats),
-                **dsc_on(None, name, dataset, test_keys, pred=pred),
+                "latency": latency_ms(pred._encode_batch, args.repeats),
+                **dsc_on(pred, dataset, test_keys),
             }
         print(label, "done", flush=True)
     base = rows["LiteMedSAM (teacher), torch fp32"]["mean_dsc"]

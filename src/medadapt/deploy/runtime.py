@@ -140,8 +140,9 @@ class DeployedSam:
             raise MedadaptError("this export has no int8 image encoder.", path=self.folder,
                                 fix="re-run `medadapt export` with --int8-calibration DATA.")
         if precision == "mixed" and "mixed" not in self.manifest.get("precisions", []):
-            raise MedadaptError("this export has no split image encoder for --precision mixed (only TinyViT-family "
-                                "encoders exported to OpenVINO by medadapt >= 0.1 have one).", path=self.folder,
+            raise MedadaptError("this export has no split image encoder for --precision mixed (OpenVINO exports of "
+                                "TinyViT-family encoders have one, unless made before the mixed precision existed).",
+                                path=self.folder,
                                 fix="re-run `medadapt export --format openvino`, or use --precision bf16 or fp32.")
         if precision in ("bf16", "mixed") and not cpu_has_bf16():
             raise MedadaptError("this CPU has no bf16 support (OpenVINO reports no BF16 capability).",
