@@ -202,6 +202,17 @@ def test_openvino_fp32_and_bf16_equal_torch(litemedsam, tmp_path):
         DeployedSam(tmp_path / "ov", engine="openvino", precision="mixed")
 
 
+@pytest.mark.slow
+def test_cached_export_adds_the_split_encoder_only_when_mixed_is_asked_for(tmp_path):
+    from medadapt.deploy.engine import cached_export
+
+    fp32 = cached_export("litemedsam", engine="openvino", cache_root=tmp_path)
+    assert read_manifest(fp32)["precisions"] == ["fp32"] and not (fp32 / "image_encoder_stem.xml").exists()
+    mixed = cached_export("litemedsam", engine="openvino", cache_root=tmp_path, precision="mixed")
+    assert mixed == fp32 and "mixed" in read_manifest(mixed)["precisions"]
+    assert (mixed / "image_encoder_stem.xml").is_file()
+
+
 def test_mixed_precision_needs_an_openvino_export(onnx_export):
     with pytest.raises(MedadaptError, match="no --precision mixed"):
         DeployedSam(onnx_export, engine="onnxruntime", precision="mixed")

@@ -50,8 +50,8 @@ def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=No
                   cache_root: Path | None = None, precision: str = "fp32") -> Path:
     """The export folder of this model for ``engine``, created on first use.
 
-    A cached export written by an older medadapt without the graphs ``precision`` needs (the
-    split encoder of ``mixed``) is exported again.
+    The split encoder of the ``mixed`` precision is only exported when that precision is asked
+    for; a cached export without it is exported again then.
     """
     net, spec, source, classes = load_for_export(model, checkpoint=checkpoint, adapter=adapter)
     fmt = "onnx" if engine == "onnxruntime" else "openvino"
@@ -59,7 +59,8 @@ def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=No
     manifest = folder / MANIFEST
     stale = precision == "mixed" and manifest.is_file() and "mixed" not in read_manifest(folder, verify=False)["precisions"]
     if not manifest.is_file() or stale:
-        export_model(net, spec, folder, fmt=fmt, source=source, classes=classes, overwrite=True)
+        export_model(net, spec, folder, fmt=fmt, source=source, classes=classes, overwrite=True,
+                     split_encoder=precision == "mixed")
     return folder
 
 

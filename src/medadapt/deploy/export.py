@@ -159,13 +159,15 @@ def export_model(
     classes: list[int] | None = None,
     calibration: np.ndarray | None = None,
     overwrite: bool = False,
+    split_encoder: bool = True,
 ) -> Path:
     """Write the export folder ``out`` atomically; returns the manifest path.
 
     ``model`` is a ``Sam`` (possibly adapted; it is copied, then LoRA is merged into the copy).
     ``source`` (model name, checkpoint, adapter) goes into the manifest. ``classes``: the class ids
     of an automatic-mode adapter's class tokens. ``calibration`` ``[N, 3, S, S]`` preprocessed images
-    add int8 image-encoder graphs (see ``deploy.quantize``).
+    add int8 image-encoder graphs (see ``deploy.quantize``). ``split_encoder=False`` skips the
+    ``mixed`` precision's two encoder halves (~11 s for LiteMedSAM) when no one will ask for them.
     """
     from medadapt.adapt.artifact import merge_adapter
 
@@ -187,7 +189,7 @@ def export_model(
             target = tmp / graph_file(name, fmt)
             (_export_onnx if fmt == "onnx" else _export_openvino)(module, examples[name], target, name)
         precisions = ["fp32"]
-        if fmt == "openvino" and supports_mixed(merged):
+        if split_encoder and fmt == "openvino" and supports_mixed(merged):
             for name, (module, example) in _mixed_modules(merged, spec.image_size).items():
                 _export_openvino(module, example, tmp / graph_file(name, fmt), name)
             precisions.append("mixed")
