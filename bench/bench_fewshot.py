@@ -59,6 +59,8 @@ def main() -> int:
     ap.add_argument("--encoder-engine", default=None, help="fit --encoder-engine (e.g. openvino)")
     ap.add_argument("--cold-cache", action="store_true",
                     help="each fit fills its own empty embedding cache (a new user's wall time)")
+    ap.add_argument("--fit-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more fit options for every run (fit --set), e.g. frozen_stages=2 precision=bf16")
     ap.add_argument("--tag", default="", help="appended to the method in the result keys, e.g. +ov-cold")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "tmp")
     args = ap.parse_args()
@@ -113,6 +115,8 @@ def main() -> int:
                             cmd += [opt, val]
                     if args.encoder_engine:
                         cmd += ["--encoder-engine", args.encoder_engine]
+                    for item in args.fit_set:
+                        cmd += ["--set", item]
                     if (run / "checkpoint" / "last.pt").exists():
                         cmd.append("--resume")
                     t = time.perf_counter()
@@ -123,13 +127,19 @@ def main() -> int:
                         runs[key] = {"error": proc.stderr[-500:]}
                         continue
                     fit = json.loads((run / "result.json").read_text())
-                    s = score(build_predictor(None, adapter=run, cache_dir=cache), dataset, test, prompt)
+                    predictor = build_predictor(None, adapter=run, cache_dir=cache)
+                    s = score(predictor, dataset, test, prompt)
+                    if predictor.keep_largest:  # auto mode: also without the post-processing chosen on val
+                        predictor.keep_largest = []
+                        s["without_postprocessing"] = score(predictor, dataset, test, prompt)
+                        s["keep_largest"] = fit.get("postprocessing")
                     runs[key] = {**s, "fit_wall_seconds": wall, "peak_rss_mb": fit.get("peak_rss_mb"),
                                  "trainable_params": fit["trainable_params"], "adapter_bytes": fit["adapter_bytes"],
                                  "best_val_dsc": fit.get("best_metric"), "lr": method_lr.get(method, args.lr),
                                  "max_steps": args.max_steps, "train_slices": fit.get("train_slices"),
                                  "encoder_engine": fit.get("encoder_engine", "torch"),
-                                 "embedding_cache": fit.get("embedding_cache"), "cold_cache": args.cold_cache}
+                                 "embedding_cache": fit.get("embedding_cache"), "cold_cache": args.cold_cache,
+                                 "stem_cache": fit.get("stem_cache"), "fit_set": args.fit_set}
                     out_json.write_text(json.dumps(results, indent=2) + "\n")
                     print(key, {k2: runs[key][k2] for k2 in ("dsc", "nsd", "fit_wall_seconds")}, flush=True)
 

@@ -123,6 +123,37 @@ def test_recipe_errors():
         apply_recipe(nn.Sequential(nn.Linear(2, 2)), RecipeConfig(name="head", decoder_attr="0"))
 
 
+STEM = ("image_encoder.patch_embed.", "image_encoder.layers.0.", "image_encoder.layers.1.")
+
+
+@pytest.mark.parametrize("name", ["encoder-lora", "lora", "adapter", "bias", "norm", "full"])
+def test_frozen_stages_keep_the_stem_untouched(name):
+    """frozen_stages=2: the recipe's trainable set minus everything in the patch stem and stages 0-1,
+    and no module injected there (the engine feeds cached stem outputs to the rest)."""
+    model = litemedsam(256)
+    want_names, _ = expected(name, _base_params(model), model)
+    want = {n for n in want_names if not n.startswith(STEM)}
+    assert want != want_names  # the stem held some of them
+    applied = apply_recipe(model, _config(name, frozen_stages=2))
+    assert set(applied.trainable_names) == want and applied.frozen_stages == 2
+    assert applied.encoder_trainable
+    assert not [m for m in applied.injected if m.startswith(STEM)]
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith(STEM))
+
+
+def test_frozen_stages_errors():
+    with pytest.raises(MedadaptError, match="layers.1.blocks.0.attn.qkv lies in the encoder's frozen stem"):
+        apply_recipe(litemedsam(256), _config("encoder-lora", frozen_stages=2, lora_blocks=[0, 5]))
+    with pytest.raises(MedadaptError, match="layers.1.blocks.0.attn.qkv lies in the encoder's frozen stem"):
+        apply_recipe(litemedsam(256), _config("peft-lora", frozen_stages=2))  # 'qkv' matches every block
+    peft_late = _config("peft-lora", frozen_stages=2).model_copy(update={"target_modules": r".*layers\.[23]\..*qkv"})
+    assert apply_recipe(litemedsam(256), peft_late).trainable == sum(R * 4 * d for d in ENC_DIMS[2:])
+    with pytest.raises(MedadaptError, match="frozen_stages=5, but the encoder has 4 stages"):
+        apply_recipe(litemedsam(256), _config("lora", frozen_stages=5))
+    with pytest.raises(MedadaptError, match="needs a staged encoder"):
+        apply_recipe(small_vit_sam(), _config("lora", frozen_stages=1))
+
+
 LORA_LIKE = ["decoder-lora", "encoder-lora", "lora", "peft-lora", "decoder-adapter", "encoder-adapter", "adapter"]
 
 

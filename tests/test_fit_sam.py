@@ -84,6 +84,65 @@ def test_adapter_is_small_and_reloads_to_same_predictions(hippo, tmp_path: Path,
     assert (a != z).any()  # the adapter changes predictions
 
 
+def test_encoder_lora_trains_from_cached_stem_outputs(hippo, tmp_path: Path, cache_dir: Path):
+    """lora with frozen_stages=2: stage 0-1 outputs are computed once per slice and cached, LoRA in
+    stages 2-3 trains through the trunk only; the saved adapter runs unchanged in a full forward."""
+    from medadapt.infer.factory import load_adapted_model
+    from medadapt.models.preprocess import preprocess_image
+
+    spec, split = hippo
+    run = tmp_path / "run"
+    result = _fit(run, spec, split, cache_dir, method="lora", prompt="box", max_steps=14, batch_size=2, lr=1e-3,
+                  frozen_stages=2, precision="bf16")
+    assert result["encoder_trainable"] and result["embedding_cache"] is None
+    stats = result["stem_cache"]
+    assert stats["misses"] == result["train_slices"] and stats["hits"] > 0  # 25 slices: the 14th step reuses
+    net, _, meta = load_adapted_model(run)
+    assert meta["recipe"]["frozen_stages"] == 2
+    names = {k for k in load_file(str(run / "adapter" / "adapter.safetensors"))}
+    assert names and not [n for n in names if n.startswith(("image_encoder.layers.0.", "image_encoder.layers.1."))]
+    assert any(n.startswith("image_encoder.layers.3.") for n in names)
+    image, _, _, axis = load_dataset(spec).load(TEST[0])
+    from medadapt.models.registry import get_spec
+
+    x = preprocess_image(np.take(image, image.shape[axis] // 2, axis=axis), get_spec("litemedsam"))[0][None]
+    enc = net.image_encoder
+    with torch.no_grad():
+        full = enc(x)
+        cached = enc.forward_trunk(enc.forward_stem(x, 2).half().float(), 2)  # the cache stores float16
+        base = build_predictor("litemedsam").model.image_encoder(x)
+    assert float((full - cached).norm() / full.norm()) < 1e-3
+    assert float((full - base).norm() / full.norm()) > 1e-4  # the encoder LoRA was trained
+    # Scoring: the predictor caches the stem too and runs only the trunk; masks as with a full forward.
+    from medadapt.infer.dataset_eval import predict_loaded
+
+    image, label, _, axis = load_dataset(spec).load(TEST[0])
+    mid = range(image.shape[axis] // 2 - 3, image.shape[axis] // 2 + 3)  # six slices keep the test short
+    image, label = np.take(image, mid, axis=axis), np.take(label, mid, axis=axis)
+    cached_pred = build_predictor(None, adapter=run, cache_dir=cache_dir)
+    a = predict_loaded(cached_pred, image, label, axis, "box")
+    assert cached_pred.stem_cache is not None and cached_pred.stem_cache.misses > 0
+    b = predict_loaded(build_predictor(None, adapter=run), image, label, axis, "box")
+    assert (a != b).mean() < 1e-3 and (a > 0).any()
+
+
+def test_bad_recipe_options_exit_2_without_a_run_folder(hippo, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from medadapt.cli.main import app
+
+    spec, split = hippo
+    for extra, message in ((["--frozen-stages", "9"], "frozen_stages=9, but the encoder has 4 stages"),
+                           (["--set", "bogus=1"], "invalid fit option 'bogus'"),
+                           (["--frozen-stages", "2", "--set", "lora_blocks=0,5"], "layers.1.blocks.0.attn.qkv lies in"),
+                           (["--set", "lora_blocks=a"], "invalid fit option 'lora_blocks.0'")):
+        res = CliRunner().invoke(app, ["fit", "--data", spec, "--split", str(split), "--out", str(tmp_path / "run"),
+                                       "--method", "lora", "--no-progress", *extra])
+        assert res.exit_code == 2, res.output
+        assert message in " ".join(res.output.split()), res.output
+        assert not (tmp_path / "run").exists()
+
+
 def test_killed_run_resumes_to_the_same_adapter(hippo, tmp_path: Path, cache_dir: Path):
     """SIGKILL a real `medadapt fit` process after its first checkpoint, resume it, and compare with
     an uninterrupted run: the finished epochs are kept and the final adapter is the same."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from medadapt.errors import MedadaptError
 
-from .adapter import _Wrapper, apply_decoder_adapters, apply_encoder_adapters
+from .adapter import _Wrapper, apply_decoder_adapters, apply_encoder_adapters, find_blocks
 from .bitfit import unfreeze_biases
 from .freeze import (
     count_trainable,
@@ -33,7 +33,7 @@ from .freeze import (
     trainable_names,
     unfreeze_named,
 )
-from .lora import _LoRABase, apply_lora_decoder, apply_lora_qkv
+from .lora import _LoRABase, apply_lora_decoder, apply_lora_qkv, find_qkv_attention
 from .norm import unfreeze_norms
 from .peft_lora import apply_peft_lora
 
@@ -57,6 +57,9 @@ class RecipeConfig(BaseModel):
     adapter_ratio: float = Field(0.25, gt=0.0, description="adapter bottleneck width / model width")
     adapter_scale: float = Field(0.5, description="weight of the adapter beside each MLP")
     adapter_blocks: list[int] | None = Field(None, description="encoder blocks with adapters; None: all")
+    frozen_stages: int = Field(
+        0, ge=0, description="encoder patch stem + first N stages kept frozen and unadapted (staged "
+        "encoders such as TinyViT); the engine then caches their output and trains from there")
     train_prompt_encoder: bool = False
     encoder_attr: str | list[str] = "image_encoder"
     decoder_attr: str | list[str] = Field(
@@ -88,6 +91,7 @@ class AppliedRecipe:
     injected: list[str]
     encoder_trainable: bool
     frozen_bn: list[str]
+    frozen_stages: int = 0
 
     @property
     def fraction(self) -> float:
@@ -285,9 +289,17 @@ def apply_recipe(model: nn.Module, config: RecipeConfig | str) -> AppliedRecipe:
     """
     cfg = RecipeConfig(name=config) if isinstance(config, str) else config
     recipe = get_recipe(cfg.name)
+    stem = frozen_stem_prefixes(model, cfg)
     freeze_all(model)
-    injected, names = recipe.build(model, cfg)
+    injected, names = recipe.build(model, _blocks_after_stem(model, cfg, stem))
     freeze_all(model)  # injection helpers (peft) may have set flags of their own
+    if stem:
+        inside = [m for m in injected if any(_under(m, p) for p in stem)]
+        if inside:
+            raise MedadaptError(f"{inside[0]} lies in the encoder's frozen stem (frozen_stages={cfg.frozen_stages})",
+                                fix="choose blocks (or peft target modules, e.g. a regular expression) after "
+                                    "the frozen stages, or lower frozen_stages")
+        names = [n for n in names if not any(_under(n, p) for p in stem)]
 
     pe = cfg.prompt_encoder_attr
     has_pe = bool(pe) and _has(model, pe)
@@ -310,8 +322,44 @@ def apply_recipe(model: nn.Module, config: RecipeConfig | str) -> AppliedRecipe:
     return AppliedRecipe(
         name=cfg.name, trainable=trainable, total=total, trainable_names=tnames, injected=injected,
         encoder_trainable=any(_under(n, e) for n in tnames for e in enc),
-        frozen_bn=frozen_bn,
+        frozen_bn=frozen_bn, frozen_stages=cfg.frozen_stages,
     )
+
+
+def frozen_stem_prefixes(model: nn.Module, cfg: RecipeConfig) -> list[str]:
+    """Module names of the encoder's frozen stem: ``patch_embed`` and ``layers.0..N-1`` ([] when N = 0).
+
+    Only staged encoders (:class:`~medadapt.models.sam.tiny_vit.StagedEncoder`: TinyViT, the
+    distilled students) can run from a cached stem output, so other encoders are refused.
+    """
+    n = cfg.frozen_stages
+    if n == 0:
+        return []
+    roots = _encoder(model, cfg)
+    enc = get_submodule(model, roots[0]) if len(roots) == 1 else None
+    if enc is None or not hasattr(enc, "forward_stem"):
+        raise MedadaptError(f"frozen_stages needs a staged encoder (TinyViT family); {type(model).__name__}'s "
+                            f"encoder {roots} is not one", fix="drop frozen_stages for this model")
+    if n > len(enc.layers):
+        raise MedadaptError(f"frozen_stages={n}, but the encoder has {len(enc.layers)} stages",
+                            fix=f"use 1..{len(enc.layers)}")
+    return [f"{roots[0]}.patch_embed", *(f"{roots[0]}.layers.{i}" for i in range(n))]
+
+
+def _blocks_after_stem(model: nn.Module, cfg: RecipeConfig, stem: list[str]) -> RecipeConfig:
+    """``cfg`` with encoder LoRA / adapter blocks defaulting to those after the frozen stem."""
+    if not stem:
+        return cfg
+    def after(found: list[tuple[str, nn.Module]]) -> list[int]:
+        return [i for i, (name, _) in enumerate(found) if not any(_under(name, p) for p in stem)]
+
+    roots = _encoder(model, cfg)
+    update = {}
+    if cfg.lora_blocks is None:
+        update["lora_blocks"] = after(find_qkv_attention(model, roots))
+    if cfg.adapter_blocks is None:
+        update["adapter_blocks"] = after(find_blocks(model, roots))
+    return cfg.model_copy(update=update)
 
 
 def _has(model: nn.Module, name: str) -> bool:

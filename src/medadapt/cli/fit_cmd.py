@@ -61,6 +61,11 @@ def fit(
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 1e-4)."),
     lora_rank: int | None = typer.Option(None, "--lora-rank", help="LoRA rank (default 4)."),
     target_modules: str | None = typer.Option(None, "--target-modules", help="peft-lora targets, comma-separated."),
+    frozen_stages: int | None = typer.Option(
+        None, "--frozen-stages",
+        help="Encoder-side recipes on TinyViT-family encoders: keep the patch stem and first N stages frozen and "
+             "cache their output (N = 2 halves LiteMedSAM's step time).",
+    ),
     val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps (default 50)."),
     patience: int | None = typer.Option(None, "--patience", help="Early stopping after N validations without gain."),
     precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16."),
@@ -78,7 +83,7 @@ def fit(
     threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     settings: list[str] | None = typer.Option(
-        None, "--set", help="Task-specific option KEY=VALUE (repeatable; see docs/recipes.md), e.g. --set lora_alpha=32."
+        None, "--set", help="Any other option KEY=VALUE (repeatable; see docs/recipes.md), e.g. --set lora_alpha=32."
     ),
 ) -> None:
     """Adapt a foundation model from k labelled cases (or a label fraction); stores only the adapter.
@@ -105,21 +110,30 @@ def fit(
         result = _task_runner(task)(values, config, resume)
         console.print(result.get("message", f"fit done: {result}"))
         return
-    if settings:
-        raise MedadaptError("--set is for --task classify / volumetric.", fix="use the named options for --task segment.")
     values = dict(
         data=data, out=out, model=model, checkpoint=checkpoint, method=method, prompt=prompt, shots=shots,
         fraction=fraction, seed=seed, split=split, classes=parse_int_list(classes, option="--classes"),
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
         target_modules=target_modules.split(",") if target_modules else None, val_every=val_every,
         patience=patience, precision=precision, image_suffix=image_suffix, label_suffix=label_suffix,
-        label_dir=label_dir, cache_dir=cache_dir, encoder_engine=encoder_engine,
+        label_dir=label_dir, cache_dir=cache_dir, encoder_engine=encoder_engine, frozen_stages=frozen_stages,
         progress=False if no_progress else None,
     )
+    values.update(parse_settings(settings))
     opts = FitOptions.build(values, config)
     from medadapt.deploy.engine import frozen_encoder
 
     result = run_fit(opts, resume=resume, frozen_encoder=frozen_encoder)
+    if opts.prompt == "auto" and result["val_cases"]:
+        from medadapt.infer.postprocess import tune_auto_postprocessing
+
+        encode = None
+        if opts.encoder_engine != "torch" and not result["encoder_trainable"]:
+            encode = frozen_encoder(opts)[1]
+        report = tune_auto_postprocessing(opts.out, encode)
+        kept = [c for c, r in report["classes"].items() if r["keep_largest"]] if report else []
+        console.print(f"post-processing chosen on {len(result['val_cases'])} validation case(s): "
+                      + (f"keep the largest component of class(es) {', '.join(kept)}" if kept else "none"))
     from medadapt.report import write_report
 
     page = write_report(Path(opts.out))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
@@ -53,6 +53,10 @@ class FitOptions(BaseModel):
     lora_dropout: float = 0.0
     target_modules: list[str] | None = None
     adapter_ratio: float = 0.25
+    adapter_scale: float = 0.5
+    lora_blocks: list[int] | None = None
+    adapter_blocks: list[int] | None = None
+    frozen_stages: int = Field(0, ge=0)
     train_prompt_encoder: bool = False
     class_tokens: int = Field(2, ge=1)
     # auto mode: slices without any class added per labelled slice, and the class tokens' lr multiplier
@@ -81,6 +85,12 @@ class FitOptions(BaseModel):
     encoder_engine: Literal["torch", "onnxruntime", "openvino"] = "torch"
     max_val_slices: int = Field(64, ge=1)
     progress: bool = True
+
+    @field_validator("lora_blocks", "adapter_blocks", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        """``--set lora_blocks=4,5,6`` arrives as one string."""
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
     @classmethod
     def build(cls, values: dict, config_file: Path | None = None) -> FitOptions:
@@ -124,7 +134,6 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     from medadapt.models.registry import build_model, get_spec
 
     out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
     if not resume and (out / "checkpoint" / "last.pt").exists():
         raise MedadaptError(
             "this run folder already holds a run.", path=out,
@@ -135,12 +144,9 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix, modality=opts.modality,
         label_dir=opts.label_dir, window=opts.window, binary=opts.binary,
     )
-    split_file = out / "split.json"
     split = run_split(dataset, out, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
                       seed=opts.seed, n_val=opts.n_val)
-    save_split(split_file, split)
     classes = opts.classes or sorted(dataset.classes)
-    write_json(out / "fit_config.json", {**opts.model_dump(mode="json"), "data": resolve_spec(opts.data)})
 
     spec = get_spec(opts.model)
     model = build_model(opts.model, checkpoint=opts.checkpoint)
@@ -150,7 +156,8 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         also_train.append("class_prompts")
     recipe = RecipeConfig(
         name=opts.method, lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-        target_modules=opts.target_modules, adapter_ratio=opts.adapter_ratio,
+        target_modules=opts.target_modules, adapter_ratio=opts.adapter_ratio, adapter_scale=opts.adapter_scale,
+        lora_blocks=opts.lora_blocks, adapter_blocks=opts.adapter_blocks, frozen_stages=opts.frozen_stages,
         train_prompt_encoder=opts.train_prompt_encoder, also_train=also_train,
     )
     applied = apply_recipe(model, recipe)
@@ -162,6 +169,10 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         train, val = (with_empty_slices(s, opts.empty_slice_ratio) for s in (train, val))
     if not any(np.any(s.label) for s in train):
         raise MedadaptError("the training cases hold no labelled slice of the chosen classes.", path=opts.data)
+    # Only now, with every option checked, does the run folder get written.
+    out.mkdir(parents=True, exist_ok=True)
+    save_split(out / "split.json", split)
+    write_json(out / "fit_config.json", {**opts.model_dump(mode="json"), "data": resolve_spec(opts.data)})
     if len(val) > opts.max_val_slices:  # evenly spaced, deterministic
         pick = np.linspace(0, len(val) - 1, opts.max_val_slices).round().astype(int)
         val = [val[i] for i in pick]
@@ -208,6 +219,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         "total_params": applied.total,
         "encoder_trainable": applied.encoder_trainable,
         "embedding_cache": task.cache.stats() if task.cache is not None else None,
+        "stem_cache": task.stem_cache.stats() if task.stem_cache is not None else None,
         "encoder_engine": settings.frozen_encoder[0] if settings.frozen_encoder else "torch",
         "adapter_bytes": adapter.stat().st_size if adapter.exists() else None,
         "fit_seconds": wall,

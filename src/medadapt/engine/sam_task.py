@@ -16,6 +16,11 @@ step costs only the mask decoder: decoder-side recipes train in minutes on a CPU
 augmentation would change the embedding, so in that case augmentation acts on the prompts only
 (box jitter, random points); with a trainable encoder, slices are augmented with MONAI transforms.
 
+Encoder-side recipes with ``frozen_stages = N`` (LoRA / adapters / biases only after the first N
+stages of a staged encoder such as TinyViT) cache the frozen stem's output instead, the tokens after
+stage N, and run only the trunk forward and backward each step; the first stages at full resolution
+are about half of LiteMedSAM's encoder time. Image augmentation is then off too (prompts only).
+
 Losses follow MedSAM: Dice + BCE on the 256×256 low-resolution logits against the mask in the
 model frame, plus optionally the IoU-head loss.
 """
@@ -110,8 +115,9 @@ class SamSegmentationTask:
         # auto mode decodes every class on every slice, empty ones included: one Dice per class over
         # the batch (MONAI ``batch``) so that a slice without the class does not give a 0/0 Dice.
         self.loss = SegmentationLoss(iou_weight=settings.iou_weight, batch=settings.prompt == "auto")
+        self.frozen_stages = recipe.frozen_stages if encoder_trainable else 0
         self.augmenter = None
-        if encoder_trainable and settings.augment:
+        if encoder_trainable and settings.augment and not self.frozen_stages:
             from medadapt.data.augment import train_augment
 
             self.augmenter = train_augment(settings.seed)
@@ -125,6 +131,13 @@ class SamSegmentationTask:
                 tag, encode = settings.frozen_encoder
                 tag = f":{tag}"
             self.cache = EmbeddingCache(encode, f"{spec.name}:{key}{tag}", directory=settings.cache_dir)
+        self.stem_cache = None
+        if self.frozen_stages:
+            enc, n = model.image_encoder, self.frozen_stages
+            stem = nn.ModuleList([enc.patch_embed, *enc.layers[:n]])  # a view for the fingerprint, no copy
+            key = module_fingerprint(stem, checkpoint_sha=settings.base.get("checkpoint_sha256"))
+            self.stem_cache = EmbeddingCache(self._encode_stem, f"{spec.name}:stem{n}:{key}",
+                                             directory=settings.cache_dir)
 
     # -- data -------------------------------------------------------------------------------
     def _item(self, sample: SliceSample) -> _Item:
@@ -139,6 +152,13 @@ class SamSegmentationTask:
     def _encode_frozen(self, batch: torch.Tensor, chunk: int = 4) -> torch.Tensor:
         """Encode in chunks: TinyViT's first stage at 256×256 needs ~70 MB of activations per slice."""
         return torch.cat([self.sam.encode(batch[i : i + chunk]) for i in range(0, len(batch), chunk)])
+
+    @torch.no_grad()
+    def _encode_stem(self, batch: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """[B, 3, S, S] → tokens after the frozen stages ([B, L, C]), in chunks as ``_encode_frozen``."""
+        enc = self.sam.image_encoder
+        return torch.cat([enc.forward_stem(batch[i : i + chunk], self.frozen_stages)
+                          for i in range(0, len(batch), chunk)])
 
     def parameters_to_train(self):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -164,6 +184,13 @@ class SamSegmentationTask:
         tensors = torch.stack([it.tensor for it in items])
         if self.cache is not None:
             return self.cache.get_many(tensors)
+        if self.stem_cache is not None:
+            enc, n = self.sam.image_encoder, self.frozen_stages
+            tokens = self.stem_cache.get_many(tensors)
+            if train:
+                return enc.forward_trunk(tokens, n)
+            with torch.no_grad():
+                return torch.cat([enc.forward_trunk(tokens[i : i + 4], n) for i in range(0, len(tokens), 4)])
         return self.sam.encode(tensors) if train else self._encode_frozen(tensors)
 
     def _augmented(self, item: _Item) -> _Item:

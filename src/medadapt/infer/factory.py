@@ -63,7 +63,7 @@ def build_predictor(
     cache_dir: Path | None = None,
     use_cache: bool = False,
 ) -> SamPredictor:
-    classes = None
+    classes, frozen_stages, keep_largest = None, 0, []
     if adapter is not None and is_bank(adapter):  # per-modality adapters, routed per case
         from medadapt.infer.modality_bank import load_bank_predictor
 
@@ -74,10 +74,14 @@ def build_predictor(
         extra = meta.get("extra") or {}
         if extra.get("prompt") == "auto":
             classes = extra["classes"]
+            keep_largest = [int(c) for c in extra.get("keep_largest", [])]
+        frozen_stages = int((meta.get("recipe") or {}).get("frozen_stages", 0))
     else:
         model = model or "litemedsam"
         net = build_model(model, checkpoint=checkpoint).eval()
-    return SamPredictor(
+    predictor = SamPredictor(
         net, get_spec(model), batch_size=batch_size, precision=precision, cache_dir=cache_dir,
-        use_cache=use_cache, classes=classes,
+        use_cache=use_cache, classes=classes, frozen_stages=frozen_stages,
     )
+    predictor.keep_largest = keep_largest
+    return predictor

@@ -64,6 +64,7 @@ class SamPredictor:
         use_cache: bool = False,
         encoder=None,
         classes: Sequence[int] | None = None,
+        frozen_stages: int = 0,
     ):
         self.model = model.eval()
         self.spec = spec
@@ -71,6 +72,9 @@ class SamPredictor:
         self.precision = precision
         # Class ids of an automatic-mode model's class prompts, in order.
         self.classes = list(classes) if classes is not None else None
+        # Classes whose automatic-mode masks keep only their largest connected component
+        # (chosen on validation data after the fit: medadapt.infer.postprocess).
+        self.keep_largest: list[int] = []
         self.cache = None
         if use_cache or cache_dir is not None:
             from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
@@ -78,6 +82,17 @@ class SamPredictor:
             fingerprint = getattr(model, "fingerprint", None) or module_fingerprint(model.image_encoder)
             key = f"{spec.name}:{precision}:{fingerprint}"
             self.cache = EmbeddingCache(self._encode_chunked, key, directory=cache_dir)
+        # An adapter trained with frozen_stages=N left the encoder's stem as in the base model: its
+        # output is cached too, so scoring many such adapters on the same images encodes each stem once.
+        self.stem_cache = None
+        self.frozen_stages = frozen_stages if self.cache is not None and encoder is None else 0
+        if self.frozen_stages:
+            from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
+
+            enc = model.image_encoder
+            stem = torch.nn.ModuleList([enc.patch_embed, *enc.layers[: self.frozen_stages]])
+            key = f"{spec.name}:{precision}:stem{self.frozen_stages}:{module_fingerprint(stem)}"
+            self.stem_cache = EmbeddingCache(self._encode_stem, key, directory=cache_dir)
         # A drop-in replacement for model.encode (e.g. an ONNX Runtime / OpenVINO engine).
         self.encoder = encoder
         self.encoder_calls = 0
@@ -95,8 +110,17 @@ class SamPredictor:
         if self.encoder is not None:
             return self.encoder(batch)
         with autocast_context(self.precision):
-            out = self.model.encode(batch)
+            if self.stem_cache is not None:
+                tokens = self.stem_cache.get_many(batch)  # runs with autocast off; stored in float16
+                out = self.model.image_encoder.forward_trunk(tokens, self.frozen_stages)
+            else:
+                out = self.model.encode(batch)
         return out.float()
+
+    @torch.no_grad()
+    def _encode_stem(self, batch: torch.Tensor) -> torch.Tensor:
+        with autocast_context(self.precision):
+            return self.model.image_encoder.forward_stem(batch, self.frozen_stages).float()
 
     @torch.no_grad()
     def encode(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -176,7 +200,15 @@ class SamPredictor:
 
     def segment_auto(self, image: np.ndarray) -> np.ndarray:
         prepared = self.prepare(image)
-        return self.decode_auto(self.encode([prepared.tensor])[0], prepared.transform)
+        return self.postprocess_auto(self.decode_auto(self.encode([prepared.tensor])[0], prepared.transform))
+
+    def postprocess_auto(self, labels: np.ndarray) -> np.ndarray:
+        """A whole automatic-mode result (image or volume) after ``keep_largest``."""
+        if not self.keep_largest:
+            return labels
+        from medadapt.data.transforms3d import keep_largest_component
+
+        return keep_largest_component(labels, self.keep_largest)
 
     def segment(self, image: np.ndarray, prompts: Sequence[Prompt]) -> tuple[np.ndarray, list[ObjectResult]]:
         """Label map (uint16, H×W) for one image; later prompts overwrite earlier ones, as the official code."""

@@ -178,4 +178,4 @@ def segment_volume_auto(
     for z in range(vol.shape[0]):
         emb, tf = cache.get(z)
         segs[z] = predictor.decode_auto(emb, tf)
-    return np.moveaxis(segs, 0, slice_axis)
+    return np.moveaxis(predictor.postprocess_auto(segs), 0, slice_axis)

@@ -1,0 +1,91 @@
+"""Post-processing of automatic (prompt-free) segmentations, chosen on validation data as nnU-Net does.
+
+A prompt-free model decodes every slice, so a false positive far from the organ survives as a
+separate island. Keeping each class's largest connected component (26-connectivity in 3D) removes
+such islands, but it would also delete real parts of structures that come in pieces (vessel trees,
+paired organs). nnU-Net therefore decides per class on the validation cases: keep the step only
+where it raises the mean DSC. :func:`choose_keep_largest` does that after an automatic-mode fit;
+the chosen classes are stored in the adapter (``extra.keep_largest``) and applied by the predictor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medadapt.data.transforms3d import keep_largest_component
+from medadapt.io.atomic import write_json
+
+__all__ = ["choose_keep_largest", "dice", "tune_auto_postprocessing"]
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """DSC of two binary masks; 1.0 when both are empty."""
+    total = int(pred.sum()) + int(ref.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, ref).sum()) / total
+
+
+def choose_keep_largest(predictor, dataset, keys: Sequence[str], classes: Sequence[int]) -> tuple[list[int], dict]:
+    """Classes whose mean validation DSC rises when only their largest component is kept.
+
+    Returns (classes, report) with the per-class mean DSC before and after on ``keys``.
+    """
+    from medadapt.infer.dataset_eval import predict_loaded
+
+    saved, predictor.keep_largest = predictor.keep_largest, []
+    before: dict[int, list[float]] = {int(c): [] for c in classes}
+    after: dict[int, list[float]] = {int(c): [] for c in classes}
+    try:
+        for key in keys:
+            image, label, _, axis = dataset.load(dataset.case(key))
+            seg = predict_loaded(predictor, image, label, axis, "auto")
+            kept = keep_largest_component(seg, classes)
+            for c in before:
+                before[c].append(dice(seg == c, label == c))
+                after[c].append(dice(kept == c, label == c))
+    finally:
+        predictor.keep_largest = saved
+    chosen = [c for c in before if before[c] and np.mean(after[c]) > np.mean(before[c])]
+    report = {"cases": list(keys), "classes": {
+        str(c): {"dsc": float(np.mean(before[c])), "dsc_largest_component": float(np.mean(after[c])),
+                 "keep_largest": c in chosen} for c in before if before[c]}}
+    return chosen, report
+
+
+def tune_auto_postprocessing(run_dir: str | Path, encode: Callable | None = None) -> dict | None:
+    """After an automatic-mode fit: choose ``keep_largest`` on the run's validation cases and store
+    it in the run's adapter. ``encode`` may replace a frozen encoder (``fit --encoder-engine``).
+
+    Returns the report (also in ``result.json`` as ``postprocessing``), or None when the run has no
+    validation case or is not an automatic-mode run.
+    """
+    from medadapt.adapt.artifact import ADAPTER_JSON, read_adapter_meta
+    from medadapt.data.datasets import load_dataset
+    from medadapt.data.fewshot import load_split
+    from medadapt.infer.factory import build_predictor
+
+    run = Path(run_dir)
+    config = json.loads((run / "fit_config.json").read_text())
+    meta = read_adapter_meta(run / "adapter")
+    extra = meta.get("extra") or {}
+    if extra.get("prompt") != "auto":
+        return None
+    dataset = load_dataset(config["data"], image_suffix=config.get("image_suffix"),
+                           label_suffix=config.get("label_suffix"), modality=config.get("modality", "auto"),
+                           label_dir=config.get("label_dir"), window=config.get("window"),
+                           binary=config.get("binary"))
+    val = list(load_split(run / "split.json", dataset).val)
+    if not val:
+        return None
+    predictor = build_predictor(None, adapter=run)
+    predictor.encoder = encode
+    chosen, report = choose_keep_largest(predictor, dataset, val, extra["classes"])
+    meta["extra"] = {**extra, "keep_largest": chosen}
+    write_json(run / "adapter" / ADAPTER_JSON, meta)
+    result_file = run / "result.json"
+    if result_file.exists():
+        write_json(result_file, {**json.loads(result_file.read_text()), "postprocessing": report})
+    return report
