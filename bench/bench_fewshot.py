@@ -132,7 +132,7 @@ def main() -> int:
                     if predictor.keep_largest:  # auto mode: also without the post-processing chosen on val
                         predictor.keep_largest = []
                         s["without_postprocessing"] = score(predictor, dataset, test, prompt)
-                        s["keep_largest"] = fit.get("postprocessing")
+                        s["postprocessing"] = fit.get("postprocessing")
                     runs[key] = {**s, "fit_wall_seconds": wall, "peak_rss_mb": fit.get("peak_rss_mb"),
                                  "trainable_params": fit["trainable_params"], "adapter_bytes": fit["adapter_bytes"],
                                  "best_val_dsc": fit.get("best_metric"), "lr": method_lr.get(method, args.lr),

@@ -343,7 +343,7 @@ def frozen_stem_prefixes(model: nn.Module, cfg: RecipeConfig) -> list[str]:
     if n > len(enc.layers):
         raise MedadaptError(f"frozen_stages={n}, but the encoder has {len(enc.layers)} stages",
                             fix=f"use 1..{len(enc.layers)}")
-    return [f"{roots[0]}.patch_embed", *(f"{roots[0]}.layers.{i}" for i in range(n))]
+    return [f"{roots[0]}.{name}" for name in enc.stem_names(n)]
 
 
 def _blocks_after_stem(model: nn.Module, cfg: RecipeConfig, stem: list[str]) -> RecipeConfig:

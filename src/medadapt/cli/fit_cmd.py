@@ -123,14 +123,17 @@ def fit(
     opts = FitOptions.build(values, config)
     from medadapt.deploy.engine import frozen_encoder
 
-    result = run_fit(opts, resume=resume, frozen_encoder=frozen_encoder)
+    engines: list = []  # the fit's frozen-encoder engine, if it made one, for the post-processing step too
+
+    def engine_once(o):
+        engines.append(frozen_encoder(o))
+        return engines[0]
+
+    result = run_fit(opts, resume=resume, frozen_encoder=engine_once)
     if opts.prompt == "auto" and result["val_cases"]:
         from medadapt.infer.postprocess import tune_auto_postprocessing
 
-        encode = None
-        if opts.encoder_engine != "torch" and not result["encoder_trainable"]:
-            encode = frozen_encoder(opts)[1]
-        report = tune_auto_postprocessing(opts.out, encode)
+        report = tune_auto_postprocessing(opts.out, engines[0][1] if engines else None)
         kept = [c for c, r in report["classes"].items() if r["keep_largest"]] if report else []
         console.print(f"post-processing chosen on {len(result['val_cases'])} validation case(s): "
                       + (f"keep the largest component of class(es) {', '.join(kept)}" if kept else "none"))

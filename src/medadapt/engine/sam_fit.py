@@ -110,6 +110,16 @@ class FitOptions(BaseModel):
             ) from None
 
 
+def load_fit_dataset(opts: FitOptions):
+    """The dataset a fit reads, with its layout options (also for steps run on a finished run folder)."""
+    from medadapt.data.datasets import load_dataset
+
+    return load_dataset(
+        opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix, modality=opts.modality,
+        label_dir=opts.label_dir, window=opts.window, binary=opts.binary,
+    )
+
+
 FrozenEncoderFactory = Callable[["FitOptions"], tuple[str, Callable]]
 
 
@@ -124,7 +134,6 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     import torch
 
     from medadapt.adapt.recipes import RecipeConfig, apply_recipe
-    from medadapt.data.datasets import load_dataset
     from medadapt.data.fewshot import run_split, save_split
     from medadapt.data.slices import iter_slices, with_empty_slices
     from medadapt.engine.config import TrainConfig
@@ -140,10 +149,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
             fix="pass --resume to continue it, or choose another --out.",
         )
     seed_everything(opts.seed)
-    dataset = load_dataset(
-        opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix, modality=opts.modality,
-        label_dir=opts.label_dir, window=opts.window, binary=opts.binary,
-    )
+    dataset = load_fit_dataset(opts)
     split = run_split(dataset, out, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
                       seed=opts.seed, n_val=opts.n_val)
     classes = opts.classes or sorted(dataset.classes)

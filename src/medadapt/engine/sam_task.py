@@ -86,6 +86,12 @@ def model_frame_target(label: np.ndarray, transform) -> torch.Tensor:
     return t
 
 
+def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """``fn`` over ``batch`` in chunks: TinyViT's first stage at 256×256 needs ~70 MB of activations
+    per slice, so a whole validation batch at once would need gigabytes."""
+    return torch.cat([fn(batch[i : i + chunk]) for i in range(0, len(batch), chunk)])
+
+
 def _box_of(mask: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
@@ -133,9 +139,8 @@ class SamSegmentationTask:
             self.cache = EmbeddingCache(encode, f"{spec.name}:{key}{tag}", directory=settings.cache_dir)
         self.stem_cache = None
         if self.frozen_stages:
-            enc, n = model.image_encoder, self.frozen_stages
-            stem = nn.ModuleList([enc.patch_embed, *enc.layers[:n]])  # a view for the fingerprint, no copy
-            key = module_fingerprint(stem, checkpoint_sha=settings.base.get("checkpoint_sha256"))
+            n = self.frozen_stages
+            key = module_fingerprint(model.image_encoder.stem(n), checkpoint_sha=settings.base.get("checkpoint_sha256"))
             self.stem_cache = EmbeddingCache(self._encode_stem, f"{spec.name}:stem{n}:{key}",
                                              directory=settings.cache_dir)
 
@@ -149,16 +154,13 @@ class SamSegmentationTask:
         return getattr(self.model, "module", self.model)
 
     @torch.no_grad()
-    def _encode_frozen(self, batch: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-        """Encode in chunks: TinyViT's first stage at 256×256 needs ~70 MB of activations per slice."""
-        return torch.cat([self.sam.encode(batch[i : i + chunk]) for i in range(0, len(batch), chunk)])
+    def _encode_frozen(self, batch: torch.Tensor) -> torch.Tensor:
+        return _in_chunks(self.sam.encode, batch)
 
     @torch.no_grad()
-    def _encode_stem(self, batch: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-        """[B, 3, S, S] → tokens after the frozen stages ([B, L, C]), in chunks as ``_encode_frozen``."""
-        enc = self.sam.image_encoder
-        return torch.cat([enc.forward_stem(batch[i : i + chunk], self.frozen_stages)
-                          for i in range(0, len(batch), chunk)])
+    def _encode_stem(self, batch: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] → tokens after the frozen stages ([B, L, C])."""
+        return _in_chunks(lambda x: self.sam.image_encoder.forward_stem(x, self.frozen_stages), batch)
 
     def parameters_to_train(self):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -190,7 +192,7 @@ class SamSegmentationTask:
             if train:
                 return enc.forward_trunk(tokens, n)
             with torch.no_grad():
-                return torch.cat([enc.forward_trunk(tokens[i : i + 4], n) for i in range(0, len(tokens), 4)])
+                return _in_chunks(lambda t: enc.forward_trunk(t, n), tokens)
         return self.sam.encode(tensors) if train else self._encode_frozen(tensors)
 
     def _augmented(self, item: _Item) -> _Item:

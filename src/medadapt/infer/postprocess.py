@@ -63,20 +63,16 @@ def tune_auto_postprocessing(run_dir: str | Path, encode: Callable | None = None
     validation case or is not an automatic-mode run.
     """
     from medadapt.adapt.artifact import ADAPTER_JSON, read_adapter_meta
-    from medadapt.data.datasets import load_dataset
     from medadapt.data.fewshot import load_split
+    from medadapt.engine.sam_fit import FitOptions, load_fit_dataset
     from medadapt.infer.factory import build_predictor
 
     run = Path(run_dir)
-    config = json.loads((run / "fit_config.json").read_text())
     meta = read_adapter_meta(run / "adapter")
     extra = meta.get("extra") or {}
     if extra.get("prompt") != "auto":
         return None
-    dataset = load_dataset(config["data"], image_suffix=config.get("image_suffix"),
-                           label_suffix=config.get("label_suffix"), modality=config.get("modality", "auto"),
-                           label_dir=config.get("label_dir"), window=config.get("window"),
-                           binary=config.get("binary"))
+    dataset = load_fit_dataset(FitOptions.model_validate_json((run / "fit_config.json").read_text()))
     val = list(load_split(run / "split.json", dataset).val)
     if not val:
         return None

@@ -89,8 +89,7 @@ class SamPredictor:
         if self.frozen_stages:
             from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 
-            enc = model.image_encoder
-            stem = torch.nn.ModuleList([enc.patch_embed, *enc.layers[: self.frozen_stages]])
+            stem = model.image_encoder.stem(self.frozen_stages)
             key = f"{spec.name}:{precision}:stem{self.frozen_stages}:{module_fingerprint(stem)}"
             self.stem_cache = EmbeddingCache(self._encode_stem, key, directory=cache_dir)
         # A drop-in replacement for model.encode (e.g. an ONNX Runtime / OpenVINO engine).

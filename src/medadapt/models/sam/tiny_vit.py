@@ -270,6 +270,15 @@ class StagedEncoder(nn.Module):
     neck: nn.Module
     embedding_size: int
 
+    @staticmethod
+    def stem_names(stages: int) -> list[str]:
+        """Names of the modules :meth:`forward_stem` runs for ``stages``: the patch stem and ``layers.0..stages-1``."""
+        return ["patch_embed", *(f"layers.{i}" for i in range(stages))]
+
+    def stem(self, stages: int) -> nn.ModuleList:
+        """Those modules as one (non-owning) container, e.g. to fingerprint the frozen stem's weights."""
+        return nn.ModuleList([self.get_submodule(n) for n in self.stem_names(stages)])
+
     def forward_stem(self, x: torch.Tensor, stages: int) -> torch.Tensor:
         """``[B, 3, S, S]`` → tokens ``[B, L, C]`` after the patch stem and the first ``stages`` stages."""
         # Channels-last convolutions are faster on CPU, and the token stages need this layout
