@@ -135,7 +135,8 @@ def test_bad_recipe_options_exit_2_without_a_run_folder(hippo, tmp_path: Path):
     for extra, message in ((["--frozen-stages", "9"], "frozen_stages=9, but the encoder has 4 stages"),
                            (["--set", "bogus=1"], "invalid fit option 'bogus'"),
                            (["--frozen-stages", "2", "--set", "lora_blocks=0,5"], "layers.1.blocks.0.attn.qkv lies in"),
-                           (["--set", "lora_blocks=a"], "invalid fit option 'lora_blocks.0'")):
+                           (["--set", "lora_blocks=a"], "invalid fit option 'lora_blocks.0'"),
+                           (["--lr", "1e-3", "--set", "lr=1e-4"], "lr given both as --lr and with --set")):
         res = CliRunner().invoke(app, ["fit", "--data", spec, "--split", str(split), "--out", str(tmp_path / "run"),
                                        "--method", "lora", "--no-progress", *extra])
         assert res.exit_code == 2, res.output
@@ -204,6 +205,20 @@ def test_auto_mode_segments_without_prompts(hippo, tmp_path: Path, cache_dir: Pa
     # Learned from the training volume itself: it must find the structures there.
     fg = (seg > 0) & (label > 0)
     assert 2 * fg.sum() / ((seg > 0).sum() + (label > 0).sum()) > 0.3
+    # `medadapt predict` needs no prompt and no label for such an adapter (the default source is auto).
+    from typer.testing import CliRunner
+
+    from medadapt.cli.main import app
+    from medadapt.io.volumes import read_volume
+
+    image_file = ds.case(TRAIN[0]).image
+    res = CliRunner().invoke(app, ["predict", "--adapter", str(run), "--input", str(image_file),
+                                   "--out", str(tmp_path / "pred"), "--cache-dir", str(cache_dir)])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(read_volume(tmp_path / "pred" / image_file.name).array, seg)
+    res = CliRunner().invoke(app, ["predict", "--prompts", "auto", "--input", str(image_file),
+                                   "--out", str(tmp_path / "pred0")])
+    assert res.exit_code == 2 and "needs an automatic-mode adapter" in " ".join(res.output.split()), res.output
 
 
 def test_frozen_encoder_on_another_engine_fills_the_cache(hippo, tmp_path: Path, monkeypatch):

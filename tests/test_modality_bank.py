@@ -158,3 +158,35 @@ def test_fit_modalities_bad_inputs_exit_2_without_output(tmp_path: Path):
     assert res.exit_code == 2 and not out.exists()
     res = _cli("fit-modalities", "--data", csv, "--out", out, "--shots", 0)
     assert res.exit_code == 2 and not out.exists()
+
+
+def test_auto_mode_bank_chooses_and_applies_post_processing_per_modality(tmp_path: Path):
+    """fit-modalities --prompt auto chooses keep-largest-component on each modality's validation
+    cases (as `medadapt fit` does); the bank predictor applies each modality's own choice."""
+    (tmp_path / "d").mkdir()
+    csv = _png_csv(tmp_path / "d", [(f"a{i}", "MRI") for i in range(3)] + [(f"b{i}", "X-ray") for i in range(3)])
+    bank = tmp_path / "bank"
+    res = _cli("fit-modalities", "--data", csv, "--out", bank, "--shots", 1, "--max-steps", 2, "--batch-size", 1,
+               "--method", "decoder-lora", "--prompt", "auto", "--set", "n_val=1", "--no-progress", "--threads", 1)
+    assert res.exit_code == 0, res.output
+    entries = json.loads((bank / BANK_FILE).read_text())["modalities"]
+    for mod in ("mr", "xray"):
+        meta = json.loads((bank / mod / "adapter" / "adapter.json").read_text())
+        assert "keep_largest" in meta["extra"], mod  # the choice was made and stored
+        assert entries[mod]["keep_largest"] == meta["extra"]["keep_largest"]
+    meta_file = bank / "mr" / "adapter" / "adapter.json"
+    meta = json.loads(meta_file.read_text())
+    meta["extra"]["keep_largest"] = [1]
+    meta_file.write_text(json.dumps(meta))
+    xray_keep = entries["xray"]["keep_largest"]
+    from medadapt.infer.factory import build_predictor
+
+    pred = build_predictor(None, adapter=bank)
+    pred.select("mr")
+    assert pred.keep_largest == [1]
+    two = np.zeros((1, 8, 8), np.int64)
+    two[0, 0:2, 0:2] = 1
+    two[0, 5:8, 5:8] = 1
+    assert int((pred.postprocess_auto(two) == 1).sum()) == 9  # the smaller blob is dropped
+    pred.select("xray")
+    assert pred.keep_largest == xray_keep

@@ -117,7 +117,7 @@ def read_adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
     path = adapter_dir / ADAPTER_JSON
     if not path.is_file():
         raise MedadaptError("not an adapter folder: adapter.json is missing", path=adapter_dir,
-                            fix="point to the folder written by 'medadapt train' (it holds adapter.json)")
+                            fix="point to the run folder of `medadapt fit` (or its adapter/ folder, which holds adapter.json)")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

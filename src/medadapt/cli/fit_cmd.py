@@ -41,6 +41,18 @@ def parse_settings(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def with_settings(values: dict, items: list[str] | None) -> dict:
+    """Named options plus ``--set`` pairs; the same option given both ways is an error, not a silent override."""
+    settings = parse_settings(items)
+    clash = sorted(k for k in settings if values.get(k) is not None)
+    if clash:
+        raise MedadaptError(
+            f"option(s) {', '.join(clash)} given both as --{clash[0].replace('_', '-')} and with --set.",
+            fix="give each option once",
+        )
+    return {**{k: v for k, v in values.items() if v is not None}, **settings}
+
+
 @user_errors
 def fit(
     task: str = typer.Option("segment", "--task", help="segment (SAM-family 2D/slice-wise) | classify | volumetric (3D)."),
@@ -105,9 +117,7 @@ def fit(
             target_modules=target_modules.split(",") if target_modules else None, val_every=val_every,
             patience=patience, precision=precision, cache_dir=cache_dir, progress=False if no_progress else None,
         )
-        values = {k: v for k, v in values.items() if v is not None}
-        values.update(parse_settings(settings))
-        result = _task_runner(task)(values, config, resume)
+        result = _task_runner(task)(with_settings(values, settings), config, resume)
         console.print(result.get("message", f"fit done: {result}"))
         return
     values = dict(
@@ -119,8 +129,7 @@ def fit(
         label_dir=label_dir, cache_dir=cache_dir, encoder_engine=encoder_engine, frozen_stages=frozen_stages,
         progress=False if no_progress else None,
     )
-    values.update(parse_settings(settings))
-    opts = FitOptions.build(values, config)
+    opts = FitOptions.build(with_settings(values, settings), config)
     from medadapt.deploy.engine import frozen_encoder
 
     engines: list = []  # the fit's frozen-encoder engine, if it made one, for the post-processing step too

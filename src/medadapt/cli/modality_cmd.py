@@ -35,11 +35,15 @@ def fit_modalities(
     resume: bool = typer.Option(False, "--resume", help="Continue killed runs from their last checkpoints."),
     threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    settings: list[str] | None = typer.Option(
+        None, "--set", help="Any other `medadapt fit` option KEY=VALUE (repeatable), e.g. --set n_val=2."
+    ),
 ) -> None:
     """Fit one adapter per modality (CSV column, dataset.json, or CVPR24 CT_/MR_ name prefix).
 
     Predict with `medadapt predict --adapter OUT`: each image gets the adapter of its modality.
     """
+    from medadapt.cli.fit_cmd import with_settings
     from medadapt.infer.modality_bank import fit_modality_bank
 
     set_threads(threads)
@@ -50,9 +54,11 @@ def fit_modalities(
         progress=False if no_progress else None,
     )
     only = [m for m in (modalities or "").replace(" ", "").split(",") if m] or None
-    bank = fit_modality_bank({k: v for k, v in values.items() if v is not None}, config_file=config, resume=resume,
+    bank = fit_modality_bank(with_settings(values, settings), config_file=config, resume=resume,
                              only=only, default=default, min_cases=min_cases)
     for mod, entry in bank["modalities"].items():
         console.print(f"{mod}: {entry['cases']} case(s), {len(entry['train_cases'])} trained on, "
-                      f"best val DSC {entry['best_val_dsc']}")
+                      f"best val DSC {entry['best_val_dsc']}"
+                      + (f", keep the largest component of class(es) {entry['keep_largest']}"
+                         if entry.get("keep_largest") else ""))
     console.print(f"[bold]bank written[/]: {bank['path']}")

@@ -15,12 +15,14 @@ from medadapt.errors import MedadaptError
 def predict(
     input: Path = typer.Option(..., "--input", "-i", help="Image/volume/.npz file, or a folder of them (recursive)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; files keep the input names."),
-    prompts: str = typer.Option(
-        "boxes-from-labels",
+    prompts: str | None = typer.Option(
+        None,
         "--prompts",
         "-p",
         help="Prompt SOURCE: boxes-from-labels (2D box per class per slice), boxes3d-from-labels (one 3D box per "
-        "class, CVPR24 propagation), points-from-labels, file-boxes (boxes inside CVPR24 .npz), or a JSON/CSV prompt file.",
+        "class, CVPR24 propagation), points-from-labels, file-boxes (boxes inside CVPR24 .npz), auto (no prompt: "
+        "an adapter fitted with --prompt auto), or a JSON/CSV prompt file. Default: auto for such an adapter, "
+        "else boxes-from-labels.",
     ),
     labels: Path | None = typer.Option(None, "--labels", "-l", help="Label file or folder, matched to inputs by name."),
     model: str = typer.Option("litemedsam", "--model", "-m", help="Model name (see `medadapt models`)."),
@@ -63,10 +65,10 @@ def predict(
     _check_choice("--precision", precision, ("fp32", "bf16", "mixed", "int8"))
     check_engine(engine, precision)
     options = PredictOptions(
-        prompts=prompts, slice_axis=slice_axis, modality=modality, window=window, per=per, jitter=jitter,
+        prompts=prompts or "boxes-from-labels", slice_axis=slice_axis, modality=modality, window=window, per=per, jitter=jitter,
         n_pos=n_pos, n_neg=n_neg, seed=seed,
     )
-    if prompts not in PROMPT_SOURCES:
+    if prompts is not None and prompts not in PROMPT_SOURCES:
         from medadapt.data.prompts import read_prompt_file
 
         prompt_path = Path(prompts)
@@ -76,8 +78,8 @@ def predict(
                 fix=f"use one of {', '.join(PROMPT_SOURCES)} or the path of a JSON/CSV prompt file.",
             )
         options.prompt_map = read_prompt_file(prompt_path)
-    if prompts.endswith("-from-labels") and labels is None:
-        raise MedadaptError(f"--prompts {prompts} needs --labels.", fix="pass --labels FILE|DIR.")
+    if prompts is not None:
+        _check_labels_given(prompts, labels)
 
     images = find_files(input, ALL_SUFFIXES, what="input")
     label_files = find_files(labels, ALL_SUFFIXES, what="label") if labels is not None else None
@@ -90,6 +92,14 @@ def predict(
         model, engine=engine, precision=precision, export=export, checkpoint=checkpoint, adapter=adapter,
         batch_size=batch_size, threads=threads, cache_dir=cache_dir, ov_cache=ov_cache,
     )
+    if prompts is None:  # an automatic-mode adapter needs no prompt; anything else gets boxes from the labels
+        options.prompts = "auto" if predictor.is_automatic else "boxes-from-labels"
+        _check_labels_given(options.prompts, labels)
+    elif prompts == "auto" and not predictor.is_automatic:
+        raise MedadaptError(
+            "--prompts auto needs an automatic-mode adapter; this model expects box or point prompts.",
+            path=adapter, fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or choose another --prompts.",
+        )
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with progress_bar() as bar:
@@ -104,6 +114,11 @@ def predict(
         f"wrote {len(pairs)} prediction(s) to {out} in {elapsed:.1f} s "
         f"({predictor.images_encoded} image(s) encoded in {predictor.encoder_calls} encoder call(s))"
     )
+
+
+def _check_labels_given(prompts: str, labels: Path | None) -> None:
+    if prompts.endswith("-from-labels") and labels is None:
+        raise MedadaptError(f"--prompts {prompts} needs --labels.", fix="pass --labels FILE|DIR.")
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:

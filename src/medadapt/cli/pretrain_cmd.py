@@ -61,7 +61,7 @@ def pretrain(
     OUT/model.pt, which `medadapt fit --task volumetric --checkpoint OUT/model.pt` adapts. Several GPUs:
     `accelerate launch -m medadapt.cli.main pretrain ...`.
     """
-    from medadapt.cli.fit_cmd import parse_settings
+    from medadapt.cli.fit_cmd import with_settings
     from medadapt.engine.pretrain import run_pretrain
 
     set_threads(threads)
@@ -78,7 +78,5 @@ def pretrain(
     values.update(out=out, model=model, checkpoint=checkpoint, max_steps=max_steps, epochs=epochs,
                   batch_size=batch_size, lr=lr, seed=seed, precision=precision,
                   progress=False if no_progress else None)
-    values = {k: v for k, v in values.items() if v is not None}
-    values.update(parse_settings(settings))
-    result = run_pretrain(values, config, resume)
+    result = run_pretrain(with_settings(values, settings), config, resume)
     console.print(result["message"])

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from medadapt.adapt.artifact import read_adapter_meta
 from medadapt.deploy.export import MANIFEST, export_model, read_manifest
 from medadapt.deploy.runtime import DeployedSam, check_engine, default_cache_root
 from medadapt.errors import MedadaptError
-from medadapt.infer.factory import build_predictor, load_adapted_model
+from medadapt.infer.factory import adapter_dir, build_predictor, load_adapted_model
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_spec
 
@@ -31,6 +32,8 @@ def load_for_export(model: str | None, *, checkpoint: Path | None = None, adapte
             classes = list(extra["classes"])
         source = {"model": name, "checkpoint": str(checkpoint) if checkpoint else (meta.get("base") or {}).get("checkpoint"),
                   "adapter": str(Path(adapter).resolve()), "recipe": meta.get("recipe")}
+        if classes:  # the automatic mode's post-processing travels with the export
+            source["keep_largest"] = [int(c) for c in extra.get("keep_largest", [])]
     else:
         name = model or "litemedsam"
         net = build_model(name, checkpoint=checkpoint)
@@ -108,5 +111,10 @@ def build_engine_predictor(
     deployed = DeployedSam(export, engine=engine, precision=precision, threads=threads, cache_dir=ov_cache)
     spec = get_spec(deployed.manifest["model"])
     classes = deployed.manifest.get("classes")
-    return SamPredictor(deployed, spec, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
-                        classes=classes if deployed.class_prompts is not None else None)
+    predictor = SamPredictor(deployed, spec, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
+                             classes=classes if deployed.class_prompts is not None else None)
+    if predictor.is_automatic:  # the adapter's current choice wins over the one recorded at export time
+        keep = (read_adapter_meta(adapter_dir(adapter)).get("extra") or {}).get("keep_largest") if adapter is not None else None
+        predictor.keep_largest = [int(c) for c in (keep if keep is not None
+                                                   else deployed.manifest.get("source", {}).get("keep_largest", []))]
+    return predictor

@@ -24,13 +24,14 @@ from medadapt.data.prompts import (
 from medadapt.errors import MedadaptError
 from medadapt.infer.modality_bank import ModalityBankPredictor
 from medadapt.infer.predictor import SamPredictor
-from medadapt.infer.volume import segment_volume_boxes3d, segment_volume_from_labels
+from medadapt.infer.volume import segment_volume_auto, segment_volume_boxes3d, segment_volume_from_labels
 from medadapt.io.cvpr24 import read_cvpr24, write_cvpr24_segs
 from medadapt.io.discovery import Pair, full_suffix, is_volume_file, stem
 from medadapt.io.images import read_image_2d, read_label_2d, write_mask_png
 from medadapt.io.volumes import Volume, check_pair, default_slice_axis, read_volume, write_like
 
-PROMPT_SOURCES = ("boxes-from-labels", "boxes3d-from-labels", "points-from-labels", "file-boxes")
+# "auto": no prompt; an automatic-mode adapter (fit --prompt auto) segments every class it learned.
+PROMPT_SOURCES = ("boxes-from-labels", "boxes3d-from-labels", "points-from-labels", "file-boxes", "auto")
 
 
 @dataclass
@@ -154,6 +155,16 @@ def predict_case(predictor: SamPredictor, case: Case, options: PredictOptions, p
         predictor.select_for_file(case.source, options.modality)
     source = options.prompts
     rng = np.random.default_rng(options.seed)
+    if source == "auto":
+        if not predictor.is_automatic:
+            raise MedadaptError(
+                "--prompts auto needs an automatic-mode adapter; this model expects box or point prompts.",
+                path=case.source,
+                fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or choose another --prompts source.",
+            )
+        if case.kind in ("3d", "npz3d"):
+            return segment_volume_auto(predictor, case.image, slice_axis=case.slice_axis, progress=progress)
+        return predictor.segment_auto(case.image)
     if case.kind in ("npz2d", "npz3d") and source in ("file-boxes", "auto-npz"):
         if case.npz_boxes is None or len(case.npz_boxes) == 0:
             raise MedadaptError("the .npz holds no boxes.", path=case.source, fix="add a 'boxes' array.")

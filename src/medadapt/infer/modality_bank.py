@@ -133,6 +133,13 @@ def _tensors(module: nn.Module):
     yield from module.buffers()
 
 
+def _attach_auto_prompts(model: nn.Module, extra: dict) -> None:
+    if extra.get("class_prompt_tokens"):
+        from medadapt.engine.sam_task import attach_class_prompts
+
+        attach_class_prompts(model, len(extra["classes"]), extra["class_prompt_tokens"], init=False)
+
+
 def adapted_copy(base: nn.Module, adapter: str | Path) -> nn.Module:
     """``base`` + ``adapter`` as a new module sharing every tensor of ``base`` the adapter leaves unchanged.
 
@@ -143,9 +150,11 @@ def adapted_copy(base: nn.Module, adapter: str | Path) -> nn.Module:
     from medadapt.adapt.recipes import RecipeConfig, apply_recipe
 
     meta = read_adapter_meta(adapter)
+    extra = meta.get("extra") or {}
     shared_all = {id(t): t for t in _tensors(base)}
     flags = [(p, p.requires_grad) for p in base.parameters()]
     probe = copy.deepcopy(base, dict(shared_all))
+    _attach_auto_prompts(probe, extra)  # automatic-mode recipes also train the class prompts
     apply_recipe(probe, RecipeConfig.model_validate(meta["recipe"]))  # (un)freezes shared tensors too
     touched = {t.data_ptr() for t in adapter_state_dict(probe).values()}
     del probe
@@ -153,11 +162,7 @@ def adapted_copy(base: nn.Module, adapter: str | Path) -> nn.Module:
         p.requires_grad_(flag)
     memo = {i: t for i, t in shared_all.items() if t.data_ptr() not in touched}
     model = copy.deepcopy(base, memo)
-    extra = meta.get("extra") or {}
-    if extra.get("class_prompt_tokens"):
-        from medadapt.engine.sam_task import attach_class_prompts
-
-        attach_class_prompts(model, len(extra["classes"]), extra["class_prompt_tokens"], init=False)
+    _attach_auto_prompts(model, extra)
     load_adapter(model, adapter)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -168,11 +173,12 @@ class ModalityBankPredictor(SamPredictor):
     """A :class:`SamPredictor` that switches adapter per modality (:meth:`select`)."""
 
     def __init__(self, models: Mapping[str, nn.Module], spec, *, classes: Mapping[str, list | None] | None = None,
-                 default: str | None = None, **kwargs):
+                 keep_largest: Mapping[str, list[int]] | None = None, default: str | None = None, **kwargs):
         if not models:
             raise ValueError("a modality bank needs at least one model")
         self.models = dict(models)
         self.modality_classes = dict(classes or {})
+        self.modality_keep_largest = dict(keep_largest or {})  # auto-mode post-processing chosen per modality
         self.default = default if default is not None else (next(iter(self.models)) if len(self.models) == 1 else None)
         first = self.default or next(iter(self.models))
         super().__init__(self.models[first], spec, classes=self.modality_classes.get(first), **kwargs)
@@ -199,6 +205,7 @@ class ModalityBankPredictor(SamPredictor):
         self.modality = mod
         self.model = self.models[mod]
         self.classes = self.modality_classes.get(mod)
+        self.keep_largest = list(self.modality_keep_largest.get(mod, []))
         if self._caches:
             self.cache = self._caches[mod]
         return mod
@@ -229,12 +236,15 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
     base = build_model(name, checkpoint=checkpoint or base_info.get("checkpoint")).eval()
     for p in base.parameters():
         p.requires_grad_(False)
-    models, classes = {}, {}
+    models, classes, keep = {}, {}, {}
     for mod, folder in folders.items():
         models[mod] = adapted_copy(base, folder)
         extra = metas[mod].get("extra") or {}
-        classes[mod] = extra.get("classes") if extra.get("prompt") == "auto" else None
-    return ModalityBankPredictor(models, get_spec(name), classes=classes, default=bank.get("default"), **kwargs)
+        auto = extra.get("prompt") == "auto"
+        classes[mod] = extra.get("classes") if auto else None
+        keep[mod] = [int(c) for c in extra.get("keep_largest", [])] if auto else []
+    return ModalityBankPredictor(models, get_spec(name), classes=classes, keep_largest=keep,
+                                 default=bank.get("default"), **kwargs)
 
 
 # ----------------------------------------------------------------------------- making a bank
@@ -290,6 +300,11 @@ def fit_modality_bank(values: dict[str, Any], *, config_file: Path | None = None
             "out": str(run), "split": str(split_file), "classes": base_opts.classes or sorted(sub.classes),
         })
         result = run_fit(opts, resume=resume_mod)
+        post = None
+        if opts.prompt == "auto" and result["val_cases"]:  # as `medadapt fit`: chosen on this modality's val cases
+            from medadapt.infer.postprocess import tune_auto_postprocessing
+
+            post = tune_auto_postprocessing(run)
         entries[mod] = {
             "run": mod,
             "cases": len(keys),
@@ -298,6 +313,7 @@ def fit_modality_bank(values: dict[str, Any], *, config_file: Path | None = None
             "test_cases": json.loads(split_file.read_text())["test"],
             "best_val_dsc": result.get("best_metric"),
             "fit_seconds": result.get("fit_seconds"),
+            "keep_largest": [int(c) for c, r in post["classes"].items() if r["keep_largest"]] if post else [],
         }
     bank = {
         "format": FORMAT,
