@@ -264,9 +264,13 @@ def test_automatic_mode_class_tokens_survive_export(tmp_path):
     attach_class_prompts(model, 2)
     with torch.no_grad():
         model.class_prompts.tokens.add_(torch.randn_like(model.class_prompts.tokens) * 0.1)
-    export_model(model, get_spec("litemedsam"), tmp_path / "auto", fmt="onnx", classes=[1, 2])
+    export_model(model, get_spec("litemedsam"), tmp_path / "auto", fmt="onnx", classes=[1, 2],
+                 source={"model": "litemedsam", "keep_largest": [2]})
     deployed = DeployedSam(tmp_path / "auto", engine="onnxruntime", threads=2)
     assert deployed.manifest["classes"] == [1, 2]
+    # The predictor on the export segments with no prompt and keeps the fit's post-processing.
+    predictor = build_engine_predictor(None, engine="onnxruntime", export=tmp_path / "auto")
+    assert predictor.is_automatic and predictor.classes == [1, 2] and predictor.keep_largest == [2]
     emb = torch.rand(2, 256, 64, 64)
     with torch.no_grad():
         ref, ref_iou = model.class_prompts.decode(model, emb)
