@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -140,8 +141,12 @@ def print_summary(summary: dict) -> None:
         cells = []
         for m in ("dsc", "nsd", "hd95"):
             s = stats.get(m, {})
+            mean, sd = s.get("mean", float("nan")), s.get("std", float("nan"))
+            if not math.isfinite(sd):  # one case: a mean, no spread, no interval
+                cells.append(f"{mean:.4f}")
+                continue
             lo, hi = (s.get("ci95") or [float("nan"), float("nan")])[:2]
-            cells.append(f"{s.get('mean', float('nan')):.4f} ± {s.get('std', float('nan')):.4f} [{lo:.3f}, {hi:.3f}]")
+            cells.append(f"{mean:.4f} ± {sd:.4f} [{lo:.3f}, {hi:.3f}]")
         n = stats.get("dsc", {}).get("n", "")
         table.add_row(str(cls), str(n), *cells)
     console.print(table)
