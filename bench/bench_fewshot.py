@@ -41,7 +41,7 @@ def score(predictor, dataset, keys, mode):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", help="dataset spec (required unless --table-only / --merge)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--methods", nargs="+", default=["decoder", "decoder-lora"])
     ap.add_argument("--prompts", nargs="+", default=["box"])
@@ -63,7 +63,27 @@ def main() -> int:
                     help="more fit options for every run (fit --set), e.g. frozen_stages=2 precision=bf16")
     ap.add_argument("--tag", default="", help="appended to the method in the result keys, e.g. +ov-cold")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "tmp")
+    ap.add_argument("--merge", nargs="*", type=Path, default=[], metavar="JSON",
+                    help="add the runs of other result files (e.g. a second queue's --name) to this one's, "
+                         "then print the table; runs nothing")
+    ap.add_argument("--table-only", action="store_true", help="print the table of the result file; runs nothing")
     args = ap.parse_args()
+    out_json = ROOT / "bench" / "results" / f"fewshot_{args.name}.json"
+    if args.table_only or args.merge:
+        results = json.loads(out_json.read_text())
+        for other in args.merge:
+            extra = json.loads(other.read_text())
+            if extra["test_cases"] != results["test_cases"]:
+                raise SystemExit(f"{other}: scored on other test cases; not merged")
+            new = {k: v for k, v in extra["runs"].items() if k not in results["runs"]}
+            results["runs"].update(new)
+            print(f"merged {len(new)} run(s) from {other}")
+        if args.merge:
+            write_json(out_json, results)
+        print_table(results)
+        return 0
+    if not args.data:
+        ap.error("--data is required to run fits")
 
     import torch
 
@@ -80,7 +100,6 @@ def main() -> int:
     work = args.work / args.name
     cache = work / "embedding_cache"
     work.mkdir(parents=True, exist_ok=True)
-    out_json = ROOT / "bench" / "results" / f"fewshot_{args.name}.json"
     results = json.loads(out_json.read_text()) if out_json.exists() else {}
     results.update({"data": args.data, "test_cases": test, "lr": args.lr,
                     "threads": args.threads, "cpu_count": os.cpu_count()})
@@ -91,7 +110,7 @@ def main() -> int:
         t = time.perf_counter()
         runs["zero-shot/box"] = {**score(build_predictor("litemedsam", cache_dir=cache), dataset, test, "box"),
                                  "wall_seconds": time.perf_counter() - t}
-        out_json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(out_json, results)
 
     method_lr = {m: float(v) for m, v in (item.split("=") for item in args.method_lr)}
     results["method_lr"] = {**results.get("method_lr", {}), **method_lr}
@@ -139,13 +158,36 @@ def main() -> int:
                                  "max_steps": args.max_steps, "train_slices": fit.get("train_slices"),
                                  "encoder_engine": fit.get("encoder_engine", "torch"),
                                  "embedding_cache": fit.get("embedding_cache"), "cold_cache": args.cold_cache,
-                                 "stem_cache": fit.get("stem_cache"), "fit_set": args.fit_set}
-                    out_json.write_text(json.dumps(results, indent=2) + "\n")
+                                 "stem_cache": fit.get("stem_cache"), "fit_set": args.fit_set,
+                                 "threads": args.threads}
+                    write_json(out_json, results)
                     print(key, {k2: runs[key][k2] for k2 in ("dsc", "nsd", "fit_wall_seconds")}, flush=True)
 
     print_table(results)
     print(f"wrote {out_json}")
     return 0
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic: a killed benchmark never leaves a half-written result file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+PROMPT_ORDER = ("box", "point", "hybrid", "auto")
+METHOD_ORDER = ("decoder", "decoder-lora", "decoder-adapter", "lora", "encoder-lora", "adapter", "encoder-adapter",
+                "bias", "norm", "full")
+
+
+def _group_order(group: str) -> tuple:
+    """zero-shot first, then by prompt mode, recipe, variant tag, shots."""
+    parts = group.split("/")
+    if len(parts) < 3:
+        return (-1,)
+    method, _, tag = parts[0].partition("+")
+    return (PROMPT_ORDER.index(parts[1]) if parts[1] in PROMPT_ORDER else 9,
+            METHOD_ORDER.index(method) if method in METHOD_ORDER else 99, tag, int(parts[2].lstrip("k") or 0))
 
 
 def print_table(results: dict) -> None:
@@ -156,6 +198,7 @@ def print_table(results: dict) -> None:
             continue
         parts = key.split("/")
         groups.setdefault("/".join(parts[:3]) if len(parts) > 2 else key, []).append(r)
+    groups = dict(sorted(groups.items(), key=lambda item: _group_order(item[0])))
     print(f"\nheld-out cases: {len(results['test_cases'])}; mean ± sd over seeds")
     print("| run | n seeds | steps | DSC | NSD 2mm | HD95 mm | fit s | peak MB | trainable | adapter KiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
