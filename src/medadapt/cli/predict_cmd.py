@@ -56,7 +56,14 @@ def predict(
     """Segment images or volumes with box / point prompts; outputs keep the input names and geometry."""
     from medadapt.deploy.engine import build_engine_predictor
     from medadapt.deploy.runtime import check_engine
-    from medadapt.infer.cases import PROMPT_SOURCES, PredictOptions, load_case, predict_case, write_prediction
+    from medadapt.infer.cases import (
+        PROMPT_SOURCES,
+        PredictOptions,
+        load_case,
+        predict_case,
+        require_automatic,
+        write_prediction,
+    )
     from medadapt.io.discovery import ALL_SUFFIXES, find_files, pair_by_name
 
     set_threads(threads)
@@ -65,8 +72,8 @@ def predict(
     _check_choice("--precision", precision, ("fp32", "bf16", "mixed", "int8"))
     check_engine(engine, precision)
     options = PredictOptions(
-        prompts=prompts or "boxes-from-labels", slice_axis=slice_axis, modality=modality, window=window, per=per, jitter=jitter,
-        n_pos=n_pos, n_neg=n_neg, seed=seed,
+        prompts=prompts or "boxes-from-labels", slice_axis=slice_axis, modality=modality, window=window, per=per,
+        jitter=jitter, n_pos=n_pos, n_neg=n_neg, seed=seed,
     )
     if prompts is not None and prompts not in PROMPT_SOURCES:
         from medadapt.data.prompts import read_prompt_file
@@ -95,11 +102,8 @@ def predict(
     if prompts is None:  # an automatic-mode adapter needs no prompt; anything else gets boxes from the labels
         options.prompts = "auto" if predictor.is_automatic else "boxes-from-labels"
         _check_labels_given(options.prompts, labels)
-    elif prompts == "auto" and not predictor.is_automatic:
-        raise MedadaptError(
-            "--prompts auto needs an automatic-mode adapter; this model expects box or point prompts.",
-            path=adapter, fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or choose another --prompts.",
-        )
+    elif prompts == "auto":
+        require_automatic(predictor, adapter)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with progress_bar() as bar:

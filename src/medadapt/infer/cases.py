@@ -149,6 +149,16 @@ def _file_prompts(case: Case, options: PredictOptions) -> list[Prompt]:
     )
 
 
+def require_automatic(predictor: SamPredictor, path: Path | None = None) -> None:
+    """``--prompts auto`` needs a model with learned class prompts (an automatic-mode adapter)."""
+    if not predictor.is_automatic:
+        raise MedadaptError(
+            "--prompts auto needs an automatic-mode adapter; this model expects box or point prompts.",
+            path=path,
+            fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or choose another --prompts source.",
+        )
+
+
 def predict_case(predictor: SamPredictor, case: Case, options: PredictOptions, progress=None) -> np.ndarray:
     """The label map for one case, in the case's own array layout."""
     if isinstance(predictor, ModalityBankPredictor):  # per-modality adapters: pick this case's
@@ -156,12 +166,7 @@ def predict_case(predictor: SamPredictor, case: Case, options: PredictOptions, p
     source = options.prompts
     rng = np.random.default_rng(options.seed)
     if source == "auto":
-        if not predictor.is_automatic:
-            raise MedadaptError(
-                "--prompts auto needs an automatic-mode adapter; this model expects box or point prompts.",
-                path=case.source,
-                fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or choose another --prompts source.",
-            )
+        require_automatic(predictor, case.source)
         if case.kind in ("3d", "npz3d"):
             return segment_volume_auto(predictor, case.image, slice_axis=case.slice_axis, progress=progress)
         return predictor.segment_auto(case.image)
