@@ -143,7 +143,7 @@ def fit(
         from medadapt.infer.postprocess import tune_auto_postprocessing
 
         report = tune_auto_postprocessing(opts.out, engines[0][1] if engines else None)
-        kept = [c for c, r in report["classes"].items() if r["keep_largest"]] if report else []
+        kept = [str(c) for c in report["keep_largest"]] if report else []
         console.print(f"post-processing chosen on {len(result['val_cases'])} validation case(s): "
                       + (f"keep the largest component of class(es) {', '.join(kept)}" if kept else "none"))
     from medadapt.report import write_report

@@ -17,7 +17,7 @@ from medadapt.adapt.artifact import read_adapter_meta
 from medadapt.deploy.export import MANIFEST, export_model, read_manifest
 from medadapt.deploy.runtime import DeployedSam, check_engine, default_cache_root
 from medadapt.errors import MedadaptError
-from medadapt.infer.factory import adapter_dir, build_predictor, load_adapted_model
+from medadapt.infer.factory import adapter_dir, automatic_mode, build_predictor, load_adapted_model
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_spec
 
@@ -27,13 +27,11 @@ def load_for_export(model: str | None, *, checkpoint: Path | None = None, adapte
     classes = None
     if adapter is not None:
         net, name, meta = load_adapted_model(adapter, model=model, checkpoint=checkpoint)
-        extra = meta.get("extra") or {}
-        if extra.get("prompt") == "auto":
-            classes = list(extra["classes"])
+        classes, keep_largest = automatic_mode(meta)
         source = {"model": name, "checkpoint": str(checkpoint) if checkpoint else (meta.get("base") or {}).get("checkpoint"),
                   "adapter": str(Path(adapter).resolve()), "recipe": meta.get("recipe")}
         if classes:  # the automatic mode's post-processing travels with the export
-            source["keep_largest"] = [int(c) for c in extra.get("keep_largest", [])]
+            source["keep_largest"] = keep_largest
     else:
         name = model or "litemedsam"
         net = build_model(name, checkpoint=checkpoint)
@@ -114,7 +112,6 @@ def build_engine_predictor(
     predictor = SamPredictor(deployed, spec, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
                              classes=classes if deployed.class_prompts is not None else None)
     if predictor.is_automatic:  # the adapter's current choice wins over the one recorded at export time
-        keep = (read_adapter_meta(adapter_dir(adapter)).get("extra") or {}).get("keep_largest") if adapter is not None else None
-        predictor.keep_largest = [int(c) for c in (keep if keep is not None
-                                                   else deployed.manifest.get("source", {}).get("keep_largest", []))]
+        predictor.keep_largest = (automatic_mode(read_adapter_meta(adapter_dir(adapter)))[1] if adapter is not None
+                                  else [int(c) for c in deployed.manifest.get("source", {}).get("keep_largest", [])])
     return predictor

@@ -12,6 +12,14 @@ from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_spec
 
 
+def automatic_mode(meta: dict) -> tuple[list[int] | None, list[int]]:
+    """(classes, keep_largest) of an automatic-mode adapter's ``adapter.json``; (None, []) for a prompted one."""
+    extra = meta.get("extra") or {}
+    if extra.get("prompt") != "auto":
+        return None, []
+    return list(extra["classes"]), [int(c) for c in extra.get("keep_largest", [])]
+
+
 def adapter_dir(path: Path) -> Path:
     """Accept a run folder (``RUN/adapter``) or the adapter folder itself."""
     path = Path(path)
@@ -71,10 +79,7 @@ def build_predictor(
                                    precision=precision, cache_dir=cache_dir, use_cache=use_cache)
     if adapter is not None:
         net, model, meta = load_adapted_model(adapter, model=model, checkpoint=checkpoint)
-        extra = meta.get("extra") or {}
-        if extra.get("prompt") == "auto":
-            classes = extra["classes"]
-            keep_largest = [int(c) for c in extra.get("keep_largest", [])]
+        classes, keep_largest = automatic_mode(meta)
         frozen_stages = int((meta.get("recipe") or {}).get("frozen_stages", 0))
     else:
         model = model or "litemedsam"

@@ -218,7 +218,7 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
                         **kwargs) -> ModalityBankPredictor:
     """Build the base model once and every modality's adapter on it."""
     from medadapt.adapt.artifact import read_adapter_meta
-    from medadapt.infer.factory import adapter_dir
+    from medadapt.infer.factory import adapter_dir, automatic_mode
     from medadapt.models.registry import build_model, get_spec
 
     bank_dir = Path(bank_dir)
@@ -239,10 +239,7 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
     models, classes, keep = {}, {}, {}
     for mod, folder in folders.items():
         models[mod] = adapted_copy(base, folder)
-        extra = metas[mod].get("extra") or {}
-        auto = extra.get("prompt") == "auto"
-        classes[mod] = extra.get("classes") if auto else None
-        keep[mod] = [int(c) for c in extra.get("keep_largest", [])] if auto else []
+        classes[mod], keep[mod] = automatic_mode(metas[mod])
     return ModalityBankPredictor(models, get_spec(name), classes=classes, keep_largest=keep,
                                  default=bank.get("default"), **kwargs)
 
@@ -313,7 +310,7 @@ def fit_modality_bank(values: dict[str, Any], *, config_file: Path | None = None
             "test_cases": json.loads(split_file.read_text())["test"],
             "best_val_dsc": result.get("best_metric"),
             "fit_seconds": result.get("fit_seconds"),
-            "keep_largest": [int(c) for c, r in post["classes"].items() if r["keep_largest"]] if post else [],
+            "keep_largest": post["keep_largest"] if post else [],
         }
     bank = {
         "format": FORMAT,

@@ -49,7 +49,7 @@ def choose_keep_largest(predictor, dataset, keys: Sequence[str], classes: Sequen
     finally:
         predictor.keep_largest = saved
     chosen = [c for c in before if before[c] and np.mean(after[c]) > np.mean(before[c])]
-    report = {"cases": list(keys), "classes": {
+    report = {"cases": list(keys), "keep_largest": chosen, "classes": {
         str(c): {"dsc": float(np.mean(before[c])), "dsc_largest_component": float(np.mean(after[c])),
                  "keep_largest": c in chosen} for c in before if before[c]}}
     return chosen, report
