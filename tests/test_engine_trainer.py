@@ -162,6 +162,17 @@ def test_early_stopping(tmp_path):
     assert len(res.history) == 5
 
 
+def test_val_every_sets_the_validation_points(tmp_path):
+    # 6 steps per epoch: with val_every=4 validations come at 4, 8, 12, ... and the end only, not
+    # also at every epoch's end (6, 12, 18); without val_every, once per epoch.
+    stepped = Trainer(cfg(val_every=4, epochs=4), ToyTask(), tmp_path / "a").fit()
+    assert [h["step"] for h in stepped.history] == [4, 8, 12, 16, 20, 24]
+    per_epoch = Trainer(cfg(epochs=4), ToyTask(), tmp_path / "b").fit()
+    assert [h["step"] for h in per_epoch.history] == [6, 12, 18, 24]
+    ends_off_grid = Trainer(cfg(val_every=5, epochs=4), ToyTask(), tmp_path / "c").fit()
+    assert [h["step"] for h in ends_off_grid.history] == [5, 10, 15, 20, 24]  # the final weights too
+
+
 def test_best_hook_only_on_improvement(tmp_path):
     task = ToyTask(metrics=[0.3, 0.1, 0.2, 0.05, 0.4])  # one validation per epoch of 6 steps
     res = Trainer(cfg(monitor="score", mode="min", epochs=5), task, tmp_path).fit()

@@ -49,7 +49,7 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu"] = "auto"
     # validation, best checkpoint, early stopping
-    val_every: int | None = Field(None, gt=0)
+    val_every: int | None = Field(None, gt=0)  # every N steps and at the end; None: at each epoch end
     monitor: str | None = None
     mode: Literal["max", "min"] = "max"
     min_delta: float = Field(0.0, ge=0)

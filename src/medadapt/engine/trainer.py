@@ -280,7 +280,9 @@ class Trainer:
             self._optimizer_step(window)
             if self._after_step():
                 return
-        if run.last_val_step != run.step:
+        # With val_every the user chose the validation points (as HF's eval_strategy="steps"): no extra
+        # pass at each epoch's end, which at k = 1 (a few steps per epoch) would cost more than training.
+        if cfg.val_every is None and run.last_val_step != run.step:
             self._validate()
         run.epoch += 1
         run.batches_done = 0
