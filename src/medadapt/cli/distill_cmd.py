@@ -32,7 +32,7 @@ def distill(
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs instead of --max-steps."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Slices per step (default 8)."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 5e-4)."),
-    val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps (default 50)."),
+    val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps and after the last (default 50)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Input side (default: the student's)."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="On-disk cache of teacher embeddings."),
     label_dir: str | None = typer.Option(None, "--label-dir", help="Label folder name inside --data."),

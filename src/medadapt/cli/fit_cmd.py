@@ -78,7 +78,7 @@ def fit(
         help="Encoder-side recipes on TinyViT-family encoders: keep the patch stem and first N stages frozen and "
              "cache their output (N = 2 halves LiteMedSAM's step time).",
     ),
-    val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps (default 50)."),
+    val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps and after the last (default 50)."),
     patience: int | None = typer.Option(None, "--patience", help="Early stopping after N validations without gain."),
     precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16."),
     image_suffix: str | None = typer.Option(None, "--image-suffix", help="Suffix dropped from image names when pairing."),

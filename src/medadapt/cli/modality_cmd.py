@@ -28,7 +28,7 @@ def fit_modalities(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Slices per step (default 4)."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 1e-4)."),
     lora_rank: int | None = typer.Option(None, "--lora-rank", help="LoRA rank (default 4)."),
-    val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps (default 50)."),
+    val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps and after the last (default 50)."),
     label_dir: str | None = typer.Option(None, "--label-dir", help="Label folder name inside --data."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="On-disk embedding cache shared across runs."),
     config: Path | None = typer.Option(None, "--config", help="YAML file with any `medadapt fit` option."),
