@@ -237,7 +237,9 @@ def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume:
     train_config = _train_config(opts)
     task = build_classify_task(_classify_config(opts, train_ids), train_config)  # reads data: errors come first
     task.artifact_dir = ADAPTER_DIR
-    if not opts.epochs:  # epochs of a whole number of validation periods: validation at the val_every rhythm only
+    # Epochs of a whole number of validation periods. Written when the trainer also validated at every
+    # epoch's end (it no longer does with val_every); kept so that runs reproduce the benchmarked epochs.
+    if not opts.epochs:
         period = (opts.val_every or train_config.max_steps) * opts.batch_size * opts.grad_accum
         task.samples_per_epoch = -(-len(task.train) // period) * period
 

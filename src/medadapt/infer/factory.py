@@ -20,6 +20,15 @@ def automatic_mode(meta: dict) -> tuple[list[int] | None, list[int]]:
     return list(extra["classes"]), [int(c) for c in extra.get("keep_largest", [])]
 
 
+def attach_auto_prompts(net: nn.Module, meta: dict) -> None:
+    """Give ``net`` the class prompts an automatic-mode adapter trained (before its weights load)."""
+    extra = meta.get("extra") or {}
+    if extra.get("class_prompt_tokens"):
+        from medadapt.engine.sam_task import attach_class_prompts
+
+        attach_class_prompts(net, len(extra["classes"]), extra["class_prompt_tokens"], init=False)
+
+
 def adapter_dir(path: Path) -> Path:
     """Accept a run folder (``RUN/adapter``) or the adapter folder itself."""
     path = Path(path)
@@ -39,7 +48,6 @@ def load_adapted_model(
 ) -> tuple[nn.Module, str, dict]:
     """Base model + adapter of a fit run. Returns (model, model name, adapter metadata)."""
     from medadapt.adapt.artifact import load_adapter, read_adapter_meta
-    from medadapt.engine.sam_task import attach_class_prompts
 
     folder = adapter_dir(run)
     meta = read_adapter_meta(folder)
@@ -54,9 +62,7 @@ def load_adapted_model(
             fix=f"use --model {base.get('model')} (or leave --model out).",
         )
     net = build_model(name, checkpoint=checkpoint or base.get("checkpoint"))
-    extra = meta.get("extra") or {}
-    if extra.get("class_prompt_tokens"):
-        attach_class_prompts(net, len(extra["classes"]), extra["class_prompt_tokens"], init=False)
+    attach_auto_prompts(net, meta)
     load_adapter(net, folder)
     return net.eval(), name, meta
 

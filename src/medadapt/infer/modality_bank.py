@@ -133,13 +133,6 @@ def _tensors(module: nn.Module):
     yield from module.buffers()
 
 
-def _attach_auto_prompts(model: nn.Module, extra: dict) -> None:
-    if extra.get("class_prompt_tokens"):
-        from medadapt.engine.sam_task import attach_class_prompts
-
-        attach_class_prompts(model, len(extra["classes"]), extra["class_prompt_tokens"], init=False)
-
-
 def adapted_copy(base: nn.Module, adapter: str | Path) -> nn.Module:
     """``base`` + ``adapter`` as a new module sharing every tensor of ``base`` the adapter leaves unchanged.
 
@@ -148,13 +141,13 @@ def adapted_copy(base: nn.Module, adapter: str | Path) -> nn.Module:
     """
     from medadapt.adapt.artifact import adapter_state_dict, load_adapter, read_adapter_meta
     from medadapt.adapt.recipes import RecipeConfig, apply_recipe
+    from medadapt.infer.factory import attach_auto_prompts
 
     meta = read_adapter_meta(adapter)
-    extra = meta.get("extra") or {}
     shared_all = {id(t): t for t in _tensors(base)}
     flags = [(p, p.requires_grad) for p in base.parameters()]
     probe = copy.deepcopy(base, dict(shared_all))
-    _attach_auto_prompts(probe, extra)  # automatic-mode recipes also train the class prompts
+    attach_auto_prompts(probe, meta)  # automatic-mode recipes also train the class prompts
     apply_recipe(probe, RecipeConfig.model_validate(meta["recipe"]))  # (un)freezes shared tensors too
     touched = {t.data_ptr() for t in adapter_state_dict(probe).values()}
     del probe
@@ -162,7 +155,7 @@ def adapted_copy(base: nn.Module, adapter: str | Path) -> nn.Module:
         p.requires_grad_(flag)
     memo = {i: t for i, t in shared_all.items() if t.data_ptr() not in touched}
     model = copy.deepcopy(base, memo)
-    _attach_auto_prompts(model, extra)
+    attach_auto_prompts(model, meta)
     load_adapter(model, adapter)
     for p in model.parameters():
         p.requires_grad_(False)

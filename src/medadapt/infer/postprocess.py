@@ -65,12 +65,12 @@ def tune_auto_postprocessing(run_dir: str | Path, encode: Callable | None = None
     from medadapt.adapt.artifact import ADAPTER_JSON, read_adapter_meta
     from medadapt.data.fewshot import load_split
     from medadapt.engine.sam_fit import FitOptions, load_fit_dataset
-    from medadapt.infer.factory import build_predictor
+    from medadapt.infer.factory import automatic_mode, build_predictor
 
     run = Path(run_dir)
     meta = read_adapter_meta(run / "adapter")
-    extra = meta.get("extra") or {}
-    if extra.get("prompt") != "auto":
+    classes, _ = automatic_mode(meta)
+    if classes is None:
         return None
     dataset = load_fit_dataset(FitOptions.model_validate_json((run / "fit_config.json").read_text()))
     val = list(load_split(run / "split.json", dataset).val)
@@ -78,8 +78,8 @@ def tune_auto_postprocessing(run_dir: str | Path, encode: Callable | None = None
         return None
     predictor = build_predictor(None, adapter=run)
     predictor.encoder = encode
-    chosen, report = choose_keep_largest(predictor, dataset, val, extra["classes"])
-    meta["extra"] = {**extra, "keep_largest": chosen}
+    chosen, report = choose_keep_largest(predictor, dataset, val, classes)
+    meta["extra"] = {**meta["extra"], "keep_largest": chosen}
     write_json(run / "adapter" / ADAPTER_JSON, meta)
     result_file = run / "result.json"
     if result_file.exists():
