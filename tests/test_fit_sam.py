@@ -186,10 +186,17 @@ def test_existing_run_needs_resume(hippo, tmp_path: Path, cache_dir: Path):
         _fit(tmp_path, spec, split, cache_dir, method="decoder-lora", prompt="box", max_steps=2)
 
 
-def test_auto_mode_segments_without_prompts(hippo, tmp_path: Path, cache_dir: Path):
+@pytest.fixture(scope="module")
+def auto_run(hippo, cache_dir: Path, tmp_path_factory) -> tuple[Path, dict]:
+    """One automatic-mode (no prompt) fit shared by the tests below."""
     spec, split = hippo
-    run = tmp_path / "auto"
-    result = _fit(run, spec, split, cache_dir, method="decoder", prompt="auto", max_steps=30, lr=3e-4)
+    run = tmp_path_factory.mktemp("auto") / "run"
+    return run, _fit(run, spec, split, cache_dir, method="decoder", prompt="auto", max_steps=30, lr=3e-4)
+
+
+def test_auto_mode_segments_without_prompts(hippo, auto_run, tmp_path: Path, cache_dir: Path):
+    spec, _ = hippo
+    run, result = auto_run
     assert result["classes"] == [1, 2]
     ds = load_dataset(spec)
     labelled = len(list(iter_slices(ds, TRAIN)))
@@ -219,6 +226,44 @@ def test_auto_mode_segments_without_prompts(hippo, tmp_path: Path, cache_dir: Pa
     res = CliRunner().invoke(app, ["predict", "--prompts", "auto", "--input", str(image_file),
                                    "--out", str(tmp_path / "pred0")])
     assert res.exit_code == 2 and "needs an automatic-mode adapter" in " ".join(res.output.split()), res.output
+
+
+def test_auto_mode_mirroring_is_mirror_equivariant(hippo, auto_run, tmp_path: Path, cache_dir: Path):
+    """--mirror averages each slice's class logits with those of its mirror image, mirrored back:
+    the result for a mirrored volume is exactly the mirrored result (it fails if the flip is not undone)."""
+    spec, _ = hippo
+    run, _ = auto_run
+    ds = load_dataset(spec)
+    image, _, _, axis = ds.load(TRAIN[0])  # the fit's own volume: its structures are found there
+    from medadapt.infer.volume import segment_volume_auto
+
+    predictor = build_predictor(None, adapter=run, cache_dir=cache_dir)
+    plain = segment_volume_auto(predictor, image, slice_axis=axis)
+    predictor.mirror = True
+    width = max(a for a in range(image.ndim) if a != axis)  # the slice's last axis
+    mirrored = segment_volume_auto(predictor, image, slice_axis=axis)
+    of_flipped = segment_volume_auto(predictor, np.flip(image, width).copy(), slice_axis=axis)
+    assert np.array_equal(np.flip(of_flipped, width), mirrored)
+    assert not np.array_equal(plain, mirrored)  # the mirror image's logits were used
+    from typer.testing import CliRunner
+
+    from medadapt.cli.main import app
+    from medadapt.io.volumes import read_volume
+
+    image_file = ds.case(TRAIN[0]).image
+    res = CliRunner().invoke(app, ["predict", "--adapter", str(run), "--mirror", "--input", str(image_file),
+                                   "--out", str(tmp_path / "pred"), "--cache-dir", str(cache_dir)])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(read_volume(tmp_path / "pred" / image_file.name).array, mirrored)
+    # Box prompts are not mirrored: a clear error before anything is written.
+    label_file = ds.case(TRAIN[0]).label
+    res = CliRunner().invoke(app, ["predict", "--mirror", "--input", str(image_file), "--labels", str(label_file),
+                                   "--out", str(tmp_path / "pred_box")])
+    assert res.exit_code == 2 and "--mirror applies to automatic mode" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "pred_box").exists()
+    res = CliRunner().invoke(app, ["evaluate", "--mirror", "--pred", str(tmp_path / "pred"), "--gt", str(label_file),
+                                   "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 2 and "--mirror segments images" in " ".join(res.output.split()), res.output
 
 
 def test_frozen_encoder_on_another_engine_fills_the_cache(hippo, tmp_path: Path, monkeypatch):

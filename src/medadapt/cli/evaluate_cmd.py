@@ -40,6 +40,7 @@ def evaluate(
     pred_suffix: str | None = typer.Option(None, "--pred-suffix", help="Suffix dropped from prediction names."),
     gt_suffix: str | None = typer.Option(None, "--gt-suffix", help="Suffix dropped from ground-truth names."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % CIs."),
+    mirror: bool = typer.Option(False, "--mirror", help="With --data. " + "Automatic mode: also segment each image left-right mirrored and average the class logits (helps mirror-symmetric structures such as vessels; hurts classes told apart by side or orientation: bench/results/mirror_*.json)."),
 ) -> None:
     """Score predictions against ground truth; writes per_case.csv (case,class,dsc,nsd,hd95) and summary.json.
 
@@ -66,11 +67,15 @@ def evaluate(
         console.print(result.get("message", f"wrote {out}"))
         return
     class_list = parse_int_list(classes, option="--classes")
+    if mirror and data is None:
+        raise MedadaptError("--mirror segments images, so it needs --data SPEC (with an automatic-mode --adapter RUN).",
+                            fix="add --data and --adapter, or leave --mirror out when scoring --pred/--gt files.")
     if data is not None:
         rows, settings = _evaluate_dataset(
             data, adapter=adapter, model=model, split=split, prompt=prompt, classes=class_list,
             tolerance_mm=tolerance_mm, out=out, save=save_predictions, label_dir=label_dir,
             image_suffix=image_suffix, label_suffix=label_suffix, batch_size=batch_size, precision=precision,
+            mirror=mirror,
         )
         _write(out, rows, settings, n_boot)
         return
@@ -103,7 +108,7 @@ def _write(out: Path, rows: list[dict], settings: dict, n_boot: int) -> None:
 
 
 def _evaluate_dataset(data, *, adapter, model, split, prompt, classes, tolerance_mm, out, save, label_dir,
-                      image_suffix, label_suffix, batch_size, precision):
+                      image_suffix, label_suffix, batch_size, precision, mirror=False):
     from medadapt.data.datasets import load_dataset
     from medadapt.data.fewshot import load_split, make_split
     from medadapt.infer.dataset_eval import evaluate_dataset
@@ -117,6 +122,10 @@ def _evaluate_dataset(data, *, adapter, model, split, prompt, classes, tolerance
     mode = prompt or ("auto" if predictor.is_automatic else "box")
     if mode == "auto" and not predictor.is_automatic:
         raise MedadaptError("--prompt auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN.")
+    if mirror and mode != "auto":
+        raise MedadaptError("--mirror applies to automatic mode (no prompt) only; this evaluation uses box prompts.",
+                            path=adapter, fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or leave --mirror out.")
+    predictor.mirror = mirror
     keys = list(the_split.test)
     with progress_bar() as bar:
         task = bar.add_task("segment + score", total=len(keys))
@@ -127,7 +136,7 @@ def _evaluate_dataset(data, *, adapter, model, split, prompt, classes, tolerance
     settings = {"data": resolve_spec(data), "adapter": str(adapter) if adapter else None,
                 "label_dir": label_dir, "image_suffix": image_suffix, "label_suffix": label_suffix,
                 "model": predictor.spec.name, "prompt": mode, "split": str(split) if split else "default test set",
-                "tolerance_mm": tolerance_mm, **info}
+                "tolerance_mm": tolerance_mm, "mirror": mirror, **info}
     return rows, settings
 
 

@@ -75,6 +75,9 @@ class SamPredictor:
         # Classes whose automatic-mode masks keep only their largest connected component
         # (chosen on validation data after the fit: medadapt.infer.postprocess).
         self.keep_largest: list[int] = []
+        # Automatic mode only: also decode the left-right mirrored image and average the class logits
+        # (test-time mirroring, as nnU-Net does by default; costs a second encoder pass per image).
+        self.mirror = False
         self.cache = None
         if use_cache or cache_dir is not None:
             from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
@@ -186,20 +189,36 @@ class SamPredictor:
         return getattr(self.model, "class_prompts", None) is not None and self.classes is not None
 
     @torch.no_grad()
-    def decode_auto(self, embedding: torch.Tensor, transform: Transform) -> np.ndarray:
-        """Automatic mode: every class from the image alone → uint16 label map in the original frame."""
-        from medadapt.adapt.class_prompts import labels_from_class_logits
-
+    def auto_logits(self, embedding: torch.Tensor, transform: Transform) -> torch.Tensor:
+        """Automatic mode: ``[1, C, H, W]`` class logits in the original image frame."""
         if embedding.dim() == 3:
             embedding = embedding[None]
         low_res, _ = self.model.class_prompts.decode(self.model, embedding)
-        labels = labels_from_class_logits(postprocess_logits(low_res.float(), transform))[0].numpy()
+        return postprocess_logits(low_res.float(), transform)
+
+    @torch.no_grad()
+    def decode_auto(self, embedding: torch.Tensor, transform: Transform,
+                    mirrored: tuple[torch.Tensor, Transform] | None = None) -> np.ndarray:
+        """Automatic mode: every class from the image alone → uint16 label map in the original frame.
+
+        ``mirrored``: (embedding, transform) of the left-right mirrored image; its logits are mirrored
+        back and averaged with the image's own.
+        """
+        from medadapt.adapt.class_prompts import labels_from_class_logits
+
+        logits = self.auto_logits(embedding, transform)
+        if mirrored is not None:
+            logits = (logits + self.auto_logits(*mirrored).flip(-1)) / 2
+        labels = labels_from_class_logits(logits)[0].numpy()
         lut = np.array([0, *self.classes], dtype=np.uint16)
         return lut[labels]
 
     def segment_auto(self, image: np.ndarray) -> np.ndarray:
-        prepared = self.prepare(image)
-        return self.postprocess_auto(self.decode_auto(self.encode([prepared.tensor])[0], prepared.transform))
+        images = [image, np.ascontiguousarray(image[:, ::-1])] if self.mirror else [image]
+        prepared = [self.prepare(im) for im in images]
+        emb = self.encode([p.tensor for p in prepared])
+        mirrored = (emb[1], prepared[1].transform) if self.mirror else None
+        return self.postprocess_auto(self.decode_auto(emb[0], prepared[0].transform, mirrored))
 
     def postprocess_auto(self, labels: np.ndarray) -> np.ndarray:
         """A whole automatic-mode result (image or volume) after ``keep_largest``."""

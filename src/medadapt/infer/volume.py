@@ -170,12 +170,19 @@ def segment_volume_from_labels(
 def segment_volume_auto(
     predictor: SamPredictor, volume: np.ndarray, *, slice_axis: int = 0, progress: Progress | None = None
 ) -> np.ndarray:
-    """Automatic mode: every slice encoded (batched) and decoded into all classes, no prompt."""
+    """Automatic mode: every slice encoded (batched) and decoded into all classes, no prompt.
+
+    With ``predictor.mirror`` each slice is also segmented left-right mirrored (logits averaged).
+    """
     vol = np.moveaxis(volume, slice_axis, 0)
     cache = SliceEmbeddings(predictor, vol, progress)
     cache.prepare(range(vol.shape[0]))
+    mirrored = None
+    if predictor.mirror:
+        mirrored = SliceEmbeddings(predictor, np.ascontiguousarray(vol[:, :, ::-1]))
+        mirrored.prepare(range(vol.shape[0]))
     segs = np.zeros(vol.shape[:3], dtype=np.uint16)
     for z in range(vol.shape[0]):
         emb, tf = cache.get(z)
-        segs[z] = predictor.decode_auto(emb, tf)
+        segs[z] = predictor.decode_auto(emb, tf, mirrored.get(z) if mirrored is not None else None)
     return np.moveaxis(predictor.postprocess_auto(segs), 0, slice_axis)
