@@ -59,10 +59,10 @@ def main() -> int:
             continue
         if "/auto/" not in key:
             raise SystemExit(f"{key}: not an automatic-mode run (mirroring applies to --prompt auto only)")
-        folder = next((work / f / key.replace("/", "_") for f in (args.folders or [args.name])
-                       if (work / f / key.replace("/", "_") / "adapter").exists()), None)
+        folders = [work / f / key.replace("/", "_") for f in args.folders or [args.name]]
+        folder = next((f for f in folders if (f / "adapter").exists()), None)
         if folder is None:
-            raise SystemExit(f"{key}: no run folder with an adapter under {work} ({args.folders or [args.name]})")
+            raise SystemExit(f"{key}: no run folder with an adapter among {[str(f) for f in folders]}")
         predictor = build_predictor(None, adapter=folder, cache_dir=work / folder.parent.name / "embedding_cache")
         row = {"threads": args.threads, "benchmarked_dsc": fewshot["runs"].get(key, {}).get("dsc")}
         for mirror in (False, True):

@@ -69,6 +69,22 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+MIRROR_HELP = (
+    "Automatic mode: also segment each image left-right mirrored and average the class logits (helps "
+    "mirror-symmetric structures such as vessels; hurts classes told apart by side or orientation: "
+    "bench/results/mirror_*.json)."
+)
+
+
+def check_mirror(mirror: bool, mode: str, path=None) -> None:
+    """``--mirror`` only changes automatic-mode (no prompt) inference; refuse it for prompted modes."""
+    if mirror and mode != "auto":
+        raise MedadaptError(
+            f"--mirror applies to automatic mode (no prompt) only, not to {mode} prompts.",
+            path=path, fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or leave --mirror out.",
+        )
+
+
 def parse_int_list(text: str | None, *, option: str) -> list[int] | None:
     if text is None or text == "":
         return None

@@ -8,7 +8,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from medadapt.cli.common import console, parse_int_list, progress_bar, set_threads, user_errors
+from medadapt.cli.common import (
+    MIRROR_HELP,
+    check_mirror,
+    console,
+    parse_int_list,
+    progress_bar,
+    set_threads,
+    user_errors,
+)
 from medadapt.errors import MedadaptError
 from medadapt.io.discovery import resolve_spec
 
@@ -40,7 +48,7 @@ def evaluate(
     pred_suffix: str | None = typer.Option(None, "--pred-suffix", help="Suffix dropped from prediction names."),
     gt_suffix: str | None = typer.Option(None, "--gt-suffix", help="Suffix dropped from ground-truth names."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % CIs."),
-    mirror: bool = typer.Option(False, "--mirror", help="With --data. " + "Automatic mode: also segment each image left-right mirrored and average the class logits (helps mirror-symmetric structures such as vessels; hurts classes told apart by side or orientation: bench/results/mirror_*.json)."),
+    mirror: bool = typer.Option(False, "--mirror", help="With --data. " + MIRROR_HELP),
 ) -> None:
     """Score predictions against ground truth; writes per_case.csv (case,class,dsc,nsd,hd95) and summary.json.
 
@@ -108,7 +116,7 @@ def _write(out: Path, rows: list[dict], settings: dict, n_boot: int) -> None:
 
 
 def _evaluate_dataset(data, *, adapter, model, split, prompt, classes, tolerance_mm, out, save, label_dir,
-                      image_suffix, label_suffix, batch_size, precision, mirror=False):
+                      image_suffix, label_suffix, batch_size, precision, mirror):
     from medadapt.data.datasets import load_dataset
     from medadapt.data.fewshot import load_split, make_split
     from medadapt.infer.dataset_eval import evaluate_dataset
@@ -122,9 +130,7 @@ def _evaluate_dataset(data, *, adapter, model, split, prompt, classes, tolerance
     mode = prompt or ("auto" if predictor.is_automatic else "box")
     if mode == "auto" and not predictor.is_automatic:
         raise MedadaptError("--prompt auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN.")
-    if mirror and mode != "auto":
-        raise MedadaptError("--mirror applies to automatic mode (no prompt) only; this evaluation uses box prompts.",
-                            path=adapter, fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or leave --mirror out.")
+    check_mirror(mirror, mode, adapter)
     predictor.mirror = mirror
     keys = list(the_split.test)
     with progress_bar() as bar:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from medadapt.cli.common import console, progress_bar, set_threads, user_errors
+from medadapt.cli.common import MIRROR_HELP, check_mirror, console, progress_bar, set_threads, user_errors
 from medadapt.errors import MedadaptError
 
 
@@ -52,7 +52,7 @@ def predict(
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="On-disk embedding cache (re-runs skip the encoder)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (torch and the runtime engines)."),
     seed: int = typer.Option(0, "--seed", help="Seed for jitter and random points."),
-    mirror: bool = typer.Option(False, "--mirror", help="Automatic mode: also segment each image left-right mirrored and average the class logits (helps mirror-symmetric structures such as vessels; hurts classes told apart by side or orientation: bench/results/mirror_*.json)."),
+    mirror: bool = typer.Option(False, "--mirror", help=MIRROR_HELP),
 ) -> None:
     """Segment images or volumes with box / point prompts; outputs keep the input names and geometry."""
     from medadapt.deploy.engine import build_engine_predictor
@@ -105,11 +105,7 @@ def predict(
         _check_labels_given(options.prompts, labels)
     elif prompts == "auto":
         require_automatic(predictor, adapter)
-    if mirror and options.prompts != "auto":
-        raise MedadaptError(
-            f"--mirror applies to automatic mode (no prompt) only, not to --prompts {options.prompts}.",
-            path=adapter, fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or leave --mirror out.",
-        )
+    check_mirror(mirror, options.prompts, adapter)
     predictor.mirror = mirror
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
