@@ -136,7 +136,8 @@ def test_bad_recipe_options_exit_2_without_a_run_folder(hippo, tmp_path: Path):
                            (["--set", "bogus=1"], "invalid fit option 'bogus'"),
                            (["--frozen-stages", "2", "--set", "lora_blocks=0,5"], "layers.1.blocks.0.attn.qkv lies in"),
                            (["--set", "lora_blocks=a"], "invalid fit option 'lora_blocks.0'"),
-                           (["--lr", "1e-3", "--set", "lr=1e-4"], "lr given both as --lr and with --set")):
+                           (["--lr", "1e-3", "--set", "lr=1e-4"], "lr given both as --lr and with --set"),
+                           (["--slice-axis", "3"], "invalid fit option 'slice_axis'")):
         res = CliRunner().invoke(app, ["fit", "--data", spec, "--split", str(split), "--out", str(tmp_path / "run"),
                                        "--method", "lora", "--no-progress", *extra])
         assert res.exit_code == 2, res.output
@@ -184,6 +185,40 @@ def test_existing_run_needs_resume(hippo, tmp_path: Path, cache_dir: Path):
     _fit(tmp_path, spec, split, cache_dir, method="decoder-lora", prompt="box", max_steps=2)
     with pytest.raises(MedadaptError, match="resume"):
         _fit(tmp_path, spec, split, cache_dir, method="decoder-lora", prompt="box", max_steps=2)
+
+
+def test_chosen_slice_axis_is_trained_and_applied_along_it(hippo, tmp_path: Path, cache_dir: Path):
+    """`fit --slice-axis 0` trains on sagittal slices of the axially-sliced-by-default hippocampus volumes;
+    the adapter records the axis, so evaluate and predict cut volumes the same way without being told."""
+    spec, split = hippo
+    ds = load_dataset(spec)
+    image, label, _, default_axis = ds.load(TRAIN[0])
+    assert default_axis == 2
+    run = tmp_path / "run"
+    result = _fit(run, spec, split, cache_dir, method="decoder", prompt="box", max_steps=2, slice_axis=0)
+    sagittal = len(list(iter_slices(ds, TRAIN, axis=0)))
+    assert result["train_slices"] == sagittal != len(list(iter_slices(ds, TRAIN)))
+    import json
+
+    assert json.loads((run / "adapter" / "adapter.json").read_text())["extra"]["slice_axis"] == 0
+    predictor = build_predictor(None, adapter=run, cache_dir=cache_dir)
+    assert predictor.slice_axis == 0
+    from medadapt.infer.dataset_eval import predict_loaded
+    from medadapt.infer.volume import segment_volume_from_labels
+
+    along_0 = segment_volume_from_labels(predictor, image, label, slice_axis=0)
+    assert not np.array_equal(along_0, segment_volume_from_labels(predictor, image, label, slice_axis=2))
+    assert np.array_equal(predict_loaded(predictor, image, label, default_axis, "box"), along_0)
+    from typer.testing import CliRunner
+
+    from medadapt.cli.main import app
+    from medadapt.io.volumes import read_volume
+
+    case = ds.case(TRAIN[0])
+    res = CliRunner().invoke(app, ["predict", "--adapter", str(run), "--input", str(case.image), "--labels",
+                                   str(case.label), "--out", str(tmp_path / "pred"), "--cache-dir", str(cache_dir)])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(read_volume(tmp_path / "pred" / case.image.name).array, along_0)
 
 
 @pytest.fixture(scope="module")

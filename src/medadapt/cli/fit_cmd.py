@@ -78,6 +78,11 @@ def fit(
         help="Encoder-side recipes on TinyViT-family encoders: keep the patch stem and first N stages frozen and "
              "cache their output (N = 2 halves LiteMedSAM's step time).",
     ),
+    slice_axis: int | None = typer.Option(
+        None, "--slice-axis",
+        help="Volumes: array axis cut into 2D slices (default: through-plane axis by spacing); "
+             "predict and evaluate reuse the adapter's axis.",
+    ),
     val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps and after the last (default 50)."),
     patience: int | None = typer.Option(None, "--patience", help="Early stopping after N validations without gain."),
     precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16."),
@@ -127,6 +132,7 @@ def fit(
         target_modules=target_modules.split(",") if target_modules else None, val_every=val_every,
         patience=patience, precision=precision, image_suffix=image_suffix, label_suffix=label_suffix,
         label_dir=label_dir, cache_dir=cache_dir, encoder_engine=encoder_engine, frozen_stages=frozen_stages,
+        slice_axis=slice_axis,
         progress=False if no_progress else None,
     )
     opts = FitOptions.build(with_settings(values, settings), config)

@@ -105,6 +105,8 @@ def predict(
         _check_labels_given(options.prompts, labels)
     elif prompts == "auto":
         require_automatic(predictor, adapter)
+    if options.slice_axis is None:  # an adapter trained on a chosen axis is applied along it
+        options.slice_axis = predictor.slice_axis
     check_mirror(mirror, options.prompts, adapter)
     predictor.mirror = mirror
     out.mkdir(parents=True, exist_ok=True)

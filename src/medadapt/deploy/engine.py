@@ -17,7 +17,13 @@ from medadapt.adapt.artifact import read_adapter_meta
 from medadapt.deploy.export import MANIFEST, export_model, read_manifest
 from medadapt.deploy.runtime import DeployedSam, check_engine, default_cache_root
 from medadapt.errors import MedadaptError
-from medadapt.infer.factory import adapter_dir, automatic_mode, build_predictor, load_adapted_model
+from medadapt.infer.factory import (
+    adapter_dir,
+    automatic_mode,
+    build_predictor,
+    load_adapted_model,
+    trained_slice_axis,
+)
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_spec
 
@@ -32,6 +38,7 @@ def load_for_export(model: str | None, *, checkpoint: Path | None = None, adapte
                   "adapter": str(Path(adapter).resolve()), "recipe": meta.get("recipe")}
         if classes:  # the automatic mode's post-processing travels with the export
             source["keep_largest"] = keep_largest
+        source["slice_axis"] = trained_slice_axis(meta)
     else:
         name = model or "litemedsam"
         net = build_model(name, checkpoint=checkpoint)
@@ -114,4 +121,7 @@ def build_engine_predictor(
     if predictor.is_automatic:  # the adapter's current choice wins over the one recorded at export time
         predictor.keep_largest = (automatic_mode(read_adapter_meta(adapter_dir(adapter)))[1] if adapter is not None
                                   else [int(c) for c in deployed.manifest.get("source", {}).get("keep_largest", [])])
+    axis = (trained_slice_axis(read_adapter_meta(adapter_dir(adapter))) if adapter is not None
+            else deployed.manifest.get("source", {}).get("slice_axis"))
+    predictor.slice_axis = None if axis is None else int(axis)
     return predictor

@@ -40,6 +40,9 @@ class FitOptions(BaseModel):
     n_val: int | None = Field(None, ge=0)
     split: str | None = None  # reuse a split.json
     classes: list[int] | None = None
+    # volumes: the axis sliced into 2D samples (None: the through-plane axis by spacing); the adapter
+    # records it so that predict / evaluate slice the same way
+    slice_axis: int | None = Field(None, ge=0, le=2)
     # data layout helpers
     image_suffix: str | None = None
     label_suffix: str | None = None
@@ -169,8 +172,8 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     applied = apply_recipe(model, recipe)
 
     auto = opts.prompt == "auto"  # prompt-free inference sees every slice, so training sees empty ones too
-    train = list(iter_slices(dataset, split.train, classes=classes, include_empty=auto))
-    val = list(iter_slices(dataset, split.val, classes=classes, include_empty=auto))
+    train = list(iter_slices(dataset, split.train, axis=opts.slice_axis, classes=classes, include_empty=auto))
+    val = list(iter_slices(dataset, split.val, axis=opts.slice_axis, classes=classes, include_empty=auto))
     if auto:
         train, val = (with_empty_slices(s, opts.empty_slice_ratio) for s in (train, val))
     if not any(np.any(s.label) for s in train):
@@ -189,7 +192,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         prompt=opts.prompt, classes=classes, batch_size=opts.batch_size, box_jitter=opts.box_jitter,
         n_pos=opts.n_pos, n_neg=opts.n_neg, iou_weight=opts.iou_weight, augment=opts.augment,
         cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, seed=opts.seed, base=base,
-        class_token_lr_scale=opts.class_token_lr_scale,
+        class_token_lr_scale=opts.class_token_lr_scale, slice_axis=opts.slice_axis,
     )
     if opts.encoder_engine != "torch" and not applied.encoder_trainable:
         if frozen_encoder is None:

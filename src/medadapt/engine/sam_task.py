@@ -64,6 +64,7 @@ class SamTaskSettings:
     seed: int = 0
     base: dict = field(default_factory=dict)  # identifies the base model in the artifact
     class_token_lr_scale: float = 10.0  # auto mode: prompt tuning wants a larger lr than the decoder
+    slice_axis: int | None = None  # volumes: the axis the training slices were cut along (None: by spacing)
     # Another engine for the frozen encoder: (tag, [B,3,S,S] -> [B,256,64,64]); see ``run_fit``.
     frozen_encoder: tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None = None
 
@@ -328,6 +329,7 @@ class SamSegmentationTask:
             extra={
                 "prompt": self.settings.prompt,
                 "classes": self.classes,
+                "slice_axis": self.settings.slice_axis,
                 "class_prompt_tokens": (
                     int(self.sam.class_prompts.tokens.shape[1]) if hasattr(self.sam, "class_prompts") else 0
                 ),

@@ -23,8 +23,12 @@ from medadapt.infer.volume import segment_volume_auto, segment_volume_from_label
 
 def predict_loaded(predictor: SamPredictor, image: np.ndarray, label: np.ndarray, slice_axis: int | None,
                    mode: str) -> np.ndarray:
-    """Prediction for one loaded case (volume when ``slice_axis`` is set, else a 2D image)."""
+    """Prediction for one loaded case (volume when ``slice_axis`` is set, else a 2D image).
+
+    A volume is cut along the predictor's own axis when its adapter was trained on a chosen one.
+    """
     if slice_axis is not None:
+        slice_axis = slice_axis if predictor.slice_axis is None else predictor.slice_axis
         if mode == "auto":
             return segment_volume_auto(predictor, image, slice_axis=slice_axis)
         return segment_volume_from_labels(predictor, image, label, slice_axis=slice_axis)

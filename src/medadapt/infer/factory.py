@@ -20,6 +20,12 @@ def automatic_mode(meta: dict) -> tuple[list[int] | None, list[int]]:
     return list(extra["classes"]), [int(c) for c in extra.get("keep_largest", [])]
 
 
+def trained_slice_axis(meta: dict) -> int | None:
+    """The volume axis an adapter's training slices were cut along (``fit --slice-axis``), None if by spacing."""
+    axis = (meta.get("extra") or {}).get("slice_axis")
+    return None if axis is None else int(axis)
+
+
 def attach_auto_prompts(net: nn.Module, meta: dict) -> None:
     """Give ``net`` the class prompts an automatic-mode adapter trained (before its weights load)."""
     extra = meta.get("extra") or {}
@@ -95,4 +101,6 @@ def build_predictor(
         use_cache=use_cache, classes=classes, frozen_stages=frozen_stages,
     )
     predictor.keep_largest = keep_largest
+    if adapter is not None:
+        predictor.slice_axis = trained_slice_axis(meta)
     return predictor

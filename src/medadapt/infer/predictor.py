@@ -78,6 +78,8 @@ class SamPredictor:
         # Automatic mode only: also decode the left-right mirrored image and average the class logits
         # (test-time mirroring, as nnU-Net does by default; costs a second encoder pass per image).
         self.mirror = False
+        # Volumes: the axis an adapter was trained on (``fit --slice-axis``); None: the through-plane axis.
+        self.slice_axis: int | None = None
         self.cache = None
         if use_cache or cache_dir is not None:
             from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
