@@ -118,10 +118,12 @@ def build_engine_predictor(
     classes = deployed.manifest.get("classes")
     predictor = SamPredictor(deployed, spec, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
                              classes=classes if deployed.class_prompts is not None else None)
-    if predictor.is_automatic:  # the adapter's current choice wins over the one recorded at export time
-        predictor.keep_largest = (automatic_mode(read_adapter_meta(adapter_dir(adapter)))[1] if adapter is not None
-                                  else [int(c) for c in deployed.manifest.get("source", {}).get("keep_largest", [])])
-    axis = (trained_slice_axis(read_adapter_meta(adapter_dir(adapter))) if adapter is not None
-            else deployed.manifest.get("source", {}).get("slice_axis"))
+    # The adapter's current choices win over those recorded at export time.
+    meta = read_adapter_meta(adapter_dir(adapter)) if adapter is not None else None
+    source = deployed.manifest.get("source", {})
+    if predictor.is_automatic:
+        predictor.keep_largest = (automatic_mode(meta)[1] if meta is not None
+                                  else [int(c) for c in source.get("keep_largest", [])])
+    axis = trained_slice_axis(meta) if meta is not None else source.get("slice_axis")
     predictor.slice_axis = None if axis is None else int(axis)
     return predictor
