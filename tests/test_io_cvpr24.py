@@ -140,3 +140,16 @@ def test_write_segs_refuses_and_leaves_nothing(tmp_path: Path, segs, name, fragm
     with raises_for(tmp_path / name, fragment):
         write_cvpr24_segs(tmp_path / name, segs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_npz_volume_is_cut_along_the_chosen_axis(tmp_path):
+    """``predict`` on a 3D ``.npz`` honours ``--slice-axis`` (and so an adapter's trained axis); z by default."""
+    from medadapt.infer.cases import PredictOptions, load_case
+    from medadapt.io.discovery import Pair
+
+    path = save(tmp_path / "case.npz", case_3d())
+    pair = Pair("case", path, None)
+    assert load_case(pair, PredictOptions()).slice_axis == 0
+    assert load_case(pair, PredictOptions(slice_axis=2)).slice_axis == 2
+    with raises_for(path, "--slice-axis 3", "use 0..2"):
+        load_case(pair, PredictOptions(slice_axis=3))
