@@ -61,7 +61,9 @@ class Case:
     npz_boxes: np.ndarray | None = None
 
 
-def _checked_axis(axis: int, ndim: int, path: Path) -> int:
+def _slice_axis(options: PredictOptions, default: int, ndim: int, path: Path) -> int:
+    """``--slice-axis`` (or an adapter's trained axis, put there by ``predict``), else ``default``; checked."""
+    axis = options.slice_axis if options.slice_axis is not None else default
     if not 0 <= axis < ndim:
         raise MedadaptError(
             f"--slice-axis {axis} is not an axis of this {ndim}-D volume.",
@@ -80,7 +82,7 @@ def load_case(pair: Pair, options: PredictOptions) -> Case:
         if c.imgs.ndim == 3 and c.imgs.shape[-1] == 3 and c.boxes.shape[-1] == 4:
             return Case(pair.key, "npz2d", c.imgs, label, (1.0, 1.0), path, npz_boxes=c.boxes)
         spacing = tuple(float(s) for s in c.spacing) if c.spacing is not None else (1.0, 1.0, 1.0)
-        axis = _checked_axis(options.slice_axis if options.slice_axis is not None else 0, c.imgs.ndim, path)
+        axis = _slice_axis(options, 0, c.imgs.ndim, path)
         return Case(pair.key, "npz3d", c.imgs, label, spacing, path, slice_axis=axis, npz_boxes=c.boxes)
     if is_volume_file(path) and not _is_single_slice(path):
         vol = read_volume(path)
@@ -89,8 +91,7 @@ def load_case(pair: Pair, options: PredictOptions) -> Case:
             lab = read_volume(pair.label, label=True)
             check_pair(vol, lab)
             label = lab.array
-        axis = _checked_axis(options.slice_axis if options.slice_axis is not None else default_slice_axis(vol),
-                             vol.array.ndim, path)
+        axis = _slice_axis(options, default_slice_axis(vol), vol.array.ndim, path)
         image = normalise_for_sam(vol.array, options.modality, window=options.window)
         return Case(pair.key, "3d", image, label, tuple(vol.spacing), path, volume=vol, slice_axis=axis)
     image = read_image_2d(path)
