@@ -6,6 +6,9 @@ every test after the first pays only for the mask decoder.
 
 from __future__ import annotations
 
+import csv
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -198,8 +201,6 @@ def test_chosen_slice_axis_is_trained_and_applied_along_it(hippo, tmp_path: Path
     result = _fit(run, spec, split, cache_dir, method="decoder", prompt="box", max_steps=2, slice_axis=0)
     sagittal = len(list(iter_slices(ds, TRAIN, axis=0)))
     assert result["train_slices"] == sagittal != len(list(iter_slices(ds, TRAIN)))
-    import json
-
     assert json.loads((run / "adapter" / "adapter.json").read_text())["extra"]["slice_axis"] == 0
     predictor = build_predictor(None, adapter=run, cache_dir=cache_dir)
     assert predictor.slice_axis == 0
@@ -299,6 +300,96 @@ def test_auto_mode_mirroring_is_mirror_equivariant(hippo, auto_run, tmp_path: Pa
     res = CliRunner().invoke(app, ["evaluate", "--mirror", "--pred", str(tmp_path / "pred"), "--gt", str(label_file),
                                    "--out", str(tmp_path / "ev")])
     assert res.exit_code == 2 and "--mirror segments images" in " ".join(res.output.split()), res.output
+
+
+def _with_extra(run: Path, dest: Path, **extra) -> Path:
+    """A copy of ``run``'s adapter with ``extra`` changed in its adapter.json (e.g. a trained slice axis)."""
+    shutil.copytree(run / "adapter", dest / "adapter")
+    meta_file = dest / "adapter" / "adapter.json"
+    meta = json.loads(meta_file.read_text())
+    meta["extra"] = {**meta["extra"], **extra}
+    meta_file.write_text(json.dumps(meta))
+    return dest
+
+
+def test_auto_volume_logits_line_up_with_the_volume(hippo, auto_run, cache_dir: Path):
+    """Class logits cut along any axis come back in the volume's axis order: their labels are the
+    automatic-mode segmentation along that axis."""
+    from medadapt.infer.predictor import class_labels
+    from medadapt.infer.volume import auto_volume_logits, segment_volume_auto
+
+    spec, _ = hippo
+    run, _ = auto_run
+    image, _, _, _ = load_dataset(spec).load(TRAIN[0])
+    predictor = build_predictor(None, adapter=run, cache_dir=cache_dir)
+    predictor.keep_largest = []
+    for axis in (2, 0):
+        logits = auto_volume_logits(predictor, image, slice_axis=axis)
+        assert logits.shape == (2, *image.shape) and logits.dtype == np.float32
+        assert np.array_equal(class_labels(logits, predictor.classes),
+                              segment_volume_auto(predictor, image, slice_axis=axis))
+
+
+def test_ensemble_averages_members_along_their_own_axes(hippo, auto_run, tmp_path: Path, cache_dir: Path):
+    """`--adapter A --adapter B`: each member cuts the volume along its trained axis, the labels come from
+    the mean class logits; predict and evaluate use it, prompted modes are refused with exit 2."""
+    from typer.testing import CliRunner
+
+    from medadapt.cli.main import app
+    from medadapt.errors import MedadaptError
+    from medadapt.infer.ensemble import EnsemblePredictor
+    from medadapt.infer.predictor import class_labels, keep_largest_of
+    from medadapt.infer.volume import auto_volume_logits, segment_volume_auto
+    from medadapt.io.volumes import read_volume
+
+    spec, split = hippo
+    run, _ = auto_run
+    sagittal = _with_extra(run, tmp_path / "sagittal", slice_axis=0, keep_largest=[2])
+    ds = load_dataset(spec)
+    image, _, _, axis = ds.load(TRAIN[0])
+    ensemble = build_predictor(None, adapter=[run, sagittal], cache_dir=cache_dir)
+    assert isinstance(ensemble, EnsemblePredictor) and ensemble.member_axes(axis) == [axis, 0]
+    axial, sag = ensemble.members
+    assert ensemble.keep_largest == sorted(set(axial.keep_largest) & {2})  # only what every member chose
+    mean = (auto_volume_logits(axial, image, slice_axis=axis) + auto_volume_logits(sag, image, slice_axis=0)) / 2
+    seg = ensemble.segment_volume_auto(image, slice_axis=axis)
+    assert np.array_equal(seg, keep_largest_of(class_labels(mean, ensemble.classes), ensemble.keep_largest))
+    assert not np.array_equal(seg, segment_volume_auto(axial, image, slice_axis=axis))
+    # An ensemble of one run with itself is that run.
+    twice = build_predictor(None, adapter=[run, run], cache_dir=cache_dir)
+    assert np.array_equal(twice.segment_volume_auto(image, slice_axis=axis),
+                          segment_volume_auto(axial, image, slice_axis=axis))
+
+    case = ds.case(TRAIN[0])
+    res = CliRunner().invoke(app, ["predict", "--adapter", str(run), "--adapter", str(sagittal), "--input",
+                                   str(case.image), "--out", str(tmp_path / "pred"), "--cache-dir", str(cache_dir)])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(read_volume(tmp_path / "pred" / case.image.name).array, seg)
+    res = CliRunner().invoke(app, ["predict", "--adapter", str(run), "--adapter", str(sagittal), "--prompts",
+                                   "boxes-from-labels", "--labels", str(case.label), "--input", str(case.image),
+                                   "--out", str(tmp_path / "pred_box")])
+    assert res.exit_code == 2 and "an ensemble" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "pred_box").exists()
+    # A prompted (box) run cannot join: it has no class logits to average.
+    with pytest.raises(MedadaptError, match="expects box or point prompts"):
+        build_predictor(None, adapter=[run, _with_extra(run, tmp_path / "box", prompt="box")])
+
+    # evaluate: the training case of the runs' split is not scored, the held-out one is.
+    eval_split = tmp_path / "eval_split.json"
+    save_split(eval_split, Split((), (), (TRAIN[0], TEST[0]), {}))
+    assert (run / "split.json").is_file()  # the fit's split: TRAIN[0] trained on
+    res = CliRunner().invoke(app, ["evaluate", "--data", spec, "--adapter", str(run), "--adapter", str(sagittal),
+                                   "--split", str(eval_split), "--out", str(tmp_path / "ev"), "--bootstrap", "10"])
+    assert res.exit_code == 0, res.output
+    assert f"not scored: {TRAIN[0]}" in " ".join(res.output.split())
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["settings"]["ensemble"] == [str(run), str(sagittal)] and summary["settings"]["prompt"] == "auto"
+    assert {r["case"] for r in _csv_rows(tmp_path / "ev" / "per_case.csv")} == {TEST[0]}
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_frozen_encoder_on_another_engine_fills_the_cache(hippo, tmp_path: Path, monkeypatch):

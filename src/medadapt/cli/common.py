@@ -69,6 +69,11 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+ADAPTER_HELP = (
+    "A `medadapt fit` run folder (adapter weights). Repeat it for an ensemble of automatic-mode runs: their "
+    "class logits are averaged, each run slicing volumes along its own trained axis (e.g. one axial, one "
+    "sagittal: bench/results/fewshot_hippocampus.json)."
+)
 MIRROR_HELP = (
     "Automatic mode: also segment each image left-right mirrored and average the class logits (helps "
     "mirror-symmetric structures such as vessels; hurts classes told apart by side or orientation: "

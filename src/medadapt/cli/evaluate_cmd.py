@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from medadapt.cli.common import (
+    ADAPTER_HELP,
     MIRROR_HELP,
     check_mirror,
     console,
@@ -28,7 +29,9 @@ def evaluate(
     pred: Path | None = typer.Option(None, "--pred", help="Prediction file or folder."),
     gt: Path | None = typer.Option(None, "--gt", help="Ground-truth file or folder (matched to predictions by name)."),
     data: str | None = typer.Option(None, "--data", help="Dataset spec: run the model on its held-out cases instead."),
-    adapter: Path | None = typer.Option(None, "--adapter", help="With --data: a `medadapt fit` run (its split's test cases)."),
+    adapter: list[Path] | None = typer.Option(
+        None, "--adapter", metavar="RUN", help="With --data: a `medadapt fit` run (its split's test cases). " + ADAPTER_HELP
+    ),
     model: str | None = typer.Option(None, "--model", help="With --data and no --adapter: zero-shot model (litemedsam)."),
     split: str | None = typer.Option(
         None, "--split", help="With --data: a split.json whose test cases to use (classify: test | val | a split file)."
@@ -60,9 +63,14 @@ def evaluate(
     set_threads(threads)
     if task not in ("segment", "classify", "volumetric"):
         raise MedadaptError(f"--task '{task}' is not one of segment, classify, volumetric.", fix="use --task segment")
+    adapters = list(adapter or [])
     if task != "segment":
-        if data is None or adapter is None:
+        if data is None or not adapters:
             raise MedadaptError(f"--task {task} evaluates a fitted run on a dataset.", fix="pass --data SPEC and --adapter RUN.")
+        if len(adapters) > 1:
+            raise MedadaptError(f"--task {task} evaluates one run; --adapter was given {len(adapters)} times.",
+                                fix="pass a single --adapter RUN (ensembles are for --task segment).")
+        adapter = adapters[0]
         if task == "classify":
             from medadapt.evaluate.classify_run import evaluate_classifier_run as run_eval
         else:
@@ -80,7 +88,7 @@ def evaluate(
                             fix="add --data and --adapter, or leave --mirror out when scoring --pred/--gt files.")
     if data is not None:
         rows, settings = _evaluate_dataset(
-            data, adapter=adapter, model=model, split=split, prompt=prompt, classes=class_list,
+            data, adapters=adapters, model=model, split=split, prompt=prompt, classes=class_list,
             tolerance_mm=tolerance_mm, out=out, save=save_predictions, label_dir=label_dir,
             image_suffix=image_suffix, label_suffix=label_suffix, batch_size=batch_size, precision=precision,
             mirror=mirror,
@@ -115,31 +123,47 @@ def _write(out: Path, rows: list[dict], settings: dict, n_boot: int) -> None:
     console.print(f"report: {write_report(target)}")
 
 
-def _evaluate_dataset(data, *, adapter, model, split, prompt, classes, tolerance_mm, out, save, label_dir,
+def _evaluate_dataset(data, *, adapters, model, split, prompt, classes, tolerance_mm, out, save, label_dir,
                       image_suffix, label_suffix, batch_size, precision, mirror):
     from medadapt.data.datasets import load_dataset
     from medadapt.data.fewshot import load_split, make_split
     from medadapt.infer.dataset_eval import evaluate_dataset
+    from medadapt.infer.ensemble import check_prompt_mode
     from medadapt.infer.factory import build_predictor
 
     dataset = load_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
-    if split is None and adapter is not None and (Path(adapter) / "split.json").is_file():
-        split = Path(adapter) / "split.json"
+    run_splits = [Path(a) / "split.json" for a in adapters if (Path(a) / "split.json").is_file()]
+    if split is None and run_splits:
+        split = run_splits[0]
     the_split = load_split(Path(split), dataset) if split is not None else make_split(dataset, shots=1, seed=0)
-    predictor = build_predictor(model, adapter=adapter, batch_size=batch_size, precision=precision)
+    predictor = build_predictor(model, adapter=adapters or None, batch_size=batch_size, precision=precision)
     mode = prompt or ("auto" if predictor.is_automatic else "box")
     if mode == "auto" and not predictor.is_automatic:
         raise MedadaptError("--prompt auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN.")
-    check_mirror(mirror, mode, adapter)
+    check_prompt_mode(predictor, mode)
+    run = adapters[0] if adapters else None
+    check_mirror(mirror, mode, run)
     predictor.mirror = mirror
     keys = list(the_split.test)
+    seen: set[str] = set()
+    for f in run_splits:
+        run_split = load_split(f, dataset)
+        seen |= set(run_split.train) | set(run_split.val)
+    if seen & set(keys):  # an ensemble member trained on some of these cases: they are not held out for it
+        dropped = [k for k in keys if k in seen]
+        keys = [k for k in keys if k not in seen]
+        console.print(f"[yellow]not scored: {', '.join(dropped)} (trained on by an --adapter run)[/]")
+        if not keys:
+            raise MedadaptError("every test case was a training or validation case of one of the --adapter runs.",
+                                fix="ensemble runs whose splits share held-out cases (same dataset, default split).")
     with progress_bar() as bar:
         task = bar.add_task("segment + score", total=len(keys))
         rows, info = evaluate_dataset(
             predictor, dataset, keys, mode=mode, classes=classes, tolerance_mm=tolerance_mm,
             save_dir=(out / "pred") if save else None, progress=lambda: bar.advance(task),
         )
-    settings = {"data": resolve_spec(data), "adapter": str(adapter) if adapter else None,
+    settings = {"data": resolve_spec(data), "adapter": str(run) if len(adapters) == 1 else None,
+                **({"ensemble": [str(a) for a in adapters]} if len(adapters) > 1 else {}),
                 "label_dir": label_dir, "image_suffix": image_suffix, "label_suffix": label_suffix,
                 "model": predictor.spec.name, "prompt": mode, "split": str(split) if split else "default test set",
                 "tolerance_mm": tolerance_mm, "mirror": mirror, **info}

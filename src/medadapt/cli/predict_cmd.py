@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from medadapt.cli.common import MIRROR_HELP, check_mirror, console, progress_bar, set_threads, user_errors
+from medadapt.cli.common import (
+    ADAPTER_HELP,
+    MIRROR_HELP,
+    check_mirror,
+    console,
+    progress_bar,
+    set_threads,
+    user_errors,
+)
 from medadapt.errors import MedadaptError
 
 
@@ -27,7 +35,7 @@ def predict(
     labels: Path | None = typer.Option(None, "--labels", "-l", help="Label file or folder, matched to inputs by name."),
     model: str = typer.Option("litemedsam", "--model", "-m", help="Model name (see `medadapt models`)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Official checkpoint file for the model."),
-    adapter: Path | None = typer.Option(None, "--adapter", help="A `medadapt fit` run folder (adapter weights)."),
+    adapter: list[Path] | None = typer.Option(None, "--adapter", metavar="RUN", help=ADAPTER_HELP),
     slice_axis: int | None = typer.Option(None, "--slice-axis", help="Volume axis to slice (default: through-plane by spacing)."),
     modality: str = typer.Option("auto", "--modality", help="Intensity normalisation: auto | ct | mr | none."),
     window: str | None = typer.Option(None, "--window", help="CT window: a preset name (e.g. abdomen) or 'level,width'."),
@@ -65,6 +73,7 @@ def predict(
         require_automatic,
         write_prediction,
     )
+    from medadapt.infer.ensemble import check_prompt_mode
     from medadapt.io.discovery import ALL_SUFFIXES, find_files, pair_by_name
 
     set_threads(threads)
@@ -100,14 +109,16 @@ def predict(
         model, engine=engine, precision=precision, export=export, checkpoint=checkpoint, adapter=adapter,
         batch_size=batch_size, threads=threads, cache_dir=cache_dir, ov_cache=ov_cache,
     )
+    run = adapter[0] if adapter else None
     if prompts is None:  # an automatic-mode adapter needs no prompt; anything else gets boxes from the labels
         options.prompts = "auto" if predictor.is_automatic else "boxes-from-labels"
         _check_labels_given(options.prompts, labels)
     elif prompts == "auto":
-        require_automatic(predictor, adapter)
+        require_automatic(predictor, run)
+    check_prompt_mode(predictor, options.prompts)
     if options.slice_axis is None:  # an adapter trained on a chosen axis is applied along it
         options.slice_axis = predictor.slice_axis
-    check_mirror(mirror, options.prompts, adapter)
+    check_mirror(mirror, options.prompts, run)
     predictor.mirror = mirror
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -8,7 +8,7 @@ later runs; int8 needs calibration images and therefore an explicit ``medadapt e
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from medadapt.adapt.artifact import read_adapter_meta
 from medadapt.deploy.export import MANIFEST, export_model, read_manifest
 from medadapt.deploy.runtime import DeployedSam, check_engine, default_cache_root
 from medadapt.errors import MedadaptError
+from medadapt.infer.ensemble import single_or_ensemble
 from medadapt.infer.factory import (
     adapter_dir,
     automatic_mode,
@@ -93,15 +94,22 @@ def build_engine_predictor(
     precision: str = "fp32",
     export: Path | None = None,
     checkpoint: Path | None = None,
-    adapter: Path | None = None,
+    adapter: Path | Sequence[Path] | None = None,
     batch_size: int | None = None,
     threads: int | None = None,
     cache_dir: Path | None = None,
     use_cache: bool = False,
     ov_cache: Path | None = None,
 ) -> SamPredictor:
-    """A :class:`SamPredictor` on the chosen engine and precision."""
+    """A :class:`SamPredictor` on the chosen engine and precision (several adapters: their ensemble)."""
     check_engine(engine, precision)
+    if adapter is not None and not isinstance(adapter, (str, Path)):
+        if export is not None and len(adapter) > 1:
+            raise MedadaptError("--export is the folder of one exported model; an ensemble has one per --adapter.",
+                                fix="drop --export (each member is exported once into the cache), or pass one --adapter.")
+        return single_or_ensemble(adapter, lambda a: build_engine_predictor(
+            model, engine=engine, precision=precision, export=export, checkpoint=checkpoint, adapter=a,
+            batch_size=batch_size, threads=threads, cache_dir=cache_dir, use_cache=use_cache, ov_cache=ov_cache))
     if engine == "torch":
         if export is not None:
             raise MedadaptError("--export is an ONNX / OpenVINO folder; --engine torch does not use it.",

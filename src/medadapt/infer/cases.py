@@ -22,6 +22,7 @@ from medadapt.data.prompts import (
     validate_prompts,
 )
 from medadapt.errors import MedadaptError
+from medadapt.infer.ensemble import EnsemblePredictor, check_prompt_mode
 from medadapt.infer.modality_bank import ModalityBankPredictor
 from medadapt.infer.predictor import SamPredictor
 from medadapt.infer.volume import segment_volume_auto, segment_volume_boxes3d, segment_volume_from_labels
@@ -172,9 +173,12 @@ def predict_case(predictor: SamPredictor, case: Case, options: PredictOptions, p
         predictor.select_for_file(case.source, options.modality)
     source = options.prompts
     rng = np.random.default_rng(options.seed)
+    check_prompt_mode(predictor, source, case.source)
     if source == "auto":
         require_automatic(predictor, case.source)
         if case.kind in ("3d", "npz3d"):
+            if isinstance(predictor, EnsemblePredictor):  # each member along its own axis
+                return predictor.segment_volume_auto(case.image, slice_axis=case.slice_axis, progress=progress)
             return segment_volume_auto(predictor, case.image, slice_axis=case.slice_axis, progress=progress)
         return predictor.segment_auto(case.image)
     if case.kind in ("npz2d", "npz3d") and source in ("file-boxes", "auto-npz"):

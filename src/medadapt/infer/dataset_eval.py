@@ -17,6 +17,7 @@ import numpy as np
 from medadapt.data.datasets import Dataset
 from medadapt.data.prompts import boxes_from_label
 from medadapt.evaluate.segmentation import case_metrics
+from medadapt.infer.ensemble import EnsemblePredictor, check_prompt_mode
 from medadapt.infer.predictor import SamPredictor
 from medadapt.infer.volume import segment_volume_auto, segment_volume_from_labels
 
@@ -27,8 +28,11 @@ def predict_loaded(predictor: SamPredictor, image: np.ndarray, label: np.ndarray
 
     A volume is cut along the predictor's own axis when its adapter was trained on a chosen one.
     """
+    check_prompt_mode(predictor, mode)
     if slice_axis is not None:
         slice_axis = slice_axis if predictor.slice_axis is None else predictor.slice_axis
+        if isinstance(predictor, EnsemblePredictor):  # each member along its own axis
+            return predictor.segment_volume_auto(image, slice_axis=slice_axis)
         if mode == "auto":
             return segment_volume_auto(predictor, image, slice_axis=slice_axis)
         return segment_volume_from_labels(predictor, image, label, slice_axis=slice_axis)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import nn
@@ -77,12 +78,19 @@ def build_predictor(
     model: str | None,
     *,
     checkpoint: Path | None = None,
-    adapter: Path | None = None,
+    adapter: Path | Sequence[Path] | None = None,
     batch_size: int | None = None,
     precision: str = "fp32",
     cache_dir: Path | None = None,
     use_cache: bool = False,
 ) -> SamPredictor:
+    """The base ``model`` zero-shot, adapted by one fit run, or (several runs) their ensemble."""
+    if adapter is not None and not isinstance(adapter, (str, Path)):
+        from medadapt.infer.ensemble import single_or_ensemble
+
+        return single_or_ensemble(adapter, lambda a: build_predictor(
+            model, checkpoint=checkpoint, adapter=a, batch_size=batch_size, precision=precision,
+            cache_dir=cache_dir, use_cache=use_cache))
     classes, frozen_stages, keep_largest = None, 0, []
     if adapter is not None and is_bank(adapter):  # per-modality adapters, routed per case
         from medadapt.infer.modality_bank import load_bank_predictor

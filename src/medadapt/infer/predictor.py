@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medadapt.adapt.class_prompts import labels_from_class_logits
 from medadapt.data.prompts import Prompt
 from medadapt.models.preprocess import Transform, postprocess_logits, preprocess_image
 from medadapt.models.registry import ModelSpec
@@ -199,36 +200,37 @@ class SamPredictor:
         return postprocess_logits(low_res.float(), transform)
 
     @torch.no_grad()
-    def decode_auto(self, embedding: torch.Tensor, transform: Transform,
-                    mirrored: tuple[torch.Tensor, Transform] | None = None) -> np.ndarray:
-        """Automatic mode: every class from the image alone → uint16 label map in the original frame.
+    def auto_class_logits(self, embedding: torch.Tensor, transform: Transform,
+                          mirrored: tuple[torch.Tensor, Transform] | None = None) -> torch.Tensor:
+        """Automatic mode: ``[1, C, H, W]`` class logits, averaged with the mirrored image's when given.
 
         ``mirrored``: (embedding, transform) of the left-right mirrored image; its logits are mirrored
-        back and averaged with the image's own.
+        back before the average.
         """
-        from medadapt.adapt.class_prompts import labels_from_class_logits
-
         logits = self.auto_logits(embedding, transform)
         if mirrored is not None:
             logits = (logits + self.auto_logits(*mirrored).flip(-1)) / 2
-        labels = labels_from_class_logits(logits)[0].numpy()
-        lut = np.array([0, *self.classes], dtype=np.uint16)
-        return lut[labels]
+        return logits
 
-    def segment_auto(self, image: np.ndarray) -> np.ndarray:
+    def decode_auto(self, embedding: torch.Tensor, transform: Transform,
+                    mirrored: tuple[torch.Tensor, Transform] | None = None) -> np.ndarray:
+        """Automatic mode: every class from the image alone → uint16 label map in the original frame."""
+        return class_labels(self.auto_class_logits(embedding, transform, mirrored)[0], self.classes)
+
+    def auto_image_logits(self, image: np.ndarray) -> torch.Tensor:
+        """``[1, C, H, W]`` class logits of one 2D image (with its mirror image when ``mirror`` is on)."""
         images = [image, np.ascontiguousarray(image[:, ::-1])] if self.mirror else [image]
         prepared = [self.prepare(im) for im in images]
         emb = self.encode([p.tensor for p in prepared])
         mirrored = (emb[1], prepared[1].transform) if self.mirror else None
-        return self.postprocess_auto(self.decode_auto(emb[0], prepared[0].transform, mirrored))
+        return self.auto_class_logits(emb[0], prepared[0].transform, mirrored)
+
+    def segment_auto(self, image: np.ndarray) -> np.ndarray:
+        return self.postprocess_auto(class_labels(self.auto_image_logits(image)[0], self.classes))
 
     def postprocess_auto(self, labels: np.ndarray) -> np.ndarray:
         """A whole automatic-mode result (image or volume) after ``keep_largest``."""
-        if not self.keep_largest:
-            return labels
-        from medadapt.data.transforms3d import keep_largest_component
-
-        return keep_largest_component(labels, self.keep_largest)
+        return keep_largest_of(labels, self.keep_largest)
 
     def segment(self, image: np.ndarray, prompts: Sequence[Prompt]) -> tuple[np.ndarray, list[ObjectResult]]:
         """Label map (uint16, H×W) for one image; later prompts overwrite earlier ones, as the official code."""
@@ -245,3 +247,20 @@ def paint(results: Sequence[ObjectResult], shape: tuple[int, int]) -> np.ndarray
         value = r.prompt.class_id if r.prompt.class_id is not None else r.prompt.object_id
         label[r.mask] = value
     return label
+
+
+def class_labels(logits: torch.Tensor | np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """``[C, ...]`` automatic-mode class logits → uint16 label map of class ids (0: no logit positive)."""
+    logits = torch.as_tensor(logits)
+    labels = labels_from_class_logits(logits[None])[0].numpy()
+    lut = np.array([0, *classes], dtype=np.uint16)
+    return lut[labels]
+
+
+def keep_largest_of(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """``labels`` with only the largest connected component of each of ``classes`` kept (none: unchanged)."""
+    if not classes:
+        return labels
+    from medadapt.data.transforms3d import keep_largest_component
+
+    return keep_largest_component(labels, list(classes))

@@ -167,6 +167,17 @@ def segment_volume_from_labels(
     return np.moveaxis(segs, 0, slice_axis)
 
 
+def _auto_embeddings(predictor: SamPredictor, vol: np.ndarray, progress: Progress | None):
+    """Every slice of ``vol`` (slices first) encoded; with ``predictor.mirror``, its mirror images too."""
+    cache = SliceEmbeddings(predictor, vol, progress)
+    cache.prepare(range(vol.shape[0]))
+    mirrored = None
+    if predictor.mirror:
+        mirrored = SliceEmbeddings(predictor, np.ascontiguousarray(vol[:, :, ::-1]))
+        mirrored.prepare(range(vol.shape[0]))
+    return cache, mirrored
+
+
 def segment_volume_auto(
     predictor: SamPredictor, volume: np.ndarray, *, slice_axis: int = 0, progress: Progress | None = None
 ) -> np.ndarray:
@@ -175,14 +186,29 @@ def segment_volume_auto(
     With ``predictor.mirror`` each slice is also segmented left-right mirrored (logits averaged).
     """
     vol = np.moveaxis(volume, slice_axis, 0)
-    cache = SliceEmbeddings(predictor, vol, progress)
-    cache.prepare(range(vol.shape[0]))
-    mirrored = None
-    if predictor.mirror:
-        mirrored = SliceEmbeddings(predictor, np.ascontiguousarray(vol[:, :, ::-1]))
-        mirrored.prepare(range(vol.shape[0]))
+    cache, mirrored = _auto_embeddings(predictor, vol, progress)
     segs = np.zeros(vol.shape[:3], dtype=np.uint16)
     for z in range(vol.shape[0]):
         emb, tf = cache.get(z)
         segs[z] = predictor.decode_auto(emb, tf, mirrored.get(z) if mirrored is not None else None)
     return np.moveaxis(predictor.postprocess_auto(segs), 0, slice_axis)
+
+
+def auto_volume_logits(
+    predictor: SamPredictor, volume: np.ndarray, *, slice_axis: int = 0, progress: Progress | None = None
+) -> np.ndarray:
+    """Automatic mode, before the labels: ``[C, *volume.shape[:3]]`` float32 class logits, slice by slice
+    along ``slice_axis``, returned in the volume's own axis order (so logits of models that cut the
+    volume along different axes line up voxel for voxel). ``class_labels`` of them, then
+    ``postprocess_auto``, is :func:`segment_volume_auto`'s result.
+
+    Holds C float32 copies of the volume: 4 bytes × classes per voxel.
+    """
+    vol = np.moveaxis(volume, slice_axis, 0)
+    cache, mirrored = _auto_embeddings(predictor, vol, progress)
+    logits = np.zeros((len(predictor.classes), *vol.shape[:3]), dtype=np.float32)
+    for z in range(vol.shape[0]):
+        emb, tf = cache.get(z)
+        mirror = mirrored.get(z) if mirrored is not None else None
+        logits[:, z] = predictor.auto_class_logits(emb, tf, mirror)[0].numpy()
+    return np.moveaxis(logits, 1, slice_axis + 1)

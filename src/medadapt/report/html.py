@@ -373,6 +373,8 @@ def _eval_caption(ev: Evaluation) -> str:
     parts = [f"{k} {s[k]}" for k in ("model", "prompt", "data", "pred", "gt") if s.get(k)]
     if s.get("adapter"):
         parts.append(f"adapter {s['adapter']}")
+    if s.get("ensemble"):
+        parts.append(f"ensemble of {', '.join(s['ensemble'])}")
     if s.get("tolerance_mm") is not None:
         parts.append(f"NSD tolerance {s['tolerance_mm']} mm")
     if ev.summary.get("n_boot"):
