@@ -67,6 +67,11 @@ def main() -> int:
                     help="add the runs of other result files (e.g. a second queue's --name) to this one's, "
                          "then print the table; runs nothing")
     ap.add_argument("--table-only", action="store_true", help="print the table of the result file; runs nothing")
+    ap.add_argument("--ensemble", nargs="+", default=[], metavar="TAG",
+                    help="fit nothing: score the ensemble of finished runs with these tags (e.g. +fs2-300 "
+                         "+fs2-300-sag, one per member), per method/prompt/shots/seed, under key METHOD--tag")
+    ap.add_argument("--runs-in", nargs="*", type=Path, default=[], metavar="DIR",
+                    help="with --ensemble: folders holding the member run folders (default: --work/--name)")
     args = ap.parse_args()
     out_json = ROOT / "bench" / "results" / f"fewshot_{args.name}.json"
     if args.table_only or args.merge:
@@ -111,6 +116,12 @@ def main() -> int:
         runs["zero-shot/box"] = {**score(build_predictor("litemedsam", cache_dir=cache), dataset, test, "box"),
                                  "wall_seconds": time.perf_counter() - t}
         write_json(out_json, results)
+
+    if args.ensemble:
+        score_ensembles(args, runs, dataset, test, cache, lambda: write_json(out_json, results))
+        print_table(results)
+        print(f"wrote {out_json}")
+        return 0
 
     method_lr = {m: float(v) for m, v in (item.split("=") for item in args.method_lr)}
     results["method_lr"] = {**results.get("method_lr", {}), **method_lr}
@@ -166,6 +177,41 @@ def main() -> int:
     print_table(results)
     print(f"wrote {out_json}")
     return 0
+
+
+def score_ensembles(args, runs: dict, dataset, test: list, cache: Path, save) -> None:
+    """``--ensemble``: each member scored alone, then the ensemble (``predict --adapter A --adapter B``)."""
+    from medadapt.infer.factory import build_predictor
+
+    dirs = args.runs_in or [args.work / args.name]
+    for prompt in args.prompts:
+        for method in args.methods:
+            for k in args.shots:
+                for seed in args.seeds:
+                    key = f"{method}{args.tag}/{prompt}/k{k}/s{seed}"
+                    if key in runs:
+                        continue
+                    members = []
+                    for tag in args.ensemble:
+                        name = f"{method}{tag}_{prompt}_k{k}_s{seed}"
+                        found = [d / name for d in dirs if (d / name / "adapter" / "adapter.json").is_file()]
+                        if not found:
+                            raise SystemExit(f"no finished run {name} in {', '.join(map(str, dirs))}")
+                        members.append(found[0])
+                    alone = {}
+                    for tag, run in zip(args.ensemble, members, strict=True):
+                        alone[f"{method}{tag}"] = score(build_predictor(None, adapter=run, cache_dir=cache),
+                                                        dataset, test, prompt)
+                    t = time.perf_counter()
+                    ensemble = build_predictor(None, adapter=members, cache_dir=cache)
+                    runs[key] = {**score(ensemble, dataset, test, prompt), "wall_seconds": time.perf_counter() - t,
+                                 "members": [str(m) for m in members], "members_alone": alone,
+                                 "keep_largest": ensemble.keep_largest, "threads": args.threads,
+                                 "adapter_bytes": sum(json.loads((m / "result.json").read_text())["adapter_bytes"]
+                                                      for m in members)}
+                    save()
+                    print(key, {m: round(v["dsc"], 4) for m, v in alone.items()}, "ensemble", round(runs[key]["dsc"], 4),
+                          flush=True)
 
 
 def write_json(path: Path, data: dict) -> None:
