@@ -126,57 +126,62 @@ def main() -> int:
     method_lr = {m: float(v) for m, v in (item.split("=") for item in args.method_lr)}
     results["method_lr"] = {**results.get("method_lr", {}), **method_lr}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for prompt, method, k, seed, key in pending(args, runs):
+        run = work / key.replace("/", "_")
+        cmd = [sys.executable, "-m", "medadapt.cli.main", "fit", "--data", args.data, "--out", str(run),
+               "--method", method, "--prompt", prompt, "--shots", str(k), "--seed", str(seed),
+               "--max-steps", str(args.max_steps), "--lr", str(method_lr.get(method, args.lr)),
+               "--cache-dir", str(run / "embedding_cache" if args.cold_cache else cache),
+               "--threads", str(args.threads), "--no-progress", "--val-every", str(args.max_steps // 3)]
+        for opt, val in (("--label-dir", args.label_dir), ("--image-suffix", args.image_suffix),
+                         ("--label-suffix", args.label_suffix)):
+            if val:
+                cmd += [opt, val]
+        if args.encoder_engine:
+            cmd += ["--encoder-engine", args.encoder_engine]
+        for item in args.fit_set:
+            cmd += ["--set", item]
+        if (run / "checkpoint" / "last.pt").exists():
+            cmd.append("--resume")
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            runs[key] = {"error": proc.stderr[-500:]}
+            continue
+        fit = json.loads((run / "result.json").read_text())
+        predictor = build_predictor(None, adapter=run, cache_dir=cache)
+        s = score(predictor, dataset, test, prompt)
+        if predictor.keep_largest:  # auto mode: also without the post-processing chosen on val
+            predictor.keep_largest = []
+            s["without_postprocessing"] = score(predictor, dataset, test, prompt)
+            s["postprocessing"] = fit.get("postprocessing")
+        runs[key] = {**s, "fit_wall_seconds": wall, "peak_rss_mb": fit.get("peak_rss_mb"),
+                     "trainable_params": fit["trainable_params"], "adapter_bytes": fit["adapter_bytes"],
+                     "best_val_dsc": fit.get("best_metric"), "lr": method_lr.get(method, args.lr),
+                     "max_steps": args.max_steps, "train_slices": fit.get("train_slices"),
+                     "encoder_engine": fit.get("encoder_engine", "torch"),
+                     "embedding_cache": fit.get("embedding_cache"), "cold_cache": args.cold_cache,
+                     "stem_cache": fit.get("stem_cache"), "fit_set": args.fit_set,
+                     "threads": args.threads}
+        write_json(out_json, results)
+        print(key, {k2: runs[key][k2] for k2 in ("dsc", "nsd", "fit_wall_seconds")}, flush=True)
+
+    print_table(results)
+    print(f"wrote {out_json}")
+    return 0
+
+
+def pending(args, runs: dict):
+    """(prompt, method, shots, seed, result key) of every run of the grid not in ``runs`` yet."""
     for prompt in args.prompts:
         for method in args.methods:
             for k in args.shots:
                 for seed in args.seeds:
                     key = f"{method}{args.tag}/{prompt}/k{k}/s{seed}"
-                    if key in runs:
-                        continue
-                    run = work / key.replace("/", "_")
-                    cmd = [sys.executable, "-m", "medadapt.cli.main", "fit", "--data", args.data, "--out", str(run),
-                           "--method", method, "--prompt", prompt, "--shots", str(k), "--seed", str(seed),
-                           "--max-steps", str(args.max_steps), "--lr", str(method_lr.get(method, args.lr)),
-                           "--cache-dir", str(run / "embedding_cache" if args.cold_cache else cache),
-                           "--threads", str(args.threads), "--no-progress", "--val-every", str(args.max_steps // 3)]
-                    for opt, val in (("--label-dir", args.label_dir), ("--image-suffix", args.image_suffix),
-                                     ("--label-suffix", args.label_suffix)):
-                        if val:
-                            cmd += [opt, val]
-                    if args.encoder_engine:
-                        cmd += ["--encoder-engine", args.encoder_engine]
-                    for item in args.fit_set:
-                        cmd += ["--set", item]
-                    if (run / "checkpoint" / "last.pt").exists():
-                        cmd.append("--resume")
-                    t = time.perf_counter()
-                    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                    wall = time.perf_counter() - t
-                    if proc.returncode != 0:
-                        print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                        runs[key] = {"error": proc.stderr[-500:]}
-                        continue
-                    fit = json.loads((run / "result.json").read_text())
-                    predictor = build_predictor(None, adapter=run, cache_dir=cache)
-                    s = score(predictor, dataset, test, prompt)
-                    if predictor.keep_largest:  # auto mode: also without the post-processing chosen on val
-                        predictor.keep_largest = []
-                        s["without_postprocessing"] = score(predictor, dataset, test, prompt)
-                        s["postprocessing"] = fit.get("postprocessing")
-                    runs[key] = {**s, "fit_wall_seconds": wall, "peak_rss_mb": fit.get("peak_rss_mb"),
-                                 "trainable_params": fit["trainable_params"], "adapter_bytes": fit["adapter_bytes"],
-                                 "best_val_dsc": fit.get("best_metric"), "lr": method_lr.get(method, args.lr),
-                                 "max_steps": args.max_steps, "train_slices": fit.get("train_slices"),
-                                 "encoder_engine": fit.get("encoder_engine", "torch"),
-                                 "embedding_cache": fit.get("embedding_cache"), "cold_cache": args.cold_cache,
-                                 "stem_cache": fit.get("stem_cache"), "fit_set": args.fit_set,
-                                 "threads": args.threads}
-                    write_json(out_json, results)
-                    print(key, {k2: runs[key][k2] for k2 in ("dsc", "nsd", "fit_wall_seconds")}, flush=True)
-
-    print_table(results)
-    print(f"wrote {out_json}")
-    return 0
+                    if key not in runs:
+                        yield prompt, method, k, seed, key
 
 
 def score_ensembles(args, runs: dict, dataset, test: list, cache: Path, save) -> None:
@@ -184,34 +189,28 @@ def score_ensembles(args, runs: dict, dataset, test: list, cache: Path, save) ->
     from medadapt.infer.factory import build_predictor
 
     dirs = args.runs_in or [args.work / args.name]
-    for prompt in args.prompts:
-        for method in args.methods:
-            for k in args.shots:
-                for seed in args.seeds:
-                    key = f"{method}{args.tag}/{prompt}/k{k}/s{seed}"
-                    if key in runs:
-                        continue
-                    members = []
-                    for tag in args.ensemble:
-                        name = f"{method}{tag}_{prompt}_k{k}_s{seed}"
-                        found = [d / name for d in dirs if (d / name / "adapter" / "adapter.json").is_file()]
-                        if not found:
-                            raise SystemExit(f"no finished run {name} in {', '.join(map(str, dirs))}")
-                        members.append(found[0])
-                    alone = {}
-                    for tag, run in zip(args.ensemble, members, strict=True):
-                        alone[f"{method}{tag}"] = score(build_predictor(None, adapter=run, cache_dir=cache),
-                                                        dataset, test, prompt)
-                    t = time.perf_counter()
-                    ensemble = build_predictor(None, adapter=members, cache_dir=cache)
-                    runs[key] = {**score(ensemble, dataset, test, prompt), "wall_seconds": time.perf_counter() - t,
-                                 "members": [str(m) for m in members], "members_alone": alone,
-                                 "keep_largest": ensemble.keep_largest, "threads": args.threads,
-                                 "adapter_bytes": sum(json.loads((m / "result.json").read_text())["adapter_bytes"]
-                                                      for m in members)}
-                    save()
-                    print(key, {m: round(v["dsc"], 4) for m, v in alone.items()}, "ensemble", round(runs[key]["dsc"], 4),
-                          flush=True)
+    for prompt, method, k, seed, key in pending(args, runs):
+        members = []
+        for tag in args.ensemble:
+            name = f"{method}{tag}_{prompt}_k{k}_s{seed}"
+            found = [d / name for d in dirs if (d / name / "adapter" / "adapter.json").is_file()]
+            if not found:
+                raise SystemExit(f"no finished run {name} in {', '.join(map(str, dirs))}")
+            members.append(found[0])
+        alone = {}
+        for tag, run in zip(args.ensemble, members, strict=True):
+            alone[f"{method}{tag}"] = score(build_predictor(None, adapter=run, cache_dir=cache),
+                                            dataset, test, prompt)
+        t = time.perf_counter()
+        ensemble = build_predictor(None, adapter=members, cache_dir=cache)
+        runs[key] = {**score(ensemble, dataset, test, prompt), "wall_seconds": time.perf_counter() - t,
+                     "members": [str(m) for m in members], "members_alone": alone,
+                     "keep_largest": ensemble.keep_largest, "threads": args.threads,
+                     "adapter_bytes": sum(json.loads((m / "result.json").read_text())["adapter_bytes"]
+                                          for m in members)}
+        save()
+        print(key, {m: round(v["dsc"], 4) for m, v in alone.items()}, "ensemble", round(runs[key]["dsc"], 4),
+              flush=True)
 
 
 def write_json(path: Path, data: dict) -> None:
