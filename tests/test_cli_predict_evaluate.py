@@ -105,16 +105,26 @@ def test_missing_input(tmp_path: Path):
 
 
 def test_corrupt_png_gives_no_output(tmp_path: Path, data_dir: Path):
-    inp = tmp_path / "in"
+    """A bad input after a good one: no prediction reaches --out, not even the good one or an empty folder."""
+    root = data_dir / "prostate_mri_2d"
+    good = next((root / "images").rglob("*.png"))
+    inp, lab = tmp_path / "in", tmp_path / "lab"
     inp.mkdir()
-    (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    lab = tmp_path / "lab"
     lab.mkdir()
-    (lab / "broken.png").write_bytes((data_dir / "prostate_mri_2d" / "masks").glob("*.png").__next__().read_bytes())
+    shutil.copy(good, inp / "a_good.png")  # sorted first: predicted before the broken file is read
+    shutil.copy(root / "masks" / good.name, lab / "a_good.png")
+    (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    shutil.copy(root / "masks" / good.name, lab / "broken.png")
     out = tmp_path / "out"
     res = invoke("predict", "--input", inp, "--labels", lab, "--out", out)
     _fails_cleanly(res, "broken.png")
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "lab"]  # the staging folder is gone too
+    out.mkdir()
+    (out / "a_good.png").write_bytes(b"earlier result")
+    res = invoke("predict", "--input", inp, "--labels", lab, "--out", out)
+    _fails_cleanly(res, "broken.png")
+    assert (out / "a_good.png").read_bytes() == b"earlier result"  # kept until a complete new set replaces it
 
 
 def test_label_shape_mismatch(tmp_path: Path, data_dir: Path):

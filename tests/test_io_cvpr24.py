@@ -153,3 +153,24 @@ def test_npz_volume_is_cut_along_the_chosen_axis(tmp_path):
     assert load_case(pair, PredictOptions(slice_axis=2)).slice_axis == 2
     with raises_for(path, "--slice-axis 3", "use 0..2"):
         load_case(pair, PredictOptions(slice_axis=3))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_npz_boxes_propagate_along_the_chosen_axis(tmp_path, monkeypatch, axis):
+    """``--prompts file-boxes`` on a 3D ``.npz``: the stored boxes (z = axis 0) are re-expressed for the slice axis."""
+    from medadapt.data.prompts import boxes3d_from_label
+    from medadapt.infer import cases
+    from medadapt.io.discovery import Pair
+
+    data = case_3d()
+    path = save(tmp_path / "case.npz", data)
+    seen = {}
+
+    def fake_propagation(predictor, image, boxes, *, slice_axis, progress=None, **kw):
+        seen.update(boxes=np.asarray(boxes).tolist(), axis=slice_axis)
+        return np.zeros(image.shape, np.uint16)
+
+    monkeypatch.setattr(cases, "segment_volume_boxes3d", fake_propagation)
+    options = cases.PredictOptions(prompts="file-boxes", slice_axis=axis)
+    cases.predict_case(object(), cases.load_case(Pair("case", path, None), options), options)
+    assert seen == {"axis": axis, "boxes": boxes3d_from_label(data["gts"], slice_axis=axis)[0].tolist()}

@@ -277,3 +277,18 @@ def test_prompt_dataclass_checks():
         Prompt(1, box=[0, 0, 1, 1], point_labels=[1])
     p = Prompt(np.int64(3), points=[[1, 2]])
     assert type(p.class_id) is int and p.point_labels.dtype == np.int64
+
+
+def test_volume_frame_boxes_reframed_for_any_slice_axis():
+    """CVPR24 boxes (z = axis 0) re-expressed for another slice axis equal the boxes cut along that axis."""
+    from medadapt.data.prompts import reframe_boxes3d
+
+    rng = np.random.default_rng(0)
+    lab = np.zeros((9, 11, 13), np.uint8)
+    for c in (1, 2, 3):
+        lo = rng.integers(0, 5, size=3)
+        hi = lo + rng.integers(1, 5, size=3)
+        lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = c
+    stored, _ = boxes3d_from_label(lab, slice_axis=0)
+    for axis in (0, 1, 2):
+        assert reframe_boxes3d(stored, axis).tolist() == boxes3d_from_label(lab, slice_axis=axis)[0].tolist()

@@ -74,6 +74,7 @@ def predict(
         write_prediction,
     )
     from medadapt.infer.ensemble import check_prompt_mode
+    from medadapt.io.atomic import staged_dir
     from medadapt.io.discovery import ALL_SUFFIXES, find_files, pair_by_name
 
     set_threads(threads)
@@ -120,14 +121,13 @@ def predict(
         options.slice_axis = predictor.slice_axis
     check_mirror(mirror, options.prompts, run)
     predictor.mirror = mirror
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with progress_bar() as bar:
+    with progress_bar() as bar, staged_dir(out) as stage:  # a bad input half-way leaves no outputs
         task = bar.add_task("predict", total=len(pairs))
         for pair in pairs:
             case = load_case(pair, options)
             seg = predict_case(predictor, case, options)
-            write_prediction(out, case, seg)
+            write_prediction(stage, case, seg)
             bar.advance(task)
     elapsed = time.perf_counter() - start
     console.print(

@@ -207,6 +207,20 @@ def boxes3d_from_label(
     return np.array(boxes, dtype=np.int64).reshape(-1, 6), np.array(ids, dtype=np.int64)
 
 
+def reframe_boxes3d(boxes: np.ndarray, slice_axis: int) -> np.ndarray:
+    """3D boxes of the volume frame (z = axis 0, as CVPR24 ``.npz`` store them) in the frame of ``slice_axis``.
+
+    The same boxes as ``boxes3d_from_label(label, slice_axis)`` would give, so that box propagation
+    can run along any axis of a challenge file.
+    """
+    boxes = np.asarray(boxes).reshape(-1, 6)
+    lo = boxes[:, [2, 1, 0]]  # per volume axis 0, 1, 2: z0, y0, x0
+    hi = boxes[:, [5, 4, 3]]
+    order = [slice_axis] + [a for a in range(3) if a != slice_axis]  # (z', y', x') of the slice frame
+    z, y, x = order
+    return np.stack([lo[:, x], lo[:, y], lo[:, z], hi[:, x], hi[:, y], hi[:, z]], axis=1)
+
+
 # --------------------------------------------------------------------------- prompt files
 
 

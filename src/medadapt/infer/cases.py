@@ -19,6 +19,7 @@ from medadapt.data.prompts import (
     boxes3d_from_label,
     boxes_from_label,
     points_from_label,
+    reframe_boxes3d,
     validate_prompts,
 )
 from medadapt.errors import MedadaptError
@@ -189,7 +190,8 @@ def predict_case(predictor: SamPredictor, case: Case, options: PredictOptions, p
             validate_prompts(prompts, case.image.shape[:2], case.source)
             seg, _ = predictor.segment(case.image, prompts)
             return seg
-        return segment_volume_boxes3d(predictor, case.image, case.npz_boxes, slice_axis=0, progress=progress)
+        boxes = reframe_boxes3d(case.npz_boxes, case.slice_axis)  # stored with z = axis 0
+        return segment_volume_boxes3d(predictor, case.image, boxes, slice_axis=case.slice_axis, progress=progress)
 
     if case.kind in ("3d", "npz3d"):
         if source == "boxes-from-labels":

@@ -1,7 +1,8 @@
 """Atomic writes: a file is either complete or absent.
 
 Outputs go to a temporary file in the destination folder, then ``os.replace`` moves it into
-place, so a crash or a bad input never leaves a partial file behind.
+place, so a crash or a bad input never leaves a partial file behind. A command that writes a
+folder of outputs stages them (``staged_dir``) so that a bad input half-way leaves none of them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,29 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def staged_dir(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``dest``; move its files into ``dest`` if the block succeeds.
+
+    On an error nothing reaches ``dest`` (not even an empty folder); files already in ``dest``
+    are replaced only by a complete new set.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield stage
+        dest.mkdir(exist_ok=True)
+        for f in sorted(stage.rglob("*")):
+            target = dest / f.relative_to(stage)
+            if f.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                os.replace(f, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_bytes(dest: str | Path, data: bytes) -> None:
