@@ -51,7 +51,7 @@ def test_modality_names():
     assert case_modality(CaseRef("a", Path("CT_a.png"), None, "rgb", "a", False)) == "ct"
 
 
-def _adapter(run: Path, recipe: str, seed: int) -> None:
+def _adapter(run: Path, recipe: str, seed: int, **extra) -> None:
     torch.manual_seed(seed)
     model = build_model("litemedsam", image_size=64)
     cfg = RecipeConfig(name=recipe)
@@ -60,12 +60,12 @@ def _adapter(run: Path, recipe: str, seed: int) -> None:
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
-    save_adapter(model, run / "adapter", recipe=cfg, base={"model": "litemedsam"})
+    save_adapter(model, run / "adapter", recipe=cfg, base={"model": "litemedsam"}, extra=extra)
 
 
-def _bank(root: Path) -> None:
-    _adapter(root / "ct", "bias", 0)  # tunes base tensors in place
-    _adapter(root / "mr", "decoder-lora", 1)  # adds modules
+def _bank(root: Path, ct_axis: int | None = None, mr_axis: int | None = None) -> None:
+    _adapter(root / "ct", "bias", 0, slice_axis=ct_axis)  # tunes base tensors in place
+    _adapter(root / "mr", "decoder-lora", 1, slice_axis=mr_axis)  # adds modules
     (root / BANK_FILE).write_text(json.dumps({
         "format": "medadapt.modality_bank", "format_version": 1, "model": "litemedsam", "default": None,
         "modalities": {"ct": {"run": "ct"}, "mr": {"run": "mr"}},
@@ -102,6 +102,15 @@ def test_routing_selects_adapter_and_shares_base(tmp_path: Path):
         pred.select_for_file(Path("US_x.png"))
     with pytest.raises(MedadaptError, match="unknown"):
         pred.select_for_file(Path("scan.png"))
+    assert pred.slice_axis is None  # both adapters cut volumes by spacing
+
+
+def test_bank_cuts_volumes_along_its_adapters_axis(tmp_path: Path):
+    _bank(tmp_path / "same", ct_axis=0, mr_axis=0)
+    assert load_bank_predictor(tmp_path / "same").slice_axis == 0
+    _bank(tmp_path / "mixed", ct_axis=0, mr_axis=None)
+    with pytest.raises(MedadaptError, match=r"different axes \(ct: 0, mr: by spacing\)"):
+        load_bank_predictor(tmp_path / "mixed")
 
 
 def _png_csv(root: Path, rows: list[tuple[str, str | None]]) -> Path:

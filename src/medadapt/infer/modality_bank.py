@@ -211,7 +211,7 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
                         **kwargs) -> ModalityBankPredictor:
     """Build the base model once and every modality's adapter on it."""
     from medadapt.adapt.artifact import read_adapter_meta
-    from medadapt.infer.factory import adapter_dir, automatic_mode
+    from medadapt.infer.factory import adapter_dir, automatic_mode, trained_slice_axis
     from medadapt.models.registry import build_model, get_spec
 
     bank_dir = Path(bank_dir)
@@ -221,6 +221,12 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
     bases = {json.dumps((m.get("base") or {}), sort_keys=True) for m in metas.values()}
     if len(bases) != 1:
         raise MedadaptError("the bank's adapters were trained on different base models.", path=bank_dir / BANK_FILE)
+    axes = {mod: trained_slice_axis(m) for mod, m in metas.items()}
+    if len(set(axes.values())) != 1:  # one axis for the whole bank: volumes are cut before routing
+        told = ", ".join(f"{mod}: {'by spacing' if a is None else a}" for mod, a in axes.items())
+        raise MedadaptError(f"the bank's adapters were trained on slices cut along different axes ({told}).",
+                            path=bank_dir / BANK_FILE,
+                            fix="refit the odd ones with the same --fit-set slice_axis=N (fit-modalities --only MOD).")
     base_info = next(iter(metas.values())).get("base") or {}
     name = model or base_info.get("model") or bank.get("model")
     if model is not None and base_info.get("model") not in (None, get_spec(model).name):
@@ -233,8 +239,10 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
     for mod, folder in folders.items():
         models[mod] = adapted_copy(base, folder)
         classes[mod], keep[mod] = automatic_mode(metas[mod])
-    return ModalityBankPredictor(models, get_spec(name), classes=classes, keep_largest=keep,
-                                 default=bank.get("default"), **kwargs)
+    predictor = ModalityBankPredictor(models, get_spec(name), classes=classes, keep_largest=keep,
+                                      default=bank.get("default"), **kwargs)
+    predictor.slice_axis = next(iter(axes.values()))  # predict / evaluate cut volumes as the adapters were
+    return predictor
 
 
 # ----------------------------------------------------------------------------- making a bank
