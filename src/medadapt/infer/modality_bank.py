@@ -226,7 +226,8 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
         told = ", ".join(f"{mod}: {'by spacing' if a is None else a}" for mod, a in axes.items())
         raise MedadaptError(f"the bank's adapters were trained on slices cut along different axes ({told}).",
                             path=bank_dir / BANK_FILE,
-                            fix="refit the odd ones with the same --fit-set slice_axis=N (fit-modalities --only MOD).")
+                            fix="fit the bank again with one axis: `medadapt fit-modalities ... --set slice_axis=N "
+                                "--out NEW_BANK`.")
     base_info = next(iter(metas.values())).get("base") or {}
     name = model or base_info.get("model") or bank.get("model")
     if model is not None and base_info.get("model") not in (None, get_spec(model).name):
