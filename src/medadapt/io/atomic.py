@@ -44,7 +44,7 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``dest``; move its files into ``dest`` if the block succeeds.
 
     On an error nothing reaches ``dest`` (not even an empty folder); files already in ``dest``
-    are replaced only by a complete new set.
+    are replaced only by a complete new set. The staged folder is flat (one file per output).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -52,12 +52,8 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
     try:
         yield stage
         dest.mkdir(exist_ok=True)
-        for f in sorted(stage.rglob("*")):
-            target = dest / f.relative_to(stage)
-            if f.is_dir():
-                target.mkdir(exist_ok=True)
-            else:
-                os.replace(f, target)
+        for f in sorted(stage.iterdir()):
+            os.replace(f, dest / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
