@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 import medadapt.cli.pretrain_cmd as pretrain_cmd
@@ -55,5 +57,23 @@ app.command("merge")(merge_cmd.merge)
 app.command("fit-modalities")(modality_cmd.fit_modalities)
 
 
-if __name__ == "__main__":  # pragma: no cover
+def _exit_on_signal(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_cleanly_on_termination() -> None:
+    """SIGTERM (``kill``, a batch scheduler) and SIGHUP end the command as an exception does, so
+    temporary files and staged outputs are removed (Python's default would stop without cleaning up)."""
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _exit_on_signal)
+
+
+def main() -> None:
+    """The ``medadapt`` console script."""
+    exit_cleanly_on_termination()
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -3,6 +3,9 @@
 Outputs go to a temporary file in the destination folder, then ``os.replace`` moves it into
 place, so a crash or a bad input never leaves a partial file behind. A command that writes a
 folder of outputs stages them (``staged_dir``) so that a bad input half-way leaves none of them.
+A stage is removed when its command ends, also on Ctrl-C or SIGTERM (``medadapt.cli.main`` turns
+SIGTERM into an exit); one left by a SIGKILLed process is removed by the next ``staged_dir`` for the
+same destination, since its name carries the process id.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -48,7 +52,8 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    remove_stale_stages(dest)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
     try:
         yield stage
         dest.mkdir(exist_ok=True)
@@ -56,6 +61,33 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
             os.replace(f, dest / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def remove_stale_stages(dest: str | Path) -> list[Path]:
+    """Remove ``staged_dir`` folders of ``dest`` whose process is gone (killed with SIGKILL); return them."""
+    dest = Path(dest)
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(\d+)\.[^/]*\.tmp")
+    removed = []
+    if not dest.parent.is_dir():
+        return removed
+    for entry in dest.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_dir() and not _process_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill there terminates the process instead of probing it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else (or cannot be probed): leave it
+    return True
 
 
 def write_bytes(dest: str | Path, data: bytes) -> None:
