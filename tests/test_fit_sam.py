@@ -61,6 +61,7 @@ def test_decoder_fit_beats_zero_shot(hippo, tmp_path: Path, cache_dir: Path):
     result = _fit(run, spec, split, cache_dir, method="decoder", prompt="box", max_steps=40, lr=1e-4)
     assert result["train_cases"] == list(TRAIN) and not result["encoder_trainable"]
     assert result["embedding_cache"]["misses"] > 0
+    assert result["torch_threads"] == torch.get_num_threads() and result["torch_version"] == torch.__version__
     zero = _mean_dsc(build_predictor("litemedsam", cache_dir=cache_dir), spec, TEST)
     adapted = _mean_dsc(build_predictor(None, adapter=run, cache_dir=cache_dir), spec, TEST)
     print(f"held-out DSC zero-shot {zero:.4f} -> adapted {adapted:.4f}")

@@ -232,6 +232,9 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         "encoder_engine": settings.frozen_encoder[0] if settings.frozen_encoder else "torch",
         "adapter_bytes": adapter.stat().st_size if adapter.exists() else None,
         "fit_seconds": wall,
+        # a fit repeats bitwise only at the same thread count and torch version (bench_determinism.py)
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
         **{k: v for k, v in result.to_dict().items() if k != "history"},
     }
     write_json(out / "result.json", summary)
