@@ -35,14 +35,15 @@ def test_stage_of_a_killed_process_is_removed_by_the_next_run(tmp_path: Path):
     orphan = tmp_path / f".out.{dead}.k2j4.tmp"  # left by a SIGKILLed `medadapt predict --out out`
     running = tmp_path / f".out.{alive}.q7w1.tmp"  # another command still writing to out
     other = tmp_path / f".other.{dead}.a1b2.tmp"  # a different destination
-    for d in (orphan, running, other):
+    dotted = tmp_path / f".out.999999999.{alive}.zz9.tmp"  # running stage of "out.999999999" (no such pid)
+    for d in (orphan, running, other, dotted):
         d.mkdir()
         (d / "case.nii.gz").write_bytes(b"partial")
     with staged_dir(tmp_path / "out") as stage:
         assert stage.name.startswith(f".out.{alive}.")
         (stage / "a.png").write_bytes(b"x")
     assert not orphan.exists()
-    assert running.exists() and other.exists()
+    assert running.exists() and other.exists() and dotted.exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
     assert remove_stale_stages(tmp_path / "other") == [other]
 

@@ -66,7 +66,8 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
 def remove_stale_stages(dest: str | Path) -> list[Path]:
     """Remove ``staged_dir`` folders of ``dest`` whose process is gone (killed with SIGKILL); return them."""
     dest = Path(dest)
-    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(\d+)\.[^/]*\.tmp")
+    # mkdtemp's random part has no dot, so ".out.7.<pid>.x.tmp" (a stage of "out.7") does not match "out"
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(\d+)\.[^.]+\.tmp")
     removed = []
     if not dest.parent.is_dir():
         return removed
@@ -85,7 +86,7 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:
         return True  # exists but belongs to someone else (or cannot be probed): leave it
     return True
 
