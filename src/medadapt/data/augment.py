@@ -1,8 +1,9 @@
 """Training-time augmentation of 2D samples, with prompts drawn from the augmented mask.
 
 Geometry and intensity are MONAI dictionary transforms applied jointly to the image (bilinear) and the
-label (nearest): random flips on both axes, a small affine (rotation ±10°, scale 0.9–1.1) and intensity
-jitter (gamma contrast, scale, shift). Box and point prompts are computed *after* the geometry, from
+label (nearest): random flips on both axes, a small affine (rotation ±10°, scale 0.9–1.1, optionally a
+shift of up to ``translate`` × the slice size per axis) and intensity jitter (gamma contrast, scale, shift).
+Flips can be turned off (``flip_prob = 0``) for structures whose classes are told apart by position. Box and point prompts are computed *after* the geometry, from
 the augmented mask, so they always describe what the model is asked to segment: a box per class with
 each side pushed outwards by up to ``box_jitter`` px (MedSAM's ``bbox_shift``), and optionally random
 points inside (and outside) the object.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 from monai import transforms as mt
 from monai.utils import convert_to_numpy
 
@@ -31,6 +33,7 @@ class AugmentConfig:
     affine_prob: float = 0.5
     rotate_deg: float = 10.0
     scale: float = 0.1  # zoom in 1 ± scale
+    translate: float = 0.0  # shift by up to ± translate × the slice size, per axis
     intensity_prob: float = 0.5  # per intensity transform
     gamma: tuple[float, float] = (0.8, 1.25)
     intensity_scale: float = 0.1  # v * (1 + U(-s, s))
@@ -69,6 +72,7 @@ class TrainAugment:
     def __init__(self, seed: int = 0, config: AugmentConfig | None = None):
         self.config = config or AugmentConfig()
         self.transforms = build_transforms(self.config)
+        self._affine = next(t for t in self.transforms.transforms if isinstance(t, mt.RandAffined))
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
@@ -92,9 +96,15 @@ class TrainAugment:
         """Augment an ``H×W`` / ``H×W×3`` uint8 image and its ``H×W`` label together (same shapes back)."""
         if label.shape != image.shape[:2]:
             raise ValueError(f"label shape {label.shape} != image shape {image.shape[:2]}")
+        if self.config.translate:  # MONAI's range is in pixels; ours is a fraction of this slice's size
+            self._affine.rand_affine.rand_affine_grid.translate_range = tuple(
+                self.config.translate * n for n in label.shape)
         chw = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)  # C×H×W
         data = {"image": chw.astype(np.float32), "label": label[None].astype(np.float32)}
-        out = self.transforms(data)
+        # MONAI builds the affine grid with torch on the CPU: under a bf16 training step (autocast)
+        # it would come out in bf16, which numpy cannot take.
+        with torch.autocast(device_type="cpu", enabled=False):
+            out = self.transforms(data)
         img = convert_to_numpy(out["image"])
         img = img[0] if image.ndim == 2 else np.moveaxis(img, 0, -1)
         img = (

@@ -84,6 +84,10 @@ class FitOptions(BaseModel):
     n_pos: int = 1
     n_neg: int = 0
     augment: bool = True
+    # frozen-stage recipes: augment the images too (the frozen stem then runs on each augmented slice)
+    augment_stem: bool = False
+    augment_flips: bool = True  # off where classes are told apart by position (e.g. hippocampus head/body)
+    augment_translate: float = Field(0.0, ge=0, le=0.5)  # shift up to this fraction of the slice size
     cache_dir: str | None = None
     encoder_engine: Literal["torch", "onnxruntime", "openvino"] = "torch"
     max_val_slices: int = Field(64, ge=1)
@@ -191,6 +195,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     settings = SamTaskSettings(
         prompt=opts.prompt, classes=classes, batch_size=opts.batch_size, box_jitter=opts.box_jitter,
         n_pos=opts.n_pos, n_neg=opts.n_neg, iou_weight=opts.iou_weight, augment=opts.augment,
+        augment_stem=opts.augment_stem, augment_flips=opts.augment_flips, augment_translate=opts.augment_translate,
         cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, seed=opts.seed, base=base,
         class_token_lr_scale=opts.class_token_lr_scale, slice_axis=opts.slice_axis,
     )

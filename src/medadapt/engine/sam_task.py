@@ -19,7 +19,10 @@ augmentation would change the embedding, so in that case augmentation acts on th
 Encoder-side recipes with ``frozen_stages = N`` (LoRA / adapters / biases only after the first N
 stages of a staged encoder such as TinyViT) cache the frozen stem's output instead, the tokens after
 stage N, and run only the trunk forward and backward each step; the first stages at full resolution
-are about half of LiteMedSAM's encoder time. Image augmentation is then off too (prompts only).
+are about half of LiteMedSAM's encoder time. Image augmentation is then off too (prompts only) unless
+``augment_stem`` is set: training slices are then augmented and the frozen stem runs on each of them
+(no gradient, no cache; validation still reads the cache). A few-shot draw of 5 volumes shows the
+structure at only a few positions, and in automatic mode the position is all the model has to go on.
 
 Losses follow MedSAM: Dice + BCE on the 256×256 low-resolution logits against the mask in the
 model frame, plus optionally the IoU-head loss.
@@ -60,6 +63,9 @@ class SamTaskSettings:
     n_neg: int = 0
     iou_weight: float = 0.0
     augment: bool = True
+    augment_stem: bool = False  # frozen-stage recipes: augment images too, running the stem per slice
+    augment_flips: bool = True
+    augment_translate: float = 0.0
     cache_dir: Path | None = None
     seed: int = 0
     base: dict = field(default_factory=dict)  # identifies the base model in the artifact
@@ -124,10 +130,11 @@ class SamSegmentationTask:
         self.loss = SegmentationLoss(iou_weight=settings.iou_weight, batch=settings.prompt == "auto")
         self.frozen_stages = recipe.frozen_stages if encoder_trainable else 0
         self.augmenter = None
-        if encoder_trainable and settings.augment and not self.frozen_stages:
+        if encoder_trainable and settings.augment and (not self.frozen_stages or settings.augment_stem):
             from medadapt.data.augment import train_augment
 
-            self.augmenter = train_augment(settings.seed)
+            self.augmenter = train_augment(settings.seed, translate=settings.augment_translate,
+                                           **({} if settings.augment_flips else {"flip_prob": 0.0}))
         self.train_items = [self._item(s) for s in train_samples]
         self.val_items = [self._item(s) for s in val_samples]
         self.cache = None
@@ -163,6 +170,13 @@ class SamSegmentationTask:
         """[B, 3, S, S] → tokens after the frozen stages ([B, L, C])."""
         return _in_chunks(lambda x: self.sam.image_encoder.forward_stem(x, self.frozen_stages), batch)
 
+    def _stem_as_cached(self, batch: torch.Tensor) -> torch.Tensor:
+        """The stem's tokens exactly as the stem cache would return them (fp32 stem outside autocast,
+        stored in the cache's dtype, returned in its output dtype), without storing them."""
+        cache = self.stem_cache
+        with torch.autocast(device_type=batch.device.type, enabled=False):
+            return self._encode_stem(batch).to(cache.dtype).to(cache.out_dtype)
+
     def parameters_to_train(self):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         prompts = getattr(self.sam, "class_prompts", None)
@@ -189,7 +203,8 @@ class SamSegmentationTask:
             return self.cache.get_many(tensors)
         if self.stem_cache is not None:
             enc, n = self.sam.image_encoder, self.frozen_stages
-            tokens = self.stem_cache.get_many(tensors)
+            augmented = train and self.augmenter is not None  # new images each step: no use caching them
+            tokens = self._stem_as_cached(tensors) if augmented else self.stem_cache.get_many(tensors)
             if train:
                 return enc.forward_trunk(tokens, n)
             with torch.no_grad():
