@@ -93,3 +93,27 @@ def test_intensity_jitter_keeps_uint8_range():
     outs = [aug({"image": image, "label": label}) for _ in range(5)]
     assert all(o["image"].dtype == np.uint8 and np.array_equal(o["label"], label) for o in outs)
     assert any(not np.array_equal(o["image"], image) for o in outs)
+
+
+def test_translation_is_a_fraction_of_each_slice_size_and_runs_under_bf16_autocast():
+    """``translate`` shifts by up to that fraction of the slice's own height and width (MONAI's range is
+    in pixels, so it is set per slice), and augmenting inside a bf16 training step still works."""
+    import torch
+
+    image, label = _scene()
+    aug = train_augment(0, translate=0.25, flip_prob=0.0, affine_prob=1.0, intensity_prob=0.0,
+                        rotate_deg=0.0, scale=0.0)
+    shifts = []
+    for seed in range(12):
+        aug.reseed(seed)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            img, lab = aug.apply(image, label)
+        moved = np.argwhere(lab == 1).min(0) - np.argwhere(label == 1).min(0)
+        assert abs(int((lab == 1).sum()) - int((label == 1).sum())) < 0.15 * (label == 1).sum()  # a shift
+        assert np.mean(np.abs(img[lab == 1].astype(int) - 130) < 40) > 0.9  # image moved with the mask
+        shifts.append(moved)
+    shifts = np.abs(np.array(shifts))
+    assert shifts.max(0)[0] <= 0.25 * 64 + 1 and shifts.max(0)[1] <= 0.25 * 80 + 1
+    assert shifts.max(0)[1] > 0.25 * 64  # wider than the height's bound: the range follows each axis
+    untouched = train_augment(0, flip_prob=0.0, affine_prob=1.0, intensity_prob=0.0, rotate_deg=0.0, scale=0.0)
+    assert np.array_equal(untouched.apply(image, label)[1], label)  # translate defaults to 0

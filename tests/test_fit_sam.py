@@ -130,6 +130,23 @@ def test_encoder_lora_trains_from_cached_stem_outputs(hippo, tmp_path: Path, cac
     assert (a != b).mean() < 1e-3 and (a > 0).any()
 
 
+
+def test_augment_stem_trains_on_augmented_slices_outside_the_stem_cache(hippo, tmp_path: Path, cache_dir: Path):
+    """augment_stem with frozen_stages=2: training slices are augmented, so the stem runs on each of them
+    and nothing of training goes through the stem cache; the same fit without it reads the cache and
+    learns something else."""
+    spec, split = hippo
+    common = dict(method="bias", prompt="auto", max_steps=3, batch_size=2, lr=1e-3, frozen_stages=2,
+                  precision="bf16")
+    aug = _fit(tmp_path / "aug", spec, split, cache_dir, augment_stem=True, augment_flips=False,
+               augment_translate=0.1, **common)
+    assert aug["stem_cache"]["hits"] + aug["stem_cache"]["misses"] == 0
+    plain = _fit(tmp_path / "plain", spec, split, cache_dir, **common)
+    assert plain["stem_cache"]["hits"] + plain["stem_cache"]["misses"] == 6  # 3 steps x 2 slices
+    a = load_file(str(tmp_path / "aug" / "adapter" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "plain" / "adapter" / "adapter.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+
 def test_bad_recipe_options_exit_2_without_a_run_folder(hippo, tmp_path: Path):
     from typer.testing import CliRunner
 
@@ -141,7 +158,9 @@ def test_bad_recipe_options_exit_2_without_a_run_folder(hippo, tmp_path: Path):
                            (["--frozen-stages", "2", "--set", "lora_blocks=0,5"], "layers.1.blocks.0.attn.qkv lies in"),
                            (["--set", "lora_blocks=a"], "invalid fit option 'lora_blocks.0'"),
                            (["--lr", "1e-3", "--set", "lr=1e-4"], "lr given both as --lr and with --set"),
-                           (["--slice-axis", "3"], "invalid fit option 'slice_axis'")):
+                           (["--slice-axis", "3"], "invalid fit option 'slice_axis'"),
+                           (["--set", "augment_stem=true"], "augment_stem applies to recipes that train the encoder after frozen stages"),
+                           (["--set", "augment_translate=0.9"], "invalid fit option 'augment_translate'")):
         res = CliRunner().invoke(app, ["fit", "--data", spec, "--split", str(split), "--out", str(tmp_path / "run"),
                                        "--method", "lora", "--no-progress", *extra])
         assert res.exit_code == 2, res.output

@@ -174,6 +174,13 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         train_prompt_encoder=opts.train_prompt_encoder, also_train=also_train,
     )
     applied = apply_recipe(model, recipe)
+    if opts.augment_stem and not (applied.encoder_trainable and opts.frozen_stages):
+        raise MedadaptError(
+            f"augment_stem applies to recipes that train the encoder after frozen stages; '{opts.method}' "
+            f"with frozen_stages={opts.frozen_stages} has no frozen stem to run on augmented slices.",
+            fix="add --frozen-stages N to an encoder-side recipe (adapter, lora, bias, ...), or drop augment_stem "
+                "(recipes that train the whole encoder augment anyway; frozen-encoder ones jitter the prompts only).",
+        )
 
     auto = opts.prompt == "auto"  # prompt-free inference sees every slice, so training sees empty ones too
     train = list(iter_slices(dataset, split.train, axis=opts.slice_axis, classes=classes, include_empty=auto))
