@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medadapt.io.atomic import remove_stale_stages, staged_dir
+from medadapt.io.atomic import atomic_path, remove_stale_stages, staged_dir, write_text
 
 
 def _dead_pid() -> int:
@@ -46,6 +46,22 @@ def test_stage_of_a_killed_process_is_removed_by_the_next_run(tmp_path: Path):
     assert running.exists() and other.exists() and dotted.exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
     assert remove_stale_stages(tmp_path / "other") == [other]
+
+
+def test_temp_files_of_a_killed_process_are_removed_by_the_next_write(tmp_path: Path):
+    dead, alive = _dead_pid(), os.getpid()
+    orphan = tmp_path / f".case.nii.gz.{dead}.k2j4x9_1.tmp.nii.gz"  # a SIGKILLed predict's half-written file
+    running = tmp_path / f".case.nii.gz.{alive}.q7w1ab2c.tmp.nii.gz"  # another process still writing
+    notes = tmp_path / ".notes.tmp"  # not one of ours
+    for f in (orphan, running, notes):
+        f.write_bytes(b"partial")
+    with atomic_path(tmp_path / "other.nii.gz") as tmp:
+        assert tmp.name.startswith(f".other.nii.gz.{alive}.") and tmp.name.endswith(".tmp.nii.gz")
+        tmp.write_bytes(b"x")
+    assert not orphan.exists() and running.exists() and notes.exists()
+    orphan.write_bytes(b"partial")  # the folder is swept once per process: later writes do not list it again
+    write_text(tmp_path / "a.txt", "y")
+    assert orphan.exists() and (tmp_path / "a.txt").read_text() == "y"
 
 
 @pytest.mark.parametrize("handled", [True, False])

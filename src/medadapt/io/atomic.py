@@ -3,9 +3,10 @@
 Outputs go to a temporary file in the destination folder, then ``os.replace`` moves it into
 place, so a crash or a bad input never leaves a partial file behind. A command that writes a
 folder of outputs stages them (``staged_dir``) so that a bad input half-way leaves none of them.
-A stage is removed when its command ends, also on Ctrl-C or SIGTERM (``medadapt.cli.main`` turns
-SIGTERM into an exit); one left by a SIGKILLed process is removed by the next ``staged_dir`` for the
-same destination, since its name carries the process id.
+A stage or temporary file is removed when its command ends, also on Ctrl-C or SIGTERM
+(``medadapt.cli.main`` turns SIGTERM into an exit). Both names carry the writer's process id, so
+what a SIGKILLed process left is removed later: a stage by the next ``staged_dir`` for the same
+destination, temporary files by the first ``atomic_path`` of a later process into the same folder.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(dest.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+    if str(dest.parent) not in _SWEPT_FOLDERS:  # once per folder and process: cache folders see many writes
+        _SWEPT_FOLDERS.add(str(dest.parent))
+        remove_stale_temp_files(dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -63,19 +67,39 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+# ".NAME.PID.RANDOM.tmp[SUFFIX]": mkstemp's / mkdtemp's random part has no dot, so the number right
+# before it is the process id (".out.7.<pid>.x.tmp", a stage of "out.7", is not one of "out").
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp(?P<suffix>.*)")
+_SWEPT_FOLDERS: set[str] = set()
+
+
+def _left_by_dead_process(entry: Path) -> re.Match | None:
+    match = _TEMP_NAME.fullmatch(entry.name)
+    return match if match and not _process_alive(int(match["pid"])) else None
+
+
 def remove_stale_stages(dest: str | Path) -> list[Path]:
     """Remove ``staged_dir`` folders of ``dest`` whose process is gone (killed with SIGKILL); return them."""
     dest = Path(dest)
-    # mkdtemp's random part has no dot, so ".out.7.<pid>.x.tmp" (a stage of "out.7") does not match "out"
-    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(\d+)\.[^.]+\.tmp")
     removed = []
     if not dest.parent.is_dir():
         return removed
     for entry in dest.parent.iterdir():
-        match = pattern.fullmatch(entry.name)
-        if match and entry.is_dir() and not _process_alive(int(match.group(1))):
+        match = _left_by_dead_process(entry)
+        if match and match["name"] == dest.name and not match["suffix"] and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
+    return removed
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Remove ``atomic_path`` temporary files in ``folder`` whose process is gone; return them."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in Path(folder).iterdir():
+            if _left_by_dead_process(entry) and entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
     return removed
 
 
