@@ -2,8 +2,9 @@
 
 Geometry and intensity are MONAI dictionary transforms applied jointly to the image (bilinear) and the
 label (nearest): random flips on both axes, a small affine (rotation ±10°, scale 0.9–1.1, optionally a
-shift of up to ``translate`` × the slice size per axis) and intensity jitter (gamma contrast, scale, shift).
-Flips can be turned off (``flip_prob = 0``) for structures whose classes are told apart by position. Box and point prompts are computed *after* the geometry, from
+shift of up to ``translate`` × the slice size per axis) and intensity jitter (gamma contrast, scale,
+shift). Flips can be turned off (``flip_prob = 0``) for structures whose classes are told apart by
+position. Box and point prompts are computed *after* the geometry, from
 the augmented mask, so they always describe what the model is asked to segment: a box per class with
 each side pushed outwards by up to ``box_jitter`` px (MedSAM's ``bbox_shift``), and optionally random
 points inside (and outside) the object.
