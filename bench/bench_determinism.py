@@ -105,8 +105,9 @@ def print_table(results: dict) -> None:
     print("|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         val = "–" if r["best_val_dsc"] is None else f"{r['best_val_dsc']:.4f}"  # a recipe without validation
+        diff = "–" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.3g}"  # adapters with other tensors
         print(f"| {r['run']} | {r['threads']} | {r['cache']} | {'yes' if r['identical'] else 'no'} | "
-              f"{r['max_abs_diff']:.3g} | {val} | {r['fit_wall_seconds']:.0f} |")
+              f"{diff} | {val} | {r['fit_wall_seconds']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -116,6 +116,12 @@ class EmbeddingCache:
         with torch.autocast(device_type=batch.device.type, enabled=False):
             return self._get_many(batch)
 
+    def encode_uncached(self, batch: Tensor) -> Tensor:
+        """``encode_fn`` on inputs seen only once (e.g. augmented slices), returned exactly as a stored
+        entry would be (same autocast rule, rounded through ``dtype``) but not stored."""
+        with torch.autocast(device_type=batch.device.type, enabled=False), torch.no_grad():
+            return self.encode_fn(batch).to(self.dtype).to(device=batch.device, dtype=self.out_dtype)
+
     def _get_many(self, batch: Tensor) -> Tensor:
         keys = [self.key(x) for x in batch]
         found: dict[str, Tensor] = {}

@@ -170,13 +170,6 @@ class SamSegmentationTask:
         """[B, 3, S, S] → tokens after the frozen stages ([B, L, C])."""
         return _in_chunks(lambda x: self.sam.image_encoder.forward_stem(x, self.frozen_stages), batch)
 
-    def _stem_as_cached(self, batch: torch.Tensor) -> torch.Tensor:
-        """The stem's tokens exactly as the stem cache would return them (fp32 stem outside autocast,
-        stored in the cache's dtype, returned in its output dtype), without storing them."""
-        cache = self.stem_cache
-        with torch.autocast(device_type=batch.device.type, enabled=False):
-            return self._encode_stem(batch).to(cache.dtype).to(cache.out_dtype)
-
     def parameters_to_train(self):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         prompts = getattr(self.sam, "class_prompts", None)
@@ -204,7 +197,7 @@ class SamSegmentationTask:
         if self.stem_cache is not None:
             enc, n = self.sam.image_encoder, self.frozen_stages
             augmented = train and self.augmenter is not None  # new images each step: no use caching them
-            tokens = self._stem_as_cached(tensors) if augmented else self.stem_cache.get_many(tensors)
+            tokens = self.stem_cache.encode_uncached(tensors) if augmented else self.stem_cache.get_many(tensors)
             if train:
                 return enc.forward_trunk(tokens, n)
             with torch.no_grad():
