@@ -222,7 +222,7 @@ def load_medmnist(path: str | Path, split: str = "train", *, class_names: Sequen
     return _split(images, labels, names, ids, source=str(path), task=task, meta={"format": "medmnist", "split": split})
 
 
-def _read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _read_label_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if not path.is_file():
         raise MedadaptError("CSV file not found", path=path, fix="check the path")
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -273,7 +273,7 @@ def load_nih_chestxray14(root: str | Path, split: str = "train", *, image_dir: s
     entry = root / "Data_Entry_2017.csv"
     if split not in ("train", "val", "train_val", "test"):
         raise MedadaptError(f"unknown NIH split {split!r}", fix="use train, val, train_val or test")
-    cols, rows = _read_csv_rows(entry)
+    cols, rows = _read_label_csv(entry)
     for needed in ("Image Index", "Finding Labels"):
         if needed not in cols:
             raise MedadaptError(f"column '{needed}' missing (columns: {cols[:6]}...)", path=entry,
@@ -340,7 +340,7 @@ def load_chexpert(csv_path: str | Path, *, image_root: str | Path | None = None,
     csv_path = Path(csv_path)
     if uncertain not in ("ones", "zeros", "ignore"):
         raise MedadaptError(f"unknown uncertain-label policy {uncertain!r}", fix="use ones, zeros or ignore")
-    cols, rows = _read_csv_rows(csv_path)
+    cols, rows = _read_label_csv(csv_path)
     absent = [c for c in ("Path", *classes) if c not in cols]
     if absent:
         raise MedadaptError(f"columns missing: {absent}", path=csv_path,
@@ -385,7 +385,7 @@ def load_rsna_pneumonia(root: str | Path, split: str = "train", *, image_dir: st
     """
     root = Path(root)
     table = root / "stage_2_train_labels.csv"
-    cols, rows = _read_csv_rows(table)
+    cols, rows = _read_label_csv(table)
     if "patientId" not in cols or "Target" not in cols:
         raise MedadaptError(f"columns 'patientId' and 'Target' expected, found {cols}", path=table,
                             fix="use the competition's stage_2_train_labels.csv")
@@ -464,7 +464,7 @@ def load_csv(csv_path: str | Path, *, image_root: str | Path | None = None, imag
     multi-label 0/1 per class; ``-1`` or blank marks an unknown label (masked out).
     """
     csv_path = Path(csv_path)
-    cols, rows = _read_csv_rows(csv_path)
+    cols, rows = _read_label_csv(csv_path)
     if image_column not in cols:
         raise MedadaptError(f"no '{image_column}' column (columns: {cols})", path=csv_path,
                             fix=f"name the image path column '{image_column}'")
@@ -528,7 +528,7 @@ def dataset_splits(source: str | Path) -> list[str] | None:
     return None
 
 
-def load_dataset(source: str | Path, split: str = "train", **kwargs) -> ClassificationSplit:
+def load_classification_split(source: str | Path, split: str = "train", **kwargs) -> ClassificationSplit:
     """Pick the reader from what ``source`` is: ``.npz`` (MedMNIST), a folder with NIH's
     ``Data_Entry_2017.csv`` or RSNA's ``stage_2_train_labels.csv``, a CheXpert CSV (``Path`` column),
     a split list ``.txt``, or a generic CSV. ``split`` applies to the readers that have splits."""
@@ -546,7 +546,7 @@ def load_dataset(source: str | Path, split: str = "train", **kwargs) -> Classifi
     if suffix == ".txt":
         return load_split_file(source, **kwargs)
     if suffix == ".csv":
-        cols, _ = _read_csv_rows(source)
+        cols, _ = _read_label_csv(source)
         return load_chexpert(source, **kwargs) if "Path" in cols else load_csv(source, **kwargs)
     if not source.exists():
         raise MedadaptError("dataset not found", path=source, fix="check the path")

@@ -1,6 +1,6 @@
 """Dataset specs → a list of labelled cases.
 
-A user names a dataset by a path; :func:`load_dataset` recognises its layout and returns a
+A user names a dataset by a path; :func:`load_segmentation_dataset` recognises its layout and returns a
 :class:`Dataset`: the class names, the modality and one :class:`CaseRef` per image/label pair, each
 with a *group* (the patient or volume it belongs to) so that splits never put one patient on both
 sides. Layouts, tried in this order:
@@ -179,7 +179,7 @@ class Dataset:
 # --------------------------------------------------------------------------- entry point
 
 
-def load_dataset(
+def load_segmentation_dataset(
     spec: str | Path,
     *,
     image_suffix: str | None = None,
@@ -468,7 +468,7 @@ def _load_csv_file(path: Path) -> Dataset:
         siblings = {"all": path}
     rows: list[tuple[str, Path, Path, str, str | None]] = []  # role, image, label, modality, group
     for role, csv_path in siblings.items():
-        rows += [(role, *r) for r in _read_csv_rows(csv_path)]
+        rows += [(role, *r) for r in _read_pairs_csv(csv_path)]
     seen: dict[Path, str] = {}
     for role, img, *_ in rows:
         if img in seen and seen[img] != role:
@@ -496,7 +496,7 @@ def _load_csv_file(path: Path) -> Dataset:
     )
 
 
-def _read_csv_rows(path: Path) -> list[tuple[Path, Path, str, str | None]]:
+def _read_pairs_csv(path: Path) -> list[tuple[Path, Path, str, str | None]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             raw = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
