@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medadapt.data.datasets import Dataset, load_segmentation_dataset
+from medadapt.data.datasets import LAYOUTS, Dataset, LoadOptions, detect_layout, load_segmentation_dataset
 from medadapt.errors import MedadaptError
 
 # --------------------------------------------------------------------------- real data
@@ -300,3 +300,32 @@ def test_drive_relative_path_with_label_dir(data_dir: Path, monkeypatch):
     monkeypatch.chdir(data_dir / "drive")
     ds = load_segmentation_dataset(Path("training"), label_dir="1st_manual", image_suffix="_training", label_suffix="_manual1")
     assert len(ds) == 20 and ds.case("21").image.exists()
+
+
+def test_layout_registry_detects_in_order(tmp_path: Path):
+    assert list(LAYOUTS) == ["msd", "csv", "folders", "npz"]
+    rng = np.random.default_rng(2)
+    img, mask = _pair(rng)
+    _png(tmp_path / "images" / "a.png", img)
+    _png(tmp_path / "masks" / "a.png", mask)
+    assert detect_layout(tmp_path).name == "folders"
+    (tmp_path / "list.csv").write_text("image,mask\nimages/a.png,masks/a.png\n")
+    assert detect_layout(tmp_path).name == "csv"  # a CSV beside the folders wins, as it is tried first
+    assert detect_layout(tmp_path / "list.csv").name == "csv"
+    assert detect_layout(tmp_path, LoadOptions(label_dir="masks")).name == "folders"  # the user named them
+    (tmp_path / "dataset.json").write_text("{}")
+    assert detect_layout(tmp_path).name == "msd" and detect_layout(tmp_path / "dataset.json").name == "msd"
+    with pytest.raises(MedadaptError, match="not a dataset spec"):
+        detect_layout(tmp_path / "images" / "a.png")
+    with pytest.raises(MedadaptError, match="does not exist"):
+        detect_layout(tmp_path / "nowhere")
+
+
+def test_modality_override_builds_a_new_dataset(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    img, mask = _pair(rng)
+    _png(tmp_path / "images" / "a.png", img)
+    _png(tmp_path / "masks" / "a.png", mask)
+    ds = load_segmentation_dataset(tmp_path, modality="mr", binary=True)
+    assert ds.modality == "mr" and ds.case("a").modality == "mr" and ds.binary is True
+    assert ds.case(ds.cases[0]) is ds.cases[0] and ds.keys() == ["a"]  # key index built from the final cases
