@@ -258,7 +258,7 @@ def test_engine_dsc_equals_torch_on_hippocampus(engine, precision, data_dir, tmp
 
 def test_automatic_mode_class_tokens_survive_export(tmp_path):
     """An auto-mode model's learned class tokens go into constants.npz and decode as in PyTorch."""
-    from medadapt.engine.sam_task import attach_class_prompts
+    from medadapt.adapt.class_prompts import attach_class_prompts
 
     model = build_model("litemedsam").eval()
     attach_class_prompts(model, 2)

@@ -445,10 +445,11 @@ def test_other_encoder_engine_needs_the_factory(hippo, tmp_path: Path):
 def test_auto_mode_class_tokens_get_their_own_learning_rate():
     """Prompt tuning needs a larger step than the decoder weights: the class tokens form their own
     optimiser group at ``class_token_lr_scale`` x lr, without weight decay."""
+    from medadapt.adapt.class_prompts import attach_class_prompts
     from medadapt.adapt.recipes import RecipeConfig, apply_recipe
     from medadapt.engine.config import TrainConfig
     from medadapt.engine.optim import build_optimizer
-    from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings, attach_class_prompts
+    from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings
     from medadapt.models.registry import build_model, get_sam_spec
 
     model = build_model("litemedsam", pretrained=False)

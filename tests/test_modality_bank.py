@@ -25,6 +25,7 @@ from medadapt.infer.modality_bank import (
     modality_from_filename,
 )
 from medadapt.models.registry import build_model
+from medadapt.run import RunFolder
 
 runner = CliRunner()
 
@@ -180,13 +181,11 @@ def test_auto_mode_bank_chooses_and_applies_post_processing_per_modality(tmp_pat
     assert res.exit_code == 0, res.output
     entries = json.loads((bank / BANK_FILE).read_text())["modalities"]
     for mod in ("mr", "xray"):
-        meta = json.loads((bank / mod / "adapter" / "adapter.json").read_text())
-        assert "keep_largest" in meta["extra"], mod  # the choice was made and stored
-        assert entries[mod]["keep_largest"] == meta["extra"]["keep_largest"]
-    meta_file = bank / "mr" / "adapter" / "adapter.json"
-    meta = json.loads(meta_file.read_text())
-    meta["extra"]["keep_largest"] = [1]
-    meta_file.write_text(json.dumps(meta))
+        post = RunFolder(bank / mod).read_postprocess()
+        assert post is not None, mod  # the choice was made and stored beside the adapter, not in it
+        assert entries[mod]["keep_largest"] == post["keep_largest"]
+        assert "keep_largest" not in RunFolder(bank / mod).read_adapter_meta()["extra"]
+    RunFolder(bank / "mr").write_postprocess([1], {})
     xray_keep = entries["xray"]["keep_largest"]
     from medadapt.infer.factory import build_predictor
 
@@ -199,3 +198,4 @@ def test_auto_mode_bank_chooses_and_applies_post_processing_per_modality(tmp_pat
     assert int((pred.postprocess_auto(two) == 1).sum()) == 9  # the smaller blob is dropped
     pred.select("xray")
     assert pred.keep_largest == xray_keep
+

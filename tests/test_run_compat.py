@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from medadapt.cli.main import app
 from medadapt.data.synthetic import make_synthetic_dataset
+from medadapt.run import ClassifyAdapterInfo, RunFolder, SegmentAdapterInfo, VolumetricAdapterInfo
 
 LEGACY = Path(__file__).parent / "data" / "legacy_run"
 runner = CliRunner()
@@ -68,7 +69,11 @@ def test_classify_run_with_the_old_split_schema_evaluates_the_same(legacy: Path,
                               "--bootstrap", "20", "--threads", "1"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
-    assert summary["auroc"] == pytest.approx(1.0) and summary["n_images"] == 24
+    assert summary["auroc"] == pytest.approx(1.0) and summary["settings"]["images"] == 24
+    stored = json.loads((legacy / "classify" / "split.json").read_text())
+    split = RunFolder(legacy / "classify").read_split()  # the old schema, read as the common one
+    assert list(split.train) == stored["train"] and list(split.val) == stored["val"] and not split.test
+    assert split.info["train_class_counts"] == stored["train_class_counts"]
 
 
 def test_volumetric_run_evaluates(synth: Path, legacy: Path, tmp_path: Path):
@@ -80,6 +85,13 @@ def test_volumetric_run_evaluates(synth: Path, legacy: Path, tmp_path: Path):
     assert summary["n_cases"] == len(split["test"]) and 0 <= summary["overall"]["dsc"]["mean"] <= 1
 
 
-def test_stored_folder_is_untouched():
-    meta = json.loads((LEGACY / "segment" / "adapter" / "adapter.json").read_text())
-    assert meta["extra"]["keep_largest"] == [1, 2]
+def test_old_runs_are_read_through_the_run_folder():
+    seg = RunFolder.resolve(LEGACY / "segment" / "adapter")  # an adapter folder resolves to its run
+    assert seg.root == LEGACY / "segment"
+    assert seg.automatic_mode() == ([1, 2], [1, 2])  # keep_largest from adapter.json (no postprocess.json)
+    assert seg.read_postprocess()["report"]["cases"] == ["synth_001"]
+    info = seg.adapter_info()
+    assert isinstance(info, SegmentAdapterInfo) and info.prompt == "auto" and info.class_prompt_tokens == 2
+    assert isinstance(RunFolder(LEGACY / "classify").adapter_info(), ClassifyAdapterInfo)
+    assert isinstance(RunFolder(LEGACY / "volumetric").adapter_info(), VolumetricAdapterInfo)
+    assert RunFolder(LEGACY / "volumetric").read_split().test

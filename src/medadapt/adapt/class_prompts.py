@@ -56,3 +56,19 @@ def labels_from_class_logits(logits: torch.Tensor) -> torch.Tensor:
     """``[B, C, H, W]`` logits → ``[B, H, W]`` labels 0..C (0 where no class logit is positive)."""
     best, idx = logits.max(dim=1)
     return torch.where(best > 0, idx + 1, torch.zeros_like(idx))
+
+
+def attach_class_prompts(model: nn.Module, num_classes: int, tokens: int = 2, *, init: bool = True) -> ClassPrompts:
+    """Give a SAM model learned class prompts (automatic mode) as ``model.class_prompts``."""
+    cp = ClassPrompts(num_classes, tokens=tokens)
+    if init:
+        cp.init_from_whole_image_box(model.prompt_encoder)
+    model.class_prompts = cp
+    return cp
+
+
+def attach_auto_prompts(net: nn.Module, meta: dict) -> None:
+    """Give ``net`` the class prompts an automatic-mode adapter trained (before its weights load)."""
+    extra = meta.get("extra") or {}
+    if extra.get("class_prompt_tokens"):
+        attach_class_prompts(net, len(extra["classes"]), extra["class_prompt_tokens"], init=False)

@@ -36,6 +36,7 @@ def demo(
     from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
     from medadapt.infer.dataset_eval import evaluate_dataset
     from medadapt.infer.factory import build_predictor
+    from medadapt.run import SUMMARY, RunFolder
 
     set_threads(threads)
     start = time.perf_counter()
@@ -51,7 +52,7 @@ def demo(
     dataset = load_segmentation_dataset(data)
     full = make_split(dataset, shots=shots, seed=seed, n_val=1)
     split = Split(full.train, full.val, tuple(full.test[:test_cases]), dict(full.info))
-    split_file = out / "split.json"
+    split_file = RunFolder(out).split_path  # the demo's own split, shared by both scores
     save_split(split_file, split)
     console.print(
         f"dataset {dataset.name}: {len(dataset)} cases; training on {len(split.train)} "
@@ -70,7 +71,7 @@ def demo(
         summary = summarize(rows)
         summary["settings"] = {"data": resolve_spec(data), "prompt": "box", "split": str(split_file), **info}
         write_per_case_csv(folder / "per_case.csv", rows)
-        write_summary_json(folder / "summary.json", summary)
+        write_summary_json(folder / SUMMARY, summary)
         results[name] = summary
 
     score("zero-shot", build_predictor("litemedsam", use_cache=True), out / "zero_shot")
@@ -79,7 +80,7 @@ def demo(
         data=str(data), out=str(run), method=method, prompt="box", split=str(split_file), seed=seed,
         max_steps=steps, val_every=max(steps // 3, 1), max_val_slices=16, progress=False,
     )
-    fit_result = run_fit(opts, resume=(run / "checkpoint" / "last.pt").exists())
+    fit_result = run_fit(opts, resume=RunFolder(run).has_run())
     score("adapted", build_predictor(None, adapter=run, use_cache=True), run / "eval")
 
     table = Table(title=f"held-out DSC / NSD (2 mm), box prompts, {len(split.test)} cases")

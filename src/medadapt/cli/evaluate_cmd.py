@@ -20,6 +20,7 @@ from medadapt.cli.common import (
 )
 from medadapt.errors import MedadaptError
 from medadapt.io.discovery import resolve_spec
+from medadapt.run import SUMMARY, RunFolder, read_split_file
 
 
 @user_errors
@@ -113,9 +114,9 @@ def _write(out: Path, rows: list[dict], settings: dict, n_boot: int) -> None:
     summary["settings"] = settings
     out.mkdir(parents=True, exist_ok=True)
     write_per_case_csv(out / "per_case.csv", rows)
-    write_summary_json(out / "summary.json", summary)
+    write_summary_json(out / SUMMARY, summary)
     print_summary(summary)
-    console.print(f"wrote {out / 'per_case.csv'} and {out / 'summary.json'}")
+    console.print(f"wrote {out / 'per_case.csv'} and {out / SUMMARY}")
     from medadapt.report import write_report
 
     run = settings.get("adapter")
@@ -126,16 +127,16 @@ def _write(out: Path, rows: list[dict], settings: dict, n_boot: int) -> None:
 def _evaluate_dataset(data, *, adapters, model, split, prompt, classes, tolerance_mm, out, save, label_dir,
                       image_suffix, label_suffix, batch_size, precision, mirror):
     from medadapt.data.datasets import load_segmentation_dataset
-    from medadapt.data.fewshot import load_split, make_split
+    from medadapt.data.fewshot import make_split
     from medadapt.infer.dataset_eval import evaluate_dataset
     from medadapt.infer.ensemble import check_prompt_mode
     from medadapt.infer.factory import build_predictor
 
     dataset = load_segmentation_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
-    run_splits = [Path(a) / "split.json" for a in adapters if (Path(a) / "split.json").is_file()]
+    run_splits = [RunFolder(a).split_path for a in adapters if RunFolder(a).split_path.is_file()]
     if split is None and run_splits:
         split = run_splits[0]
-    the_split = load_split(Path(split), dataset) if split is not None else make_split(dataset, shots=1, seed=0)
+    the_split = read_split_file(Path(split), dataset) if split is not None else make_split(dataset, shots=1, seed=0)
     predictor = build_predictor(model, adapter=adapters or None, batch_size=batch_size, precision=precision)
     mode = prompt or ("auto" if predictor.is_automatic else "box")
     if mode == "auto" and not predictor.is_automatic:
@@ -147,7 +148,7 @@ def _evaluate_dataset(data, *, adapters, model, split, prompt, classes, toleranc
     keys = list(the_split.test)
     seen: set[str] = set()
     for f in run_splits:
-        run_split = load_split(f, dataset)
+        run_split = read_split_file(f, dataset)
         seen |= set(run_split.train) | set(run_split.val)
     if seen & set(keys):  # an ensemble member trained on some of these cases: they are not held out for it
         dropped = [k for k in keys if k in seen]

@@ -37,6 +37,7 @@ import medadapt
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import atomic_path, write_json
 from medadapt.io.hashing import file_sha256
+from medadapt.run import RunFolder
 
 STUDENT_DIR = "student"
 STUDENT_TENSORS = "student.safetensors"
@@ -298,7 +299,6 @@ def build_teacher(name: str, checkpoint: str | Path | None, image_size: int | No
 def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
     """Distil ``opts.teacher``'s image encoder into ``opts.student``; returns ``result.json``'s content."""
     from medadapt.data.datasets import load_segmentation_dataset
-    from medadapt.data.fewshot import run_split, save_split
     from medadapt.data.slices import iter_slices
     from medadapt.engine.config import TrainConfig
     from medadapt.engine.seed import seed_everything
@@ -309,9 +309,8 @@ def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
     from medadapt.models.sam.student import init_from_teacher
 
     out = Path(opts.out)
-    if not resume and (out / "checkpoint" / "last.pt").exists():
-        raise MedadaptError("this run folder already holds a run.", path=out,
-                            fix="pass --resume to continue it, or choose another --out.")
+    run = RunFolder(out)
+    run.guard_new(resume)
     # Check names and data before writing anything.
     student_spec, teacher_spec = get_sam_spec(opts.student), get_sam_spec(opts.teacher)
     student_model = build_student(opts.student, opts.image_size)
@@ -327,9 +326,8 @@ def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
         )
     dataset = load_segmentation_dataset(opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix,
                            modality=opts.modality, label_dir=opts.label_dir, window=opts.window)
-    split_file = out / "split.json"
-    split = run_split(dataset, out, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
-                      seed=opts.seed, n_val=opts.n_val)
+    split = run.fit_split(dataset, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
+                          seed=opts.seed, n_val=opts.n_val)
     include_empty = opts.slices == "all"
     train = list(iter_slices(dataset, split.train, include_empty=include_empty))
     if not train:
@@ -339,7 +337,7 @@ def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
 
     seed_everything(opts.seed)
     out.mkdir(parents=True, exist_ok=True)
-    save_split(split_file, split)
+    run.write_split(split)
     write_json(out / "distill_config.json", {**opts.model_dump(mode="json"), "data": resolve_spec(opts.data)})
     student = student_model.image_encoder
     copied = []
@@ -383,7 +381,7 @@ def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
         "distill_seconds": time.perf_counter() - start,
         **{k: v for k, v in result.to_dict().items() if k != "history"},
     }
-    write_json(out / "result.json", summary)
+    run.write_result(summary)
     return json.loads(json.dumps(summary, default=str))
 
 

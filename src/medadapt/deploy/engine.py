@@ -13,20 +13,14 @@ from pathlib import Path
 
 import torch
 
-from medadapt.adapt.artifact import read_adapter_meta
 from medadapt.deploy.export import MANIFEST, export_model, read_manifest
 from medadapt.deploy.runtime import DeployedSam, check_engine, default_cache_root
 from medadapt.errors import MedadaptError
 from medadapt.infer.ensemble import single_or_ensemble
-from medadapt.infer.factory import (
-    adapter_dir,
-    automatic_mode,
-    build_predictor,
-    load_adapted_model,
-    trained_slice_axis,
-)
+from medadapt.infer.factory import build_predictor, load_adapted_model
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_sam_spec
+from medadapt.run import RunFolder, trained_slice_axis
 
 
 def load_for_export(model: str | None, *, checkpoint: Path | None = None, adapter: Path | None = None):
@@ -34,7 +28,7 @@ def load_for_export(model: str | None, *, checkpoint: Path | None = None, adapte
     classes = None
     if adapter is not None:
         net, name, meta = load_adapted_model(adapter, model=model, checkpoint=checkpoint)
-        classes, keep_largest = automatic_mode(meta)
+        classes, keep_largest = RunFolder.resolve(adapter).automatic_mode()
         source = {"model": name, "checkpoint": str(checkpoint) if checkpoint else (meta.get("base") or {}).get("checkpoint"),
                   "adapter": str(Path(adapter).resolve()), "recipe": meta.get("recipe")}
         if classes:  # the automatic mode's post-processing travels with the export
@@ -127,10 +121,11 @@ def build_engine_predictor(
     predictor = SamPredictor(deployed, spec, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
                              classes=classes if deployed.class_prompts is not None else None)
     # The adapter's current choices win over those recorded at export time.
-    meta = read_adapter_meta(adapter_dir(adapter)) if adapter is not None else None
+    run = RunFolder.resolve(adapter) if adapter is not None else None
+    meta = run.read_adapter_meta() if run is not None else None
     source = deployed.manifest.get("source", {})
     if predictor.is_automatic:
-        predictor.keep_largest = (automatic_mode(meta)[1] if meta is not None
+        predictor.keep_largest = (run.keep_largest() if run is not None
                                   else [int(c) for c in source.get("keep_largest", [])])
     axis = trained_slice_axis(meta) if meta is not None else source.get("slice_axis")
     predictor.slice_axis = None if axis is None else int(axis)

@@ -68,11 +68,12 @@ def _base_keys(model: nn.Module) -> set[str]:
 def merge_adapter_run(run: str | Path, out: str | Path, *, checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Fold a fit run's adapter into its base model and write the full checkpoint to ``out``."""
     from medadapt.adapt.artifact import merged_state_dict
-    from medadapt.infer.factory import adapter_dir, load_adapted_model
+    from medadapt.infer.factory import load_adapted_model
     from medadapt.models.registry import build_model
+    from medadapt.run import adapter_dir, is_bank
 
     out = check_out_file(out)
-    if (Path(run) / "modalities.json").is_file():
+    if is_bank(run):
         raise MedadaptError("is a per-modality adapter bank; merge one modality at a time.", path=run,
                             fix=f"use --adapter {Path(run) / '<modality>'}")
     net, name, meta = load_adapted_model(Path(run), checkpoint=Path(checkpoint) if checkpoint else None)

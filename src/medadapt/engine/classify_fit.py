@@ -23,12 +23,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medadapt.data.fewshot import Split
 from medadapt.engine.config import read_options_yaml
 from medadapt.errors import MedadaptError
-from medadapt.io.atomic import write_json
+from medadapt.run import RunFolder
 
 DEFAULT_STEPS = 200
-ADAPTER_DIR = "adapter"
 # Recipes whose lr default is lower: every pre-trained weight moves (MED-PEFT uses 1e-4 .. 5e-4 for full FT).
 _FULL_LR, _PEFT_LR = 1e-4, 1e-3
 
@@ -216,19 +216,16 @@ def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume:
     if resume:
         if not out_value:
             raise MedadaptError("--resume needs --out, the run folder to continue.")
-        run = Path(out_value)
-        if not (run / "checkpoint" / "last.pt").is_file():
-            raise MedadaptError("there is no run to resume here (checkpoint/last.pt is missing)", path=run,
-                                fix="start it without --resume")
-        if (run / "fit_config.json").is_file():
-            saved = json.loads((run / "fit_config.json").read_text())
-        if (run / "split.json").is_file():
-            saved_split = run / "split.json"
+        resumed = RunFolder(out_value)
+        resumed.require_resumable()
+        if resumed.fit_config_path.is_file():
+            saved = resumed.read_fit_config()
+        if resumed.split_path.is_file():
+            saved_split = resumed.split_path
     opts = ClassifyFitOptions.build(values, config, saved)
     out = Path(opts.out)
-    if not resume and (out / "checkpoint" / "last.pt").exists():
-        raise MedadaptError("this run folder already holds a run.", path=out,
-                            fix="pass --resume to continue it, or choose another --out.")
+    run = RunFolder(out)
+    run.guard_new(resume)
     split_source = saved_split if saved_split is not None and not values.get("split") else (
         Path(opts.split) if opts.split else None)
     train_ids = _read_train_ids(split_source) if split_source is not None else None
@@ -236,7 +233,7 @@ def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume:
     seed_everything(opts.seed)
     train_config = _train_config(opts)
     task = build_classify_task(_classify_config(opts, train_ids), train_config)  # reads data: errors come first
-    task.artifact_dir = ADAPTER_DIR
+    task.artifact_dir = run.adapter_dir.name
     # Epochs of a whole number of validation periods. Written when the trainer also validated at every
     # epoch's end (it no longer does with val_every); kept so that runs reproduce the benchmarked epochs.
     if not opts.epochs:
@@ -244,16 +241,13 @@ def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume:
         task.samples_per_epoch = -(-len(task.train) // period) * period
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "fit_config.json", {**opts.model_dump(mode="json"), "recipe": opts.recipe(),
-                                         "lr": train_config.lr})
-    write_json(out / "split.json", {"data": opts.data, "train": list(task.train.ids),
-                                    "val": list(task.val.ids) if task.val is not None else [],
-                                    "train_class_counts": task.train.class_counts(), "seed": opts.seed,
-                                    "fraction": opts.fraction, "shots": opts.shots})
+    run.write_fit_config({**opts.model_dump(mode="json"), "recipe": opts.recipe(), "lr": train_config.lr})
+    run.write_split(Split(task.train.ids, task.val.ids if task.val is not None else (), (), {
+        "data": opts.data, "train_class_counts": task.train.class_counts(), "seed": opts.seed,
+        "fraction": opts.fraction, "shots": opts.shots}))
     start = time.perf_counter()
     result = Trainer(train_config, task, out).fit(resume=resume)
     session = time.perf_counter() - start
-    adapter = out / ADAPTER_DIR / "adapter.safetensors"
     applied = task.applied
     summary = {
         "model": opts.model, "method": opts.method, "recipe": opts.recipe(), "fraction": opts.fraction,
@@ -262,11 +256,11 @@ def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume:
         "train_class_counts": task.train.class_counts(), "val_images": len(task.val) if task.val is not None else 0,
         "input_size": task.model.input_spec.size, "trainable_params": applied.trainable,
         "total_params": applied.total, "lr": train_config.lr, "feature_cache": task.cache.stats() if task.cache else None,
-        "adapter_bytes": adapter.stat().st_size if adapter.exists() else None,
+        "adapter_bytes": run.adapter_bytes(),
         "fit_seconds": result.wall_time_s, "session_seconds": session,
         **{k: v for k, v in result.to_dict().items() if k != "history"},
     }
-    write_json(out / "result.json", summary)
+    run.write_result(summary)
     summary = json.loads(json.dumps(summary, default=str))
     best = summary.get("best_metric")
     amount = f"{opts.fraction:.0%} of labels" if opts.fraction else (
@@ -275,6 +269,6 @@ def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume:
         f"fit done: {opts.method} on {opts.model}, {amount} ({len(task.train)} images), "
         f"{applied.trainable:,} trainable parameters, best val AUROC "
         f"{'n/a' if best is None else f'{best:.4f}'} (step {summary.get('best_step')}), "
-        f"{result.wall_time_s:.0f} s; adapter: {adapter.parent} ({(summary['adapter_bytes'] or 0) / 1024:.0f} KiB)"
+        f"{result.wall_time_s:.0f} s; adapter: {run.adapter_dir} ({(summary['adapter_bytes'] or 0) / 1024:.0f} KiB)"
     )
     return summary

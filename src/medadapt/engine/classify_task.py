@@ -62,6 +62,7 @@ from medadapt.engine.seed import loader_kwargs
 from medadapt.errors import MedadaptError
 from medadapt.io.hashing import file_sha256
 from medadapt.models.classification import DEFAULT_BACKBONE, VIT_CONFIGS, build_classifier, is_random_init
+from medadapt.run import ClassifyAdapterInfo, adapter_info
 
 # Recipes whose SAM names ("lora", "adapter") mean encoder + decoder: a classifier has no decoder.
 _CLASSIFIER_ALIASES = {"lora": "encoder-lora", "adapter": "encoder-adapter"}
@@ -242,7 +243,7 @@ class ClassificationTask:
 
     def save_best(self, out_dir: Path) -> None:
         out_dir = Path(out_dir) / self.artifact_dir if self.artifact_dir else out_dir
-        save_adapter(self.model, out_dir, recipe=self.recipe, base=self.base, extra={"classify": self.describe()})
+        save_adapter(self.model, out_dir, recipe=self.recipe, base=self.base, extra={"task": "classify", "classify": self.describe()})
 
     def describe(self) -> dict[str, Any]:
         """What is needed to rebuild and interpret the classifier (stored in ``adapter.json``)."""
@@ -375,7 +376,8 @@ def load_trained_classifier(adapter_dir: str | Path, *, checkpoint: str | Path |
     its sha256 must match the one recorded.
     """
     meta = read_adapter_meta(adapter_dir)
-    info, base = meta.get("extra", {}).get("classify"), dict(meta.get("base") or {})
+    typed, base = adapter_info(meta), dict(meta.get("base") or {})
+    info = typed.classify if isinstance(typed, ClassifyAdapterInfo) else None
     if not info:
         raise MedadaptError("this adapter was not trained by the classification task", path=adapter_dir)
     ckpt = checkpoint if checkpoint is not None else base.get("checkpoint")

@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from medadapt.io.atomic import write_text
+from medadapt.run import RunFolder
 
-CSV_NAME = "metrics.csv"
 CSV_FIELDS = ("step", "epoch", "split", "name", "value")
 
 
@@ -41,7 +41,7 @@ class RunLogger:
     ):
         self.out_dir = Path(out_dir)
         self.enabled = enabled
-        self.csv_path = self.out_dir / CSV_NAME
+        self.csv_path = RunFolder(out_dir).metrics_path
         self._csv = None
         self._tb = None
         self._progress: Progress | None = None
@@ -57,7 +57,7 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # slow import, only when used
 
-            tb_dir = self.out_dir / "tb"
+            tb_dir = RunFolder(out_dir).tensorboard_dir
             if resume_step is None and tb_dir.is_dir():
                 for old in tb_dir.glob("events.out.tfevents.*"):  # a fresh run replaces our old events
                     old.unlink()

@@ -16,7 +16,6 @@ Several GPUs: ``accelerate launch -m medadapt.cli.main pretrain ...`` (the train
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch.utils.data import ConcatDataset
 from medadapt.data.transforms3d import VolumePreprocessing, training_transforms
 from medadapt.data.volume_dataset import crop_loader, volume_dataset
 from medadapt.errors import MedadaptError
+from medadapt.run import RunFolder
 
 __all__ = [
     "ClassTemplate",
@@ -246,9 +246,7 @@ def run_pretrain(values: dict, config: Path | None = None, resume: bool = False)
     merged.update({k: v for k, v in values.items() if v is not None})
     opts: PretrainOptions = validate_options(PretrainOptions, merged, config, "pretrain")
     out = Path(opts.out)
-    if not resume and (out / "checkpoint" / "last.pt").exists():
-        raise MedadaptError("this folder already holds a pretraining run.", path=out,
-                            fix="pass --resume to continue it, or choose another --out.")
+    RunFolder(out).guard_new(resume, what="pretraining run")
     if opts.checkpoint:
         read_checkpoint(opts.checkpoint)
     spec = get_volumetric_spec(opts.model)
@@ -300,9 +298,8 @@ def run_pretrain(values: dict, config: Path | None = None, resume: bool = False)
         clip_grad_norm=opts.clip_grad_norm, precision=opts.precision, seed=opts.seed,
         batch_size=opts.batch_size, progress=opts.progress,
     )
-    start = time.perf_counter()
     result = Trainer(train_config, task, out).fit(resume=resume)
-    wall = time.perf_counter() - start
+    wall = result.wall_time_s  # summed over resumed sessions
 
     meta = {
         "format": "medadapt.pretrain",

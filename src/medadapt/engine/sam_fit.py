@@ -9,7 +9,6 @@ safetensors + JSON: the artifact), ``checkpoint/`` (resume state), ``metrics.csv
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -17,8 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medadapt.errors import MedadaptError
-from medadapt.io.atomic import write_json
 from medadapt.io.discovery import resolve_spec
+from medadapt.run import RunFolder
 
 DEFAULT_STEPS = 200
 
@@ -140,25 +139,22 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     import numpy as np
     import torch
 
+    from medadapt.adapt.class_prompts import attach_class_prompts
     from medadapt.adapt.recipes import RecipeConfig, apply_recipe
-    from medadapt.data.fewshot import run_split, save_split
     from medadapt.data.slices import iter_slices, with_empty_slices
     from medadapt.engine.config import TrainConfig
-    from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings, attach_class_prompts
+    from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings
     from medadapt.engine.seed import seed_everything
     from medadapt.engine.trainer import Trainer
     from medadapt.models.registry import build_model, get_sam_spec
 
     out = Path(opts.out)
-    if not resume and (out / "checkpoint" / "last.pt").exists():
-        raise MedadaptError(
-            "this run folder already holds a run.", path=out,
-            fix="pass --resume to continue it, or choose another --out.",
-        )
+    run = RunFolder(out)
+    run.guard_new(resume)
     seed_everything(opts.seed)
     dataset = load_fit_dataset(opts)
-    split = run_split(dataset, out, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
-                      seed=opts.seed, n_val=opts.n_val)
+    split = run.fit_split(dataset, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
+                          seed=opts.seed, n_val=opts.n_val)
     classes = opts.classes or sorted(dataset.classes)
 
     spec = get_sam_spec(opts.model)
@@ -191,8 +187,8 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         raise MedadaptError("the training cases hold no labelled slice of the chosen classes.", path=opts.data)
     # Only now, with every option checked, does the run folder get written.
     out.mkdir(parents=True, exist_ok=True)
-    save_split(out / "split.json", split)
-    write_json(out / "fit_config.json", {**opts.model_dump(mode="json"), "data": resolve_spec(opts.data)})
+    run.write_split(split)
+    run.write_fit_config({**opts.model_dump(mode="json"), "data": resolve_spec(opts.data)})
     if len(val) > opts.max_val_slices:  # evenly spaced, deterministic
         pick = np.linspace(0, len(val) - 1, opts.max_val_slices).round().astype(int)
         val = [val[i] for i in pick]
@@ -220,10 +216,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         monitor="val_dsc" if val else None, mode="max", patience=opts.patience, seed=opts.seed,
         batch_size=opts.batch_size, progress=opts.progress, device="cpu" if not torch.cuda.is_available() else "auto",
     )
-    start = time.perf_counter()
     result = Trainer(config, task, out).fit(resume=resume)
-    wall = time.perf_counter() - start
-    adapter = out / "adapter" / "adapter.safetensors"
     summary = {
         "model": opts.model,
         "method": opts.method,
@@ -242,12 +235,12 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         "embedding_cache": task.cache.stats() if task.cache is not None else None,
         "stem_cache": task.stem_cache.stats() if task.stem_cache is not None else None,
         "encoder_engine": settings.frozen_encoder[0] if settings.frozen_encoder else "torch",
-        "adapter_bytes": adapter.stat().st_size if adapter.exists() else None,
-        "fit_seconds": wall,
+        "adapter_bytes": run.adapter_bytes(),
+        "fit_seconds": result.wall_time_s,  # summed over resumed sessions
         # a fit repeats bitwise only at the same thread count and torch version (bench_determinism.py)
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         **{k: v for k, v in result.to_dict().items() if k != "history"},
     }
-    write_json(out / "result.json", summary)
+    run.write_result(summary)
     return json.loads(json.dumps(summary, default=str))

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medadapt.adapt.artifact import save_adapter
-from medadapt.adapt.class_prompts import ClassPrompts
+from medadapt.adapt.class_prompts import labels_from_class_logits
 from medadapt.adapt.recipes import RecipeConfig
 from medadapt.data.slices import SliceSample
 from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
@@ -48,6 +48,7 @@ from medadapt.engine.losses import SegmentationLoss
 from medadapt.engine.optim import weight_decay_groups
 from medadapt.models.preprocess import preprocess_image
 from medadapt.models.registry import ModelSpec
+from medadapt.run import RunFolder
 
 PROMPT_MODES = ("box", "point", "hybrid", "auto")
 LOW_RES = 256
@@ -298,8 +299,6 @@ class SamSegmentationTask:
         """
         if not self.val_items:
             return {}
-        from medadapt.adapt.class_prompts import labels_from_class_logits
-
         rng = np.random.default_rng(12345)
         inter = dict.fromkeys(self.classes, 0.0)
         total = dict.fromkeys(self.classes, 0.0)
@@ -331,10 +330,11 @@ class SamSegmentationTask:
     def save_best(self, out_dir: str | Path) -> None:
         save_adapter(
             self.sam,
-            Path(out_dir) / "adapter",
+            RunFolder(out_dir).adapter_dir,
             recipe=self.recipe,
             base=self.settings.base,
             extra={
+                "task": "segment",
                 "prompt": self.settings.prompt,
                 "classes": self.classes,
                 "slice_axis": self.settings.slice_axis,
@@ -344,11 +344,3 @@ class SamSegmentationTask:
             },
         )
 
-
-def attach_class_prompts(model: nn.Module, num_classes: int, tokens: int = 2, *, init: bool = True) -> ClassPrompts:
-    """Give a SAM model learned class prompts (automatic mode) as ``model.class_prompts``."""
-    cp = ClassPrompts(num_classes, tokens=tokens)
-    if init:
-        cp.init_from_whole_image_box(model.prompt_encoder)
-    model.class_prompts = cp
-    return cp

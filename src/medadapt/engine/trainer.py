@@ -51,6 +51,7 @@ from medadapt.engine.optim import build_optimizer, build_scheduler
 from medadapt.engine.seed import seed_everything
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
+from medadapt.run import RunFolder
 
 log = logging.getLogger("medadapt.engine")
 
@@ -145,8 +146,10 @@ class Trainer:
         self.config = config
         self.task = task
         self.out_dir = Path(out_dir)
-        self.last_path = self.out_dir / "checkpoint" / "last.pt"
-        self.best_path = self.out_dir / "checkpoint" / "best.pt"
+        run = RunFolder(out_dir)
+        self.last_path = run.last_checkpoint
+        self.best_path = run.best_checkpoint
+        self.train_config_path = run.train_config_path
         self.progress = config.progress if progress is None else progress
         self.accelerator: Accelerator | None = None
 
@@ -165,7 +168,7 @@ class Trainer:
             if state is None:
                 for stale in (self.last_path, self.best_path):
                     stale.unlink(missing_ok=True)
-            write_json(self.out_dir / "config.json", cfg.to_dict())
+            write_json(self.train_config_path, cfg.to_dict())
 
         seed_everything(cfg.seed, deterministic=cfg.deterministic)
         self._model = task.model

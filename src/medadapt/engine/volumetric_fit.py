@@ -26,7 +26,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -35,9 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medadapt.engine.config import read_options_yaml
 from medadapt.errors import MedadaptError
-from medadapt.io.atomic import write_json
 from medadapt.io.discovery import resolve_spec
 from medadapt.io.hashing import file_sha256
+from medadapt.run import RunFolder
 
 __all__ = [
     "VolumetricFitOptions",
@@ -353,7 +352,6 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
     import torch
 
     from medadapt.adapt.recipes import RecipeConfig
-    from medadapt.data.fewshot import run_split, save_split
     from medadapt.data.transforms3d import preprocess_transforms
     from medadapt.data.volume_dataset import load_volume_dataset, volume_records
     from medadapt.engine.config import TrainConfig
@@ -366,17 +364,15 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
     opts = VolumetricFitOptions.build(values, config)
     # --- every check that can fail on user input, before anything is written
     out = Path(opts.out)
-    if not resume and (out / "checkpoint" / "last.pt").exists():
-        raise MedadaptError("this run folder already holds a run.", path=out,
-                            fix="pass --resume to continue it, or choose another --out.")
+    run = RunFolder(out)
+    run.guard_new(resume)
     if opts.checkpoint:
         read_checkpoint(opts.checkpoint)  # exists and is a state dict
     dataset = load_volume_dataset(opts.data, modality=opts.modality)
     meta = read_pretrain_meta(opts.checkpoint)
     resolved = _resolve(opts, dataset, meta)
-    split_file = out / "split.json"
-    split = run_split(dataset, out, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
-                      seed=opts.seed, n_val=opts.n_val)
+    split = run.fit_split(dataset, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
+                          seed=opts.seed, n_val=opts.n_val)
     if not split.train:
         raise MedadaptError("the split has no training volume.", path=opts.split or opts.data)
     if opts.transductive and not split.test:
@@ -424,9 +420,9 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
 
     # --- outputs
     out.mkdir(parents=True, exist_ok=True)
-    save_split(split_file, split)
-    write_json(out / "fit_config.json", {**opts.model_dump(mode="json"), "data": resolve_spec(opts.data),
-                                         "checkpoint": checkpoint, "resolved": resolved})
+    run.write_split(split)
+    run.write_fit_config({**opts.model_dump(mode="json"), "data": resolve_spec(opts.data),
+                          "checkpoint": checkpoint, "resolved": resolved})
     train_config = TrainConfig(
         optimizer="adamw", lr=opts.lr, weight_decay=opts.weight_decay, schedule="cosine",
         warmup_steps=opts.warmup_steps, epochs=opts.epochs, max_steps=max_steps,
@@ -435,10 +431,8 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
         patience=opts.patience, seed=opts.seed, batch_size=opts.batch_size, progress=opts.progress,
         device="cpu" if not torch.cuda.is_available() else "auto",
     )
-    start = time.perf_counter()
     result = Trainer(train_config, task, out).fit(resume=resume)
-    wall = time.perf_counter() - start
-    adapter = out / "adapter" / "adapter.safetensors"
+    wall = result.wall_time_s  # summed over resumed sessions
     summary = {
         "task": "volumetric",
         "model": resolved["model"],
@@ -458,17 +452,17 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
         "encoder_trainable": task.applied.encoder_trainable,
         "cached_features": task.cache_features,
         "load_report": model.load_report.summary() if model.load_report else None,
-        "adapter_bytes": adapter.stat().st_size if adapter.exists() else None,
+        "adapter_bytes": run.adapter_bytes(),
         "fit_seconds": wall,
         **{k: v for k, v in result.to_dict().items() if k != "history"},
     }
-    write_json(out / "result.json", summary)
+    run.write_result(summary)
     summary = json.loads(json.dumps(summary, default=str))
     best = summary.get("best_metric")
     summary["message"] = (
         f"fit done: {recipe.name} / {opts.head} head{' + transductive' if opts.transductive else ''} on "
         f"k={len(split.train)} volume(s), {task.applied.trainable:,} trainable parameters, best val DSC "
-        f"{'n/a' if best is None else f'{best:.4f}'}, {wall:.0f} s; adapter: {out / 'adapter'} "
+        f"{'n/a' if best is None else f'{best:.4f}'}, {wall:.0f} s; adapter: {run.adapter_dir} "
         f"({(summary['adapter_bytes'] or 0) / 1024:.0f} KiB)"
     )
     return summary
@@ -488,21 +482,19 @@ def _epochs_total(task, opts: VolumetricFitOptions, max_steps: int | None) -> in
 
 def load_fitted(run: str | Path):
     """``(model, fit_config, adapter_meta)`` of a ``fit --task volumetric`` run folder, adapter loaded, eval mode."""
-    from medadapt.adapt.artifact import load_adapter, read_adapter_meta
+    from medadapt.adapt.artifact import load_adapter
 
-    run = Path(run)
-    if (run / "adapter.json").is_file() and not (run / "fit_config.json").is_file():
-        run = run.parent  # the adapter folder itself was given
-    cfg_path = run / "fit_config.json"
+    folder = RunFolder.resolve(run) if not RunFolder(run).fit_config_path.is_file() else RunFolder(run)
+    cfg_path = folder.fit_config_path
     if not cfg_path.is_file():
-        raise MedadaptError("not a volumetric fit run: fit_config.json is missing.", path=run,
+        raise MedadaptError(f"not a volumetric fit run: {cfg_path.name} is missing.", path=folder.root,
                             fix="pass the --out folder of `medadapt fit --task volumetric`.")
-    fit_config = json.loads(cfg_path.read_text())
+    fit_config = folder.read_fit_config()
     resolved = fit_config.get("resolved")
     if not resolved or fit_config.get("resolved", {}).get("roi") is None:
         raise MedadaptError("this run was not made by `fit --task volumetric`.", path=cfg_path,
                             fix="use --task segment / classify for other runs.")
-    meta = read_adapter_meta(run / "adapter")
+    meta = folder.read_adapter_meta()
     base = meta.get("base") or {}
     checkpoint = base.get("checkpoint")
     if checkpoint and not Path(checkpoint).is_file():
@@ -512,6 +504,6 @@ def load_fitted(run: str | Path):
         raise MedadaptError("the base checkpoint changed since the run was fitted (sha256 differs).",
                             path=checkpoint, fix="restore the original checkpoint file.")
     model = build_head_model(resolved, checkpoint, init=False)
-    load_adapter(model, run / "adapter", base={"model": resolved["model"]})
+    load_adapter(model, folder.adapter_dir, base={"model": resolved["model"]})
     model.eval()
     return model, fit_config, meta

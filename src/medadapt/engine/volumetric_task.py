@@ -43,6 +43,7 @@ from medadapt.engine.transductive import ConstraintSet, ProportionConstraint
 from medadapt.errors import MedadaptError
 from medadapt.models.volumetric.heads import FeatureCache
 from medadapt.models.volumetric.registry import VolumetricSegmenter
+from medadapt.run import RunFolder
 
 __all__ = ["VolumetricTask", "volumetric_recipe"]
 
@@ -224,10 +225,11 @@ class VolumetricTask:
     def save_best(self, out_dir: Path) -> None:
         save_adapter(
             self._plain,
-            Path(out_dir) / "adapter",
+            RunFolder(out_dir).adapter_dir,
             recipe=self.recipe,
             base=self.base,
             extra={
+                "task": "volumetric",
                 "roi_size": list(self.roi_size),
                 "sigmoid": self.sigmoid,
                 "classes": self.class_names,

@@ -14,7 +14,6 @@ and no split (or ``all``) scores the whole file. The reader options the run was 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -39,22 +38,7 @@ from medadapt.evaluate.classification import (
     write_scores_csv,
     write_summary,
 )
-
-
-def _run_folders(adapter: Path) -> tuple[Path, Path]:
-    """(run folder, adapter folder) from either of them."""
-    adapter = Path(adapter)
-    if (adapter / "adapter" / "adapter.json").is_file():
-        return adapter, adapter / "adapter"
-    if (adapter / "adapter.json").is_file():
-        return adapter.parent if (adapter.parent / "fit_config.json").is_file() else adapter, adapter
-    raise MedadaptError("no classifier adapter here (adapter/adapter.json is missing)", path=adapter,
-                        fix="pass the --out folder of `medadapt fit --task classify`")
-
-
-def _fit_config(run: Path) -> dict[str, Any]:
-    path = run / "fit_config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+from medadapt.run import SUMMARY, RunFolder
 
 
 def load_eval_split(data: str, split: str | None, fit: dict[str, Any]) -> tuple[ClassificationSplit, str]:
@@ -108,8 +92,9 @@ def evaluate_classifier_run(*, data: str, adapter: Path, split: str | None, out:
         raise MedadaptError(f"--precision {precision!r} is not fp32 or bf16")
     if batch_size < 1 or n_boot < 0:
         raise MedadaptError("--batch-size must be >= 1 and --bootstrap >= 0")
-    run, adapter_dir = _run_folders(Path(adapter))
-    fit = _fit_config(run)
+    run = RunFolder.resolve(adapter)
+    adapter_dir = run.adapter_dir
+    fit = run.read_fit_config()
     images, which = load_eval_split(data, split, fit)
     if fit.get("classes"):
         images = images.select_classes(fit["classes"])
@@ -132,9 +117,9 @@ def evaluate_classifier_run(*, data: str, adapter: Path, split: str | None, out:
     out.mkdir(parents=True, exist_ok=True)
     write_scores_csv(out / "per_image.csv", images.ids, images.targets(), probs, images.task,
                      class_names=images.class_names, known=known)
-    write_summary(out / "summary.json", summary)
+    write_summary(out / SUMMARY, summary)
     lo, hi = summary.get("auroc_ci", [float("nan")] * 2)
     summary["message"] = (f"{images.task}, {len(images)} images ({which}): AUROC {summary['auroc']:.4f} "
                           f"[95 % CI {lo:.4f}, {hi:.4f}], balanced accuracy {summary['balanced_accuracy']:.4f}; "
-                          f"wrote {out / 'per_image.csv'} and {out / 'summary.json'}")
+                          f"wrote {out / 'per_image.csv'} and {out / SUMMARY}")
     return summary

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medadapt.errors import MedadaptError
+from medadapt.run import SUMMARY, RunFolder
 
 __all__ = ["evaluate_volumetric_run"]
 
@@ -51,10 +52,11 @@ def evaluate_volumetric_run(
     if batch_size < 1:
         raise MedadaptError(f"--batch-size must be >= 1, got {batch_size}.")
     model, fit_config, _ = load_fitted(adapter)
-    run = Path(adapter) if (Path(adapter) / "fit_config.json").is_file() else Path(adapter).parent
+    folder = RunFolder(adapter) if RunFolder(adapter).fit_config_path.is_file() else RunFolder(Path(adapter).parent)
+    run = folder.root
     resolved = fit_config["resolved"]
     dataset = load_volume_dataset(data, modality=fit_config.get("modality", "auto"))
-    split_path = Path(split) if split is not None else run / "split.json"
+    split_path = Path(split) if split is not None else folder.split_path
     the_split = load_split(split_path, dataset)
     keys = list(the_split.test)
     if not keys:
@@ -105,11 +107,11 @@ def evaluate_volumetric_run(
     for key, pred, volume in predictions:  # written atomically, with the input's affine / header
         write_like(out / "pred" / f"{key}.nii.gz", pred, volume)
     write_per_case_csv(out / "per_case.csv", rows)
-    write_summary_json(out / "summary.json", summary)
+    write_summary_json(out / SUMMARY, summary)
     o = summary["overall"]
     summary["message"] = (
         f"evaluated {len(keys)} held-out volume(s): DSC {o['dsc']['mean']:.4f}, "
         f"NSD@{tolerance_mm:g}mm {o['nsd']['mean']:.4f}, HD95 {o['hd95']['mean']:.2f} mm "
-        f"({o['hd95']['n_inf']} inf); wrote {out / 'per_case.csv'} and {out / 'summary.json'}"
+        f"({o['hd95']['n_inf']} inf); wrote {out / 'per_case.csv'} and {out / SUMMARY}"
     )
     return summary

@@ -7,57 +7,20 @@ from pathlib import Path
 
 from torch import nn
 
+from medadapt.adapt.artifact import load_adapter
+from medadapt.adapt.class_prompts import attach_auto_prompts
 from medadapt.errors import MedadaptError
-from medadapt.infer.modality_bank import is_bank
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_sam_spec
-
-
-def automatic_mode(meta: dict) -> tuple[list[int] | None, list[int]]:
-    """(classes, keep_largest) of an automatic-mode adapter's ``adapter.json``; (None, []) for a prompted one."""
-    extra = meta.get("extra") or {}
-    if extra.get("prompt") != "auto":
-        return None, []
-    return list(extra["classes"]), [int(c) for c in extra.get("keep_largest", [])]
-
-
-def trained_slice_axis(meta: dict) -> int | None:
-    """The volume axis an adapter's training slices were cut along (``fit --slice-axis``), None if by spacing."""
-    axis = (meta.get("extra") or {}).get("slice_axis")
-    return None if axis is None else int(axis)
-
-
-def attach_auto_prompts(net: nn.Module, meta: dict) -> None:
-    """Give ``net`` the class prompts an automatic-mode adapter trained (before its weights load)."""
-    extra = meta.get("extra") or {}
-    if extra.get("class_prompt_tokens"):
-        from medadapt.engine.sam_task import attach_class_prompts
-
-        attach_class_prompts(net, len(extra["classes"]), extra["class_prompt_tokens"], init=False)
-
-
-def adapter_dir(path: Path) -> Path:
-    """Accept a run folder (``RUN/adapter``) or the adapter folder itself."""
-    path = Path(path)
-    if (path / "adapter").is_dir():
-        return path / "adapter"
-    if (path / "adapter.json").is_file():
-        return path
-    raise MedadaptError(
-        "is not a medadapt run or adapter folder (no adapter/adapter.json inside).",
-        path=path,
-        fix="pass the --out folder of `medadapt fit` once it has saved its best model.",
-    )
+from medadapt.run import RunFolder, is_bank, trained_slice_axis
 
 
 def load_adapted_model(
     run: Path, *, model: str | None = None, checkpoint: Path | None = None
 ) -> tuple[nn.Module, str, dict]:
     """Base model + adapter of a fit run. Returns (model, model name, adapter metadata)."""
-    from medadapt.adapt.artifact import load_adapter, read_adapter_meta
-
-    folder = adapter_dir(run)
-    meta = read_adapter_meta(folder)
+    run_folder = RunFolder.resolve(run)
+    folder, meta = run_folder.adapter_dir, run_folder.read_adapter_meta()
     base = meta.get("base") or {}
     name = model or base.get("model")
     if name is None:
@@ -99,7 +62,7 @@ def build_predictor(
                                    precision=precision, cache_dir=cache_dir, use_cache=use_cache)
     if adapter is not None:
         net, model, meta = load_adapted_model(adapter, model=model, checkpoint=checkpoint)
-        classes, keep_largest = automatic_mode(meta)
+        classes, keep_largest = RunFolder.resolve(adapter).automatic_mode()
         frozen_stages = int((meta.get("recipe") or {}).get("frozen_stages", 0))
     else:
         model = model or "litemedsam"

@@ -27,11 +27,16 @@ from typing import Any
 
 from torch import nn
 
+from medadapt.adapt.artifact import adapter_state_dict, load_adapter, read_adapter_meta
+from medadapt.adapt.class_prompts import attach_auto_prompts
+from medadapt.adapt.recipes import RecipeConfig, apply_recipe
 from medadapt.errors import MedadaptError
 from medadapt.infer.predictor import SamPredictor
 from medadapt.io.atomic import write_json
+from medadapt.models.registry import build_model, get_sam_spec
+from medadapt.run import BANK as BANK_FILE
+from medadapt.run import RunFolder, trained_slice_axis
 
-BANK_FILE = "modalities.json"
 FORMAT = "medadapt.modality_bank"
 FORMAT_VERSION = 1
 
@@ -109,10 +114,6 @@ def group_by_modality(dataset) -> dict[str, list[str]]:
 
 
 # ----------------------------------------------------------------------------- the bank file
-def is_bank(path: str | Path) -> bool:
-    return (Path(path) / BANK_FILE).is_file()
-
-
 def read_bank(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / BANK_FILE
@@ -139,10 +140,6 @@ def adapted_copy(base: nn.Module, adapter: str | Path) -> nn.Module:
     A throw-away copy first shows which base tensors the recipe trains in place (their storage is
     in the adapter's state dict); those are cloned in the real copy, everything else is shared.
     """
-    from medadapt.adapt.artifact import adapter_state_dict, load_adapter, read_adapter_meta
-    from medadapt.adapt.recipes import RecipeConfig, apply_recipe
-    from medadapt.infer.factory import attach_auto_prompts
-
     meta = read_adapter_meta(adapter)
     shared_all = {id(t): t for t in _tensors(base)}
     flags = [(p, p.requires_grad) for p in base.parameters()]
@@ -210,14 +207,11 @@ class ModalityBankPredictor(SamPredictor):
 def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, checkpoint: str | Path | None = None,
                         **kwargs) -> ModalityBankPredictor:
     """Build the base model once and every modality's adapter on it."""
-    from medadapt.adapt.artifact import read_adapter_meta
-    from medadapt.infer.factory import adapter_dir, automatic_mode, trained_slice_axis
-    from medadapt.models.registry import build_model, get_sam_spec
-
     bank_dir = Path(bank_dir)
     bank = read_bank(bank_dir)
-    folders = {mod: adapter_dir(bank_dir / entry["run"]) for mod, entry in bank["modalities"].items()}
-    metas = {mod: read_adapter_meta(f) for mod, f in folders.items()}
+    runs = {mod: RunFolder.resolve(bank_dir / entry["run"]) for mod, entry in bank["modalities"].items()}
+    folders = {mod: run.adapter_dir for mod, run in runs.items()}
+    metas = {mod: run.read_adapter_meta() for mod, run in runs.items()}
     bases = {json.dumps((m.get("base") or {}), sort_keys=True) for m in metas.values()}
     if len(bases) != 1:
         raise MedadaptError("the bank's adapters were trained on different base models.", path=bank_dir / BANK_FILE)
@@ -239,7 +233,7 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
     models, classes, keep = {}, {}, {}
     for mod, folder in folders.items():
         models[mod] = adapted_copy(base, folder)
-        classes[mod], keep[mod] = automatic_mode(metas[mod])
+        classes[mod], keep[mod] = runs[mod].automatic_mode()
     predictor = ModalityBankPredictor(models, get_sam_spec(name), classes=classes, keep_largest=keep,
                                       default=bank.get("default"), **kwargs)
     predictor.slice_axis = next(iter(axes.values()))  # predict / evaluate cut volumes as the adapters were
@@ -263,7 +257,7 @@ def fit_modality_bank(values: dict[str, Any], *, config_file: Path | None = None
 
     base_opts = FitOptions.build(values, config_file)  # validates everything before any work
     root = Path(base_opts.out)
-    if (root / "adapter").exists() or (root / "checkpoint").exists():
+    if RunFolder(root).has_fit_files():
         raise MedadaptError("this folder holds a single fit run, not a modality bank.", path=root,
                             fix="choose another --out.")
     if base_opts.split:
@@ -289,8 +283,8 @@ def fit_modality_bank(values: dict[str, Any], *, config_file: Path | None = None
     for mod, keys in groups.items():
         sub = _subset(dataset, keys)
         run = root / mod
-        split_file = run / "split.json"
-        resume_mod = resume and (run / "checkpoint" / "last.pt").is_file()
+        split_file = RunFolder(run).split_path
+        resume_mod = resume and RunFolder(run).has_run()
         if not resume_mod:
             split = make_split(sub, shots=None if base_opts.fraction else base_opts.shots, fraction=base_opts.fraction,
                                seed=base_opts.seed, n_val=base_opts.n_val)

@@ -5,19 +5,18 @@ separate island. Keeping each class's largest connected component (26-connectivi
 such islands, but it would also delete real parts of structures that come in pieces (vessel trees,
 paired organs). nnU-Net therefore decides per class on the validation cases: keep the step only
 where it raises the mean DSC. :func:`choose_keep_largest` does that after an automatic-mode fit;
-the chosen classes are stored in the adapter (``extra.keep_largest``) and applied by the predictor.
+the chosen classes are stored in the run's ``postprocess.json`` and applied by the predictor.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from medadapt.data.transforms3d import keep_largest_component
-from medadapt.io.atomic import write_json
+from medadapt.run import RunFolder, automatic_mode
 
 __all__ = ["choose_keep_largest", "dice", "tune_auto_postprocessing"]
 
@@ -57,31 +56,23 @@ def choose_keep_largest(predictor, dataset, keys: Sequence[str], classes: Sequen
 
 def tune_auto_postprocessing(run_dir: str | Path, encode: Callable | None = None) -> dict | None:
     """After an automatic-mode fit: choose ``keep_largest`` on the run's validation cases and store
-    it in the run's adapter. ``encode`` may replace a frozen encoder (``fit --encoder-engine``).
+    it in the run's ``postprocess.json``. ``encode`` may replace a frozen encoder (``fit --encoder-engine``).
 
-    Returns the report (also in ``result.json`` as ``postprocessing``), or None when the run has no
-    validation case or is not an automatic-mode run.
+    Returns the report, or None when the run has no validation case or is not an automatic-mode run.
     """
-    from medadapt.adapt.artifact import ADAPTER_JSON, read_adapter_meta
-    from medadapt.data.fewshot import load_split
     from medadapt.engine.sam_fit import FitOptions, load_fit_dataset
-    from medadapt.infer.factory import automatic_mode, build_predictor
+    from medadapt.infer.factory import build_predictor
 
-    run = Path(run_dir)
-    meta = read_adapter_meta(run / "adapter")
-    classes, _ = automatic_mode(meta)
+    run = RunFolder(run_dir)
+    classes, _ = automatic_mode(run.read_adapter_meta())
     if classes is None:
         return None
-    dataset = load_fit_dataset(FitOptions.model_validate_json((run / "fit_config.json").read_text()))
-    val = list(load_split(run / "split.json", dataset).val)
+    dataset = load_fit_dataset(FitOptions.model_validate(run.read_fit_config(required=True)))
+    val = list(run.read_split(dataset).val)
     if not val:
         return None
-    predictor = build_predictor(None, adapter=run)
+    predictor = build_predictor(None, adapter=run.root)
     predictor.encoder = encode
     chosen, report = choose_keep_largest(predictor, dataset, val, classes)
-    meta["extra"] = {**meta["extra"], "keep_largest": chosen}
-    write_json(run / "adapter" / ADAPTER_JSON, meta)
-    result_file = run / "result.json"
-    if result_file.exists():
-        write_json(result_file, {**json.loads(result_file.read_text()), "postprocessing": report})
+    run.write_postprocess(chosen, report)
     return report

@@ -35,6 +35,7 @@ from medadapt.report.html import (
     write_files,
 )
 from medadapt.report.run import Run, read_run
+from medadapt.run import SUMMARY, RunFolder
 
 COMPARISON_JSON = "comparison.json"
 SCORES = ("dsc", "nsd")
@@ -52,7 +53,7 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Pat
     runs, notes = [], []
     for d in run_dirs:
         d = Path(d)
-        if (d / COMPARISON_JSON).is_file() and not (d / "result.json").is_file() and not (d / "summary.json").is_file():
+        if (d / COMPARISON_JSON).is_file() and not RunFolder(d).result_path.is_file() and not (d / SUMMARY).is_file():
             notes.append(f"{d} holds a comparison, not a run: skipped.")
             continue
         runs.append(read_run(d))

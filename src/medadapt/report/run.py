@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from medadapt.errors import MedadaptError
+from medadapt.run import FIT_FILES, FIT_SUBFOLDERS, SUMMARY, RunFolder
 
-FIT_FILES = ("fit_config.json", "split.json", "result.json", "metrics.csv", "adapter/adapter.json")
-EVAL_FILES = ("summary.json", "per_case.csv")
+EVAL_FILES = (SUMMARY, "per_case.csv")
 METRICS = ("dsc", "nsd", "hd95")
-_NOT_EVALUATIONS = {"report", "checkpoint", "adapter", "tb", "pred"}
+_NOT_EVALUATIONS = {*FIT_SUBFOLDERS, "pred"}
 # Dataset options recorded by `fit` (fit_config.json) and, when present, by `evaluate` (settings).
 _DATA_OPTIONS = ("image_suffix", "label_suffix", "label_dir", "modality", "window", "binary")
 
@@ -229,21 +229,22 @@ def _linked_fit(run: Run) -> Path | None:
 
 
 def _read_fit(run: Run, folder: Path) -> None:
-    run.fit_config = _read_json(folder / "fit_config.json")
-    run.split = _read_json(folder / "split.json")
-    run.result = _read_json(folder / "result.json")
-    run.adapter = _read_json(folder / "adapter" / "adapter.json")
-    run.metrics = read_metrics_csv(folder / "metrics.csv")
+    files = RunFolder(folder)
+    run.fit_config = _read_json(files.fit_config_path)
+    run.split = _read_json(files.split_path)
+    run.result = _read_json(files.result_path)
+    run.adapter = _read_json(files.adapter_json)
+    run.metrics = read_metrics_csv(files.metrics_path)
 
 
 def _read_evaluation(folder: Path, name: str, notes: list[str]) -> Evaluation:
     from medadapt.evaluate.summary import summarize
 
     rows = read_per_case_csv(folder / "per_case.csv") if (folder / "per_case.csv").is_file() else []
-    summary = _read_json(folder / "summary.json")
+    summary = _read_json(folder / SUMMARY)
     if summary is None:
         summary = summarize(rows, [m for m in METRICS if rows and m in rows[0]])
-        notes.append(f"{folder.name}/summary.json is missing: its statistics were recomputed from per_case.csv.")
+        notes.append(f"{folder.name}/{SUMMARY} is missing: its statistics were recomputed from per_case.csv.")
     elif not rows:
         notes.append(f"{folder.name}/per_case.csv is missing: only the summary is shown.")
     return Evaluation(name=name, path=folder, summary=summary, rows=rows)
