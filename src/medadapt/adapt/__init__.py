@@ -9,7 +9,7 @@
 - :mod:`.artifact`: adapter-only safetensors + JSON, load onto a fresh base, merge.
 """
 
-from .adapter import (
+from medadapt.adapt.adapter import (
     Adapter,
     ParallelAdapter,
     SerialAdapter,
@@ -17,13 +17,26 @@ from .adapter import (
     apply_encoder_adapters,
     apply_mlp_adapters,
 )
-from .artifact import load_adapter, merge_adapter, merged_state_dict, read_adapter_meta, save_adapter
-from .bitfit import unfreeze_biases
-from .freeze import count_trainable, freeze_all, freeze_bn_stats, trainable_names, unfreeze, unfreeze_named
-from .lora import LoRALinear, LoRAQKV, apply_lora_decoder, apply_lora_qkv
-from .norm import unfreeze_norms
-from .peft_lora import apply_peft_lora, merge_peft_lora
-from .recipes import RECIPES, AppliedRecipe, RecipeConfig, apply_recipe, get_recipe
+from medadapt.adapt.artifact import (
+    load_adapter,
+    merge_adapter,
+    merged_state_dict,
+    read_adapter_meta,
+    save_adapter,
+)
+from medadapt.adapt.bitfit import unfreeze_biases
+from medadapt.adapt.freeze import (
+    count_trainable,
+    freeze_all,
+    freeze_bn_stats,
+    trainable_names,
+    unfreeze,
+    unfreeze_named,
+)
+from medadapt.adapt.lora import LoRALinear, LoRAQKV, apply_lora_decoder, apply_lora_qkv
+from medadapt.adapt.norm import unfreeze_norms
+from medadapt.adapt.peft_lora import apply_peft_lora, merge_peft_lora
+from medadapt.adapt.recipes import RECIPES, AppliedRecipe, RecipeConfig, apply_recipe, get_recipe
 
 __all__ = [
     "RECIPES",

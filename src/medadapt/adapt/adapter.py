@@ -25,10 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from medadapt.adapt.freeze import resolve_roots
+from medadapt.adapt.lora import select_blocks
 from medadapt.errors import MedadaptError
-
-from .freeze import resolve_roots
-from .lora import select_blocks
 
 __all__ = [
     "Adapter",

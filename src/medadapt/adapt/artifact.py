@@ -29,13 +29,12 @@ from pydantic import ValidationError
 from torch import nn
 
 import medadapt
+from medadapt.adapt.lora import merge_lora
+from medadapt.adapt.peft_lora import merge_peft_lora
+from medadapt.adapt.recipes import RecipeConfig, apply_recipe
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import atomic_path, write_json
 from medadapt.io.hashing import file_sha256
-
-from .lora import merge_lora
-from .peft_lora import merge_peft_lora
-from .recipes import RecipeConfig, apply_recipe
 
 __all__ = [
     "ADAPTER_JSON",

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medadapt.adapt.freeze import resolve_roots
 from medadapt.errors import MedadaptError
-
-from .freeze import resolve_roots
 
 __all__ = [
     "LoRALinear",

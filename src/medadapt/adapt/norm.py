@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from .freeze import resolve_roots
+from medadapt.adapt.freeze import resolve_roots
 
 __all__ = ["is_norm", "unfreeze_norms"]
 

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from medadapt.errors import MedadaptError
-
-from .adapter import _Wrapper, apply_decoder_adapters, apply_encoder_adapters, find_blocks
-from .bitfit import unfreeze_biases
-from .freeze import (
+from medadapt.adapt.adapter import _Wrapper, apply_decoder_adapters, apply_encoder_adapters, find_blocks
+from medadapt.adapt.bitfit import unfreeze_biases
+from medadapt.adapt.freeze import (
     count_trainable,
     freeze_all,
     freeze_bn_stats,
@@ -33,9 +31,10 @@ from .freeze import (
     trainable_names,
     unfreeze_named,
 )
-from .lora import _LoRABase, apply_lora_decoder, apply_lora_qkv, find_qkv_attention
-from .norm import unfreeze_norms
-from .peft_lora import apply_peft_lora
+from medadapt.adapt.lora import _LoRABase, apply_lora_decoder, apply_lora_qkv, find_qkv_attention
+from medadapt.adapt.norm import unfreeze_norms
+from medadapt.adapt.peft_lora import apply_peft_lora
+from medadapt.errors import MedadaptError
 
 __all__ = ["RECIPES", "AppliedRecipe", "Recipe", "RecipeConfig", "apply_recipe", "get_recipe"]
 

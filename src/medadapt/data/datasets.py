@@ -35,6 +35,7 @@ import numpy as np
 
 from medadapt.data.intensity import MODALITIES, normalise_for_sam
 from medadapt.errors import MedadaptError
+from medadapt.io.cvpr24 import read_cvpr24
 from medadapt.io.discovery import (
     IMAGE_2D_SUFFIXES,
     NPZ_SUFFIXES,
@@ -46,6 +47,8 @@ from medadapt.io.discovery import (
     pair_by_name,
     stem,
 )
+from medadapt.io.images import read_image_2d, read_label_2d
+from medadapt.io.volumes import check_pair, default_slice_axis, read_volume
 
 _IMAGE_DIRS = ("images", "imagesTr", "imgs", "img")
 _LABEL_DIRS = ("masks", "labels", "labelsTr", "gts", "gt")
@@ -713,8 +716,6 @@ def _read_case(ref: CaseRef, window, binary: bool | None) -> LoadedCase:
 
 def _read_raw_case(ref: CaseRef, window, binary: bool | None = None) -> LoadedCase:
     if full_suffix(ref.image) == ".npz":
-        from medadapt.io.cvpr24 import read_cvpr24
-
         c = read_cvpr24(ref.image, require_boxes=False)
         if c.gts is None:
             raise MedadaptError("has no 'gts' array.", path=ref.image)
@@ -723,8 +724,6 @@ def _read_raw_case(ref: CaseRef, window, binary: bool | None = None) -> LoadedCa
             return LoadedCase(image, _labels(c.gts), (1.0, 1.0), None)
         return LoadedCase(image, _labels(c.gts), tuple(c.spacing or (1.0, 1.0, 1.0)), 0)
     if ref.is_3d:
-        from medadapt.io.volumes import check_pair, default_slice_axis, read_volume
-
         vol = read_volume(ref.image)
         lab = read_volume(ref.label, label=True)
         check_pair(vol, lab)
@@ -734,8 +733,6 @@ def _read_raw_case(ref: CaseRef, window, binary: bool | None = None) -> LoadedCa
             tuple(vol.spacing),
             default_slice_axis(vol),
         )
-    from medadapt.io.images import read_image_2d, read_label_2d
-
     image = read_image_2d(ref.image)
     label = read_label_2d(ref.label, binary=binary)
     if label.shape != image.shape[:2]:

@@ -1,6 +1,6 @@
 """Image classification backbones: timm-layout ViTs, SAM-family encoders with a pooled head, a small CNN."""
 
-from .backbones import (
+from medadapt.models.classification.backbones import (
     DEFAULT_BACKBONE,
     InputSpec,
     PooledEncoderClassifier,
@@ -9,9 +9,9 @@ from .backbones import (
     is_random_init,
     list_backbones,
 )
-from .checkpoint import LoadReport, load_vit_checkpoint, read_state_dict
-from .cnn import CNN_CONFIGS, SmallCNN
-from .vit import VIT_CONFIGS, VisionTransformer, resample_pos_embed, vit_patch16
+from medadapt.models.classification.checkpoint import LoadReport, load_vit_checkpoint, read_state_dict
+from medadapt.models.classification.cnn import CNN_CONFIGS, SmallCNN
+from medadapt.models.classification.vit import VIT_CONFIGS, VisionTransformer, resample_pos_embed, vit_patch16
 
 __all__ = [
     "CNN_CONFIGS",

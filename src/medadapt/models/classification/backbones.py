@@ -26,11 +26,10 @@ import torch
 from torch import nn
 
 from medadapt.errors import MedadaptError
+from medadapt.models.classification.checkpoint import LoadReport, load_vit_checkpoint
+from medadapt.models.classification.cnn import CNN_CONFIGS, SmallCNN
+from medadapt.models.classification.vit import VIT_CONFIGS, Pool, vit_patch16
 from medadapt.models.registry import DEFAULT_MODEL, build_model, list_models
-
-from .checkpoint import LoadReport, load_vit_checkpoint
-from .cnn import CNN_CONFIGS, SmallCNN
-from .vit import VIT_CONFIGS, Pool, vit_patch16
 
 Normalize = Literal["imagenet", "minmax"]
 Fit = Literal["crop", "pad"]

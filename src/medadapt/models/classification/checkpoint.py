@@ -19,9 +19,8 @@ import torch
 
 from medadapt.errors import MedadaptError
 from medadapt.io.checkpoints import read_checkpoint
+from medadapt.models.classification.vit import VisionTransformer, resample_pos_embed
 from medadapt.models.load_report import LoadReport
-
-from .vit import VisionTransformer, resample_pos_embed
 
 # Prefixes seen in published checkpoints; the one that matches most model keys wins.
 _PREFIXES = ("", "module.", "model.", "encoder.", "backbone.", "module.encoder.", "vit.")

@@ -4,12 +4,12 @@
 ``transformer`` and ``mask_decoder`` are the components; ``sam.Sam`` joins them.
 """
 
-from .image_encoder import VIT_B, VIT_H, VIT_L, ImageEncoderViT, ViTConfig
-from .mask_decoder import MaskDecoder
-from .prompt_encoder import PromptEncoder
-from .sam import Sam, build_sam
-from .tiny_vit import LITEMEDSAM_TINYVIT, MOBILESAM_TINYVIT, TinyViT, TinyViTConfig
-from .transformer import TwoWayTransformer
+from medadapt.models.sam.image_encoder import VIT_B, VIT_H, VIT_L, ImageEncoderViT, ViTConfig
+from medadapt.models.sam.mask_decoder import MaskDecoder
+from medadapt.models.sam.prompt_encoder import PromptEncoder
+from medadapt.models.sam.sam import Sam, build_sam
+from medadapt.models.sam.tiny_vit import LITEMEDSAM_TINYVIT, MOBILESAM_TINYVIT, TinyViT, TinyViTConfig
+from medadapt.models.sam.transformer import TwoWayTransformer
 
 __all__ = [
     "LITEMEDSAM_TINYVIT",

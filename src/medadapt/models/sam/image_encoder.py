@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from medadapt.models.sam.common import LayerNorm2d, MLPBlock
 
 
 @dataclass(frozen=True)

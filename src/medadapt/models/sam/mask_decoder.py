@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
-from .transformer import TwoWayTransformer
+from medadapt.models.sam.common import LayerNorm2d
+from medadapt.models.sam.transformer import TwoWayTransformer
 
 
 class MLP(nn.Module):

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
+from medadapt.models.sam.common import LayerNorm2d
 
 
 class PositionEmbeddingRandom(nn.Module):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mask_decoder import MaskDecoder
-from .prompt_encoder import PromptEncoder
+from medadapt.models.sam.mask_decoder import MaskDecoder
+from medadapt.models.sam.prompt_encoder import PromptEncoder
 
 Points = tuple[torch.Tensor, torch.Tensor]
 

@@ -22,8 +22,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
-from .tiny_vit import BasicLayer, Conv2dBN, ConvLayer, PatchMerging, StagedEncoder, TinyViT
+from medadapt.models.sam.common import LayerNorm2d
+from medadapt.models.sam.tiny_vit import (
+    Attention,
+    BasicLayer,
+    Conv2dBN,
+    ConvLayer,
+    PatchMerging,
+    StagedEncoder,
+    TinyViT,
+)
 
 
 @dataclass(frozen=True)
@@ -148,8 +156,6 @@ def count_macs(encoder: nn.Module, size: int = 256) -> int:
         nonlocal total
         b, n, c = inp[0].shape
         total += 2 * b * n * n * c  # QK^T and AV over all heads
-
-    from .tiny_vit import Attention
 
     handles = []
     inner = {id(m.c) for m in encoder.modules() if isinstance(m, Conv2dBN)}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from medadapt.models.sam.common import LayerNorm2d
 
 
 @dataclass(frozen=True)
