@@ -12,40 +12,22 @@ import torch.nn.functional as F
 from monai.transforms import Compose, RandAffine
 
 from medadapt.data.classification import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, ResizeSide
+from medadapt.data.classification.transforms import channels_first
 from medadapt.errors import MedadaptError
 
 
 class ReferenceTransform:
-    """``H×W[×C]`` pixels -> float tensor ``[3,size,size]`` the way a backbone was pre-trained.
+    """The hand-written transform (resize, intensity, crop/pad, affine, replicate, ImageNet normalise)."""
 
-    ``normalize="imagenet"``: uint8 / 255 (other dtypes: min-max per image) -> ImageNet mean/std.
-    ``normalize="minmax"``: min-max per image to [0,1] (LiteMedSAM). ``fit="crop"``: short side to
-    ``size`` then centre crop (MED-PEFT eval transform); ``fit="pad"``: long side to ``size`` then
-    zero-pad bottom/right (SAM). Grayscale is replicated to 3 channels. ``augment`` adds MONAI's
-    random affine (±10° rotation, ±10 % scale, ±5 % shift) for training.
-    """
-
-    def __init__(self, size: int, normalize: str = "imagenet", fit: str = "crop", *, augment: bool = False,
-                 seed: int = 0):
-        if normalize not in ("imagenet", "minmax") or fit not in ("crop", "pad"):
-            raise MedadaptError(f"unknown preprocessing normalize={normalize!r} fit={fit!r}",
-                                fix="normalize: imagenet|minmax, fit: crop|pad")
-        self.size, self.normalize, self.fit = size, normalize, fit
-        self.affine = None
+    def __init__(self, size, normalize="imagenet", fit="crop", *, augment=False, seed=0):
+        self.size, self.normalize, self.fit, self.affine = size, normalize, fit, None
         if augment:
             self.affine = RandAffine(prob=0.8, rotate_range=(math.pi / 18,), scale_range=(0.1, 0.1),
                                      translate_range=(0.05 * size, 0.05 * size), padding_mode="zeros")
             self.affine.set_random_state(seed=seed)
 
-    def __call__(self, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
-        """``seed`` fixes this call's random augmentation (reproducible whatever the loader workers)."""
-        x = torch.from_numpy(np.ascontiguousarray(image))
-        if x.ndim == 2:
-            x = x[None]
-        elif x.ndim == 3 and x.shape[-1] in (1, 3, 4):
-            x = x[..., :3].permute(2, 0, 1)  # HWC -> CHW
-        else:
-            raise MedadaptError(f"image has shape {tuple(image.shape)}; expected H×W or H×W×3")
+    def __call__(self, image, seed=None):
+        x = channels_first(image)
         x = self._resize(x.float()[None])[0]  # [C,h,w], short (crop) or long (pad) side = size
         if self.normalize == "imagenet" and image.dtype == np.uint8:
             x = x / 255.0

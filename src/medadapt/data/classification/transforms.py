@@ -60,6 +60,16 @@ class ResizeSide(Transform):
         return F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)[0]
 
 
+def channels_first(image: np.ndarray) -> torch.Tensor:
+    """``H×W`` or ``H×W×C`` (C = 1, 3, or 4 with alpha dropped) pixels as a ``[C,H,W]`` tensor, dtype kept."""
+    x = torch.from_numpy(np.ascontiguousarray(image))
+    if x.ndim == 2:
+        return x[None]
+    if x.ndim == 3 and x.shape[-1] in (1, 3, 4):
+        return x[..., :3].permute(2, 0, 1)  # HWC -> CHW
+    raise MedadaptError(f"image has shape {tuple(image.shape)}; expected H×W or H×W×3")
+
+
 class ImageTransform:
     """``H×W[×C]`` pixels -> float tensor ``[3,size,size]`` the way a backbone was pre-trained.
 
@@ -108,13 +118,7 @@ class ImageTransform:
 
     def __call__(self, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
         """``seed`` fixes this call's random augmentation (reproducible whatever the loader workers)."""
-        x = torch.from_numpy(np.ascontiguousarray(image))
-        if x.ndim == 2:
-            x = x[None]
-        elif x.ndim == 3 and x.shape[-1] in (1, 3, 4):
-            x = x[..., :3].permute(2, 0, 1)  # HWC -> CHW
-        else:
-            raise MedadaptError(f"image has shape {tuple(image.shape)}; expected H×W or H×W×3")
+        x = channels_first(image)
         if self.affine is not None and seed is not None:
             self.affine.set_random_state(seed=seed % 2**32)
         out = self.pipeline(image.dtype == np.uint8, x.shape[0] == 1)(x.float())
