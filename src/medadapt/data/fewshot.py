@@ -269,23 +269,3 @@ def load_split(path: str | Path, dataset: Dataset | None = None) -> Split:
                 fix="use the split with the dataset it was made for.",
             )
     return split
-
-
-def run_split(
-    dataset: Dataset,
-    run_dir: str | Path,
-    *,
-    split: str | Path | None = None,
-    resume: bool = False,
-    shots: int | None = None,
-    fraction: float | None = None,
-    seed: int = 0,
-    n_val: int | None = None,
-) -> Split:
-    """The split of a run: a given split file, the run's own ``split.json`` when resuming, else a new one."""
-    own = Path(run_dir) / "split.json"
-    if split:
-        return load_split(split, dataset)
-    if resume and own.exists():
-        return load_split(own, dataset)
-    return make_split(dataset, shots=None if fraction else shots, fraction=fraction, seed=seed, n_val=n_val)
