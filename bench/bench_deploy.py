@@ -179,8 +179,8 @@ def main() -> int:
     from medadapt.data.prompts import boxes3d_from_label
     from medadapt.data.slices import iter_slices
     from medadapt.deploy.runtime import cpu_has_bf16
-    from medadapt.evaluate.segmentation import case_metrics
     from medadapt.infer.volume import segment_volume_boxes3d
+    from medadapt.metrics.segmentation import case_metrics
     from medadapt.models.preprocess import preprocess_image
     from medadapt.models.registry import get_sam_spec
 

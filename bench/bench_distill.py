@@ -41,7 +41,7 @@ from medadapt.data.fewshot import make_split
 from medadapt.deploy.distill import DistillOptions, run_distill
 from medadapt.deploy.engine import build_engine_predictor
 from medadapt.deploy.merge import merge_student
-from medadapt.infer.dataset_eval import evaluate_dataset
+from medadapt.evaluate.segment_run import evaluate_dataset
 from medadapt.infer.predictor import SamPredictor
 from medadapt.io.atomic import write_json
 from medadapt.models.registry import build_model, get_sam_spec

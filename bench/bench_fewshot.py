@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def score(predictor, dataset, keys, mode):
-    from medadapt.infer.dataset_eval import evaluate_dataset
+    from medadapt.evaluate.segment_run import evaluate_dataset
 
     rows, info = evaluate_dataset(predictor, dataset, keys, mode=mode)
     agg = {}

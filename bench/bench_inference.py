@@ -90,10 +90,10 @@ def main() -> int:
 
     from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.deploy.engine import build_engine_predictor
-    from medadapt.evaluate.segmentation import case_metrics
     from medadapt.infer.predictor import SamPredictor
     from medadapt.infer.volume import segment_volume_from_labels
     from medadapt.io.atomic import write_json
+    from medadapt.metrics.segmentation import case_metrics
     from medadapt.models.registry import build_model, get_sam_spec
 
     spec = get_sam_spec("litemedsam")

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import scipy
 
-from medadapt.evaluate.segmentation import case_metrics
 from medadapt.io.atomic import write_json
+from medadapt.metrics.segmentation import case_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (512, 512, 200)

@@ -10,7 +10,7 @@ context), already scored on the fixed 20-volume held-out set of :mod:`medadapt.d
 
 The LiteMedSAM rows re-score the adapters that ``bench_fewshot.py`` trained (k = 5, 3 seeds; their own
 table scores only the first 5 held-out volumes) on all 20 of those volumes, with the same metric code
-(:func:`medadapt.infer.dataset_eval.evaluate_dataset`: volumes reassembled from slices, DSC, NSD 2 mm,
+(:func:`medadapt.evaluate.segment_run.evaluate_dataset`: volumes reassembled from slices, DSC, NSD 2 mm,
 HD95 per class): zero-shot with boxes, the ``decoder`` recipe with boxes, and the ``decoder`` recipe in
 ``auto`` mode (no prompt). Box mode takes one box per class and slice from the GROUND-TRUTH labels: an
 oracle prompt the 3D models and auto mode never get, so only auto mode compares like with like.

@@ -20,7 +20,7 @@ from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import Split, save_split
 from medadapt.data.slices import iter_slices
 from medadapt.engine.sam_fit import FitOptions, run_fit
-from medadapt.infer.dataset_eval import evaluate_dataset
+from medadapt.evaluate.segment_run import evaluate_dataset
 from medadapt.infer.factory import build_predictor
 
 TRAIN = ("hippocampus_001",)
@@ -78,7 +78,7 @@ def test_adapter_is_small_and_reloads_to_same_predictions(hippo, tmp_path: Path,
     assert tensors and all("lora" in k for k in tensors)
     ds = load_segmentation_dataset(spec)
     image, label, _, axis = ds.load(TEST[0])
-    from medadapt.infer.dataset_eval import predict_loaded
+    from medadapt.infer.loaded import predict_loaded
 
     # decoder-lora leaves the encoder as it is, so all three share the cached embeddings.
     a = predict_loaded(build_predictor(None, adapter=run, cache_dir=cache_dir), image, label, axis, "box")
@@ -118,7 +118,7 @@ def test_encoder_lora_trains_from_cached_stem_outputs(hippo, tmp_path: Path, cac
     assert float((full - cached).norm() / full.norm()) < 1e-3
     assert float((full - base).norm() / full.norm()) > 1e-4  # the encoder LoRA was trained
     # Scoring: the predictor caches the stem too and runs only the trunk; masks as with a full forward.
-    from medadapt.infer.dataset_eval import predict_loaded
+    from medadapt.infer.loaded import predict_loaded
 
     image, label, _, axis = load_segmentation_dataset(spec).load(TEST[0])
     mid = range(image.shape[axis] // 2 - 3, image.shape[axis] // 2 + 3)  # six slices keep the test short
@@ -224,7 +224,7 @@ def test_chosen_slice_axis_is_trained_and_applied_along_it(hippo, tmp_path: Path
     assert json.loads((run / "adapter" / "adapter.json").read_text())["extra"]["slice_axis"] == 0
     predictor = build_predictor(None, adapter=run, cache_dir=cache_dir)
     assert predictor.slice_axis == 0
-    from medadapt.infer.dataset_eval import predict_loaded
+    from medadapt.infer.loaded import predict_loaded
     from medadapt.infer.volume import segment_volume_from_labels
 
     along_0 = segment_volume_from_labels(predictor, image, label, slice_axis=0)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from medadapt.evaluate.segmentation import case_metrics
+from medadapt.metrics.segmentation import case_metrics
 
 
 @pytest.fixture(scope="module")

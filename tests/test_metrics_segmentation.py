@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from medadapt.errors import MedadaptError
-from medadapt.evaluate.segmentation import case_metrics, dice
-from medadapt.evaluate.surface import hd95, nsd, surface_distances
+from medadapt.metrics.segmentation import case_metrics, dice
+from medadapt.metrics.surface import hd95, nsd, surface_distances
 
 
 def _labels(shape, boxes):

@@ -9,8 +9,8 @@ import pytest
 from scipy import ndimage
 
 from medadapt.errors import MedadaptError
-from medadapt.evaluate import surface
-from medadapt.evaluate.surface import hd95, nsd, robust_hausdorff, surface_distances
+from medadapt.metrics import surface
+from medadapt.metrics.surface import hd95, nsd, robust_hausdorff, surface_distances
 
 
 def _box(shape, lo, hi):

@@ -199,3 +199,27 @@ def test_auto_mode_bank_chooses_and_applies_post_processing_per_modality(tmp_pat
     pred.select("xray")
     assert pred.keep_largest == xray_keep
 
+
+
+def test_fit_modalities_uses_the_frozen_encoder_engine(tmp_path: Path, monkeypatch):
+    """`fit-modalities --set encoder_engine=openvino` fills each modality's embedding cache with the
+    exported encoder, as `fit` does (the engine comes from deploy, wired in by the pipeline layer)."""
+    import medadapt.pipeline.fit as pipeline_fit
+
+    calls = []
+
+    def fake_frozen_encoder(opts):  # stands in for the OpenVINO export: torch encoder, own cache tag
+        calls.append(opts.encoder_engine)
+        net = build_model(opts.model).eval()
+        return "fake-engine", lambda x: net.encode(x)
+
+    monkeypatch.setattr(pipeline_fit, "frozen_encoder", fake_frozen_encoder)
+    (tmp_path / "d").mkdir()
+    csv = _png_csv(tmp_path / "d", [(f"a{i}", "MRI") for i in range(2)])
+    bank = tmp_path / "bank"
+    res = _cli("fit-modalities", "--data", csv, "--out", bank, "--shots", 1, "--max-steps", 1, "--batch-size", 1,
+               "--method", "decoder", "--set", "n_val=0", "--set", "encoder_engine=openvino", "--no-progress",
+               "--threads", 1)
+    assert res.exit_code == 0, res.output
+    assert calls == ["openvino"]
+    assert RunFolder(bank / "mr").read_result()["encoder_engine"] == "fake-engine"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import medadapt.infer.dataset_eval as dataset_eval
-from medadapt.infer.postprocess import choose_keep_largest, dice
+import medadapt.pipeline.postprocess as postprocess
+from medadapt.metrics import dice
+from medadapt.pipeline.postprocess import choose_keep_largest
 
 
 class _Cases:
@@ -36,7 +37,7 @@ class _Predictor:
 
 def test_keep_largest_is_chosen_per_class_on_validation(monkeypatch):
     cases = _Cases()
-    monkeypatch.setattr(dataset_eval, "predict_loaded", lambda p, image, label, axis, mode: cases.preds[
+    monkeypatch.setattr(postprocess, "predict_loaded", lambda p, image, label, axis, mode: cases.preds[
         next(k for k, v in cases.labels.items() if v is label)])
     predictor = _Predictor()
     chosen, report = choose_keep_largest(predictor, cases, ["a", "b"], [1, 2])
@@ -62,4 +63,10 @@ def test_predictor_applies_keep_largest():
 
 @pytest.mark.parametrize(("a", "b", "want"), [(0, 0, 1.0), (1, 0, 0.0), (1, 1, 1.0)])
 def test_dice_edge_cases(a, b, want):
-    assert dice(np.full(3, bool(a)), np.full(3, bool(b))) == want
+    """Choosing post-processing counts two empty masks as a match (``empty=1.0``)."""
+    assert dice(np.full(3, bool(a)), np.full(3, bool(b)), empty=1.0) == want
+
+
+def test_dice_of_two_empty_masks_is_nan_by_default():
+    """The official convention: a class absent from both masks is not scored."""
+    assert np.isnan(dice(np.zeros(3, bool), np.zeros(3, bool)))

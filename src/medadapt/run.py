@@ -315,18 +315,23 @@ class RunFolder:
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
     def _read(path: Path, *, required: bool = False, fix: str | None = None) -> dict | None:
-        if not path.is_file():
-            if required:
-                raise MedadaptError(f"{path.name} is missing.", path=path.parent, fix=fix)
-            return None
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise MedadaptError(f"cannot be read as JSON ({err}).", path=path,
-                                fix="re-run the command that wrote it, or delete the file.") from None
-        if not isinstance(data, dict):
-            raise MedadaptError("does not hold a JSON object.", path=path)
-        return data
+        if required and not path.is_file():
+            raise MedadaptError(f"{path.name} is missing.", path=path.parent, fix=fix)
+        return read_json(path)
+
+
+def read_json(path: Path) -> dict | None:
+    """A run file's JSON object; None when the file is missing, a clear error when it is not one."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MedadaptError(f"cannot be read as JSON ({err}).", path=path,
+                            fix="re-run the command that wrote it, or delete the file.") from None
+    if not isinstance(data, dict):
+        raise MedadaptError("holds JSON but not an object.", path=path, fix="re-run the command that wrote it.")
+    return data
 
 
 def read_split_file(path: str | Path, dataset=None) -> Split:

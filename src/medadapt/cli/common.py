@@ -81,15 +81,6 @@ MIRROR_HELP = (
 )
 
 
-def check_mirror(mirror: bool, mode: str, path=None) -> None:
-    """``--mirror`` only changes automatic-mode (no prompt) inference; refuse it for prompted modes."""
-    if mirror and mode != "auto":
-        raise MedadaptError(
-            f"--mirror applies to automatic mode (no prompt) only, not to {mode} prompts.",
-            path=path, fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or leave --mirror out.",
-        )
-
-
 def parse_int_list(text: str | None, *, option: str) -> list[int] | None:
     if text is None or text == "":
         return None
@@ -99,3 +90,26 @@ def parse_int_list(text: str | None, *, option: str) -> list[int] | None:
         raise MedadaptError(
             f"{option} expects comma-separated integers, got '{text}'.", fix=f"for example {option} 1,2"
         ) from None
+
+
+def parse_settings(items: list[str] | None) -> dict[str, str]:
+    """``--set key=value`` pairs (task-specific options; values are parsed by the task's config model)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MedadaptError(f"--set expects KEY=VALUE, got '{item}'.", fix="for example --set lora_alpha=32")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def with_settings(values: dict, items: list[str] | None) -> dict:
+    """Named options plus ``--set`` pairs; the same option given both ways is an error, not a silent override."""
+    settings = parse_settings(items)
+    clash = sorted(k for k in settings if values.get(k) is not None)
+    if clash:
+        raise MedadaptError(
+            f"option(s) {', '.join(clash)} given both as --{clash[0].replace('_', '-')} and with --set.",
+            fix="give each option once",
+        )
+    return {**{k: v for k, v in values.items() if v is not None}, **settings}

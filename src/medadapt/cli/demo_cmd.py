@@ -33,8 +33,8 @@ def demo(
     from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.fewshot import Split, make_split, save_split
     from medadapt.engine.sam_fit import FitOptions, run_fit
+    from medadapt.evaluate.segment_run import evaluate_dataset
     from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
-    from medadapt.infer.dataset_eval import evaluate_dataset
     from medadapt.infer.factory import build_predictor
     from medadapt.run import SUMMARY, RunFolder
 

@@ -11,7 +11,6 @@ from rich.table import Table
 from medadapt.cli.common import (
     ADAPTER_HELP,
     MIRROR_HELP,
-    check_mirror,
     console,
     parse_int_list,
     progress_bar,
@@ -19,8 +18,7 @@ from medadapt.cli.common import (
     user_errors,
 )
 from medadapt.errors import MedadaptError
-from medadapt.io.discovery import resolve_spec
-from medadapt.run import SUMMARY, RunFolder, read_split_file
+from medadapt.run import SUMMARY
 
 
 @user_errors
@@ -88,12 +86,16 @@ def evaluate(
         raise MedadaptError("--mirror segments images, so it needs --data SPEC (with an automatic-mode --adapter RUN).",
                             fix="add --data and --adapter, or leave --mirror out when scoring --pred/--gt files.")
     if data is not None:
-        rows, settings = _evaluate_dataset(
-            data, adapters=adapters, model=model, split=split, prompt=prompt, classes=class_list,
-            tolerance_mm=tolerance_mm, out=out, save=save_predictions, label_dir=label_dir,
-            image_suffix=image_suffix, label_suffix=label_suffix, batch_size=batch_size, precision=precision,
-            mirror=mirror,
-        )
+        from medadapt.evaluate.segment_run import evaluate_segment_run
+
+        with progress_bar() as bar:
+            rows, settings = evaluate_segment_run(
+                data, adapters=adapters, model=model, split=split, prompt=prompt, classes=class_list,
+                tolerance_mm=tolerance_mm, out=out, save=save_predictions, label_dir=label_dir,
+                image_suffix=image_suffix, label_suffix=label_suffix, batch_size=batch_size, precision=precision,
+                mirror=mirror, notify=lambda line: console.print(f"[yellow]{line}[/]"),
+                progress=lambda n: _advance(bar, bar.add_task("segment + score", total=n)),
+            )
         _write(out, rows, settings, n_boot)
         return
     if pred is None or gt is None:
@@ -124,51 +126,8 @@ def _write(out: Path, rows: list[dict], settings: dict, n_boot: int) -> None:
     console.print(f"report: {write_report(target)}")
 
 
-def _evaluate_dataset(data, *, adapters, model, split, prompt, classes, tolerance_mm, out, save, label_dir,
-                      image_suffix, label_suffix, batch_size, precision, mirror):
-    from medadapt.data.datasets import load_segmentation_dataset
-    from medadapt.data.fewshot import make_split
-    from medadapt.infer.dataset_eval import evaluate_dataset
-    from medadapt.infer.ensemble import check_prompt_mode
-    from medadapt.infer.factory import build_predictor
-
-    dataset = load_segmentation_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
-    run_splits = [RunFolder(a).split_path for a in adapters if RunFolder(a).split_path.is_file()]
-    if split is None and run_splits:
-        split = run_splits[0]
-    the_split = read_split_file(Path(split), dataset) if split is not None else make_split(dataset, shots=1, seed=0)
-    predictor = build_predictor(model, adapter=adapters or None, batch_size=batch_size, precision=precision)
-    mode = prompt or ("auto" if predictor.is_automatic else "box")
-    if mode == "auto" and not predictor.is_automatic:
-        raise MedadaptError("--prompt auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN.")
-    check_prompt_mode(predictor, mode)
-    run = adapters[0] if adapters else None
-    check_mirror(mirror, mode, run)
-    predictor.mirror = mirror
-    keys = list(the_split.test)
-    seen: set[str] = set()
-    for f in run_splits:
-        run_split = read_split_file(f, dataset)
-        seen |= set(run_split.train) | set(run_split.val)
-    if seen & set(keys):  # an ensemble member trained on some of these cases: they are not held out for it
-        dropped = [k for k in keys if k in seen]
-        keys = [k for k in keys if k not in seen]
-        console.print(f"[yellow]not scored: {', '.join(dropped)} (trained on by an --adapter run)[/]")
-        if not keys:
-            raise MedadaptError("every test case was a training or validation case of one of the --adapter runs.",
-                                fix="ensemble runs whose splits share held-out cases (same dataset, default split).")
-    with progress_bar() as bar:
-        task = bar.add_task("segment + score", total=len(keys))
-        rows, info = evaluate_dataset(
-            predictor, dataset, keys, mode=mode, classes=classes, tolerance_mm=tolerance_mm,
-            save_dir=(out / "pred") if save else None, progress=lambda: bar.advance(task),
-        )
-    settings = {"data": resolve_spec(data), "adapter": str(run) if len(adapters) == 1 else None,
-                **({"ensemble": [str(a) for a in adapters]} if len(adapters) > 1 else {}),
-                "label_dir": label_dir, "image_suffix": image_suffix, "label_suffix": label_suffix,
-                "model": predictor.spec.name, "prompt": mode, "split": str(split) if split else "default test set",
-                "tolerance_mm": tolerance_mm, "mirror": mirror, **info}
-    return rows, settings
+def _advance(bar, task):
+    return lambda: bar.advance(task)
 
 
 def print_summary(summary: dict) -> None:

@@ -7,50 +7,12 @@ from pathlib import Path
 import typer
 
 from medadapt.cli.common import console, set_threads, user_errors
-from medadapt.errors import MedadaptError
 
 
 def _recipes_help() -> str:
     from medadapt.adapt.recipes import RECIPES
 
     return "Recipe: " + ", ".join(RECIPES) + " (see `medadapt recipes`)."
-
-
-TASKS = ("segment", "classify", "volumetric")
-
-
-def _task_runner(task: str):
-    """The fit entry point of each task; each takes (values, config, resume) and returns its result dict."""
-    if task == "classify":
-        from medadapt.engine.classify_fit import run_classify_fit
-
-        return run_classify_fit
-    from medadapt.engine.volumetric_fit import run_volumetric_fit
-
-    return run_volumetric_fit
-
-
-def parse_settings(items: list[str] | None) -> dict[str, str]:
-    """``--set key=value`` pairs (task-specific options; values are parsed by the task's config model)."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise MedadaptError(f"--set expects KEY=VALUE, got '{item}'.", fix="for example --set lora_alpha=32")
-        out[key.strip().replace("-", "_")] = value.strip()
-    return out
-
-
-def with_settings(values: dict, items: list[str] | None) -> dict:
-    """Named options plus ``--set`` pairs; the same option given both ways is an error, not a silent override."""
-    settings = parse_settings(items)
-    clash = sorted(k for k in settings if values.get(k) is not None)
-    if clash:
-        raise MedadaptError(
-            f"option(s) {', '.join(clash)} given both as --{clash[0].replace('_', '-')} and with --set.",
-            fix="give each option once",
-        )
-    return {**{k: v for k, v in values.items() if v is not None}, **settings}
 
 
 @user_errors
@@ -108,57 +70,35 @@ def fit(
     --task segment (default) adapts a SAM-family model; --task classify a ViT / SAM encoder classifier;
     --task volumetric a 3D SwinUNETR / U-Net.
     """
-    from medadapt.cli.common import parse_int_list
-    from medadapt.engine.sam_fit import FitOptions, run_fit
+    from medadapt.cli.common import parse_int_list, with_settings
+    from medadapt.pipeline.fit import fit_run
+    from medadapt.run import RunFolder
 
     set_threads(threads)
-    if task not in TASKS:
-        raise MedadaptError(f"--task '{task}' is not one of {', '.join(TASKS)}.", fix="use --task segment")
+    values = dict(
+        data=data, out=out, model=model, checkpoint=checkpoint, method=method, shots=shots, fraction=fraction,
+        seed=seed, split=split, classes=parse_int_list(classes, option="--classes"), max_steps=max_steps,
+        epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
+        target_modules=target_modules.split(",") if target_modules else None, val_every=val_every,
+        patience=patience, precision=precision, cache_dir=cache_dir, progress=False if no_progress else None,
+    )
+    if task == "segment":  # options only the SAM fit has
+        values.update(prompt=prompt, image_suffix=image_suffix, label_suffix=label_suffix, label_dir=label_dir,
+                      encoder_engine=encoder_engine, frozen_stages=frozen_stages, slice_axis=slice_axis)
+    outcome = fit_run(task, with_settings(values, settings), config, resume=resume)
+    result = outcome.result
     if task != "segment":
-        values = dict(
-            data=data, out=out, model=model, checkpoint=checkpoint, method=method, shots=shots, fraction=fraction,
-            seed=seed, split=split, classes=parse_int_list(classes, option="--classes"), max_steps=max_steps,
-            epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
-            target_modules=target_modules.split(",") if target_modules else None, val_every=val_every,
-            patience=patience, precision=precision, cache_dir=cache_dir, progress=False if no_progress else None,
-        )
-        result = _task_runner(task)(with_settings(values, settings), config, resume)
         console.print(result.get("message", f"fit done: {result}"))
         return
-    values = dict(
-        data=data, out=out, model=model, checkpoint=checkpoint, method=method, prompt=prompt, shots=shots,
-        fraction=fraction, seed=seed, split=split, classes=parse_int_list(classes, option="--classes"),
-        max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
-        target_modules=target_modules.split(",") if target_modules else None, val_every=val_every,
-        patience=patience, precision=precision, image_suffix=image_suffix, label_suffix=label_suffix,
-        label_dir=label_dir, cache_dir=cache_dir, encoder_engine=encoder_engine, frozen_stages=frozen_stages,
-        slice_axis=slice_axis,
-        progress=False if no_progress else None,
-    )
-    opts = FitOptions.build(with_settings(values, settings), config)
-    from medadapt.deploy.engine import frozen_encoder
-
-    engines: list = []  # the fit's frozen-encoder engine, if it made one, for the post-processing step too
-
-    def engine_once(o):
-        engines.append(frozen_encoder(o))
-        return engines[0]
-
-    result = run_fit(opts, resume=resume, frozen_encoder=engine_once)
-    if opts.prompt == "auto" and result["val_cases"]:
-        from medadapt.infer.postprocess import tune_auto_postprocessing
-
-        report = tune_auto_postprocessing(opts.out, engines[0][1] if engines else None)
-        kept = [str(c) for c in report["keep_largest"]] if report else []
+    if outcome.postprocess is not None or (result["prompt"] == "auto" and result["val_cases"]):
+        kept = [str(c) for c in outcome.postprocess["keep_largest"]] if outcome.postprocess else []
         console.print(f"post-processing chosen on {len(result['val_cases'])} validation case(s): "
                       + (f"keep the largest component of class(es) {', '.join(kept)}" if kept else "none"))
-    from medadapt.report import write_report
-
-    page = write_report(Path(opts.out))
+    run = RunFolder(outcome.out)
     console.print(
         f"[bold]fit done[/]: {result['method']} / {result['prompt']} on {len(result['train_cases'])} case(s), "
         f"{result['trainable_params']:,} trainable parameters, best val DSC {result.get('best_metric')}, "
-        f"{result['fit_seconds']:.0f} s; adapter: {Path(opts.out) / 'adapter'} "
+        f"{result['fit_seconds']:.0f} s; adapter: {run.adapter_dir} "
         f"({(result['adapter_bytes'] or 0) / 1024:.0f} KiB)"
     )
-    console.print(f"report: {page}")
+    console.print(f"report: {outcome.report}")

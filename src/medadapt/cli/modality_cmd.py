@@ -43,8 +43,8 @@ def fit_modalities(
 
     Predict with `medadapt predict --adapter OUT`: each image gets the adapter of its modality.
     """
-    from medadapt.cli.fit_cmd import with_settings
-    from medadapt.infer.modality_bank import fit_modality_bank
+    from medadapt.cli.common import with_settings
+    from medadapt.pipeline.modality_bank import fit_modality_bank
 
     set_threads(threads)
     values = dict(

@@ -10,7 +10,6 @@ import typer
 from medadapt.cli.common import (
     ADAPTER_HELP,
     MIRROR_HELP,
-    check_mirror,
     console,
     progress_bar,
     set_threads,
@@ -73,7 +72,7 @@ def predict(
         require_automatic,
         write_prediction,
     )
-    from medadapt.infer.ensemble import check_prompt_mode
+    from medadapt.infer.ensemble import check_mirror, check_prompt_mode
     from medadapt.io.atomic import staged_dir
     from medadapt.io.discovery import ALL_SUFFIXES, find_files, pair_by_name
 

@@ -61,7 +61,7 @@ def pretrain(
     OUT/model.pt, which `medadapt fit --task volumetric --checkpoint OUT/model.pt` adapts. Several GPUs:
     `accelerate launch -m medadapt.cli.main pretrain ...`.
     """
-    from medadapt.cli.fit_cmd import with_settings
+    from medadapt.cli.common import with_settings
     from medadapt.engine.pretrain import run_pretrain
 
     set_threads(threads)

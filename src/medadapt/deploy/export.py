@@ -42,6 +42,7 @@ from medadapt.deploy.graphs import (
     EncoderStemGraph,
     EncoderTrunkGraph,
     PromptGraph,
+    graph_file,
     prompt_constants,
 )
 from medadapt.errors import MedadaptError
@@ -57,12 +58,6 @@ MIXED_GRAPHS = ("image_encoder_stem", "image_encoder_trunk")
 # Stages of a staged (TinyViT-family) encoder kept in fp32 by the ``mixed`` precision.
 MIXED_FP32_STAGES = 2
 OPSET = 17
-
-
-def graph_file(name: str, fmt: str, precision: str = "fp32") -> str:
-    """File name of a graph: ``image_encoder.onnx``, ``image_encoder.int8.xml`` (+ ``.bin``)."""
-    tag = "" if precision == "fp32" else f".{precision}"
-    return f"{name}{tag}.{'onnx' if fmt == 'onnx' else 'xml'}"
 
 
 def _examples(model: nn.Module, image_size: int, consts: dict[str, np.ndarray]) -> dict[str, tuple[torch.Tensor, ...]]:

@@ -119,3 +119,9 @@ def prompt_constants(prompt_encoder: PromptEncoder) -> dict[str, np.ndarray]:
         no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).float().numpy()
     dense = np.ascontiguousarray(np.broadcast_to(no_mask, image_pe.shape))  # [1, 256, h, w]
     return {"image_pe": image_pe, "no_mask_dense": dense}
+
+
+def graph_file(name: str, fmt: str, precision: str = "fp32") -> str:
+    """File name of a graph: ``image_encoder.onnx``, ``image_encoder.int8.xml`` (+ ``.bin``)."""
+    tag = "" if precision == "fp32" else f".{precision}"
+    return f"{name}{tag}.{'onnx' if fmt == 'onnx' else 'xml'}"

@@ -17,6 +17,7 @@ import numpy as np
 
 from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.slices import iter_slices
+from medadapt.deploy.graphs import graph_file
 from medadapt.errors import MedadaptError
 from medadapt.models.preprocess import preprocess_image
 from medadapt.models.registry import ModelSpec
@@ -41,7 +42,6 @@ def calibration_images(data: str, spec: ModelSpec, *, count: int = 16, seed: int
 
 def quantize_encoder(folder: Path, fmt: str, calibration: np.ndarray) -> Path:
     """Write ``image_encoder.int8.onnx`` / ``.xml`` next to the fp32 graph in ``folder``."""
-    from medadapt.deploy.export import graph_file
 
     src = folder / graph_file("image_encoder", fmt)
     dst = folder / graph_file("image_encoder", fmt, "int8")

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medadapt.deploy.export import CONSTANTS, graph_file, read_manifest
-from medadapt.deploy.graphs import labelled_points
+from medadapt.deploy.export import CONSTANTS, read_manifest
+from medadapt.deploy.graphs import graph_file, labelled_points
 from medadapt.errors import MedadaptError
 from medadapt.io.hashing import file_sha256
 

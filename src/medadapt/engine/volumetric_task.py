@@ -17,7 +17,7 @@ Two data paths:
 Validation runs in the model's preprocessed space (MONAI ``sliding_window_inference`` and
 ``compute_dice``: the engine does not import ``infer`` / ``evaluate``); the reported ``dice`` is the
 mean over classes and volumes, for model selection only. Final metrics on the original grid are for
-:mod:`medadapt.infer.sliding_window` + :mod:`medadapt.evaluate.segmentation`.
+:mod:`medadapt.infer.sliding_window` + :mod:`medadapt.metrics.segmentation`.
 """
 
 from __future__ import annotations

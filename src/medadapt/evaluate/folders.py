@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from medadapt.errors import MedadaptError
-from medadapt.evaluate.segmentation import case_metrics
 from medadapt.io.discovery import ALL_SUFFIXES, find_files, full_suffix, is_volume_file, pair_by_name
+from medadapt.metrics.segmentation import case_metrics
 
 
 def _read_labels(path: Path, key: str) -> tuple[np.ndarray, tuple[float, ...] | None, object]:

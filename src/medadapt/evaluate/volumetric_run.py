@@ -5,7 +5,7 @@ base model + checkpoint + head + adapter), each test volume of the run's ``split
 ``--split``) is segmented with the Gaussian-blended sliding window and mapped back to its original
 grid (:func:`medadapt.infer.sliding_window.segment_volume`), the training label values are restored,
 and DSC, NSD at ``tolerance_mm`` and HD95 are computed per case and class exactly as for the segment
-task (:func:`medadapt.evaluate.segmentation.case_metrics`, :mod:`medadapt.evaluate.summary`).
+task (:func:`medadapt.metrics.segmentation.case_metrics`, :mod:`medadapt.evaluate.summary`).
 Nothing is written until every volume is scored, so a bad input leaves no partial output.
 """
 
@@ -41,11 +41,11 @@ def evaluate_volumetric_run(
     from medadapt.data.fewshot import load_split
     from medadapt.data.volume_dataset import load_volume_dataset
     from medadapt.engine.volumetric_fit import load_fitted, prep_from_fields
-    from medadapt.evaluate.segmentation import case_metrics
     from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
     from medadapt.infer.sliding_window import segment_volume
     from medadapt.io.discovery import resolve_spec
     from medadapt.io.volumes import read_volume, write_like
+    from medadapt.metrics.segmentation import case_metrics
 
     if precision not in ("fp32", "bf16"):
         raise MedadaptError(f"--precision '{precision}' is not fp32 or bf16.", fix="use --precision fp32")

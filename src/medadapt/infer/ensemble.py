@@ -120,3 +120,12 @@ def single_or_ensemble(adapters: Path | Sequence[Path] | None, build: Callable[[
     if len(adapters) <= 1:
         return build(adapters[0] if adapters else None)
     return EnsemblePredictor([build(a) for a in adapters], adapters)
+
+
+def check_mirror(mirror: bool, mode: str, path=None) -> None:
+    """``--mirror`` only changes automatic-mode (no prompt) inference; refuse it for prompted modes."""
+    if mirror and mode != "auto":
+        raise MedadaptError(
+            f"--mirror applies to automatic mode (no prompt) only, not to {mode} prompts.",
+            path=path, fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or leave --mirror out.",
+        )

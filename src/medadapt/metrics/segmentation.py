@@ -1,7 +1,7 @@
 """Per-case, per-class DSC / NSD / HD95 with the CVPR24 "MedSAM on Laptop" conventions.
 
 Values equal what the official evaluation code computes (DeepMind ``surface-distance`` underneath, see
-:mod:`medadapt.evaluate.surface`); ``tests/test_metrics_reference.py`` checks every case of
+:mod:`medadapt.metrics.surface`); ``tests/test_metrics_reference.py`` checks every case of
 ``shared/reference/metric_cases.json``.
 
 Conventions (the official ones):
@@ -25,13 +25,17 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from medadapt.errors import MedadaptError
-from medadapt.evaluate.surface import hd95, nsd, surface_distances
+from medadapt.metrics.surface import hd95, nsd, surface_distances
 
 CVPR24_NSD_MIN_DSC = 0.2  # the challenge sets NSD to 0 for cases at or below this DSC
 
 
-def dice(gt: np.ndarray, seg: np.ndarray) -> float:
-    """Dice similarity coefficient of two boolean masks; NaN when both are empty (official convention)."""
+def dice(gt: np.ndarray, seg: np.ndarray, *, empty: float = math.nan) -> float:
+    """Dice similarity coefficient of two boolean masks; ``empty`` when both are empty.
+
+    The official convention (and the default) is NaN: a class absent from both is not scored. Where a
+    mean over cases must count such a case as right (choosing post-processing), pass ``empty=1.0``.
+    """
     if gt.shape != seg.shape:
         raise MedadaptError(
             f"ground truth shape {gt.shape} differs from prediction shape {seg.shape}",
@@ -40,7 +44,7 @@ def dice(gt: np.ndarray, seg: np.ndarray) -> float:
     gt, seg = np.asarray(gt, dtype=bool), np.asarray(seg, dtype=bool)
     volume_sum = np.count_nonzero(gt) + np.count_nonzero(seg)
     if volume_sum == 0:
-        return math.nan
+        return empty
     return 2 * np.count_nonzero(gt & seg) / volume_sum
 
 

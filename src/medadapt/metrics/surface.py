@@ -36,7 +36,7 @@ Which MONAI 1.6 metrics agree with the official values (all 36 cases of
 - ``DiceMetric`` does not agree at the required 1e-9: float32, max |difference| 2.9e-8. Its empty-mask
   conventions differ too (``ignore_empty=True``: NaN for the 3 classes with an empty GT and a non-empty
   prediction, official 0; ``ignore_empty=False``: 1 where both are empty, official NaN), so
-  :func:`medadapt.evaluate.segmentation.dice` is the official formula.
+  :func:`medadapt.metrics.segmentation.dice` is the official formula.
 """
 
 from __future__ import annotations

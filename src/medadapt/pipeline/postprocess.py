@@ -5,7 +5,8 @@ separate island. Keeping each class's largest connected component (26-connectivi
 such islands, but it would also delete real parts of structures that come in pieces (vessel trees,
 paired organs). nnU-Net therefore decides per class on the validation cases: keep the step only
 where it raises the mean DSC. :func:`choose_keep_largest` does that after an automatic-mode fit;
-the chosen classes are stored in the run's ``postprocess.json`` and applied by the predictor.
+the chosen classes are stored in the run's ``postprocess.json`` (:class:`medadapt.run.RunFolder`)
+and applied by the predictor.
 """
 
 from __future__ import annotations
@@ -16,24 +17,21 @@ from pathlib import Path
 import numpy as np
 
 from medadapt.data.transforms3d import keep_largest_component
+from medadapt.engine.sam_fit import FitOptions, load_fit_dataset
+from medadapt.infer.factory import build_predictor
+from medadapt.infer.loaded import predict_loaded
+from medadapt.metrics import dice
 from medadapt.run import RunFolder, automatic_mode
 
-__all__ = ["choose_keep_largest", "dice", "tune_auto_postprocessing"]
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """DSC of two binary masks; 1.0 when both are empty."""
-    total = int(pred.sum()) + int(ref.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, ref).sum()) / total
+__all__ = ["choose_keep_largest", "tune_auto_postprocessing"]
 
 
 def choose_keep_largest(predictor, dataset, keys: Sequence[str], classes: Sequence[int]) -> tuple[list[int], dict]:
     """Classes whose mean validation DSC rises when only their largest component is kept.
 
-    Returns (classes, report) with the per-class mean DSC before and after on ``keys``.
+    Returns (classes, report) with the per-class mean DSC before and after on ``keys`` (a class
+    absent from both the prediction and the reference of a case scores 1 there).
     """
-    from medadapt.infer.dataset_eval import predict_loaded
-
     saved, predictor.keep_largest = predictor.keep_largest, []
     before: dict[int, list[float]] = {int(c): [] for c in classes}
     after: dict[int, list[float]] = {int(c): [] for c in classes}
@@ -43,8 +41,8 @@ def choose_keep_largest(predictor, dataset, keys: Sequence[str], classes: Sequen
             seg = predict_loaded(predictor, image, label, axis, "auto")
             kept = keep_largest_component(seg, classes)
             for c in before:
-                before[c].append(dice(seg == c, label == c))
-                after[c].append(dice(kept == c, label == c))
+                before[c].append(dice(label == c, seg == c, empty=1.0))
+                after[c].append(dice(label == c, kept == c, empty=1.0))
     finally:
         predictor.keep_largest = saved
     chosen = [c for c in before if before[c] and np.mean(after[c]) > np.mean(before[c])]
@@ -60,9 +58,6 @@ def tune_auto_postprocessing(run_dir: str | Path, encode: Callable | None = None
 
     Returns the report, or None when the run has no validation case or is not an automatic-mode run.
     """
-    from medadapt.engine.sam_fit import FitOptions, load_fit_dataset
-    from medadapt.infer.factory import build_predictor
-
     run = RunFolder(run_dir)
     classes, _ = automatic_mode(run.read_adapter_meta())
     if classes is None:

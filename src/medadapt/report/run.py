@@ -14,7 +14,6 @@ that run (``summary.json["settings"]["adapter"]``).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from medadapt.errors import MedadaptError
-from medadapt.run import FIT_FILES, FIT_SUBFOLDERS, SUMMARY, RunFolder
+from medadapt.run import FIT_FILES, FIT_SUBFOLDERS, SUMMARY, RunFolder, read_json
 
 EVAL_FILES = (SUMMARY, "per_case.csv")
 METRICS = ("dsc", "nsd", "hd95")
@@ -230,10 +229,10 @@ def _linked_fit(run: Run) -> Path | None:
 
 def _read_fit(run: Run, folder: Path) -> None:
     files = RunFolder(folder)
-    run.fit_config = _read_json(files.fit_config_path)
-    run.split = _read_json(files.split_path)
-    run.result = _read_json(files.result_path)
-    run.adapter = _read_json(files.adapter_json)
+    run.fit_config = read_json(files.fit_config_path)
+    run.split = read_json(files.split_path)
+    run.result = read_json(files.result_path)
+    run.adapter = read_json(files.adapter_json)
     run.metrics = read_metrics_csv(files.metrics_path)
 
 
@@ -241,26 +240,13 @@ def _read_evaluation(folder: Path, name: str, notes: list[str]) -> Evaluation:
     from medadapt.evaluate.summary import summarize
 
     rows = read_per_case_csv(folder / "per_case.csv") if (folder / "per_case.csv").is_file() else []
-    summary = _read_json(folder / SUMMARY)
+    summary = read_json(folder / SUMMARY)
     if summary is None:
         summary = summarize(rows, [m for m in METRICS if rows and m in rows[0]])
         notes.append(f"{folder.name}/{SUMMARY} is missing: its statistics were recomputed from per_case.csv.")
     elif not rows:
         notes.append(f"{folder.name}/per_case.csv is missing: only the summary is shown.")
     return Evaluation(name=name, path=folder, summary=summary, rows=rows)
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MedadaptError(f"cannot be read as JSON ({err}).", path=path,
-                            fix="re-run the command that wrote it, or delete the file.") from None
-    if not isinstance(data, dict):
-        raise MedadaptError("holds JSON but not an object.", path=path, fix="re-run the command that wrote it.")
-    return data
 
 
 def read_metrics_csv(path: Path) -> list[MetricRow]:
