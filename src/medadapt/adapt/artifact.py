@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import medadapt
@@ -76,8 +78,6 @@ def save_adapter(model: nn.Module, out_dir: str | Path, *, recipe: RecipeConfig,
     ``base`` identifies the base model, e.g. ``{"model": "litemedsam", "checkpoint_sha256": ...,
     "image_size": 256}``; :func:`load_adapter` can check it.
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     tensors = adapter_state_dict(model)
     if not tensors:
@@ -144,9 +144,6 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, *, base: dict[str, A
     ``base``, when given, must agree with the ``base`` the adapter was saved with on every key
     both have. Returns ``model``, adapted in place.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     adapter_dir = Path(adapter_dir)
     meta = read_adapter_meta(adapter_dir)
     if base is not None:

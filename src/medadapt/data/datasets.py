@@ -412,7 +412,7 @@ def _is_3d_file(path: Path) -> bool:
     if not is_volume_file(path):
         return False
     if full_suffix(path) in (".nii", ".nii.gz"):
-        import nibabel as nib
+        import nibabel as nib  # lazy: start-up time (see medadapt.io.volumes)
 
         try:
             shape = nib.load(str(path)).shape

@@ -27,7 +27,7 @@ def make_synthetic_dataset(out_dir: str | Path, n_cases: int = 12, seed: int = 0
 
     ``dataset.json`` is written last, so an interrupted run leaves no dataset the loader would accept.
     """
-    import nibabel as nib
+    import nibabel as nib  # lazy: start-up time (see medadapt.io.volumes)
 
     if n_cases < 1:
         raise ValueError(f"n_cases must be at least 1, got {n_cases}")

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
@@ -130,8 +132,6 @@ def write_json(dest: str | Path, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -5,7 +5,8 @@ for class masks, :func:`write_mask_png` for results. Each format goes through th
 faithfully: tifffile for TIFF (16-bit, float, planar), pydicom for DICOM (rescale, MONOCHROME1),
 nibabel / SimpleITK for single-slice volumes, OpenCV for 16-bit colour PNG (Pillow silently drops it to
 8 bits) and Pillow for the rest. Every problem a user can fix becomes a :class:`MedadaptError` that
-names the file, says what is wrong and how to fix it.
+names the file, says what is wrong and how to fix it. nibabel and SimpleITK are imported where used,
+as in :mod:`medadapt.io.volumes` (start-up time).
 
 Single-slice volumes are returned with rows = second voxel axis (y) and columns = first (x), the
 SimpleITK / nnU-Net view, so a PNG converted to NIfTI by nnU-Net reads back as the same H×W image.
@@ -15,7 +16,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
+import pydicom
+import tifffile
+from PIL import Image
+from pydicom.pixels import apply_modality_lut
 
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import atomic_path
@@ -91,8 +97,6 @@ def _unreadable(path: Path, kind: str, err: Exception) -> MedadaptError:
 
 
 def _read_pil(path: Path, label: bool) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             if getattr(img, "n_frames", 1) > 1:
@@ -141,8 +145,6 @@ def _png_header(path: Path) -> tuple[int, int] | None:
 
 
 def _read_png16_cv2(path: Path, colour_type: int) -> np.ndarray:
-    import cv2
-
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise _unreadable(path, "a PNG image", ValueError("OpenCV could not decode it"))
@@ -152,8 +154,6 @@ def _read_png16_cv2(path: Path, colour_type: int) -> np.ndarray:
 
 
 def _read_tiff(path: Path, label: bool) -> np.ndarray:
-    import tifffile
-
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -179,9 +179,6 @@ def _read_tiff(path: Path, label: bool) -> np.ndarray:
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
     try:
         ds = pydicom.dcmread(path)
     except Exception as err:
@@ -393,7 +390,5 @@ def write_mask_png(path: str | Path, mask: np.ndarray, *, binary_255: bool = Fal
                 fix="drop binary_255.",
             )
         out = out * np.uint8(255)
-    from PIL import Image
-
     with atomic_path(path) as tmp:
         Image.fromarray(out).save(tmp, format="PNG")
