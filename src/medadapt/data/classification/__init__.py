@@ -27,7 +27,12 @@ from medadapt.data.classification.sampling import (
     sample_shots,
     stratified_parts,
 )
-from medadapt.data.classification.split import ClassificationSplit, TaskType, infer_task, make_split
+from medadapt.data.classification.split import (
+    ClassificationSplit,
+    TaskType,
+    infer_task,
+    make_classification_split,
+)
 from medadapt.data.classification.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, ResizeSide
 
 __all__ = [
@@ -52,7 +57,7 @@ __all__ = [
     "load_nih_chestxray14",
     "load_rsna_pneumonia",
     "load_split_file",
-    "make_split",
+    "make_classification_split",
     "sample_fraction",
     "sample_shots",
     "stratified_parts",

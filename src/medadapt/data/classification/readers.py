@@ -24,7 +24,12 @@ from typing import Literal
 import numpy as np
 
 from medadapt.data.classification.sampling import stratified_parts
-from medadapt.data.classification.split import ClassificationSplit, TaskType, infer_task, make_split
+from medadapt.data.classification.split import (
+    ClassificationSplit,
+    TaskType,
+    infer_task,
+    make_classification_split,
+)
 from medadapt.errors import MedadaptError
 
 Uncertain = Literal["ones", "zeros", "ignore"]
@@ -70,7 +75,7 @@ def load_medmnist(path: str | Path, split: str = "train", *, class_names: Sequen
         n_classes = max(n_classes, int(np.asarray(labels).max(initial=0)) + 1)
     names = list(class_names) if class_names is not None else [str(c) for c in range(n_classes)]
     ids = [f"{split}_{i:06d}" for i in range(len(images))]
-    return make_split(images, labels, names, ids, source=str(path), task=task, meta={"format": "medmnist", "split": split})
+    return make_classification_split(images, labels, names, ids, source=str(path), task=task, meta={"format": "medmnist", "split": split})
 
 
 def _read_label_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -157,7 +162,7 @@ def load_nih_chestxray14(root: str | Path, split: str = "train", *, image_dir: s
         for finding in by_name[n]["Finding Labels"].split("|"):
             if finding in col:
                 labels[i, col[finding]] = 1.0
-    return make_split([index[n] for n in names], labels, list(NIH_CLASSES), names, source=str(root), task="multilabel",
+    return make_classification_split([index[n] for n in names], labels, list(NIH_CLASSES), names, source=str(root), task="multilabel",
                   meta={"format": "nih", "split": split})
 
 
@@ -223,7 +228,7 @@ def load_chexpert(csv_path: str | Path, *, image_root: str | Path | None = None,
     if missing:
         raise MedadaptError(f"{len(missing)} of {len(rels)} images not found (e.g. {missing[0]})", path=csv_path,
                             fix="pass image_root, the folder that contains CheXpert-v1.0[-small]/")
-    return make_split(paths, raw, list(classes), rels, mask=mask, source=str(csv_path), task="multilabel",
+    return make_classification_split(paths, raw, list(classes), rels, mask=mask, source=str(csv_path), task="multilabel",
                   meta={"format": "chexpert", "uncertain": uncertain})
 
 
@@ -257,7 +262,7 @@ def load_rsna_pneumonia(root: str | Path, split: str = "train", *, image_dir: st
         ids, labels = [ids[i] for i in keep], labels[keep]
     folder = Path(image_dir) if image_dir is not None else root / "stage_2_train_images"
     paths = _resolve_all([f"{p}.dcm" for p in ids], [folder], table)
-    return make_split(paths, labels, ["normal", "pneumonia"], ids, source=str(root), task="binary",
+    return make_classification_split(paths, labels, ["normal", "pneumonia"], ids, source=str(root), task="binary",
                   meta={"format": "rsna", "split": split})
 
 
@@ -291,7 +296,7 @@ def load_split_file(list_path: str | Path, *, image_root: str | Path | None = No
         raise MedadaptError(f"{labels.shape[1]} label columns but {len(class_names)} class names", path=list_path)
     roots = [Path(image_root)] if image_root is not None else [list_path.parent, list_path.parent / "all_classes"]
     paths = _resolve_all(rels, roots, list_path)
-    return make_split(paths, labels, class_names, rels, source=str(list_path), meta={"format": "split_list"})
+    return make_classification_split(paths, labels, class_names, rels, source=str(list_path), meta={"format": "split_list"})
 
 
 def load_csv(csv_path: str | Path, *, image_root: str | Path | None = None, image_column: str = "image",
@@ -341,7 +346,7 @@ def load_csv(csv_path: str | Path, *, image_root: str | Path | None = None, imag
                     raise MedadaptError(f"row {i + 2}, column '{c}': {v!r} is not 0/1", path=csv_path) from err
         if mask.all():
             mask = None
-    return make_split(paths, labels, names, rels, mask=mask, source=str(csv_path), task=task, meta={"format": "csv"})
+    return make_classification_split(paths, labels, names, rels, mask=mask, source=str(csv_path), task=task, meta={"format": "csv"})
 
 
 def dataset_splits(source: str | Path) -> list[str] | None:

@@ -1,7 +1,7 @@
 """The classification split container: images, labels, task type and which labels are known.
 
 The task type (binary / multi-class / multi-label) is inferred from the labels (:func:`infer_task`);
-:func:`make_split` builds a checked :class:`ClassificationSplit` for every reader.
+:func:`make_classification_split` builds a checked :class:`ClassificationSplit` for every reader.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def infer_task(labels: np.ndarray, mask: np.ndarray | None = None, *, source: st
     raise MedadaptError(f"labels have shape {labels.shape}; expected [N] or [N,K]", path=source)
 
 
-def make_split(images, labels, class_names, ids, *, mask=None, source="", task=None, meta=None) -> ClassificationSplit:
+def make_classification_split(images, labels, class_names, ids, *, mask=None, source="", task=None, meta=None) -> ClassificationSplit:
     labels = np.asarray(labels)
     inferred, n_classes = infer_task(labels, mask, source=source)
     if task == "binary" and inferred != "binary":
