@@ -86,7 +86,7 @@ def _subset_dataset(dest: Path, keys: list[str]) -> None:
 
 def predictor_for(engine: str, precision: str, exports: dict[str, Path], batch: int, threads: int,
                   model_name: str = "litemedsam", checkpoint: Path | None = None):
-    from medadapt.deploy.engine import build_engine_predictor
+    from medadapt.deploy.backend import build_engine_predictor
 
     export = None if engine == "torch" else exports["onnx" if engine == "onnxruntime" else "openvino"]
     return build_engine_predictor(model_name, engine=engine, precision=precision, export=export,

@@ -39,7 +39,7 @@ import torch
 from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import make_split
 from medadapt.deploy.distill import DistillOptions, run_distill
-from medadapt.deploy.engine import build_engine_predictor
+from medadapt.deploy.backend import build_engine_predictor
 from medadapt.deploy.merge import merge_student
 from medadapt.evaluate.segment_run import evaluate_dataset
 from medadapt.infer.predictor import SamPredictor

@@ -49,10 +49,10 @@ def machine_info(threads: int) -> dict:
 
 def time_encoder(model, batch: int, precision: str, repeats: int) -> float:
     """Median seconds per slice."""
-    from medadapt.infer.predictor import autocast_context
+    from medadapt.precision import autocast
 
     x = torch.rand(batch, 3, 256, 256)
-    with torch.no_grad(), autocast_context(precision):
+    with torch.no_grad(), autocast(precision, model):
         model.encode(x)  # warm-up
         times = []
         for _ in range(repeats):
@@ -89,7 +89,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from medadapt.data.datasets import load_segmentation_dataset
-    from medadapt.deploy.engine import build_engine_predictor
+    from medadapt.deploy.backend import build_engine_predictor
     from medadapt.infer.predictor import SamPredictor
     from medadapt.infer.volume import segment_volume_from_labels
     from medadapt.io.atomic import write_json

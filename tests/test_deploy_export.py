@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from medadapt.adapt import RecipeConfig, apply_recipe
 from medadapt.cli.main import app
-from medadapt.deploy.engine import build_engine_predictor
+from medadapt.deploy.backend import build_engine_predictor
 from medadapt.deploy.export import export_model, read_manifest
 from medadapt.deploy.graphs import PromptGraph, labelled_points
 from medadapt.deploy.runtime import DeployedSam, OvGraph
@@ -204,7 +204,7 @@ def test_openvino_fp32_and_bf16_equal_torch(litemedsam, tmp_path):
 
 @pytest.mark.slow
 def test_cached_export_adds_the_split_encoder_only_when_mixed_is_asked_for(tmp_path):
-    from medadapt.deploy.engine import cached_export
+    from medadapt.deploy.backend import cached_export
 
     fp32 = cached_export("litemedsam", engine="openvino", cache_root=tmp_path)
     assert read_manifest(fp32)["precisions"] == ["fp32"] and not (fp32 / "image_encoder_stem.xml").exists()

@@ -415,7 +415,7 @@ def _csv_rows(path: Path) -> list[dict]:
 def test_frozen_encoder_on_another_engine_fills_the_cache(hippo, tmp_path: Path, monkeypatch):
     """`--encoder-engine onnxruntime`: the base model is exported once and its fp32 embeddings, equal to
     PyTorch's within float32 rounding, fill the cache under their own key."""
-    from medadapt.deploy.engine import frozen_encoder
+    from medadapt.deploy.backend import frozen_encoder
 
     monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "medadapt-cache"))
     spec, split = hippo

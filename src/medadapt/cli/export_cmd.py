@@ -26,7 +26,7 @@ def export(
 ) -> None:
     """Export image encoder, prompt encoder and mask decoder (LoRA merged, dynamic batch) for
     `medadapt predict --engine onnxruntime|openvino --export DIR`."""
-    from medadapt.deploy.engine import load_for_export
+    from medadapt.deploy.backend import load_for_export
     from medadapt.deploy.export import export_model
     from medadapt.deploy.quantize import calibration_images as load_calibration
 

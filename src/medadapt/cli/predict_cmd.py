@@ -62,7 +62,7 @@ def predict(
     mirror: bool = typer.Option(False, "--mirror", help=MIRROR_HELP),
 ) -> None:
     """Segment images or volumes with box / point prompts; outputs keep the input names and geometry."""
-    from medadapt.deploy.engine import build_engine_predictor
+    from medadapt.deploy.backend import build_engine_predictor
     from medadapt.deploy.runtime import check_engine
     from medadapt.infer.cases import (
         PROMPT_SOURCES,

@@ -34,9 +34,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 import medadapt
+from medadapt.data.datasets import load_segmentation_dataset
+from medadapt.data.slices import iter_slices
+from medadapt.engine.config import TrainConfig, read_options_yaml
+from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
+from medadapt.engine.seed import seed_everything
+from medadapt.engine.trainer import Trainer
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import atomic_path, write_json
+from medadapt.io.discovery import resolve_spec
 from medadapt.io.hashing import file_sha256
+from medadapt.models.preprocess import preprocess_image
+from medadapt.models.registry import build_model, get_sam_spec, list_models
+from medadapt.models.sam import TinyViT
+from medadapt.models.sam.student import init_from_teacher
 from medadapt.run import RunFolder
 
 STUDENT_DIR = "student"
@@ -92,7 +103,6 @@ class DistillOptions(BaseModel):
 
     @classmethod
     def build(cls, values: dict, config_file: Path | None = None) -> DistillOptions:
-        from medadapt.engine.config import read_options_yaml
 
         merged: dict = read_options_yaml(config_file) if config_file is not None else {}
         merged.update({k: v for k, v in values.items() if v is not None})
@@ -125,7 +135,6 @@ class DistillTask:
     def __init__(self, student: nn.Module, teacher: nn.Module, student_spec, teacher_spec, train_samples,
                  val_samples, *, batch_size: int = 8, flip: str = "embedding", teacher_input: str = "student",
                  seed: int = 0, cache_dir: Path | None = None, meta: dict | None = None):
-        from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 
         self.model = student  # the student *encoder*: [B, 3, S, S] -> [B, 256, 64, 64]
         self.teacher = teacher.eval()  # the teacher *encoder*
@@ -145,7 +154,6 @@ class DistillTask:
 
     def _inputs(self, samples) -> tuple[torch.Tensor, torch.Tensor]:
         """Student and teacher input tensors ``[B, 3, S, S]`` (the same tensor when the specs agree)."""
-        from medadapt.models.preprocess import preprocess_image
 
         xs, ts = [], []
         for s in samples:
@@ -278,11 +286,9 @@ def load_student(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 # ----------------------------------------------------------------------------- models
 def build_student(name: str, image_size: int | None = None) -> nn.Module:
     """A SAM model whose image encoder is a registered student (random weights)."""
-    from medadapt.models.registry import build_model, get_sam_spec
 
     spec = get_sam_spec(name)
     if spec.encoder != "student":
-        from medadapt.models.registry import list_models
 
         names = ", ".join(s.name for s in list_models() if s.encoder == "student")
         raise MedadaptError(f"'{spec.name}' is not a student model.", fix=f"use one of: {names}")
@@ -290,7 +296,6 @@ def build_student(name: str, image_size: int | None = None) -> nn.Module:
 
 
 def build_teacher(name: str, checkpoint: str | Path | None, image_size: int | None = None) -> nn.Module:
-    from medadapt.models.registry import build_model
 
     return build_model(name, checkpoint=checkpoint, image_size=image_size)
 
@@ -298,15 +303,6 @@ def build_teacher(name: str, checkpoint: str | Path | None, image_size: int | No
 # ----------------------------------------------------------------------------- the run
 def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
     """Distil ``opts.teacher``'s image encoder into ``opts.student``; returns ``result.json``'s content."""
-    from medadapt.data.datasets import load_segmentation_dataset
-    from medadapt.data.slices import iter_slices
-    from medadapt.engine.config import TrainConfig
-    from medadapt.engine.seed import seed_everything
-    from medadapt.engine.trainer import Trainer
-    from medadapt.io.discovery import resolve_spec
-    from medadapt.models.registry import get_sam_spec
-    from medadapt.models.sam import TinyViT
-    from medadapt.models.sam.student import init_from_teacher
 
     out = Path(opts.out)
     run = RunFolder(out)

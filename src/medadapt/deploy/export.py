@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medadapt.adapt.artifact import merge_adapter
 from medadapt.deploy.graphs import (
     DecoderGraph,
     EncoderGraph,
@@ -45,10 +46,12 @@ from medadapt.deploy.graphs import (
     graph_file,
     prompt_constants,
 )
+from medadapt.deploy.quantize import quantize_encoder
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
 from medadapt.io.hashing import file_sha256
 from medadapt.models.registry import ModelSpec
+from medadapt.models.sam.tiny_vit import StagedEncoder
 
 FORMATS = ("onnx", "openvino")
 MANIFEST = "manifest.json"
@@ -100,7 +103,6 @@ def _modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def supports_mixed(model: nn.Module) -> bool:
     """Whether the image encoder can be split for the ``mixed`` precision (TinyViT family)."""
-    from medadapt.models.sam.tiny_vit import StagedEncoder
 
     enc = model.image_encoder
     return isinstance(enc, StagedEncoder) and len(enc.layers) > MIXED_FP32_STAGES
@@ -164,7 +166,6 @@ def export_model(
     add int8 image-encoder graphs (see ``deploy.quantize``). ``split_encoder=False`` skips the
     ``mixed`` precision's two encoder halves (~11 s for LiteMedSAM) when no one will ask for them.
     """
-    from medadapt.adapt.artifact import merge_adapter
 
     if fmt not in FORMATS:
         raise MedadaptError(f"--format '{fmt}' is not one of {', '.join(FORMATS)}.", fix="use --format onnx or openvino")
@@ -192,7 +193,6 @@ def export_model(
             consts["class_tokens"] = merged.class_prompts.tokens.detach().float().numpy()
         np.savez(tmp / CONSTANTS, **consts)
         if calibration is not None:
-            from medadapt.deploy.quantize import quantize_encoder
 
             quantize_encoder(tmp, fmt, calibration)
             precisions.append("int8")

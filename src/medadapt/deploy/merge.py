@@ -21,8 +21,13 @@ import torch
 from torch import nn
 
 import medadapt
+from medadapt.adapt.artifact import merged_state_dict
+from medadapt.deploy.distill import build_student, build_teacher, load_student, student_dir
 from medadapt.errors import MedadaptError
+from medadapt.infer.factory import load_adapted_model
 from medadapt.io.atomic import atomic_path, write_json
+from medadapt.models.registry import build_model, get_sam_spec
+from medadapt.run import adapter_dir, is_bank
 
 FORMAT = "medadapt.checkpoint"
 
@@ -67,10 +72,6 @@ def _base_keys(model: nn.Module) -> set[str]:
 
 def merge_adapter_run(run: str | Path, out: str | Path, *, checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Fold a fit run's adapter into its base model and write the full checkpoint to ``out``."""
-    from medadapt.adapt.artifact import merged_state_dict
-    from medadapt.infer.factory import load_adapted_model
-    from medadapt.models.registry import build_model
-    from medadapt.run import adapter_dir, is_bank
 
     out = check_out_file(out)
     if is_bank(run):
@@ -105,8 +106,6 @@ def merge_adapter_run(run: str | Path, out: str | Path, *, checkpoint: str | Pat
 def merge_student(student_run: str | Path, out: str | Path, *, teacher: str | None = None,
                   teacher_checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Distilled student encoder + the teacher's prompt encoder and mask decoder -> ``out``."""
-    from medadapt.deploy.distill import build_student, build_teacher, load_student, student_dir
-    from medadapt.models.registry import get_sam_spec
 
     out = check_out_file(out)
     encoder_state, smeta = load_student(student_run)

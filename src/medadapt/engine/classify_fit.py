@@ -24,8 +24,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medadapt.data.fewshot import Split
-from medadapt.engine.config import read_options_yaml
+from medadapt.engine.classify_task import ClassifyConfig, build_classify_task
+from medadapt.engine.config import TrainConfig, read_options_yaml
+from medadapt.engine.seed import seed_everything
+from medadapt.engine.trainer import Trainer
 from medadapt.errors import MedadaptError
+from medadapt.models.classification import is_random_init
 from medadapt.run import RunFolder
 
 DEFAULT_STEPS = 200
@@ -139,7 +143,6 @@ class ClassifyFitOptions(BaseModel):
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
-        from medadapt.models.classification import is_random_init
 
         return _FULL_LR if self.recipe() == "full" and not is_random_init(self.model, self.checkpoint) else _PEFT_LR
 
@@ -171,7 +174,6 @@ def _read_train_ids(path: Path) -> list[str]:
 
 
 def _classify_config(opts: ClassifyFitOptions, train_ids: list[str] | None):
-    from medadapt.engine.classify_task import ClassifyConfig
 
     try:
         return ClassifyConfig(
@@ -192,7 +194,6 @@ def _classify_config(opts: ClassifyFitOptions, train_ids: list[str] | None):
 def _train_config(opts: ClassifyFitOptions):
     import torch
 
-    from medadapt.engine.config import TrainConfig
 
     steps = opts.max_steps if (opts.max_steps or opts.epochs) else DEFAULT_STEPS
     return TrainConfig(
@@ -207,9 +208,6 @@ def _train_config(opts: ClassifyFitOptions):
 
 def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Train one classifier adapter; returns ``result.json``'s content plus ``message`` (one line)."""
-    from medadapt.engine.classify_task import build_classify_task
-    from medadapt.engine.seed import seed_everything
-    from medadapt.engine.trainer import Trainer
 
     out_value = values.get("out")
     saved, saved_split = None, None

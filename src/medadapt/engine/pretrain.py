@@ -28,9 +28,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset
 
+from medadapt.data.fewshot import make_split, save_split
 from medadapt.data.transforms3d import VolumePreprocessing, training_transforms
-from medadapt.data.volume_dataset import crop_loader, volume_dataset
+from medadapt.data.volume_dataset import (
+    crop_loader,
+    load_volume_dataset,
+    volume_dataset,
+    volume_preprocessing,
+    volume_records,
+)
+from medadapt.engine.config import TrainConfig, read_options_yaml
+from medadapt.engine.seed import seed_everything
+from medadapt.engine.trainer import Trainer
+from medadapt.engine.volumetric_fit import validate_options
 from medadapt.errors import MedadaptError
+from medadapt.io.atomic import atomic_path, write_json
+from medadapt.io.checkpoints import read_checkpoint
+from medadapt.io.discovery import resolve_spec
+from medadapt.models.volumetric import (
+    TextConditionedHead,
+    build_volumetric,
+    embed_class_names,
+    get_volumetric_spec,
+)
 from medadapt.run import RunFolder
 
 __all__ = [
@@ -225,22 +245,6 @@ def run_pretrain(values: dict, config: Path | None = None, resume: bool = False)
     """
     from accelerate import PartialState
 
-    from medadapt.data.fewshot import make_split, save_split
-    from medadapt.data.transforms3d import VolumePreprocessing
-    from medadapt.data.volume_dataset import load_volume_dataset, volume_preprocessing, volume_records
-    from medadapt.engine.config import TrainConfig, read_options_yaml
-    from medadapt.engine.seed import seed_everything
-    from medadapt.engine.trainer import Trainer
-    from medadapt.engine.volumetric_fit import validate_options
-    from medadapt.io.atomic import atomic_path, write_json
-    from medadapt.io.checkpoints import read_checkpoint
-    from medadapt.io.discovery import resolve_spec
-    from medadapt.models.volumetric import (
-        TextConditionedHead,
-        build_volumetric,
-        embed_class_names,
-        get_volumetric_spec,
-    )
 
     merged = read_options_yaml(config) if config is not None else {}
     merged.update({k: v for k, v in values.items() if v is not None})

@@ -15,8 +15,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medadapt.adapt.class_prompts import attach_class_prompts
+from medadapt.adapt.recipes import RecipeConfig, apply_recipe
+from medadapt.data.datasets import load_segmentation_dataset
+from medadapt.data.slices import iter_slices, with_empty_slices
+from medadapt.engine.config import TrainConfig, read_options_yaml
+from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings
+from medadapt.engine.seed import seed_everything
+from medadapt.engine.trainer import Trainer
 from medadapt.errors import MedadaptError
 from medadapt.io.discovery import resolve_spec
+from medadapt.models.registry import build_model, get_sam_spec
 from medadapt.run import RunFolder
 
 DEFAULT_STEPS = 200
@@ -100,7 +109,6 @@ class FitOptions(BaseModel):
 
     @classmethod
     def build(cls, values: dict, config_file: Path | None = None) -> FitOptions:
-        from medadapt.engine.config import read_options_yaml
 
         merged: dict = read_options_yaml(config_file) if config_file is not None else {}
         merged.update({k: v for k, v in values.items() if v is not None})
@@ -118,7 +126,6 @@ class FitOptions(BaseModel):
 
 def load_fit_dataset(opts: FitOptions):
     """The dataset a fit reads, with its layout options (also for steps run on a finished run folder)."""
-    from medadapt.data.datasets import load_segmentation_dataset
 
     return load_segmentation_dataset(
         opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix, modality=opts.modality,
@@ -134,19 +141,11 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
 
     ``frozen_encoder(opts) -> (tag, encode)`` supplies the encoder that fills the embedding cache
     when ``opts.encoder_engine`` is not torch and the recipe leaves the encoder frozen (the command
-    line passes :func:`medadapt.deploy.engine.frozen_encoder`; the engine layer cannot import deploy).
+    line passes :func:`medadapt.deploy.backend.frozen_encoder`; the engine layer cannot import deploy).
     """
     import numpy as np
     import torch
 
-    from medadapt.adapt.class_prompts import attach_class_prompts
-    from medadapt.adapt.recipes import RecipeConfig, apply_recipe
-    from medadapt.data.slices import iter_slices, with_empty_slices
-    from medadapt.engine.config import TrainConfig
-    from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings
-    from medadapt.engine.seed import seed_everything
-    from medadapt.engine.trainer import Trainer
-    from medadapt.models.registry import build_model, get_sam_spec
 
     out = Path(opts.out)
     run = RunFolder(out)
@@ -205,7 +204,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     if opts.encoder_engine != "torch" and not applied.encoder_trainable:
         if frozen_encoder is None:
             raise MedadaptError(f"encoder_engine '{opts.encoder_engine}' needs a frozen-encoder factory.",
-                                fix="run through `medadapt fit`, or pass frozen_encoder=medadapt.deploy.engine.frozen_encoder.")
+                                fix="run through `medadapt fit`, or pass frozen_encoder=medadapt.deploy.backend.frozen_encoder.")
         settings.frozen_encoder = frozen_encoder(opts)
     task = SamSegmentationTask(model, spec, recipe, applied.encoder_trainable, train, val, settings)
     config = TrainConfig(

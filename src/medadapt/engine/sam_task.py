@@ -42,6 +42,7 @@ from torch import nn
 from medadapt.adapt.artifact import save_adapter
 from medadapt.adapt.class_prompts import labels_from_class_logits
 from medadapt.adapt.recipes import RecipeConfig
+from medadapt.data.augment import train_augment
 from medadapt.data.slices import SliceSample
 from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 from medadapt.engine.losses import SegmentationLoss
@@ -132,7 +133,6 @@ class SamSegmentationTask:
         self.frozen_stages = recipe.frozen_stages if encoder_trainable else 0
         self.augmenter = None
         if encoder_trainable and settings.augment and (not self.frozen_stages or settings.augment_stem):
-            from medadapt.data.augment import train_augment
 
             self.augmenter = train_augment(settings.seed, translate=settings.augment_translate,
                                            **({} if settings.augment_flips else {"flip_prob": 0.0}))

@@ -32,10 +32,28 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medadapt.engine.config import read_options_yaml
+from medadapt.adapt.artifact import load_adapter
+from medadapt.adapt.recipes import RecipeConfig
+from medadapt.data.transforms3d import VolumePreprocessing, preprocess_transforms
+from medadapt.data.volume_dataset import load_volume_dataset, volume_preprocessing, volume_records
+from medadapt.engine.config import TrainConfig, read_options_yaml
+from medadapt.engine.seed import seed_everything
+from medadapt.engine.trainer import Trainer
+from medadapt.engine.transductive import ConstraintConfig, per_class_constraints
+from medadapt.engine.volumetric_task import VolumetricTask
 from medadapt.errors import MedadaptError
+from medadapt.io.checkpoints import read_checkpoint
 from medadapt.io.discovery import resolve_spec
 from medadapt.io.hashing import file_sha256
+from medadapt.models.volumetric import (
+    TextConditionedHead,
+    build_volumetric,
+    embed_class_names,
+    get_volumetric_spec,
+    load_sentence_encoder,
+    match_classes,
+    replace_head,
+)
 from medadapt.run import RunFolder
 
 __all__ = [
@@ -214,14 +232,6 @@ def build_head_model(resolved: dict[str, Any], checkpoint: str | None, *, init: 
     """
     import torch
 
-    from medadapt.models.volumetric import (
-        TextConditionedHead,
-        build_volumetric,
-        embed_class_names,
-        load_sentence_encoder,
-        match_classes,
-        replace_head,
-    )
 
     n_out = resolved["out_channels"]
     model = build_volumetric(resolved["model"], n_out, checkpoint=checkpoint, **resolved["arch"])
@@ -262,9 +272,6 @@ def build_head_model(resolved: dict[str, Any], checkpoint: str | None, *, init: 
 
 def _resolve(opts: VolumetricFitOptions, dataset, meta: dict[str, Any]) -> dict[str, Any]:
     """Model, classes, ROI and preprocessing of the run, from options, pretrain meta and defaults."""
-    from medadapt.data.transforms3d import VolumePreprocessing
-    from medadapt.data.volume_dataset import volume_preprocessing
-    from medadapt.models.volumetric import get_volumetric_spec
 
     name = opts.model or meta.get("model") or "unet3d"
     spec = get_volumetric_spec(name)
@@ -337,7 +344,6 @@ def _prep_fields(prep) -> dict[str, Any]:
 
 
 def prep_from_fields(fields: dict[str, Any]):
-    from medadapt.data.transforms3d import VolumePreprocessing
 
     return VolumePreprocessing(
         **{k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()}
@@ -351,15 +357,6 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
     """Train one 3D adapter; returns the result dict (also ``result.json``) with a one-line ``message``."""
     import torch
 
-    from medadapt.adapt.recipes import RecipeConfig
-    from medadapt.data.transforms3d import preprocess_transforms
-    from medadapt.data.volume_dataset import load_volume_dataset, volume_records
-    from medadapt.engine.config import TrainConfig
-    from medadapt.engine.seed import seed_everything
-    from medadapt.engine.trainer import Trainer
-    from medadapt.engine.transductive import ConstraintConfig, per_class_constraints
-    from medadapt.engine.volumetric_task import VolumetricTask
-    from medadapt.io.checkpoints import read_checkpoint
 
     opts = VolumetricFitOptions.build(values, config)
     # --- every check that can fail on user input, before anything is written
@@ -482,7 +479,6 @@ def _epochs_total(task, opts: VolumetricFitOptions, max_steps: int | None) -> in
 
 def load_fitted(run: str | Path):
     """``(model, fit_config, adapter_meta)`` of a ``fit --task volumetric`` run folder, adapter loaded, eval mode."""
-    from medadapt.adapt.artifact import load_adapter
 
     folder = RunFolder.resolve(run) if not RunFolder(run).fit_config_path.is_file() else RunFolder(run)
     cfg_path = folder.fit_config_path

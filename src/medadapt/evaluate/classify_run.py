@@ -38,6 +38,7 @@ from medadapt.evaluate.classification import (
     write_scores_csv,
     write_summary,
 )
+from medadapt.precision import autocast
 from medadapt.run import SUMMARY, RunFolder
 
 
@@ -74,9 +75,8 @@ def predict_logits(model: torch.nn.Module, split: ClassificationSplit, *, batch_
     spec = model.input_spec
     loader = DataLoader(ClassificationDataset(split, ImageTransform(spec.size, spec.normalize, spec.fit)),
                         batch_size=batch_size, shuffle=False)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     out = []
-    with autocast:
+    with autocast(precision, model):
         for batch in loader:
             out.append(model(batch["image"]).float())
     return torch.cat(out).numpy()

@@ -13,6 +13,8 @@ import numpy as np
 
 from medadapt.errors import MedadaptError
 from medadapt.io.discovery import ALL_SUFFIXES, find_files, full_suffix, is_volume_file, pair_by_name
+from medadapt.io.images import read_label_2d
+from medadapt.io.volumes import read_volume
 from medadapt.metrics.segmentation import case_metrics
 
 
@@ -25,7 +27,6 @@ def _read_labels(path: Path, key: str) -> tuple[np.ndarray, tuple[float, ...] | 
             spacing = tuple(float(s) for s in z["spacing"]) if "spacing" in z else None
             return np.asarray(z[key]), spacing, None
     if is_volume_file(path):
-        from medadapt.io.volumes import read_volume
 
         vol = read_volume(path, label=True)
         squeezed = vol.array.astype(np.int64)
@@ -35,7 +36,6 @@ def _read_labels(path: Path, key: str) -> tuple[np.ndarray, tuple[float, ...] | 
             spacing = tuple(spacing[i] for i in keep)
             squeezed = squeezed.reshape([squeezed.shape[i] for i in keep])
         return squeezed, spacing, vol
-    from medadapt.io.images import read_label_2d
 
     return read_label_2d(path).astype(np.int64), None, None
 

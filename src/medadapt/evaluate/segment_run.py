@@ -21,7 +21,10 @@ from medadapt.infer.ensemble import check_mirror, check_prompt_mode
 from medadapt.infer.factory import build_predictor
 from medadapt.infer.loaded import predict_loaded
 from medadapt.infer.predictor import SamPredictor
-from medadapt.io.discovery import resolve_spec
+from medadapt.io.cvpr24 import write_cvpr24_segs
+from medadapt.io.discovery import full_suffix, resolve_spec, stem
+from medadapt.io.images import write_mask_png
+from medadapt.io.volumes import read_volume, write_like
 from medadapt.metrics import case_metrics
 from medadapt.run import RunFolder, read_split_file
 
@@ -123,18 +126,14 @@ def evaluate_segment_run(
 
 
 def _save(save_dir: Path, ref, seg: np.ndarray) -> None:
-    from medadapt.io.discovery import full_suffix, stem
 
     save_dir = Path(save_dir)
     if ref.is_3d and full_suffix(ref.image) != ".npz":
-        from medadapt.io.volumes import read_volume, write_like
 
         write_like(save_dir / ref.image.name, seg, read_volume(ref.image))
     elif full_suffix(ref.image) == ".npz":
-        from medadapt.io.cvpr24 import write_cvpr24_segs
 
         write_cvpr24_segs(save_dir / ref.image.name, seg)
     else:
-        from medadapt.io.images import write_mask_png
 
         write_mask_png(save_dir / f"{stem(ref.image)}.png", seg)

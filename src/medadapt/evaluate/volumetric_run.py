@@ -11,13 +11,21 @@ Nothing is written until every volume is scored, so a bad input leaves no partia
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
 import numpy as np
 
+from medadapt.data.fewshot import load_split
+from medadapt.data.volume_dataset import load_volume_dataset
+from medadapt.engine.volumetric_fit import load_fitted, prep_from_fields
 from medadapt.errors import MedadaptError
+from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
+from medadapt.infer.sliding_window import segment_volume
+from medadapt.io.discovery import resolve_spec
+from medadapt.io.volumes import read_volume, write_like
+from medadapt.metrics import case_metrics
+from medadapt.precision import autocast
 from medadapt.run import SUMMARY, RunFolder
 
 __all__ = ["evaluate_volumetric_run"]
@@ -36,17 +44,6 @@ def evaluate_volumetric_run(
     save_predictions: bool = False,
 ) -> dict:
     """Write ``per_case.csv`` + ``summary.json`` (and ``pred/*.nii.gz``) under ``out``; returns the summary."""
-    import torch
-
-    from medadapt.data.fewshot import load_split
-    from medadapt.data.volume_dataset import load_volume_dataset
-    from medadapt.engine.volumetric_fit import load_fitted, prep_from_fields
-    from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
-    from medadapt.infer.sliding_window import segment_volume
-    from medadapt.io.discovery import resolve_spec
-    from medadapt.io.volumes import read_volume, write_like
-    from medadapt.metrics.segmentation import case_metrics
-
     if precision not in ("fp32", "bf16"):
         raise MedadaptError(f"--precision '{precision}' is not fp32 or bf16.", fix="use --precision fp32")
     if batch_size < 1:
@@ -67,8 +64,7 @@ def evaluate_volumetric_run(
     prep = prep_from_fields(resolved["preprocessing"])
     classes = [int(c) for c in resolved["classes"]]
     lut = np.asarray([0, *classes], dtype=np.int32)  # model label i -> dataset label value
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
+    cast = autocast(precision, model)
 
     rows: list[dict] = []
     predictions = []
@@ -82,7 +78,7 @@ def evaluate_volumetric_run(
         if gt.shape != volume.array.shape:
             raise MedadaptError(f"label shape {gt.shape} differs from the image's {volume.array.shape}.",
                                 path=case.label)
-        with autocast:
+        with cast:
             labels = segment_volume(
                 model, volume, prep, resolved["roi"], overlap=resolved.get("overlap", 0.5),
                 sw_batch_size=batch_size, sigmoid=resolved["sigmoid"],

@@ -10,6 +10,8 @@ from torch import nn
 from medadapt.adapt.artifact import load_adapter
 from medadapt.adapt.class_prompts import attach_auto_prompts
 from medadapt.errors import MedadaptError
+from medadapt.infer.ensemble import single_or_ensemble
+from medadapt.infer.modality_bank import load_bank_predictor
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_sam_spec
 from medadapt.run import RunFolder, is_bank, trained_slice_axis
@@ -49,14 +51,12 @@ def build_predictor(
 ) -> SamPredictor:
     """The base ``model`` zero-shot, adapted by one fit run, or (several runs) their ensemble."""
     if adapter is not None and not isinstance(adapter, (str, Path)):
-        from medadapt.infer.ensemble import single_or_ensemble
 
         return single_or_ensemble(adapter, lambda a: build_predictor(
             model, checkpoint=checkpoint, adapter=a, batch_size=batch_size, precision=precision,
             cache_dir=cache_dir, use_cache=use_cache))
     classes, frozen_stages, keep_largest = None, 0, []
     if adapter is not None and is_bank(adapter):  # per-modality adapters, routed per case
-        from medadapt.infer.modality_bank import load_bank_predictor
 
         return load_bank_predictor(adapter, model=model, checkpoint=checkpoint, batch_size=batch_size,
                                    precision=precision, cache_dir=cache_dir, use_cache=use_cache)

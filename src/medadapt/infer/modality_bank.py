@@ -29,6 +29,7 @@ from torch import nn
 from medadapt.adapt.artifact import adapter_state_dict, load_adapter, read_adapter_meta
 from medadapt.adapt.class_prompts import attach_auto_prompts
 from medadapt.adapt.recipes import RecipeConfig, apply_recipe
+from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 from medadapt.errors import MedadaptError
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_sam_spec
@@ -172,7 +173,6 @@ class ModalityBankPredictor(SamPredictor):
         super().__init__(self.models[first], spec, classes=self.modality_classes.get(first), **kwargs)
         self._caches = {}
         if self.cache is not None:  # one embedding cache per adapted encoder
-            from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 
             for mod, m in self.models.items():
                 key = f"{spec.name}:{self.precision}:{mod}:{module_fingerprint(m.image_encoder)}"

@@ -9,7 +9,6 @@ re-encoded. The arithmetic is the official CVPR24 LiteMedSAM pipeline (see ``mod
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,8 +17,11 @@ import torch
 
 from medadapt.adapt.class_prompts import labels_from_class_logits
 from medadapt.data.prompts import Prompt
+from medadapt.data.transforms3d import keep_largest_component
+from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 from medadapt.models.preprocess import Transform, postprocess_logits, preprocess_image
 from medadapt.models.registry import ModelSpec
+from medadapt.precision import autocast
 
 
 @dataclass
@@ -33,13 +35,6 @@ class ObjectResult:
     prompt: Prompt
     mask: np.ndarray  # [H, W] bool
     iou: float
-
-
-def autocast_context(precision: str):
-    """bf16 autocast on CPU/GPU when asked; a no-op for fp32."""
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def default_batch_size() -> int:
@@ -83,8 +78,6 @@ class SamPredictor:
         self.slice_axis: int | None = None
         self.cache = None
         if use_cache or cache_dir is not None:
-            from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
-
             fingerprint = getattr(model, "fingerprint", None) or module_fingerprint(model.image_encoder)
             key = f"{spec.name}:{precision}:{fingerprint}"
             self.cache = EmbeddingCache(self._encode_chunked, key, directory=cache_dir)
@@ -93,8 +86,6 @@ class SamPredictor:
         self.stem_cache = None
         self.frozen_stages = frozen_stages if self.cache is not None and encoder is None else 0
         if self.frozen_stages:
-            from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
-
             stem = model.image_encoder.stem(self.frozen_stages)
             key = f"{spec.name}:{precision}:stem{self.frozen_stages}:{module_fingerprint(stem)}"
             self.stem_cache = EmbeddingCache(self._encode_stem, key, directory=cache_dir)
@@ -114,7 +105,7 @@ class SamPredictor:
         self.images_encoded += batch.shape[0]
         if self.encoder is not None:
             return self.encoder(batch)
-        with autocast_context(self.precision):
+        with autocast(self.precision, batch):
             if self.stem_cache is not None:
                 tokens = self.stem_cache.get_many(batch)  # runs with autocast off; stored in float16
                 out = self.model.image_encoder.forward_trunk(tokens, self.frozen_stages)
@@ -124,7 +115,7 @@ class SamPredictor:
 
     @torch.no_grad()
     def _encode_stem(self, batch: torch.Tensor) -> torch.Tensor:
-        with autocast_context(self.precision):
+        with autocast(self.precision, batch):
             return self.model.image_encoder.forward_stem(batch, self.frozen_stages).float()
 
     @torch.no_grad()
@@ -261,6 +252,5 @@ def keep_largest_of(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """``labels`` with only the largest connected component of each of ``classes`` kept (none: unchanged)."""
     if not classes:
         return labels
-    from medadapt.data.transforms3d import keep_largest_component
 
     return keep_largest_component(labels, list(classes))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medadapt.deploy.engine import frozen_encoder
+from medadapt.deploy.backend import frozen_encoder
 from medadapt.engine.classify_fit import run_classify_fit
 from medadapt.engine.sam_fit import FitOptions, run_fit
 from medadapt.engine.volumetric_fit import run_volumetric_fit

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import medadapt
+from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_bytes, write_json, write_text
 from medadapt.report.run import METRICS, Evaluation, Run, read_run
@@ -185,7 +187,6 @@ def notes_box(notes: Sequence[str]) -> Raw:
 
 def page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]], notes: Sequence[str] = ()) -> str:
     """The whole document; ``sections`` are ``(anchor, heading, html)``."""
-    import medadapt
 
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     nav = "".join(f'<a href="#{esc(a)}">{esc(h)}</a>' for a, h, _ in sections)
@@ -312,7 +313,6 @@ class DatasetCache:
         self._cache: dict[tuple, Any] = {}
 
     def get(self, run: Run, ev: Evaluation | None):
-        from medadapt.data.datasets import load_segmentation_dataset
 
         src = run.data_source(ev)
         if src is None:

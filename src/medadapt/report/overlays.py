@@ -24,6 +24,9 @@ from matplotlib.patches import Patch
 from scipy import ndimage
 
 from medadapt.errors import MedadaptError
+from medadapt.io.discovery import case_key, full_suffix, is_volume_file, stem
+from medadapt.io.images import read_label_2d
+from medadapt.io.volumes import read_volume
 from medadapt.report.figures import _COLORS, to_png
 
 MISSED = (0, 215, 255)  # in the ground truth, not predicted (as that class)
@@ -188,7 +191,6 @@ def case_figure(
 def find_prediction(pred_dir: Path, image_path: Path, key: str) -> Path | None:
     """The prediction ``medadapt evaluate --save-predictions`` wrote for a case: same file name as the
     image (volumes, ``.npz``), or ``<stem>.png`` (2D images); else any file whose case key matches."""
-    from medadapt.io.discovery import case_key, stem
 
     for cand in (pred_dir / image_path.name, pred_dir / f"{stem(image_path)}.png"):
         if cand.is_file():
@@ -201,7 +203,6 @@ def find_prediction(pred_dir: Path, image_path: Path, key: str) -> Path | None:
 
 def read_prediction(path: Path) -> np.ndarray:
     """A prediction file as an integer class map (NIfTI / other volume, CVPR24 ``.npz`` ``segs``, 2D mask)."""
-    from medadapt.io.discovery import full_suffix, is_volume_file
 
     if full_suffix(path) == ".npz":
         with np.load(path, allow_pickle=False) as z:
@@ -209,9 +210,7 @@ def read_prediction(path: Path) -> np.ndarray:
                 raise MedadaptError("this prediction .npz has no 'segs' array.", path=path)
             return np.asarray(z["segs"])
     if is_volume_file(path):
-        from medadapt.io.volumes import read_volume
 
         return read_volume(path, label=True).array
-    from medadapt.io.images import read_label_2d
 
     return read_label_2d(path)

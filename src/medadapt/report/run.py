@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from medadapt.errors import MedadaptError
+from medadapt.evaluate.summary import summarize
 from medadapt.run import FIT_FILES, FIT_SUBFOLDERS, SUMMARY, RunFolder, read_json
 
 EVAL_FILES = (SUMMARY, "per_case.csv")
@@ -237,7 +238,6 @@ def _read_fit(run: Run, folder: Path) -> None:
 
 
 def _read_evaluation(folder: Path, name: str, notes: list[str]) -> Evaluation:
-    from medadapt.evaluate.summary import summarize
 
     rows = read_per_case_csv(folder / "per_case.csv") if (folder / "per_case.csv").is_file() else []
     summary = read_json(folder / SUMMARY)
