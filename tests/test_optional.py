@@ -82,3 +82,22 @@ def test_every_third_party_import_is_declared():
                 if not declared & set(reqs):
                     missing.add(f"{top} ({path.relative_to(src)})")
     assert not missing, f"imported but not declared in pyproject: {sorted(missing)}"
+
+
+def test_deploy_and_report_sites_name_their_extra(monkeypatch):
+    import importlib
+
+    from medadapt.deploy import runtime
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(MedadaptError, match=r"medadapt\[deploy\]"):
+        runtime.cpu_has_bf16()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MedadaptError, match=r"--engine onnxruntime needs .*medadapt\[deploy\]"):
+        runtime.OrtGraph(Path("graph.onnx"), threads=1)
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.delitem(sys.modules, "matplotlib.figure", raising=False)
+    monkeypatch.delitem(sys.modules, "medadapt.report.figures", raising=False)
+    with pytest.raises(MedadaptError, match=r"report figures needs .*medadapt\[report\]"):
+        importlib.import_module("medadapt.report.figures")

@@ -52,6 +52,7 @@ from medadapt.io.atomic import write_json
 from medadapt.io.hashing import file_sha256
 from medadapt.models.registry import ModelSpec
 from medadapt.models.sam.tiny_vit import StagedEncoder
+from medadapt.optional import require
 
 FORMATS = ("onnx", "openvino")
 MANIFEST = "manifest.json"
@@ -119,6 +120,7 @@ def _mixed_modules(model: nn.Module, image_size: int) -> dict[str, tuple[nn.Modu
 
 
 def _export_onnx(module: nn.Module, example: tuple, path: Path, name: str) -> None:
+    require("onnx", extra="deploy", purpose="export --format onnx")  # torch.onnx writes through it
     inputs, outputs = IO_NAMES[name]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript tracer / deprecation chatter
@@ -129,8 +131,7 @@ def _export_onnx(module: nn.Module, example: tuple, path: Path, name: str) -> No
 
 
 def _export_openvino(module: nn.Module, example: tuple, path: Path, name: str) -> None:
-    import openvino as ov
-
+    ov = require("openvino", extra="deploy", purpose="export --format openvino")
     inputs, _ = IO_NAMES[name]
     shapes = []
     for input_name, tensor in zip(inputs, example, strict=True):

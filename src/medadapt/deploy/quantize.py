@@ -21,6 +21,7 @@ from medadapt.deploy.graphs import graph_file
 from medadapt.errors import MedadaptError
 from medadapt.models.preprocess import preprocess_image
 from medadapt.models.registry import ModelSpec
+from medadapt.optional import require
 
 
 def calibration_images(data: str, spec: ModelSpec, *, count: int = 16, seed: int = 0, **dataset_options) -> np.ndarray:
@@ -53,6 +54,7 @@ def quantize_encoder(folder: Path, fmt: str, calibration: np.ndarray) -> Path:
 
 
 def _quantize_onnx(src: Path, dst: Path, calibration: np.ndarray) -> None:
+    require("onnxruntime", extra="deploy", purpose="int8 quantisation of an ONNX export")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -78,9 +80,8 @@ def _quantize_onnx(src: Path, dst: Path, calibration: np.ndarray) -> None:
 
 
 def _quantize_openvino(src: Path, dst: Path, calibration: np.ndarray) -> None:
-    import nncf
-    import openvino as ov
-
+    nncf = require("nncf", extra="deploy", purpose="int8 quantisation of an OpenVINO export")
+    ov = require("openvino", extra="deploy", purpose="int8 quantisation of an OpenVINO export")
     model = ov.Core().read_model(str(src))
     dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
     quantized = nncf.quantize(

@@ -25,6 +25,7 @@ from medadapt.deploy.export import CONSTANTS, read_manifest
 from medadapt.deploy.graphs import graph_file, labelled_points
 from medadapt.errors import MedadaptError
 from medadapt.io.hashing import file_sha256
+from medadapt.optional import require
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "mixed", "int8")
@@ -49,8 +50,7 @@ def check_engine(engine: str, precision: str) -> None:
 
 
 def cpu_has_bf16() -> bool:
-    import openvino as ov
-
+    ov = require("openvino", extra="deploy", purpose="checking the CPU for bf16")
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
@@ -58,8 +58,7 @@ class OrtGraph:
     """One ONNX graph in an ONNX Runtime session (fixed thread count, all graph optimisations)."""
 
     def __init__(self, path: Path, threads: int | None):
-        import onnxruntime as ort
-
+        ort = require("onnxruntime", extra="deploy", purpose="--engine onnxruntime")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -76,8 +75,7 @@ class OvGraph:
     """One OpenVINO IR compiled for the CPU with a precision hint; one reusable infer request."""
 
     def __init__(self, path: Path, threads: int | None, precision: str, cache_dir: Path | None):
-        import openvino as ov
-
+        ov = require("openvino", extra="deploy", purpose="--engine openvino")
         core = ov.Core()
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)

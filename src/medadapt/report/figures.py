@@ -13,9 +13,11 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from medadapt.optional import require
 from medadapt.report.run import MetricRow
+
+Figure = require("matplotlib.figure", extra="report", purpose="report figures").Figure
 
 DPI = 110
 METRIC_LABELS = {"dsc": "DSC", "nsd": "NSD", "hd95": "HD95 (mm)"}

@@ -19,15 +19,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from scipy import ndimage
 
 from medadapt.errors import MedadaptError
 from medadapt.io.discovery import case_key, full_suffix, is_volume_file, stem
 from medadapt.io.images import read_label_2d
 from medadapt.io.volumes import read_volume
+from medadapt.optional import require
 from medadapt.report.figures import _COLORS, to_png
+
+Figure = require("matplotlib.figure", extra="report", purpose="report figures").Figure
+Patch = require("matplotlib.patches", extra="report", purpose="report figures").Patch
 
 MISSED = (0, 215, 255)  # in the ground truth, not predicted (as that class)
 EXTRA = (255, 40, 200)  # predicted, not in the ground truth (as that class)
