@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import provenance
 from medadapt.adapt import apply_recipe
 from medadapt.engine.classify_task import classifier_recipe
 from medadapt.io.atomic import write_json
@@ -180,6 +181,7 @@ def bench_protocol(args, result: dict) -> None:
                     row = one_run(spec)
                 runs.append(row)
                 result["machine"]["load_avg_end"] = os.getloadavg()
+                result["provenance"] = provenance.finish(result["provenance"])
                 write_json(args.out, result)  # after every run: resumable
                 print(f"{method:13s} {100 * fraction:5.1f}% seed {seed} ({row['train_images']:4d} images)  "
                       f"AUROC {row['auroc']:.4f}  {row['fit_s']:6.1f} s  {row['peak_rss_mb']:6.0f} MB", flush=True)
@@ -232,6 +234,8 @@ def main() -> None:
                                   "cpus": os.cpu_count(), "torch": torch.__version__,
                                   "load_avg_start": os.getloadavg()})
     result["protocol"] = protocol
+    prov = provenance.start(resumed=bool(result.get("runs")))
+    result["provenance"] = prov
     result["choices"] = ("input 32 px; AdamW, 10 % warm-up + cosine, wd 0.05, batch 16, fixed step budget for every "
                          "method and fraction; no augmentation; final model (no checkpoint selection); AUROC on all "
                          "524 val images; linear probe on disk-cached pooled features; all runs in one process, peak RSS "
@@ -243,6 +247,7 @@ def main() -> None:
         result["table_markdown"] = markdown_table(result["runs"])
         print(result["table_markdown"])
     result["machine"]["load_avg_end"] = os.getloadavg()
+    result["provenance"] = provenance.finish(prov)
     write_json(args.out, result)
     print(f"wrote {args.out}")
 

@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import provenance
 from medadapt.engine.pretrain import run_pretrain
 from medadapt.engine.volumetric_fit import run_volumetric_fit
 from medadapt.evaluate.volumetric_run import evaluate_volumetric_run
@@ -228,6 +229,7 @@ def main() -> None:
     session = {"start": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg(),
                "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
                            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
+    session["provenance"] = provenance.start(resumed=bool(results.get("runs")))
     results.setdefault("sessions", []).append(session)
     args.work.mkdir(parents=True, exist_ok=True)
     pre = pretrain(args.work, args.pretrain_steps, seed=0)
@@ -245,11 +247,13 @@ def main() -> None:
                     row = one_run(args.work, pre["checkpoint"], target, k, seed, method, args.steps)
                     runs[key] = row
                     session["loadavg_end"] = os.getloadavg()
+                    session["provenance"] = provenance.finish(session["provenance"])
                     write_json(results_path, results)
                     print(f"{key:28s} DSC {row['dsc']:.3f} NSD {row['nsd']:.3f} HD95 {row['hd95']:.1f} "
                           f"fit {row['fit_seconds']:.0f}s eval {row['eval_seconds']:.0f}s "
                           f"{row['peak_rss_mb']:.0f}MB", flush=True)
     session["loadavg_end"] = os.getloadavg()
+    session["provenance"] = provenance.finish(session["provenance"])
     write_json(results_path, results)
     print(table(results))
 
