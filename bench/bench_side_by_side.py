@@ -1,4 +1,4 @@
-"""3D recipes vs LiteMedSAM slice-wise recipes on the SAME held-out hippocampus volumes (issue 4, "Must show").
+"""3D recipes vs LiteMedSAM slice-wise recipes on the SAME held-out hippocampus volumes.
 
     .venv/bin/python bench/bench_side_by_side.py            # score, write the JSON, print the table
     .venv/bin/python bench/bench_side_by_side.py --refresh-3d   # keep the LiteMedSAM rows, re-read the 3D ones
