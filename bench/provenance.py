@@ -102,7 +102,8 @@ def finish(record: dict) -> dict:
 
 def from_git_history(path: Path) -> dict:
     """What git alone establishes about an older result file: the commits that added it and last
-    changed it, and their dates. Everything else is unknown (None), never guessed."""
+    changed it, and their dates. Everything else is unknown (None), never guessed; a file git does
+    not know yet gets ``"source": "not recorded"`` and nothing else."""
     rel = str(path.resolve().relative_to(ROOT))
     log = _git("log", "--follow", "--format=%H %ct", "--", rel) or ""
     commits = [line.split() for line in log.splitlines() if line.strip()]
@@ -110,7 +111,7 @@ def from_git_history(path: Path) -> dict:
     def utc(ts: str) -> str:
         return _dt.datetime.fromtimestamp(int(ts), _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    record = {"source": "git history", **{k: None for k in FIELDS}}
+    record = {"source": "git history" if commits else "not recorded", **{k: None for k in FIELDS}}
     if commits:
         record.update({"file_added_commit": commits[-1][0], "file_added_utc": utc(commits[-1][1]),
                        "file_last_changed_commit": commits[0][0], "file_last_changed_utc": utc(commits[0][1])})

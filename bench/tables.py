@@ -134,6 +134,13 @@ def section(anchor: str, title: str, level: int = 2) -> str:
     return f'<a id="{anchor}"></a>\n\n{"#" * level} {title}'
 
 
+def one_table_section(anchor: str, title: str, name: str, text: str, render: Callable[[dict], str],
+                      runs: list[dict] | None = None) -> str:
+    """Heading, what was measured, the JSON's conditions, then the table ``render`` makes of the JSON."""
+    data = load(name)
+    return "\n".join([section(anchor, title), "", text, "", conditions(name, data, runs), "", render(data)])
+
+
 # ----------------------------------------------------------------------------- few-shot
 
 def _fewshot_runs(data: dict) -> list[dict]:
@@ -175,7 +182,8 @@ def selected_recipe(data: dict) -> dict:
 
 def test20() -> tuple[dict | None, list[str]]:
     """The runs of every fewshot_hippocampus_test20*.json merged (first file wins a key)."""
-    files = sorted(RESULTS.glob(TEST20_GLOB))
+    # a file without test cases is a run that has not written its first result yet
+    files = [f for f in sorted(RESULTS.glob(TEST20_GLOB)) if "test_cases" in json.loads(f.read_text())]
     if not files:
         return None, []
     merged: dict = {"runs": {}}
@@ -184,8 +192,11 @@ def test20() -> tuple[dict | None, list[str]]:
         if merged.get("test_cases") not in (None, d["test_cases"]):
             raise SystemExit(f"{f}: scored on other test cases than {files[0].name}")
         merged["test_cases"] = d["test_cases"]
+        if d.get("cpu_count") is not None:
+            merged.setdefault("cpu_count", d["cpu_count"])
         for k, v in d.get("runs", {}).items():
-            merged["runs"].setdefault(k, v)
+            if "dsc" in v:  # not a stub such as {"skipped": ...} or an error
+                merged["runs"].setdefault(k, v)
     return merged, [f.name for f in files]
 
 
@@ -234,7 +245,7 @@ def selection_section(data: dict) -> str:
                   "    --tag +fs2-300-sag-aug", "```"]
     else:
         runs = [r for r in merged["runs"].values() if "error" not in r]
-        lines += [conditions(files[0], merged, runs), "", fewshot_table(files[0], merged), "",
+        lines += [conditions(TEST20_GLOB, merged, runs), "", fewshot_table(files[0], merged), "",
                   "Files: " + ", ".join(f"`bench/results/{f}`" for f in files) + "."]
     return "\n".join(lines)
 
@@ -286,25 +297,22 @@ def determinism_section() -> str:
     from bench_determinism import print_table
 
     name = "determinism_hippocampus.json"
-    data = load(name)
-    return "\n".join([section("determinism", "Determinism"), "",
-                      "`bench/bench_determinism.py` repeats one `medadapt fit` as separate processes, one "
-                      "after another, and compares every adapter tensor with the first run's. Same seed "
-                      "and thread count: compare the `bitwise equal` column.", "",
-                      conditions(name, data, data["runs"]), "", captured(print_table, data)])
+    return one_table_section("determinism", "Determinism", name,
+                             "`bench/bench_determinism.py` repeats one `medadapt fit` as separate processes, one "
+                             "after another, and compares every adapter tensor with the first run's. Same seed "
+                             "and thread count: compare the `bitwise equal` column.",
+                             lambda d: captured(print_table, d), runs=load(name)["runs"])
 
 
 def inference_section() -> str:
     from bench_inference import print_tables
 
-    name = "inference.json"
-    data = load(name)
-    return "\n".join([section("inference", "Inference speed"), "",
-                      "`.venv/bin/python bench/bench_inference.py --cases 12 --repeats 3 --batch 8`: LiteMedSAM "
-                      "encoder latency, then whole hippocampus volumes with a 2D box per class on every "
-                      "labelled slice, the official per-object batch-1 path against the embedding cache on "
-                      "each engine and precision. ΔDSC is against the official path.", "",
-                      conditions(name, data), "", captured(print_tables, data)])
+    return one_table_section("inference", "Inference speed", "inference.json",
+                             "`.venv/bin/python bench/bench_inference.py --cases 12 --repeats 3 --batch 8`: "
+                             "LiteMedSAM encoder latency, then whole hippocampus volumes with a 2D box per class "
+                             "on every labelled slice, the official per-object batch-1 path against the "
+                             "embedding cache on each engine and precision. ΔDSC is against the official path.",
+                             lambda d: captured(print_tables, d))
 
 
 def batching_sentence(data: dict) -> str:
@@ -411,25 +419,20 @@ def volumetric_section() -> str:
 def side_by_side_section() -> str:
     from bench_side_by_side import table
 
-    name = "side_by_side.json"
-    data = load(name)
-    return "\n".join([section("side-by-side", "3D model and LiteMedSAM side by side"), "",
-                      "`.venv/bin/python bench/bench_side_by_side.py`: the k = 5 LiteMedSAM runs of the "
-                      "few-shot table re-scored on every held-out hippocampus volume, next to the 3D "
-                      "recipes of the table above on the same volumes. Box mode reads its boxes from the "
-                      "ground truth, an oracle prompt the 3D model never gets.", "",
-                      conditions(name, data), "", captured(lambda d: print(table(d)), data)])
+    return one_table_section("side-by-side", "3D model and LiteMedSAM side by side", "side_by_side.json",
+                             "`.venv/bin/python bench/bench_side_by_side.py`: the k = 5 LiteMedSAM runs of the "
+                             "few-shot table re-scored on every held-out hippocampus volume, next to the 3D "
+                             "recipes of the table above on the same volumes. Box mode reads its boxes from the "
+                             "ground truth, an oracle prompt the 3D model never gets.", table)
 
 
 def metrics_section() -> str:
     from bench_metrics import print_table
 
-    name = "metrics.json"
-    data = load(name)
-    return "\n".join([section("metrics", "Metrics speed"), "",
-                      "`.venv/bin/python bench/bench_metrics.py`: DSC + NSD + HD95 on synthetic "
-                      "512×512×200 pairs, MONAI's NSD on the same pair, and all reference cases.", "",
-                      conditions(name, data), "", captured(print_table, data)])
+    return one_table_section("metrics", "Metrics speed", "metrics.json",
+                             "`.venv/bin/python bench/bench_metrics.py`: DSC + NSD + HD95 on synthetic "
+                             "512×512×200 pairs, MONAI's NSD on the same pair, and all reference cases.",
+                             lambda d: captured(print_table, d))
 
 
 def benchmarks_md() -> str:
