@@ -510,7 +510,8 @@ def headlines() -> list[tuple[str, str, str]]:
                      "fewshot-hippocampus"))
         if cold:
             fit_s = np.mean([r["fit_wall_seconds"] for r in cold])
-            rows.append(("Hippocampus, `decoder` recipe from 5 volumes, boxes, cold cache",
+            rows.append(("Hippocampus, `decoder` recipe from 5 volumes, boxes, `--encoder-engine openvino`, "
+                         "empty embedding cache at start",
                          f"DSC {_dsc(hip, 'decoder+ov-cold/box/k5')}, fit {fit_s:.0f} s", "fewshot-hippocampus"))
         rows.append(("Hippocampus, encoder + decoder adapters (`adapter`, `--frozen-stages 2`) from 5 volumes, boxes",
                      f"DSC {_dsc(hip, 'adapter+fs2/box/k5')}", "fewshot-hippocampus"))
