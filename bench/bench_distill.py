@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import provenance
-from medadapt.data.datasets import load_dataset
+from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import make_split
 from medadapt.deploy.distill import DistillOptions, run_distill
 from medadapt.deploy.engine import build_engine_predictor
@@ -45,7 +45,7 @@ from medadapt.deploy.merge import merge_student
 from medadapt.infer.dataset_eval import evaluate_dataset
 from medadapt.infer.predictor import SamPredictor
 from medadapt.io.atomic import write_json
-from medadapt.models.registry import build_model, get_spec
+from medadapt.models.registry import build_model, get_sam_spec
 from medadapt.models.sam.student import count_macs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def main() -> None:
     t0 = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_distill_"))
 
-    dataset = load_dataset(DATA)
+    dataset = load_segmentation_dataset(DATA)
     split = make_split(dataset, seed=0)
     test_keys = list(split.test[: args.test_volumes])
     run = work / "distill"
@@ -129,7 +129,7 @@ def main() -> None:
             "encoder_params": sum(p.numel() for p in enc.parameters()),
             "encoder_gmacs": count_macs(enc) / 1e9,
             "latency": latency_ms(enc, args.repeats),
-            **dsc_on(SamPredictor(model, get_spec(name), batch_size=1), dataset, test_keys),
+            **dsc_on(SamPredictor(model, get_sam_spec(name), batch_size=1), dataset, test_keys),
         }
         for engine, precision in (e.split(":") for e in args.engines):
             pred = build_engine_predictor(name, engine=engine, precision=precision, checkpoint=ckpt, batch_size=1,

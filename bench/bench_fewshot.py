@@ -95,12 +95,12 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.fewshot import make_split
     from medadapt.infer.factory import build_predictor
 
     ds_kw = dict(label_dir=args.label_dir, image_suffix=args.image_suffix, label_suffix=args.label_suffix)
-    dataset = load_dataset(args.data, **{k: v for k, v in ds_kw.items() if v})
+    dataset = load_segmentation_dataset(args.data, **{k: v for k, v in ds_kw.items() if v})
     test = list(make_split(dataset, shots=1, seed=0).test)
     if args.test_cases:
         test = test[: args.test_cases]

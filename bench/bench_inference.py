@@ -89,16 +89,16 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     import provenance
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.deploy.engine import build_engine_predictor
     from medadapt.evaluate.segmentation import case_metrics
     from medadapt.infer.predictor import SamPredictor
     from medadapt.infer.volume import segment_volume_from_labels
     from medadapt.io.atomic import write_json
-    from medadapt.models.registry import build_model, get_spec
+    from medadapt.models.registry import build_model, get_sam_spec
 
     prov = provenance.start()
-    spec = get_spec("litemedsam")
+    spec = get_sam_spec("litemedsam")
     model = build_model("litemedsam").eval()
     result = {"machine": machine_info(args.threads), "args": {k: str(v) for k, v in vars(args).items()},
               "encoder": {}, "volumes": []}
@@ -110,7 +110,7 @@ def main() -> int:
     ):
         result["encoder"][name] = {"ms_per_slice": 1000 * time_encoder(model, batch, precision, args.repeats)}
 
-    dataset = load_dataset(SHARED / "data" / "hippocampus")
+    dataset = load_segmentation_dataset(SHARED / "data" / "hippocampus")
     keys = dataset.keys()[: args.cases]
     variants = {
         "official (per object, batch 1, fp32)": None,

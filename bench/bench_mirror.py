@@ -46,13 +46,13 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.infer.factory import build_predictor
 
     fewshot = json.loads((ROOT / "bench" / "results" / f"fewshot_{args.name}.json").read_text())
     test = fewshot["test_cases"]
     ds_kw = dict(label_dir=args.label_dir, image_suffix=args.image_suffix, label_suffix=args.label_suffix)
-    dataset = load_dataset(args.data, **{k: v for k, v in ds_kw.items() if v})
+    dataset = load_segmentation_dataset(args.data, **{k: v for k, v in ds_kw.items() if v})
     work = ROOT / "bench" / "results" / "tmp"
     results.update({"data": args.data, "test_cases": test, "cpu_count": os.cpu_count()})
     prov = provenance.start(resumed=bool(results.get("runs")))

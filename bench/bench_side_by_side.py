@@ -78,12 +78,12 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.fewshot import make_split
     from medadapt.infer.factory import build_predictor
     from medadapt.io.atomic import write_json
 
-    dataset = load_dataset(HIPPO)
+    dataset = load_segmentation_dataset(HIPPO)
     test = list(make_split(dataset, shots=1, seed=0).test)
     splits = sorted((args.volumetric_work / "runs").glob("*/split.json"))
     if splits:

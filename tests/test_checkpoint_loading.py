@@ -67,7 +67,7 @@ def test_wrapped_checkpoints_load(tmp_path, source_state, fresh, wrap):
     assert set(state) == set(source_state)
     model = fresh()
     report = load_sam_state_dict(model, state, source=path)
-    assert report.loaded == len(source_state)
+    assert len(report.loaded) == len(source_state)
     _assert_loaded(model, source_state)
 
 
@@ -83,7 +83,7 @@ def test_safetensors_and_non_tensor_entries(tmp_path, source_state, fresh):
     state = read_checkpoint(pth)
     assert "epoch" not in state and "note" not in state
     report = load_sam_state_dict(fresh(), state, source=pth)
-    assert report.ignored == ["pixel_mean"]
+    assert report.unexpected == ["pixel_mean"]
 
 
 def test_missing_num_batches_tracked_is_fine(source_state, fresh):
@@ -140,6 +140,8 @@ def test_corrupt_files(tmp_path, content):
     with pytest.raises(MedadaptError) as err:
         read_checkpoint(path)
     assert str(path) in str(err.value)
+    if content:
+        assert "not a readable PyTorch checkpoint" in str(err.value)
     bad_st = tmp_path / "broken.safetensors"
     bad_st.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     with pytest.raises(MedadaptError, match="safetensors"):
@@ -174,7 +176,7 @@ def test_pos_embed_and_rel_pos_interpolation():
     assert loaded["image_encoder.blocks.0.attn.rel_pos_h"].shape == (27, 32)  # windowed: unchanged
     torch.testing.assert_close(loaded["image_encoder.blocks.0.attn.rel_pos_w"],
                                state["image_encoder.blocks.0.attn.rel_pos_w"])
-    assert len(report.interpolated) == 3 and "(1, 32, 32, 64) -> (1, 16, 16, 64)" in report.interpolated[0]
+    assert len(report.resized) == 3 and "(1, 32, 32, 64) -> (1, 16, 16, 64)" in report.resized[0]
     with torch.no_grad():
         out = small.encode(torch.rand(1, 3, 256, 256))
         masks, _ = small.decode(out, boxes=torch.tensor([[10.0, 10.0, 200.0, 150.0]]))

@@ -19,8 +19,8 @@ from medadapt.data.classification import (
     holdout_split,
     infer_task,
     load_chexpert,
+    load_classification_split,
     load_csv,
-    load_dataset,
     load_medmnist,
     load_nih_chestxray14,
     load_rsna_pneumonia,
@@ -49,7 +49,7 @@ def test_pneumoniamnist_loads(data_dir):
     assert train.targets().shape == (3882, 1) and train.known().all()
     val = load_medmnist(path, "val")
     assert len(val) == 524 and val.task == "binary"
-    assert load_dataset(path, "val").ids == val.ids
+    assert load_classification_split(path, "val").ids == val.ids
     with pytest.raises(MedadaptError, match="choose a split present"):
         load_medmnist(path, "test")
 
@@ -151,7 +151,7 @@ def test_nih_chestxray14(tmp_path):
     assert len(train) + len(val) == 5 and len(val) >= 1
     patients = lambda s: {i.split("_")[0] for i in s.ids}  # noqa: E731
     assert not patients(train) & patients(val)  # patient-wise split
-    assert load_dataset(tmp_path, "test").ids == test.ids
+    assert load_classification_split(tmp_path, "test").ids == test.ids
     assert load_nih_chestxray14(tmp_path, "test").load_image(0).shape == (20, 24)
     (tmp_path / "images_002" / "images" / "00000001_001.png").unlink()
     with pytest.raises(MedadaptError, match="1 of 5 images not found"):
@@ -175,7 +175,7 @@ def test_chexpert_uncertainty_policies(tmp_path):
     assert ignore.mask.tolist() == [[True, False, True, True, True], [True, True, False, True, True]]
     assert ignore.known().sum() == 8
     assert len(load_chexpert(root / "train.csv", frontal_only=True)) == 1
-    assert load_dataset(root / "train.csv", uncertain="zeros").labels.tolist() == zeros.labels.tolist()
+    assert load_classification_split(root / "train.csv", uncertain="zeros").labels.tolist() == zeros.labels.tolist()
     with pytest.raises(MedadaptError, match="uncertain"):
         load_chexpert(root / "train.csv", uncertain="maybe")
     with pytest.raises(MedadaptError, match="columns missing"):
@@ -227,7 +227,7 @@ def test_split_list_and_generic_csv(tmp_path):
     with pytest.raises(MedadaptError, match="no label column"):
         load_csv(tmp_path / "nolabel.csv")
     with pytest.raises(MedadaptError, match="unknown dataset file type"):
-        load_dataset(png(tmp_path / "x.png"))
+        load_classification_split(png(tmp_path / "x.png"))
 
 
 # --------------------------------------------------------------------------- preprocessing

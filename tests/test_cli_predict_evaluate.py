@@ -53,7 +53,7 @@ def test_volume_prediction_keeps_geometry_and_matches_official(data_dir: Path, t
     from medadapt.data.prompts import boxes_from_label
     from medadapt.evaluate.segmentation import case_metrics
     from medadapt.infer.predictor import SamPredictor
-    from medadapt.models.registry import build_model, get_spec
+    from medadapt.models.registry import build_model, get_sam_spec
 
     case = "hippocampus_001.nii.gz"
     img_dir, lab_dir = tmp_path / "img", tmp_path / "lab"
@@ -77,7 +77,7 @@ def test_volume_prediction_keeps_geometry_and_matches_official(data_dir: Path, t
     label = np.rint(read_volume(lab_dir / case).array).astype(np.int64)
     image = normalise_for_sam(vol.array, "mr")
     axis = default_slice_axis(vol)
-    predictor = SamPredictor(build_model("litemedsam"), get_spec("litemedsam"), batch_size=1)
+    predictor = SamPredictor(build_model("litemedsam"), get_sam_spec("litemedsam"), batch_size=1)
     ref = np.zeros(label.shape, dtype=np.uint16)
     v, lab, r = (np.moveaxis(a, axis, 0) for a in (image, label, ref))
     for z in range(v.shape[0]):

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medadapt.data.datasets import Dataset, load_dataset
+from medadapt.data.datasets import LAYOUTS, Dataset, LoadOptions, detect_layout, load_segmentation_dataset
 from medadapt.errors import MedadaptError
 
 # --------------------------------------------------------------------------- real data
 
 
 def test_hippocampus_msd(data_dir: Path):
-    ds = load_dataset(data_dir / "hippocampus")
+    ds = load_segmentation_dataset(data_dir / "hippocampus")
     assert ds.layout == "msd" and ds.name == "Hippocampus"
     assert len(ds) == 60 and ds.is_3d
     assert ds.classes == {1: "Anterior", 2: "Posterior"}
@@ -33,7 +33,7 @@ def test_hippocampus_msd(data_dir: Path):
 
 def test_hippocampus_float_labels_are_integers(data_dir: Path):
     """Two hippocampus labels are stored as float32; they must come back as whole class ids."""
-    ds = load_dataset(data_dir / "hippocampus")
+    ds = load_segmentation_dataset(data_dir / "hippocampus")
     for c in ds.cases:
         if nib.load(str(c.label)).get_data_dtype().kind == "f":
             lab = ds.load(c).label
@@ -44,7 +44,7 @@ def test_hippocampus_float_labels_are_integers(data_dir: Path):
 
 
 def test_prostate_csv_folder_defines_the_split(data_dir: Path):
-    ds = load_dataset(data_dir / "prostate_mri_2d")
+    ds = load_segmentation_dataset(data_dir / "prostate_mri_2d")
     assert ds.layout == "csv" and len(ds) == 10 and not ds.is_3d
     assert ds.given_split is not None
     assert len(ds.given_split["train"]) == 5 and len(ds.given_split["val"]) == 5
@@ -61,23 +61,23 @@ def test_prostate_csv_folder_defines_the_split(data_dir: Path):
 
 def test_prostate_viewing_masks_become_binary(data_dir: Path):
     """Some prostate masks hold 0/254/255 (a lossy export): one foreground class, not classes 254/255."""
-    ds = load_dataset(data_dir / "prostate_mri_2d")
+    ds = load_segmentation_dataset(data_dir / "prostate_mri_2d")
     lab = ds.load("BMC26_16").label
     assert set(np.unique(lab)) == {0, 1}
     raw = np.asarray(Image.open(ds.case("BMC26_16").label))
     assert int(lab.sum()) == int((raw > 0).sum())
     assert ds.classes == {1: "foreground"}
-    kept = load_dataset(data_dir / "prostate_mri_2d", binary=False).load("BMC26_16").label
+    kept = load_segmentation_dataset(data_dir / "prostate_mri_2d", binary=False).load("BMC26_16").label
     assert set(np.unique(kept)) == {0, 254, 255}
 
 
 def test_prostate_single_csv_brings_its_val_sibling(data_dir: Path):
-    ds = load_dataset(data_dir / "prostate_mri_2d" / "train_5shot.csv")
+    ds = load_segmentation_dataset(data_dir / "prostate_mri_2d" / "train_5shot.csv")
     assert len(ds) == 10 and set(ds.given_split) == {"train", "val"}
 
 
 def test_drive_paired_folders_with_suffix_rule(data_dir: Path):
-    ds = load_dataset(
+    ds = load_segmentation_dataset(
         data_dir / "drive" / "training",
         label_dir="1st_manual",
         image_suffix="_training",
@@ -94,14 +94,14 @@ def test_drive_paired_folders_with_suffix_rule(data_dir: Path):
 
 def test_drive_without_label_dir_is_refused(data_dir: Path):
     with pytest.raises(MedadaptError) as err:
-        load_dataset(data_dir / "drive" / "training")
+        load_segmentation_dataset(data_dir / "drive" / "training")
     msg = str(err.value)
     assert str(data_dir / "drive" / "training") in msg and "1st_manual" in msg and "dataset.json" in msg
 
 
 def test_drive_suffix_mismatch_names_the_images(data_dir: Path):
     with pytest.raises(MedadaptError, match="no label file with the same name"):
-        load_dataset(data_dir / "drive" / "training", label_dir="1st_manual")
+        load_segmentation_dataset(data_dir / "drive" / "training", label_dir="1st_manual")
 
 
 # --------------------------------------------------------------------------- built in tmp_path
@@ -130,7 +130,7 @@ def test_csv_with_header_modality_and_patient_folders(tmp_path: Path):
             rows.append(f"data/imgs/pat{p}/slice_{s}.png,/data/gt/pat{p}/slice_{s}.png,MRI")
     csv_path = tmp_path / "list.csv"
     csv_path.write_text("image,mask,modality\n" + "\n".join(rows) + "\n")
-    ds = load_dataset(csv_path)
+    ds = load_segmentation_dataset(csv_path)
     assert len(ds) == 6 and ds.given_split is None
     # file names repeat across patients: keys fall back to the relative path, groups to the patient folder
     assert ds.keys()[0] == "data/imgs/pat0/slice_0"
@@ -146,7 +146,7 @@ def test_csv_missing_file_is_named(tmp_path: Path):
     _png(tmp_path / "a.png", img)
     (tmp_path / "list.csv").write_text("a.png,masks/a.png\n")
     with pytest.raises(MedadaptError) as err:
-        load_dataset(tmp_path / "list.csv")
+        load_segmentation_dataset(tmp_path / "list.csv")
     msg = str(err.value)
     assert "list.csv" in msg and "masks/a.png" in msg and "row 1" in msg
 
@@ -159,8 +159,8 @@ def test_csv_folder_with_two_train_lists_is_ambiguous(tmp_path: Path):
     for name in ("train_1shot.csv", "train_5shot.csv"):
         (tmp_path / name).write_text("a.png,a_mask.png\n")
     with pytest.raises(MedadaptError, match="several train CSV"):
-        load_dataset(tmp_path)
-    assert len(load_dataset(tmp_path / "train_1shot.csv")) == 1
+        load_segmentation_dataset(tmp_path)
+    assert len(load_segmentation_dataset(tmp_path / "train_1shot.csv")) == 1
 
 
 def test_paired_folders_and_explicit_pair_spec(tmp_path: Path):
@@ -169,12 +169,12 @@ def test_paired_folders_and_explicit_pair_spec(tmp_path: Path):
         img, mask = _pair(rng)
         _png(tmp_path / "images" / f"c{i}.png", img)
         _png(tmp_path / "masks" / f"c{i}.png", mask)
-    ds = load_dataset(tmp_path)
+    ds = load_segmentation_dataset(tmp_path)
     assert ds.layout == "folders" and ds.keys() == ["c0", "c1", "c2"] and not ds.is_3d
-    ds2 = load_dataset(f"{tmp_path / 'images'}:{tmp_path / 'masks'}")
+    ds2 = load_segmentation_dataset(f"{tmp_path / 'images'}:{tmp_path / 'masks'}")
     assert ds2.keys() == ds.keys()
     with pytest.raises(MedadaptError, match="nowhere"):
-        load_dataset(f"{tmp_path / 'images'}:{tmp_path / 'nowhere'}")
+        load_segmentation_dataset(f"{tmp_path / 'images'}:{tmp_path / 'nowhere'}")
 
 
 def test_npz_folder_2d_and_3d(tmp_path: Path):
@@ -191,7 +191,7 @@ def test_npz_folder_2d_and_3d(tmp_path: Path):
     np.savez_compressed(
         tmp_path / "2D_fundus_case2.npz", imgs=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), gts=gts2
     )
-    ds = load_dataset(tmp_path)
+    ds = load_segmentation_dataset(tmp_path)
     assert ds.layout == "npz" and set(ds.keys()) == {"CT_demo_case1", "2D_fundus_case2"}
     c3, c2 = ds.case("CT_demo_case1"), ds.case("2D_fundus_case2")
     assert c3.is_3d and not c2.is_3d and not ds.is_3d
@@ -205,7 +205,7 @@ def test_npz_folder_2d_and_3d(tmp_path: Path):
 def test_npz_without_gts_is_refused(tmp_path: Path):
     np.savez_compressed(tmp_path / "x.npz", imgs=np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(MedadaptError, match="gts") as err:
-        load_dataset(tmp_path)
+        load_segmentation_dataset(tmp_path)
     assert "x.npz" in str(err.value)
 
 
@@ -229,7 +229,7 @@ def test_nnunet_v2_layout(tmp_path: Path):
             {"channel_names": {"0": "CT"}, "labels": {"background": 0, "tumour": 1}, "file_ending": ".nii.gz"}
         )
     )
-    ds = load_dataset(tmp_path)
+    ds = load_segmentation_dataset(tmp_path)
     assert ds.keys() == ["case_0", "case_1"] and ds.classes == {1: "tumour"} and ds.modality == "ct"
     loaded = ds.load("case_0")
     assert loaded.slice_axis == 2 and loaded.image.dtype == np.uint8
@@ -247,21 +247,21 @@ def test_msd_missing_listed_file_is_named(tmp_path: Path, data_dir: Path):
             shutil.copy(data_dir / "hippocampus" / entry[k], root / entry[k])
     (root / meta["training"][1]["label"]).unlink()
     with pytest.raises(MedadaptError) as err:
-        load_dataset(root)
+        load_segmentation_dataset(root)
     assert "hippocampus_003.nii.gz" in str(err.value) and "does not exist" in str(err.value)
 
 
 def test_unknown_layout_and_missing_path(tmp_path: Path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(MedadaptError) as err:
-        load_dataset(tmp_path)
+        load_segmentation_dataset(tmp_path)
     assert str(tmp_path) in str(err.value) and "dataset.json" in str(err.value) and ".npz" in str(err.value)
     with pytest.raises(MedadaptError, match="does not exist"):
-        load_dataset(tmp_path / "absent")
+        load_segmentation_dataset(tmp_path / "absent")
     with pytest.raises(MedadaptError, match="not a dataset spec"):
-        load_dataset(tmp_path / "notes.txt")
+        load_segmentation_dataset(tmp_path / "notes.txt")
     with pytest.raises(MedadaptError, match="unknown modality"):
-        load_dataset(tmp_path, modality="xyz")
+        load_segmentation_dataset(tmp_path, modality="xyz")
 
 
 def test_load_cache_is_bounded_and_read_only(tmp_path: Path):
@@ -270,7 +270,7 @@ def test_load_cache_is_bounded_and_read_only(tmp_path: Path):
         img, mask = _pair(rng)
         _png(tmp_path / "images" / f"c{i}.png", img)
         _png(tmp_path / "labels" / f"c{i}.png", mask)
-    ds = load_dataset(tmp_path)
+    ds = load_segmentation_dataset(tmp_path)
     ds.cache_size = 2
     first = ds.load("c0")
     assert ds.load("c0") is first
@@ -287,16 +287,45 @@ def test_modality_override(tmp_path: Path):
     rng = np.random.default_rng(5)
     _write_nifti(tmp_path / "images" / "v.nii.gz", rng.normal(0, 300, (8, 8, 4)).astype(np.float32))
     _write_nifti(tmp_path / "labels" / "v.nii.gz", (rng.random((8, 8, 4)) > 0.5).astype(np.uint8))
-    auto = load_dataset(tmp_path)
-    ct = load_dataset(tmp_path, modality="ct", window="bone")
+    auto = load_segmentation_dataset(tmp_path)
+    ct = load_segmentation_dataset(tmp_path, modality="ct", window="bone")
     assert isinstance(auto, Dataset) and ct.case("v").modality == "ct"
     assert not np.array_equal(auto.load("v").image, ct.load("v").image)
     with pytest.raises(MedadaptError, match="CT window"):
-        load_dataset(tmp_path, modality="mr", window="bone")
+        load_segmentation_dataset(tmp_path, modality="mr", window="bone")
 
 
 def test_drive_relative_path_with_label_dir(data_dir: Path, monkeypatch):
     """A relative dataset path with label_dir (the README's DRIVE command) finds the default image folder."""
     monkeypatch.chdir(data_dir / "drive")
-    ds = load_dataset(Path("training"), label_dir="1st_manual", image_suffix="_training", label_suffix="_manual1")
+    ds = load_segmentation_dataset(Path("training"), label_dir="1st_manual", image_suffix="_training", label_suffix="_manual1")
     assert len(ds) == 20 and ds.case("21").image.exists()
+
+
+def test_layout_registry_detects_in_order(tmp_path: Path):
+    assert list(LAYOUTS) == ["msd", "csv", "folders", "npz"]
+    rng = np.random.default_rng(2)
+    img, mask = _pair(rng)
+    _png(tmp_path / "images" / "a.png", img)
+    _png(tmp_path / "masks" / "a.png", mask)
+    assert detect_layout(tmp_path).name == "folders"
+    (tmp_path / "list.csv").write_text("image,mask\nimages/a.png,masks/a.png\n")
+    assert detect_layout(tmp_path).name == "csv"  # a CSV beside the folders wins, as it is tried first
+    assert detect_layout(tmp_path / "list.csv").name == "csv"
+    assert detect_layout(tmp_path, LoadOptions(label_dir="masks")).name == "folders"  # the user named them
+    (tmp_path / "dataset.json").write_text("{}")
+    assert detect_layout(tmp_path).name == "msd" and detect_layout(tmp_path / "dataset.json").name == "msd"
+    with pytest.raises(MedadaptError, match="not a dataset spec"):
+        detect_layout(tmp_path / "images" / "a.png")
+    with pytest.raises(MedadaptError, match="does not exist"):
+        detect_layout(tmp_path / "nowhere")
+
+
+def test_modality_override_builds_a_new_dataset(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    img, mask = _pair(rng)
+    _png(tmp_path / "images" / "a.png", img)
+    _png(tmp_path / "masks" / "a.png", mask)
+    ds = load_segmentation_dataset(tmp_path, modality="mr", binary=True)
+    assert ds.modality == "mr" and ds.case("a").modality == "mr" and ds.binary is True
+    assert ds.case(ds.cases[0]) is ds.cases[0] and ds.keys() == ["a"]  # key index built from the final cases

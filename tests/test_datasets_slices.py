@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medadapt.data.datasets import load_dataset
+from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.slices import SliceSample, iter_slices, reassemble, with_empty_slices
 
 
 @pytest.fixture(scope="module")
 def hippo(data_dir: Path):
-    return load_dataset(data_dir / "hippocampus")
+    return load_segmentation_dataset(data_dir / "hippocampus")
 
 
 def test_labelled_slices_remember_their_volume(hippo):
@@ -57,7 +57,7 @@ def test_classes_and_min_pixels(hippo):
 
 
 def test_2d_images_are_yielded_whole(data_dir: Path):
-    ds = load_dataset(data_dir / "prostate_mri_2d")
+    ds = load_segmentation_dataset(data_dir / "prostate_mri_2d")
     samples = list(iter_slices(ds, ds.keys()[:3]))
     assert [s.key for s in samples] == ds.keys()[:3]
     assert all(s.axis is None and s.index == 0 and s.image.shape == (384, 384) for s in samples)

@@ -16,7 +16,7 @@ from medadapt.deploy.export import export_model, read_manifest
 from medadapt.deploy.graphs import PromptGraph, labelled_points
 from medadapt.deploy.runtime import DeployedSam, OvGraph
 from medadapt.errors import MedadaptError
-from medadapt.models.registry import build_model, get_spec
+from medadapt.models.registry import build_model, get_sam_spec
 
 torch.set_num_threads(2)
 BOXES = torch.tensor([[10.0, 20.0, 100.0, 120.0], [50.0, 60.0, 200.0, 210.0]])
@@ -32,7 +32,7 @@ def litemedsam():
 @pytest.fixture(scope="module")
 def onnx_export(litemedsam, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "onnx"
-    export_model(litemedsam, get_spec("litemedsam"), out, fmt="onnx", source={"model": "litemedsam"})
+    export_model(litemedsam, get_sam_spec("litemedsam"), out, fmt="onnx", source={"model": "litemedsam"})
     return out
 
 
@@ -90,7 +90,7 @@ def test_lora_is_merged_before_export(tmp_path):
         for name, p in model.named_parameters():
             if "lora" in name.lower():
                 p.normal_(0, 0.05)
-    export_model(model, get_spec("litemedsam"), tmp_path / "e", fmt="onnx")
+    export_model(model, get_sam_spec("litemedsam"), tmp_path / "e", fmt="onnx")
     deployed = DeployedSam(tmp_path / "e", engine="onnxruntime", threads=2)
     base = build_model("litemedsam").eval()
     x = torch.rand(1, 3, 256, 256)
@@ -106,7 +106,7 @@ def test_lora_is_merged_before_export(tmp_path):
 def test_export_refuses_non_empty_folder(litemedsam, tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(MedadaptError, match="not empty"):
-        export_model(litemedsam, get_spec("litemedsam"), tmp_path, fmt="onnx")
+        export_model(litemedsam, get_sam_spec("litemedsam"), tmp_path, fmt="onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
@@ -168,7 +168,7 @@ def test_cli_export_bad_input_exit_2(tmp_path):
 def test_openvino_fp32_and_bf16_equal_torch(litemedsam, tmp_path):
     from medadapt.deploy.runtime import cpu_has_bf16
 
-    export_model(litemedsam, get_spec("litemedsam"), tmp_path / "ov", fmt="openvino")
+    export_model(litemedsam, get_sam_spec("litemedsam"), tmp_path / "ov", fmt="openvino")
     assert json.loads((tmp_path / "ov" / "manifest.json").read_text())["format"] == "openvino"
     x = torch.rand(2, 3, 256, 256)
     with torch.no_grad():
@@ -234,17 +234,17 @@ def test_engine_dsc_equals_torch_on_hippocampus(engine, precision, data_dir, tmp
     propagation one flipped pixel changes every later box, so two volumes say little about a
     precision), first three hippocampus volumes, volumes reassembled and scored in 3D.
     """
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.deploy.runtime import cpu_has_bf16
     from medadapt.evaluate.segmentation import case_metrics
     from medadapt.infer.volume import segment_volume_from_labels
 
     if precision in ("bf16", "mixed") and not cpu_has_bf16():
         pytest.skip("this CPU has no bf16")
-    dataset = load_dataset(data_dir / "hippocampus")
+    dataset = load_segmentation_dataset(data_dir / "hippocampus")
     torch_pred = build_engine_predictor("litemedsam", threads=2)
     fmt = "onnx" if engine == "onnxruntime" else "openvino"
-    export_model(torch_pred.model, get_spec("litemedsam"), tmp_path / fmt, fmt=fmt)
+    export_model(torch_pred.model, get_sam_spec("litemedsam"), tmp_path / fmt, fmt=fmt)
     pred = build_engine_predictor("litemedsam", engine=engine, precision=precision, export=tmp_path / fmt, threads=2)
     ref, got = [], []
     for key in dataset.keys()[:3]:
@@ -264,7 +264,7 @@ def test_automatic_mode_class_tokens_survive_export(tmp_path):
     attach_class_prompts(model, 2)
     with torch.no_grad():
         model.class_prompts.tokens.add_(torch.randn_like(model.class_prompts.tokens) * 0.1)
-    export_model(model, get_spec("litemedsam"), tmp_path / "auto", fmt="onnx", classes=[1, 2],
+    export_model(model, get_sam_spec("litemedsam"), tmp_path / "auto", fmt="onnx", classes=[1, 2],
                  source={"model": "litemedsam", "keep_largest": [2]})
     deployed = DeployedSam(tmp_path / "auto", engine="onnxruntime", threads=2)
     assert deployed.manifest["classes"] == [1, 2]

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medadapt.data.datasets import load_dataset
+from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import Split, load_split, make_split, save_split
 from medadapt.errors import MedadaptError
 
 
 @pytest.fixture(scope="module")
 def hippo(data_dir: Path):
-    return load_dataset(data_dir / "hippocampus")
+    return load_segmentation_dataset(data_dir / "hippocampus")
 
 
 @pytest.fixture()
@@ -34,7 +34,7 @@ def grouped(tmp_path: Path):
                 Image.fromarray(arr).save(path)
             rows.append(f"img/p{p:02d}/s{s}.png,msk/p{p:02d}/s{s}.png")
     (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
-    return load_dataset(tmp_path / "cases.csv")
+    return load_segmentation_dataset(tmp_path / "cases.csv")
 
 
 def _groups(ds, keys):
@@ -114,7 +114,7 @@ def test_bad_requests(hippo):
 
 
 def test_given_split_is_used(data_dir: Path):
-    ds = load_dataset(data_dir / "prostate_mri_2d")
+    ds = load_segmentation_dataset(data_dir / "prostate_mri_2d")
     with pytest.warns(UserWarning, match="patient77"):  # the published split shares one patient
         split = make_split(ds, seed=0)
     assert set(split.train) == set(ds.given_split["train"])

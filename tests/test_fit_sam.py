@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medadapt.data.datasets import load_dataset
+from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import Split, save_split
 from medadapt.data.slices import iter_slices
 from medadapt.engine.sam_fit import FitOptions, run_fit
@@ -35,7 +35,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def hippo(data_dir: Path, tmp_path_factory) -> tuple[str, Path]:
     spec = str(data_dir / "hippocampus")
-    ds = load_dataset(spec)
+    ds = load_segmentation_dataset(spec)
     keys = set(ds.keys())
     test = tuple(k for k in TEST if k in keys)
     assert len(test) == 2, "expected hippocampus_096/097 in ../shared"
@@ -51,7 +51,7 @@ def _fit(tmp: Path, spec: str, split: Path, cache: Path, *, resume: bool = False
 
 
 def _mean_dsc(predictor, spec: str, keys, mode="box") -> float:
-    rows, _ = evaluate_dataset(predictor, load_dataset(spec), list(keys), mode=mode)
+    rows, _ = evaluate_dataset(predictor, load_segmentation_dataset(spec), list(keys), mode=mode)
     return float(np.mean([r["dsc"] for r in rows]))
 
 
@@ -76,7 +76,7 @@ def test_adapter_is_small_and_reloads_to_same_predictions(hippo, tmp_path: Path,
     assert size == result["adapter_bytes"] and size < 200_000  # LiteMedSAM itself is ~39 MB
     tensors = load_file(str(run / "adapter" / "adapter.safetensors"))
     assert tensors and all("lora" in k for k in tensors)
-    ds = load_dataset(spec)
+    ds = load_segmentation_dataset(spec)
     image, label, _, axis = ds.load(TEST[0])
     from medadapt.infer.dataset_eval import predict_loaded
 
@@ -106,10 +106,10 @@ def test_encoder_lora_trains_from_cached_stem_outputs(hippo, tmp_path: Path, cac
     names = {k for k in load_file(str(run / "adapter" / "adapter.safetensors"))}
     assert names and not [n for n in names if n.startswith(("image_encoder.layers.0.", "image_encoder.layers.1."))]
     assert any(n.startswith("image_encoder.layers.3.") for n in names)
-    image, _, _, axis = load_dataset(spec).load(TEST[0])
-    from medadapt.models.registry import get_spec
+    image, _, _, axis = load_segmentation_dataset(spec).load(TEST[0])
+    from medadapt.models.registry import get_sam_spec
 
-    x = preprocess_image(np.take(image, image.shape[axis] // 2, axis=axis), get_spec("litemedsam"))[0][None]
+    x = preprocess_image(np.take(image, image.shape[axis] // 2, axis=axis), get_sam_spec("litemedsam"))[0][None]
     enc = net.image_encoder
     with torch.no_grad():
         full = enc(x)
@@ -120,7 +120,7 @@ def test_encoder_lora_trains_from_cached_stem_outputs(hippo, tmp_path: Path, cac
     # Scoring: the predictor caches the stem too and runs only the trunk; masks as with a full forward.
     from medadapt.infer.dataset_eval import predict_loaded
 
-    image, label, _, axis = load_dataset(spec).load(TEST[0])
+    image, label, _, axis = load_segmentation_dataset(spec).load(TEST[0])
     mid = range(image.shape[axis] // 2 - 3, image.shape[axis] // 2 + 3)  # six slices keep the test short
     image, label = np.take(image, mid, axis=axis), np.take(label, mid, axis=axis)
     cached_pred = build_predictor(None, adapter=run, cache_dir=cache_dir)
@@ -214,7 +214,7 @@ def test_chosen_slice_axis_is_trained_and_applied_along_it(hippo, tmp_path: Path
     """`fit --slice-axis 0` trains on sagittal slices of the axially-sliced-by-default hippocampus volumes;
     the adapter records the axis, so evaluate and predict cut volumes the same way without being told."""
     spec, split = hippo
-    ds = load_dataset(spec)
+    ds = load_segmentation_dataset(spec)
     image, label, _, default_axis = ds.load(TRAIN[0])
     assert default_axis == 2
     run = tmp_path / "run"
@@ -254,7 +254,7 @@ def test_auto_mode_segments_without_prompts(hippo, auto_run, tmp_path: Path, cac
     spec, _ = hippo
     run, result = auto_run
     assert result["classes"] == [1, 2]
-    ds = load_dataset(spec)
+    ds = load_segmentation_dataset(spec)
     labelled = len(list(iter_slices(ds, TRAIN)))
     # auto inference sees every slice, so training sees empty ones too (default: half as many)
     assert labelled < result["train_slices"] <= labelled + round(0.5 * labelled)
@@ -289,7 +289,7 @@ def test_auto_mode_mirroring_is_mirror_equivariant(hippo, auto_run, tmp_path: Pa
     the result for a mirrored volume is exactly the mirrored result (it fails if the flip is not undone)."""
     spec, _ = hippo
     run, _ = auto_run
-    ds = load_dataset(spec)
+    ds = load_segmentation_dataset(spec)
     image, _, _, axis = ds.load(TRAIN[0])  # the fit's own volume: its structures are found there
     from medadapt.infer.volume import segment_volume_auto
 
@@ -340,7 +340,7 @@ def test_auto_volume_logits_line_up_with_the_volume(hippo, auto_run, cache_dir: 
 
     spec, _ = hippo
     run, _ = auto_run
-    image, _, _, _ = load_dataset(spec).load(TRAIN[0])
+    image, _, _, _ = load_segmentation_dataset(spec).load(TRAIN[0])
     predictor = build_predictor(None, adapter=run, cache_dir=cache_dir)
     predictor.keep_largest = []
     for axis in (2, 0):
@@ -365,7 +365,7 @@ def test_ensemble_averages_members_along_their_own_axes(hippo, auto_run, tmp_pat
     spec, split = hippo
     run, _ = auto_run
     sagittal = _with_extra(run, tmp_path / "sagittal", slice_axis=0, keep_largest=[2])
-    ds = load_dataset(spec)
+    ds = load_segmentation_dataset(spec)
     image, _, _, axis = ds.load(TRAIN[0])
     ensemble = build_predictor(None, adapter=[run, sagittal], cache_dir=cache_dir)
     assert isinstance(ensemble, EnsemblePredictor) and ensemble.member_axes(axis) == [axis, 0]
@@ -449,14 +449,14 @@ def test_auto_mode_class_tokens_get_their_own_learning_rate():
     from medadapt.engine.config import TrainConfig
     from medadapt.engine.optim import build_optimizer
     from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings, attach_class_prompts
-    from medadapt.models.registry import build_model, get_spec
+    from medadapt.models.registry import build_model, get_sam_spec
 
     model = build_model("litemedsam", pretrained=False)
     attach_class_prompts(model, 2)
     recipe = RecipeConfig(name="decoder", also_train=["class_prompts"])
     applied = apply_recipe(model, recipe)
     settings = SamTaskSettings(prompt="auto", classes=[1, 2], class_token_lr_scale=7.0)
-    task = SamSegmentationTask(model, get_spec("litemedsam"), recipe, applied.encoder_trainable, [], [], settings)
+    task = SamSegmentationTask(model, get_sam_spec("litemedsam"), recipe, applied.encoder_trainable, [], [], settings)
     opt = build_optimizer(TrainConfig(lr=1e-4, weight_decay=0.05), task.parameters_to_train())
     tokens = [g for g in opt.param_groups if any(p is model.class_prompts.tokens for p in g["params"])]
     assert len(tokens) == 1 and tokens[0]["lr"] == pytest.approx(7e-4) and tokens[0]["weight_decay"] == 0

@@ -16,10 +16,10 @@ from medadapt.models.preprocess import (
     preprocess_image,
     preprocess_slices,
 )
-from medadapt.models.registry import get_spec
+from medadapt.models.registry import get_sam_spec
 
-LITE = get_spec("litemedsam")
-SAM = get_spec("sam_vit_b")
+LITE = get_sam_spec("litemedsam")
+SAM = get_sam_spec("sam_vit_b")
 
 
 # --- Transcription of the official CVPR24 LiteMedSAM inference code (CVPR24_LiteMedSAM_infer.py) ---

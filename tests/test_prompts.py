@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medadapt.data.prompt_files import PromptFile, read_prompt_file
 from medadapt.data.prompts import (
     Prompt,
     boxes3d_from_label,
     boxes_from_label,
     points_from_label,
-    read_prompt_file,
     validate_prompts,
 )
 from medadapt.errors import MedadaptError
@@ -219,6 +219,12 @@ def test_3d_boxes_in_prompt_files(tmp_path: Path):
         ),
         ("lab2.json", '{"a.png": [{"points": [[1, 2]], "labels": [2]}]}', ("1 (foreground) or 0",)),
         ("cls.json", '{"a.png": [{"box": [1, 2, 3, 4], "class": 1.5}]}', ("class",)),
+        ("clsbool.json", '{"a.png": [{"box": [1, 2, 3, 4], "class": true}]}', ("prompt 0", "class", "whole number")),
+        ("obj.json", '{"a.png": [{"box": [1, 2, 3, 4], "object": [1]}]}', ("prompt 0", "object", "whole number")),
+        ("entry.json", '{"a.png": [3]}', ("image 'a.png', prompt 0", "expected an object")),
+        ("notlist.json", '{"a.png": {"box": [1, 2, 3, 4]}}', ("image 'a.png'", "expected a list of prompts")),
+        ("twokeys.json", '{"a.png": [{"bbox": [1, 2, 3, 4], "cls": 1}]}', ("unknown key(s) bbox, cls",)),
+        ("boxtext.json", '{"a.png": [{"box": [1, 2, "x", 4]}]}', ("image 'a.png', prompt 0", "box")),
         ("nothing.json", '{"a.png": [{"class": 1}]}', ("needs a box or points",)),
         ("emptylist.json", '{"a.png": []}', ("empty prompt list",)),
         ("none.json", "{}", ("lists no images",)),
@@ -292,3 +298,9 @@ def test_volume_frame_boxes_reframed_for_any_slice_axis():
     stored, _ = boxes3d_from_label(lab, slice_axis=0)
     for axis in (0, 1, 2):
         assert reframe_boxes3d(stored, axis).tolist() == boxes3d_from_label(lab, slice_axis=axis)[0].tolist()
+
+
+def test_json_form_is_a_pydantic_model():
+    parsed = PromptFile.model_validate({"a.png": [{"box": [1, 2, 3, 4], "class": 2.0, "object": "3"}]})
+    entry = parsed.root["a.png"][0]
+    assert entry.class_id == 2 and entry.object_id == 3 and entry.box == [1, 2, 3, 4]

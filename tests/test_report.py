@@ -55,11 +55,11 @@ def write_evaluation(out: Path, data: Path, keys: list[str], *, save_pred: bool 
 
     Case ``i`` is predicted with error level ``i + worse``.
     """
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
     from medadapt.io.volumes import read_volume, write_like
 
-    ds = load_dataset(data)
+    ds = load_segmentation_dataset(data)
     rows, preds = [], {}
     for i, key in enumerate(keys):
         ref = ds.case(key)
@@ -80,11 +80,11 @@ def write_evaluation(out: Path, data: Path, keys: list[str], *, save_pred: bool 
 def write_fit(run: Path, data: Path, *, method: str = "lora", shots: int = 2, seed: int = 0,
               steps: int = 60, final_dsc: float = 0.8) -> None:
     """The files `medadapt fit` writes, with a fake learning curve."""
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.fewshot import make_split, save_split
     from medadapt.io.atomic import write_json
 
-    ds = load_dataset(data)
+    ds = load_segmentation_dataset(data)
     split = make_split(ds, shots=shots, seed=seed, n_val=1)
     save_split(run / "split.json", split)
     write_json(run / "fit_config.json", {"data": str(data), "out": str(run), "model": "litemedsam",

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from medadapt.models.registry import build_model, get_spec
+from medadapt.models.registry import build_model, get_sam_spec
 from medadapt.models.sam import TinyViT
 from medadapt.models.sam.tiny_vit import Attention as TinyViTAttention
 
@@ -29,8 +29,8 @@ def test_state_dict_equals_manifest(reference, layout):
 
 
 def test_medsam_uses_vit_b_layout():
-    assert get_spec("medsam").layout == "sam_vit_b"
-    assert get_spec("sam_vit_t") is get_spec("mobilesam")
+    assert get_sam_spec("medsam").layout == "sam_vit_b"
+    assert get_sam_spec("sam_vit_t") is get_sam_spec("mobilesam")
 
 
 # LiteMedSAM's architecture at a 64x64 input (16x16 embedding, 64x64 low-res masks): the same

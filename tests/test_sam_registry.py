@@ -7,7 +7,7 @@ import torch
 
 from medadapt.errors import MedadaptError
 from medadapt.io.checkpoints import read_checkpoint
-from medadapt.models.registry import DEFAULT_MODEL, build_model, get_spec, list_models
+from medadapt.models.registry import DEFAULT_MODEL, build_model, get_sam_spec, list_models
 from medadapt.models.weights import litemedsam_checkpoint_path
 
 
@@ -16,17 +16,17 @@ def test_specs():
     assert names[0] == DEFAULT_MODEL == "litemedsam"
     assert set(names) == {"litemedsam", "medsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "mobilesam",
                           "litemedsam_student_s", "litemedsam_student_xs"}
-    lite = get_spec("LiteMedSAM")
+    lite = get_sam_spec("LiteMedSAM")
     assert (lite.image_size, lite.normalization, lite.box_rounding, lite.default_weights) == (256, "minmax", "trunc", True)
-    assert get_spec("sam-vit-t").name == "mobilesam"
-    assert get_spec("medsam").normalization == "minmax" and get_spec("medsam").image_size == 1024
+    assert get_sam_spec("sam-vit-t").name == "mobilesam"
+    assert get_sam_spec("medsam").normalization == "minmax" and get_sam_spec("medsam").image_size == 1024
     assert all(s.description for s in list_models())
     assert not any(s.default_weights for s in list_models() if s.name != "litemedsam")
 
 
 def test_unknown_name_lists_known():
     with pytest.raises(MedadaptError) as err:
-        get_spec("litemedsan")
+        get_sam_spec("litemedsan")
     msg = str(err.value)
     assert "'litemedsam'" in msg  # suggestion
     for name in ("medsam", "sam_vit_b", "mobilesam", "sam_vit_t"):
@@ -37,7 +37,7 @@ def test_unknown_name_lists_known():
 def test_no_bundled_weights_needs_checkpoint(name):
     with pytest.raises(MedadaptError, match="--checkpoint") as err:  # raised before building
         build_model(name)
-    assert get_spec(name).checkpoint_file in str(err.value)
+    assert get_sam_spec(name).checkpoint_file in str(err.value)
 
 
 def test_default_litemedsam_loads_official_weights():

@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medadapt.data.datasets import load_dataset
+from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import make_split
 from medadapt.data.slices import iter_slices
 from medadapt.data.synthetic import make_synthetic_dataset, synthetic_case
@@ -15,7 +15,7 @@ from medadapt.data.synthetic import make_synthetic_dataset, synthetic_case
 
 def test_loads_with_the_msd_loader(tmp_path: Path):
     root = make_synthetic_dataset(tmp_path / "synth", n_cases=4, seed=0)
-    ds = load_dataset(root)
+    ds = load_segmentation_dataset(root)
     assert ds.layout == "msd" and len(ds) == 4 and ds.is_3d and ds.modality == "mr"
     assert ds.classes == {1: "bright_structure", 2: "dark_structure"}
     case = ds.load(ds.cases[0])

@@ -101,7 +101,7 @@ def test_full_swinunetr_layout_round_trip(tmp_path):
     model = build_volumetric("swinunetr", 3, checkpoint=tmp_path / "btcv.pt", **TINY)
     rep = model.load_report
     assert rep.layout == "swinunetr"
-    assert rep.missing == [] and rep.unexpected == [] and rep.mismatched == []
+    assert rep.missing == [] and rep.unexpected == [] and rep.dropped == []
     assert _check_loaded(model, sd) == len(sd) - 2
     assert torch.equal(model.head.conv.conv.weight, sd["out.conv.conv.weight"])
 
@@ -111,7 +111,7 @@ def test_other_class_count_keeps_pretrained_head(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "btcv.pt")
     model = build_volumetric("swinunetr", 2, checkpoint=tmp_path / "btcv.pt", **TINY)
     rep = model.load_report
-    assert len(rep.mismatched) == 2 and all(m.startswith("out.conv.conv") for m in rep.mismatched)
+    assert len(rep.dropped) == 2 and all(m.startswith("out.conv.conv") for m in rep.dropped)
     assert torch.equal(rep.pretrained_head["weight"], sd["out.conv.conv.weight"])
     assert torch.equal(rep.pretrained_head["bias"], sd["out.conv.conv.bias"])
 
@@ -172,7 +172,7 @@ def test_nothing_matching_is_a_user_error(tmp_path):
     with pytest.raises(MedadaptError, match="no tensor of the checkpoint matches"):
         build_volumetric("swinunetr", 2, checkpoint=tmp_path / "u.pth", **TINY)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(MedadaptError, match="cannot read the checkpoint"):
+    with pytest.raises(MedadaptError, match="not a readable PyTorch checkpoint"):
         build_volumetric("swinunetr", 2, checkpoint=tmp_path / "bad.pt", **TINY)
     with pytest.raises(MedadaptError, match="not found"):
         build_volumetric("swinunetr", 2, checkpoint=tmp_path / "missing.pt", **TINY)

@@ -30,7 +30,7 @@ def demo(
     threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
 ) -> None:
     """Zero-shot vs few-shot-adapted LiteMedSAM on held-out volumes, with a report."""
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.fewshot import Split, make_split, save_split
     from medadapt.engine.sam_fit import FitOptions, run_fit
     from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
@@ -48,7 +48,7 @@ def demo(
             f"[yellow]No --data given: generated a small synthetic MR-like dataset in {data} "
             "(two labelled structures per volume). Pass --data DIR for real data.[/]"
         )
-    dataset = load_dataset(data)
+    dataset = load_segmentation_dataset(data)
     full = make_split(dataset, shots=shots, seed=seed, n_val=1)
     split = Split(full.train, full.val, tuple(full.test[:test_cases]), dict(full.info))
     split_file = out / "split.json"

@@ -125,13 +125,13 @@ def _write(out: Path, rows: list[dict], settings: dict, n_boot: int) -> None:
 
 def _evaluate_dataset(data, *, adapters, model, split, prompt, classes, tolerance_mm, out, save, label_dir,
                       image_suffix, label_suffix, batch_size, precision, mirror):
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.fewshot import load_split, make_split
     from medadapt.infer.dataset_eval import evaluate_dataset
     from medadapt.infer.ensemble import check_prompt_mode
     from medadapt.infer.factory import build_predictor
 
-    dataset = load_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
+    dataset = load_segmentation_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
     run_splits = [Path(a) / "split.json" for a in adapters if (Path(a) / "split.json").is_file()]
     if split is None and run_splits:
         split = run_splits[0]

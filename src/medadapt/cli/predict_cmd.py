@@ -87,7 +87,7 @@ def predict(
         jitter=jitter, n_pos=n_pos, n_neg=n_neg, seed=seed,
     )
     if prompts is not None and prompts not in PROMPT_SOURCES:
-        from medadapt.data.prompts import read_prompt_file
+        from medadapt.data.prompt_files import read_prompt_file
 
         prompt_path = Path(prompts)
         if not prompt_path.is_file():

@@ -1,9 +1,10 @@
 """Dataset specs → a list of labelled cases.
 
-A user names a dataset by a path; :func:`load_dataset` recognises its layout and returns a
+A user names a dataset by a path; :func:`load_segmentation_dataset` recognises its layout and returns a
 :class:`Dataset`: the class names, the modality and one :class:`CaseRef` per image/label pair, each
 with a *group* (the patient or volume it belongs to) so that splits never put one patient on both
-sides. Layouts, tried in this order:
+sides. Layouts (the :data:`LAYOUTS` registry; :func:`detect_layout` tries them in this order, unless the
+user names the image / label folders):
 
 - ``msd``: Medical Segmentation Decathlon / nnU-Net: ``dataset.json`` + ``imagesTr/`` + ``labelsTr/``;
 - ``csv``: a CSV of ``image,mask[,modality]`` rows (finetune-SAM style; paths relative to the CSV's
@@ -25,7 +26,8 @@ import json
 import os
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,12 +47,6 @@ from medadapt.io.discovery import (
     stem,
 )
 
-LAYOUTS = (
-    "MSD / nnU-Net folder (dataset.json + imagesTr/ + labelsTr/)",
-    "CSV file of image,mask[,modality] rows, or a folder of train*/val*/test*.csv files",
-    "paired folders (images/ + masks/ or labels/, a --label-dir, or 'IMG_DIR:MASK_DIR')",
-    "folder of CVPR24 .npz cases (imgs + gts)",
-)
 _IMAGE_DIRS = ("images", "imagesTr", "imgs", "img")
 _LABEL_DIRS = ("masks", "labels", "labelsTr", "gts", "gt")
 _SPLIT_ROLES = {
@@ -179,7 +175,58 @@ class Dataset:
 # --------------------------------------------------------------------------- entry point
 
 
-def load_dataset(
+@dataclass(frozen=True)
+class LoadOptions:
+    """What the user said about a dataset beyond its path (see :func:`load_segmentation_dataset`)."""
+
+    image_suffix: str | None = None
+    label_suffix: str | None = None
+    label_dir: str | Path | None = None
+    image_dir: str | Path | None = None
+    folder_pair: tuple[Path, Path] | None = None  # from an "IMG_DIR:MASK_DIR" spec
+
+    @property
+    def names_folders(self) -> bool:
+        """The user named the image / label folders: the paired-folder layout, whatever else is there."""
+        return self.folder_pair is not None or self.label_dir is not None or self.image_dir is not None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A dataset layout: ``detect(path)`` says whether ``path`` is one, ``read(path, options)`` lists it."""
+
+    name: str
+    description: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, LoadOptions], Dataset]
+
+
+def detect_layout(path: Path, options: LoadOptions | None = None) -> Layout:
+    """The layout of ``path``: the paired folders when the user named them, else the first of
+    :data:`LAYOUTS` (in order) whose ``detect`` accepts it; a :class:`MedadaptError` otherwise."""
+    options = options or LoadOptions()
+    if options.folder_pair is not None or (options.names_folders and path.is_dir()):
+        return LAYOUTS["folders"]
+    if not path.exists():
+        raise MedadaptError("the dataset does not exist.", path=path, fix=f"give one of these layouts: {_layout_help()}.")
+    for layout in LAYOUTS.values():
+        if layout.detect(path):
+            return layout
+    if path.is_file():
+        raise MedadaptError(
+            "is a file but not a dataset spec (a .csv or a dataset.json).",
+            path=path,
+            fix=f"give one of these layouts: {_layout_help()}.",
+        )
+    hint = ""
+    if _first_dir(path, _IMAGE_DIRS) and (path / "mask").is_dir():
+        hint = " ('mask/' is not taken as labels: in DRIVE it is the field of view; name the label folder, e.g. label_dir='1st_manual')"
+    raise MedadaptError(
+        f"no known dataset layout found{hint}.", path=path, fix=f"give one of these layouts: {_layout_help()}."
+    )
+
+
+def load_segmentation_dataset(
     spec: str | Path,
     *,
     image_suffix: str | None = None,
@@ -201,59 +248,19 @@ def load_dataset(
     0/254/255 prostate masks), ``False`` keeps every value as a class.
     """
     modality = _check_modality(modality)
-    text = str(spec)
-    path = Path(spec)
-    if not path.exists() and ":" in text and (pair := _split_folder_pair(text)) is not None:
-        ds = _load_folders(pair[0], pair[1], pair[0].parent, image_suffix, label_suffix)
-    elif not path.exists():
-        raise MedadaptError(
-            "the dataset does not exist.", path=path, fix=f"give one of these layouts: {'; '.join(LAYOUTS)}."
-        )
-    elif path.is_file():
-        if path.suffix.lower() == ".csv":
-            ds = _load_csv_file(path)
-        elif path.name == "dataset.json":
-            ds = _load_msd(path.parent)
-        else:
-            raise MedadaptError(
-                "is a file but not a dataset spec (a .csv or a dataset.json).",
-                path=path,
-                fix=f"give one of these layouts: {'; '.join(LAYOUTS)}.",
-            )
-    elif label_dir is not None or image_dir is not None:
-        # _first_dir returns root / name: joining it to a relative ``path`` again would double it
-        images = path / image_dir if image_dir is not None else (_first_dir(path, _IMAGE_DIRS) or path / "images")
-        labels = path / label_dir if label_dir is not None else _first_dir(path, _LABEL_DIRS)
-        ds = _load_folders(images, labels, path, image_suffix, label_suffix)
-    elif (path / "dataset.json").is_file():
-        ds = _load_msd(path)
-    elif any(p.suffix.lower() == ".csv" for p in path.iterdir()):
-        ds = _load_csv_folder(path)
-    elif (images := _first_dir(path, _IMAGE_DIRS)) and (labels := _first_dir(path, _LABEL_DIRS)):
-        ds = _load_folders(images, labels, path, image_suffix, label_suffix)
-    elif any(path.rglob("*.npz")):
-        ds = _load_npz(path)
-    else:
-        hint = ""
-        if _first_dir(path, _IMAGE_DIRS) and (path / "mask").is_dir():
-            hint = " ('mask/' is not taken as labels: in DRIVE it is the field of view; name the label folder, e.g. label_dir='1st_manual')"
-        raise MedadaptError(
-            f"no known dataset layout found{hint}.",
-            path=path,
-            fix=f"give one of these layouts: {'; '.join(LAYOUTS)}.",
-        )
+    text, path = str(spec), Path(spec)
+    pair = _split_folder_pair(text) if not path.exists() and ":" in text else None
+    options = LoadOptions(image_suffix, label_suffix, label_dir, image_dir, pair)
+    ds = detect_layout(path, options).read(path, options)
     if modality != "auto":
-        ds.modality = modality
-        ds.cases = [_with_modality(c, modality) for c in ds.cases]
-        ds.__post_init__()
+        ds = replace(ds, modality=modality, cases=[_with_modality(c, modality) for c in ds.cases])
     if window is not None and ds.modality not in ("ct", "auto"):
         raise MedadaptError(
             f"a CT window was given but the dataset's modality is '{ds.modality}'.",
             path=ds.root,
             fix="drop the window, or pass modality='ct' if the images hold Hounsfield units.",
         )
-    ds.window, ds.binary = window, binary
-    return ds
+    return replace(ds, window=window, binary=binary)
 
 
 def _check_modality(modality: str) -> str:
@@ -468,7 +475,7 @@ def _load_csv_file(path: Path) -> Dataset:
         siblings = {"all": path}
     rows: list[tuple[str, Path, Path, str, str | None]] = []  # role, image, label, modality, group
     for role, csv_path in siblings.items():
-        rows += [(role, *r) for r in _read_csv_rows(csv_path)]
+        rows += [(role, *r) for r in _read_pairs_csv(csv_path)]
     seen: dict[Path, str] = {}
     for role, img, *_ in rows:
         if img in seen and seen[img] != role:
@@ -496,7 +503,7 @@ def _load_csv_file(path: Path) -> Dataset:
     )
 
 
-def _read_csv_rows(path: Path) -> list[tuple[Path, Path, str, str | None]]:
+def _read_pairs_csv(path: Path) -> list[tuple[Path, Path, str, str | None]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             raw = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
@@ -639,6 +646,59 @@ def _npz_is_3d(path: Path, shape: tuple[int, ...] | None, has_spacing: bool) -> 
     if name.startswith(("2D_", "3D_")):
         return name.startswith("3D_")
     return not (len(shape or ()) == 2 or (len(shape or ()) == 3 and shape[-1] == 3 and not has_spacing))
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def _read_msd(path: Path, options: LoadOptions) -> Dataset:
+    return _load_msd(path.parent if path.is_file() else path)
+
+
+def _read_csv(path: Path, options: LoadOptions) -> Dataset:
+    return _load_csv_file(path) if path.is_file() else _load_csv_folder(path)
+
+
+def _read_folders(path: Path, options: LoadOptions) -> Dataset:
+    if options.folder_pair is not None:
+        images, labels = options.folder_pair
+        root = images.parent
+    elif options.names_folders:
+        # _first_dir returns root / name: joining it to a relative ``path`` again would double it
+        images = path / options.image_dir if options.image_dir is not None else (
+            _first_dir(path, _IMAGE_DIRS) or path / "images")
+        labels = path / options.label_dir if options.label_dir is not None else _first_dir(path, _LABEL_DIRS)
+        root = path
+    else:
+        images, labels, root = _first_dir(path, _IMAGE_DIRS) or path / "images", _first_dir(path, _LABEL_DIRS), path
+    return _load_folders(images, labels, root, options.image_suffix, options.label_suffix)
+
+
+def _has_csv(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix.lower() == ".csv"
+    return any(p.suffix.lower() == ".csv" for p in path.iterdir())
+
+
+#: Layout name -> layout, in the order :func:`detect_layout` tries them.
+LAYOUTS: dict[str, Layout] = {
+    layout.name: layout
+    for layout in (
+        Layout("msd", "MSD / nnU-Net folder (dataset.json + imagesTr/ + labelsTr/)",
+               lambda p: p.name == "dataset.json" if p.is_file() else (p / "dataset.json").is_file(), _read_msd),
+        Layout("csv", "CSV file of image,mask[,modality] rows, or a folder of train*/val*/test*.csv files",
+               _has_csv, _read_csv),
+        Layout("folders", "paired folders (images/ + masks/ or labels/, a --label-dir, or 'IMG_DIR:MASK_DIR')",
+               lambda p: p.is_dir() and bool(_first_dir(p, _IMAGE_DIRS) and _first_dir(p, _LABEL_DIRS)),
+               _read_folders),
+        Layout("npz", "folder of CVPR24 .npz cases (imgs + gts)",
+               lambda p: p.is_dir() and any(p.rglob("*.npz")), lambda p, o: _load_npz(p)),
+    )
+}
+
+
+def _layout_help() -> str:
+    return "; ".join(layout.description for layout in LAYOUTS.values())
 
 
 # --------------------------------------------------------------------------- reading one case

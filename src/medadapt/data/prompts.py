@@ -1,33 +1,14 @@
-"""Prompts for SAM-family models: boxes and points, derived from labels or read from a prompt file.
+"""Prompts for SAM-family models: boxes and points derived from labels, and their validation.
 
 Boxes follow the official MedSAM convention: ``x0, y0, x1, y1`` with ``x1``/``y1`` the *last* pixel
 index of the object (not one past it), so a one-pixel object has ``x0 == x1``. Training-time jitter
 moves each side outwards by a uniform random 0..``jitter`` px, as MedSAM's ``bbox_shift`` does, but
 clipped to the last pixel so that boxes always lie on the image. 3D boxes use the CVPR24 order
-``x0, y0, z0, x1, y1, z1`` with z the slice axis.
-
-Prompt files (one per data set, keyed by image file name):
-
-JSON::
-
-    {"case_01.png": [{"box": [x0, y0, x1, y1], "class": 1},
-                     {"points": [[x, y], [x, y]], "labels": [1, 0], "class": 2}]}
-
-    keys per prompt: "box" and/or "points" (+ "labels", default all 1 = foreground),
-    "class" (default 1), "object" (default: position in the list, from 1).
-    For volumes "box" holds 6 numbers [x0, y0, z0, x1, y1, z1] (CVPR24 order).
-
-CSV: a header with ``image`` and, per row, either a box (``x0,y0,x1,y1``, plus ``z0,z1`` columns for
-3D boxes) or a point (``x,y`` and optional ``label``, default 1), plus optional ``class`` (default 1)
-and ``object`` columns. Each box row is one prompt; point rows of the same image and class form one
-prompt. Rows sharing an ``object`` value form one prompt (at most one box), which is how a box is
-combined with points.
+``x0, y0, z0, x1, y1, z1`` with z the slice axis. Prompt files are read by :mod:`.prompt_files`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +18,6 @@ import numpy as np
 from scipy import ndimage
 
 from medadapt.errors import MedadaptError
-from medadapt.io.images import file_suffix, require_file
 
 
 @dataclass(eq=False)
@@ -219,205 +199,6 @@ def reframe_boxes3d(boxes: np.ndarray, slice_axis: int) -> np.ndarray:
     order = [slice_axis] + [a for a in range(3) if a != slice_axis]  # (z', y', x') of the slice frame
     z, y, x = order
     return np.stack([lo[:, x], lo[:, y], lo[:, z], hi[:, x], hi[:, y], hi[:, z]], axis=1)
-
-
-# --------------------------------------------------------------------------- prompt files
-
-
-def read_prompt_file(path: str | Path) -> dict[str, list[Prompt]]:
-    """Prompts per image name from a JSON or CSV prompt file (schema in the module docstring)."""
-    path = require_file(path, "prompt file")
-    suffix = file_suffix(path)
-    if suffix == ".json":
-        prompts = _read_json(path)
-    elif suffix == ".csv":
-        prompts = _read_csv(path)
-    else:
-        raise MedadaptError(
-            f"unsupported prompt file type '{suffix or '(no extension)'}'.",
-            path=path,
-            fix="write prompts as .json or .csv (see medadapt.data.prompts for the layout).",
-        )
-    if not prompts:
-        raise MedadaptError(
-            "the prompt file lists no images.", path=path, fix="add at least one image with a box or points."
-        )
-    for name, plist in prompts.items():
-        if not plist:
-            raise MedadaptError(
-                f"image '{name}' has an empty prompt list.",
-                path=path,
-                fix="give it a box or points, or remove it.",
-            )
-    return prompts
-
-
-_JSON_KEYS = {"box", "points", "labels", "class", "object"}
-
-
-def _read_json(path: Path) -> dict[str, list[Prompt]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as err:
-        raise MedadaptError(
-            f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}).", path=path
-        ) from err
-    except UnicodeDecodeError as err:
-        raise MedadaptError("is not a UTF-8 text file.", path=path, fix="save it as UTF-8 JSON.") from err
-    if not isinstance(data, dict):
-        raise MedadaptError(
-            f"must hold an object keyed by image name, found a {type(data).__name__}.",
-            path=path,
-            fix='e.g. {"case_01.png": [{"box": [10, 20, 50, 60], "class": 1}]}',
-        )
-    out: dict[str, list[Prompt]] = {}
-    for name, entries in data.items():
-        if not isinstance(entries, list):
-            raise MedadaptError(
-                f"image '{name}': expected a list of prompts, found a {type(entries).__name__}.", path=path
-            )
-        plist = []
-        for i, entry in enumerate(entries):
-            where = f"image '{name}', prompt {i}"
-            if not isinstance(entry, dict):
-                raise MedadaptError(
-                    f'{where}: expected an object such as {{"box": [...], "class": 1}}.', path=path
-                )
-            unknown = set(entry) - _JSON_KEYS
-            if unknown:
-                raise MedadaptError(
-                    f"{where}: unknown key(s) {', '.join(sorted(unknown))}.",
-                    path=path,
-                    fix=f"use only: {', '.join(sorted(_JSON_KEYS))}.",
-                )
-            plist.append(
-                _make_prompt(
-                    path,
-                    where,
-                    entry.get("class", 1),
-                    entry.get("box"),
-                    entry.get("points"),
-                    entry.get("labels"),
-                    entry.get("object", i + 1),
-                )
-            )
-        out[str(name)] = plist
-    return out
-
-
-def _make_prompt(path: Path, where: str, cls, box, points, labels, obj) -> Prompt:
-    try:
-        if isinstance(cls, bool) or float(cls) != int(float(cls)) or int(float(cls)) < 0:
-            raise ValueError(f"class must be a non-negative whole number, got {cls!r}")
-        if obj is not None and (isinstance(obj, bool) or float(obj) != int(float(obj))):
-            raise ValueError(f"object must be a whole number, got {obj!r}")
-        return Prompt(
-            class_id=int(float(cls)),
-            box=box,
-            points=points,
-            point_labels=labels,
-            object_id=None if obj is None else int(float(obj)),
-        )
-    except (TypeError, ValueError, OverflowError) as err:
-        raise MedadaptError(f"{where}: {err}.", path=path) from err
-
-
-def _read_csv(path: Path) -> dict[str, list[Prompt]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip().lower() for h in (reader.fieldnames or [])]
-            rows = [
-                {k.strip().lower(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader
-            ]
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise MedadaptError(
-            f"cannot be read as CSV ({err}).", path=path, fix="save it as a UTF-8, comma-separated file."
-        ) from err
-    has_box = {"x0", "y0", "x1", "y1"} <= set(header)
-    has_z = {"z0", "z1"} <= set(header)
-    has_pt = {"x", "y"} <= set(header)
-    if "image" not in header or not (has_box or has_pt):
-        raise MedadaptError(
-            f"CSV columns are {', '.join(header) or '(none)'}; expected image,class,x0,y0,x1,y1 and/or image,class,x,y,label.",
-            path=path,
-        )
-    groups: dict[tuple, dict] = {}  # insertion-ordered: prompts keep file order
-    for line, row in enumerate(rows, start=2):
-        where = f"row {line}"
-        image = row.get("image", "")
-        if not image:
-            raise MedadaptError(f"{where}: the image name is empty.", path=path)
-        box = _csv_numbers(path, where, row, ("x0", "y0", "x1", "y1")) if has_box else None
-        z = _csv_numbers(path, where, row, ("z0", "z1")) if has_z else None
-        if z is not None:
-            if box is None:
-                raise MedadaptError(f"{where}: z0,z1 are filled in without x0,y0,x1,y1.", path=path)
-            box = [box[0], box[1], z[0], box[2], box[3], z[1]]
-        point = _csv_numbers(path, where, row, ("x", "y")) if has_pt else None
-        if box is None and point is None:
-            raise MedadaptError(
-                f"{where}: neither a box (x0,y0,x1,y1) nor a point (x,y) is filled in.", path=path
-            )
-        cls = row.get("class") or "1"
-        obj = row.get("object") or None
-        key = (
-            (image, "object", obj)
-            if obj
-            else (image, "box", line)
-            if box is not None
-            else (image, "points", cls)
-        )
-        g = groups.setdefault(
-            key, {"image": image, "class": cls, "object": obj, "box": None, "points": [], "labels": []}
-        )
-        if g["class"] != cls:
-            raise MedadaptError(
-                f"{where}: object {obj} was given class {g['class']} before and {cls} here.", path=path
-            )
-        if box is not None:
-            if g["box"] is not None:
-                raise MedadaptError(
-                    f"{where}: object {obj} of image '{image}' has a second box.",
-                    path=path,
-                    fix="one box per object.",
-                )
-            g["box"] = box
-        if point is not None:
-            g["points"].append(point)
-            g["labels"].append(row.get("label") or "1")
-    out: dict[str, list[Prompt]] = {}
-    for g in groups.values():
-        plist = out.setdefault(g["image"], [])
-        where = f"image '{g['image']}'" + (f", object {g['object']}" if g["object"] else "")
-        try:
-            labels = [float(v) for v in g["labels"]]
-        except ValueError as err:
-            raise MedadaptError(f"{where}: point labels must be 0 or 1 ({err}).", path=path) from err
-        plist.append(
-            _make_prompt(
-                path,
-                where,
-                g["class"],
-                g["box"],
-                g["points"] or None,
-                labels or None,
-                g["object"] if g["object"] else len(plist) + 1,
-            )
-        )
-    return out
-
-
-def _csv_numbers(path: Path, where: str, row: dict, cols: Sequence[str]) -> list[float] | None:
-    cells = [row.get(c, "") for c in cols]
-    if not any(cells):
-        return None
-    if not all(cells):
-        raise MedadaptError(f"{where}: {', '.join(cols)} must all be filled in together.", path=path)
-    try:
-        return [float(v) for v in cells]
-    except ValueError as err:
-        raise MedadaptError(f"{where}: {', '.join(cols)} must be numbers ({err}).", path=path) from err
 
 
 # --------------------------------------------------------------------------- validation

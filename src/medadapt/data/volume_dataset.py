@@ -1,7 +1,7 @@
 """MSD-layout volume datasets for 3D training: cases, few-shot split, MONAI datasets.
 
 Listing the cases (``dataset.json`` + ``imagesTr/`` + ``labelsTr/``, class names, modality) is
-:func:`medadapt.data.datasets.load_dataset`, and the k-shot split is
+:func:`medadapt.data.datasets.load_segmentation_dataset`, and the k-shot split is
 :func:`medadapt.data.fewshot.make_split`: the held-out test volumes are fixed by the dataset alone
 (whatever k and the seed), validation comes from the labelled pool, and the k training volumes are
 drawn from the rest with the seed, so no evaluation volume is ever trained on. This module adds what
@@ -21,7 +21,7 @@ from monai.data import CacheDataset, DataLoader, list_data_collate
 from monai.data import Dataset as MonaiDataset
 from monai.transforms import Compose
 
-from medadapt.data.datasets import Dataset, load_dataset
+from medadapt.data.datasets import Dataset, load_segmentation_dataset
 from medadapt.data.fewshot import Split, make_split
 from medadapt.data.transforms3d import VolumePreprocessing
 from medadapt.errors import MedadaptError
@@ -37,8 +37,8 @@ __all__ = [
 
 
 def load_volume_dataset(spec: str | Path, *, modality: str = "auto") -> Dataset:
-    """:func:`load_dataset`, refusing datasets that are not 3D volumes."""
-    ds = load_dataset(spec, modality=modality)
+    """:func:`load_segmentation_dataset`, refusing datasets that are not 3D volumes."""
+    ds = load_segmentation_dataset(spec, modality=modality)
     if not ds.is_3d:
         raise MedadaptError(
             "is not a dataset of 3D volumes", path=ds.root, fix="use a volumetric dataset (NIfTI/MHA volumes)"

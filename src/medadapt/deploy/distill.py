@@ -277,9 +277,9 @@ def load_student(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 # ----------------------------------------------------------------------------- models
 def build_student(name: str, image_size: int | None = None) -> nn.Module:
     """A SAM model whose image encoder is a registered student (random weights)."""
-    from medadapt.models.registry import build_model, get_spec
+    from medadapt.models.registry import build_model, get_sam_spec
 
-    spec = get_spec(name)
+    spec = get_sam_spec(name)
     if spec.encoder != "student":
         from medadapt.models.registry import list_models
 
@@ -297,14 +297,14 @@ def build_teacher(name: str, checkpoint: str | Path | None, image_size: int | No
 # ----------------------------------------------------------------------------- the run
 def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
     """Distil ``opts.teacher``'s image encoder into ``opts.student``; returns ``result.json``'s content."""
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.fewshot import run_split, save_split
     from medadapt.data.slices import iter_slices
     from medadapt.engine.config import TrainConfig
     from medadapt.engine.seed import seed_everything
     from medadapt.engine.trainer import Trainer
     from medadapt.io.discovery import resolve_spec
-    from medadapt.models.registry import get_spec
+    from medadapt.models.registry import get_sam_spec
     from medadapt.models.sam import TinyViT
     from medadapt.models.sam.student import init_from_teacher
 
@@ -313,7 +313,7 @@ def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
         raise MedadaptError("this run folder already holds a run.", path=out,
                             fix="pass --resume to continue it, or choose another --out.")
     # Check names and data before writing anything.
-    student_spec, teacher_spec = get_spec(opts.student), get_spec(opts.teacher)
+    student_spec, teacher_spec = get_sam_spec(opts.student), get_sam_spec(opts.teacher)
     student_model = build_student(opts.student, opts.image_size)
     if opts.image_size is not None:
         student_spec = dataclasses.replace(student_spec, image_size=opts.image_size)
@@ -325,7 +325,7 @@ def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
             f"student's ({student_model.image_encoder.embedding_size}) with --teacher-input {opts.teacher_input}",
             fix="use --teacher-input own (the teacher at its own resolution), or another teacher",
         )
-    dataset = load_dataset(opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix,
+    dataset = load_segmentation_dataset(opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix,
                            modality=opts.modality, label_dir=opts.label_dir, window=opts.window)
     split_file = out / "split.json"
     split = run_split(dataset, out, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,

@@ -26,7 +26,7 @@ from medadapt.infer.factory import (
     trained_slice_axis,
 )
 from medadapt.infer.predictor import SamPredictor
-from medadapt.models.registry import build_model, get_spec
+from medadapt.models.registry import build_model, get_sam_spec
 
 
 def load_for_export(model: str | None, *, checkpoint: Path | None = None, adapter: Path | None = None):
@@ -44,7 +44,7 @@ def load_for_export(model: str | None, *, checkpoint: Path | None = None, adapte
         name = model or "litemedsam"
         net = build_model(name, checkpoint=checkpoint)
         source = {"model": name, "checkpoint": str(checkpoint) if checkpoint else None, "adapter": None}
-    return net.eval(), get_spec(name), source, classes
+    return net.eval(), get_sam_spec(name), source, classes
 
 
 def _weights_digest(net: torch.nn.Module) -> str:
@@ -122,7 +122,7 @@ def build_engine_predictor(
                                 fix="run `medadapt export ... --int8-calibration DATA --out DIR`, then pass --export DIR.")
         export = cached_export(model, engine=engine, checkpoint=checkpoint, adapter=adapter, precision=precision)
     deployed = DeployedSam(export, engine=engine, precision=precision, threads=threads, cache_dir=ov_cache)
-    spec = get_spec(deployed.manifest["model"])
+    spec = get_sam_spec(deployed.manifest["model"])
     classes = deployed.manifest.get("classes")
     predictor = SamPredictor(deployed, spec, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
                              classes=classes if deployed.class_prompts is not None else None)

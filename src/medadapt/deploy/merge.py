@@ -105,12 +105,12 @@ def merge_student(student_run: str | Path, out: str | Path, *, teacher: str | No
                   teacher_checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Distilled student encoder + the teacher's prompt encoder and mask decoder -> ``out``."""
     from medadapt.deploy.distill import build_student, build_teacher, load_student, student_dir
-    from medadapt.models.registry import get_spec
+    from medadapt.models.registry import get_sam_spec
 
     out = check_out_file(out)
     encoder_state, smeta = load_student(student_run)
     distilled_from = smeta.get("teacher")
-    if teacher is not None and distilled_from and get_spec(teacher).name != get_spec(distilled_from).name:
+    if teacher is not None and distilled_from and get_sam_spec(teacher).name != get_sam_spec(distilled_from).name:
         raise MedadaptError(
             f"this student was distilled from '{distilled_from}', not '{teacher}': its embeddings only suit "
             f"{distilled_from}'s mask decoder.", path=student_dir(student_run), fix=f"use --teacher {distilled_from}",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medadapt.data.datasets import load_dataset
+from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.slices import iter_slices
 from medadapt.errors import MedadaptError
 from medadapt.models.preprocess import preprocess_image
@@ -24,7 +24,7 @@ from medadapt.models.registry import ModelSpec
 
 def calibration_images(data: str, spec: ModelSpec, *, count: int = 16, seed: int = 0, **dataset_options) -> np.ndarray:
     """``count`` preprocessed slices ``[N, 3, S, S]`` with foreground, spread over the dataset's cases."""
-    dataset = load_dataset(data, **dataset_options)
+    dataset = load_segmentation_dataset(data, **dataset_options)
     samples = list(iter_slices(dataset, dataset.keys()))
     if not samples:
         raise MedadaptError("the calibration dataset holds no labelled slice.", path=Path(str(data)),

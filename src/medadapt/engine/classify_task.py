@@ -50,7 +50,7 @@ from medadapt.data.classification import (
     ImageTransform,
     dataset_splits,
     holdout_split,
-    load_dataset,
+    load_classification_split,
     sample_fraction,
     sample_shots,
 )
@@ -319,14 +319,14 @@ def load_classify_splits(cfg: ClassifyConfig) -> tuple[ClassificationSplit, Clas
     ``train_ids``, else ``shots`` per class, else a stratified ``label_fraction``.
     """
     opts = cfg.loader_options
-    train = load_dataset(cfg.data, cfg.train_split, **opts)
+    train = load_classification_split(cfg.data, cfg.train_split, **opts)
     if cfg.val_data is not None:
-        val = load_dataset(cfg.val_data, cfg.val_split, **opts)
+        val = load_classification_split(cfg.val_data, cfg.val_split, **opts)
     elif dataset_splits(cfg.data) is None:
         held = holdout_split(train.labels, cfg.val_fraction, seed=0)
         train, val = train.subset(np.flatnonzero(~held)), train.subset(np.flatnonzero(held))
     else:
-        val = load_dataset(cfg.data, cfg.val_split, **opts)
+        val = load_classification_split(cfg.data, cfg.val_split, **opts)
     if cfg.classes:
         train, val = train.select_classes(cfg.classes), val.select_classes(cfg.classes)
     mask = train.mask if train.task == "multilabel" else None

@@ -233,9 +233,14 @@ def run_pretrain(values: dict, config: Path | None = None, resume: bool = False)
     from medadapt.engine.trainer import Trainer
     from medadapt.engine.volumetric_fit import validate_options
     from medadapt.io.atomic import atomic_path, write_json
+    from medadapt.io.checkpoints import read_checkpoint
     from medadapt.io.discovery import resolve_spec
-    from medadapt.models.volumetric import TextConditionedHead, build_volumetric, embed_class_names, get_spec
-    from medadapt.models.volumetric.layouts import read_checkpoint
+    from medadapt.models.volumetric import (
+        TextConditionedHead,
+        build_volumetric,
+        embed_class_names,
+        get_volumetric_spec,
+    )
 
     merged = read_options_yaml(config) if config is not None else {}
     merged.update({k: v for k, v in values.items() if v is not None})
@@ -246,7 +251,7 @@ def run_pretrain(values: dict, config: Path | None = None, resume: bool = False)
                             fix="pass --resume to continue it, or choose another --out.")
     if opts.checkpoint:
         read_checkpoint(opts.checkpoint)
-    spec = get_spec(opts.model)
+    spec = get_volumetric_spec(opts.model)
 
     # datasets, class template, cases (every check before anything is written)
     loaded, mapping, splits = [], {}, {}

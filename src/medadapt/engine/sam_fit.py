@@ -119,9 +119,9 @@ class FitOptions(BaseModel):
 
 def load_fit_dataset(opts: FitOptions):
     """The dataset a fit reads, with its layout options (also for steps run on a finished run folder)."""
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
 
-    return load_dataset(
+    return load_segmentation_dataset(
         opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix, modality=opts.modality,
         label_dir=opts.label_dir, window=opts.window, binary=opts.binary,
     )
@@ -147,7 +147,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings, attach_class_prompts
     from medadapt.engine.seed import seed_everything
     from medadapt.engine.trainer import Trainer
-    from medadapt.models.registry import build_model, get_spec
+    from medadapt.models.registry import build_model, get_sam_spec
 
     out = Path(opts.out)
     if not resume and (out / "checkpoint" / "last.pt").exists():
@@ -161,7 +161,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
                       seed=opts.seed, n_val=opts.n_val)
     classes = opts.classes or sorted(dataset.classes)
 
-    spec = get_spec(opts.model)
+    spec = get_sam_spec(opts.model)
     model = build_model(opts.model, checkpoint=opts.checkpoint)
     also_train = []
     if opts.prompt == "auto":

@@ -265,10 +265,10 @@ def _resolve(opts: VolumetricFitOptions, dataset, meta: dict[str, Any]) -> dict[
     """Model, classes, ROI and preprocessing of the run, from options, pretrain meta and defaults."""
     from medadapt.data.transforms3d import VolumePreprocessing
     from medadapt.data.volume_dataset import volume_preprocessing
-    from medadapt.models.volumetric import get_spec
+    from medadapt.models.volumetric import get_volumetric_spec
 
     name = opts.model or meta.get("model") or "unet3d"
-    spec = get_spec(name)
+    spec = get_volumetric_spec(name)
     arch = {**(meta.get("arch") or {}), **opts.arch()} if name == meta.get("model") else opts.arch()
     available = dict(sorted(dataset.classes.items()))
     classes = opts.classes or sorted(available)
@@ -361,7 +361,7 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
     from medadapt.engine.trainer import Trainer
     from medadapt.engine.transductive import ConstraintConfig, per_class_constraints
     from medadapt.engine.volumetric_task import VolumetricTask
-    from medadapt.models.volumetric.layouts import read_checkpoint
+    from medadapt.io.checkpoints import read_checkpoint
 
     opts = VolumetricFitOptions.build(values, config)
     # --- every check that can fail on user input, before anything is written

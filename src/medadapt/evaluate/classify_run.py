@@ -29,7 +29,7 @@ from medadapt.data.classification import (
     ImageTransform,
     dataset_splits,
     holdout_split,
-    load_dataset,
+    load_classification_split,
 )
 from medadapt.engine.classify_task import load_trained_classifier
 from medadapt.errors import MedadaptError
@@ -62,15 +62,15 @@ def load_eval_split(data: str, split: str | None, fit: dict[str, Any]) -> tuple[
     opts = {k: v for k, v in {"uncertain": fit.get("uncertain_policy"), "image_root": fit.get("image_root"),
                               "frontal_only": fit.get("frontal_only")}.items() if v is not None}
     if split is not None and Path(split).is_file():
-        return load_dataset(split, **opts), str(split)
+        return load_classification_split(split, **opts), str(split)
     if not Path(data).exists():
         raise MedadaptError("dataset not found", path=data, fix="check --data")
     names = dataset_splits(data)
     if names is None:  # one file, no named splits
         if split in (None, "all"):
-            return load_dataset(data, **opts), "all"
+            return load_classification_split(data, **opts), "all"
         if split == "val":
-            whole = load_dataset(data, **opts)
+            whole = load_classification_split(data, **opts)
             held = holdout_split(whole.labels, float(fit.get("val_fraction", 0.1)), seed=0)
             return whole.subset(np.flatnonzero(held)), "val (held out of the file as in fit)"
         raise MedadaptError(f"{Path(data).name} has no split named '{split}': it is a single file "
@@ -80,7 +80,7 @@ def load_eval_split(data: str, split: str | None, fit: dict[str, Any]) -> tuple[
     if split not in names:
         raise MedadaptError(f"the data has no '{split}' split (it has: {', '.join(names) or 'none'})", path=data,
                             fix=f"use --split {names[0] if names else 'FILE'}, or --split FILE")
-    return load_dataset(data, split, **opts), split
+    return load_classification_split(data, split, **opts), split
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from torch import nn
 from medadapt.errors import MedadaptError
 from medadapt.infer.modality_bank import is_bank
 from medadapt.infer.predictor import SamPredictor
-from medadapt.models.registry import build_model, get_spec
+from medadapt.models.registry import build_model, get_sam_spec
 
 
 def automatic_mode(meta: dict) -> tuple[list[int] | None, list[int]]:
@@ -105,7 +105,7 @@ def build_predictor(
         model = model or "litemedsam"
         net = build_model(model, checkpoint=checkpoint).eval()
     predictor = SamPredictor(
-        net, get_spec(model), batch_size=batch_size, precision=precision, cache_dir=cache_dir,
+        net, get_sam_spec(model), batch_size=batch_size, precision=precision, cache_dir=cache_dir,
         use_cache=use_cache, classes=classes, frozen_stages=frozen_stages,
     )
     predictor.keep_largest = keep_largest

@@ -212,7 +212,7 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
     """Build the base model once and every modality's adapter on it."""
     from medadapt.adapt.artifact import read_adapter_meta
     from medadapt.infer.factory import adapter_dir, automatic_mode, trained_slice_axis
-    from medadapt.models.registry import build_model, get_spec
+    from medadapt.models.registry import build_model, get_sam_spec
 
     bank_dir = Path(bank_dir)
     bank = read_bank(bank_dir)
@@ -230,7 +230,7 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
                                 "--out NEW_BANK`.")
     base_info = next(iter(metas.values())).get("base") or {}
     name = model or base_info.get("model") or bank.get("model")
-    if model is not None and base_info.get("model") not in (None, get_spec(model).name):
+    if model is not None and base_info.get("model") not in (None, get_sam_spec(model).name):
         raise MedadaptError(f"this bank was trained on '{base_info.get('model')}', not '{model}'.", path=bank_dir,
                             fix=f"use --model {base_info.get('model')} (or leave --model out).")
     base = build_model(name, checkpoint=checkpoint or base_info.get("checkpoint")).eval()
@@ -240,7 +240,7 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
     for mod, folder in folders.items():
         models[mod] = adapted_copy(base, folder)
         classes[mod], keep[mod] = automatic_mode(metas[mod])
-    predictor = ModalityBankPredictor(models, get_spec(name), classes=classes, keep_largest=keep,
+    predictor = ModalityBankPredictor(models, get_sam_spec(name), classes=classes, keep_largest=keep,
                                       default=bank.get("default"), **kwargs)
     predictor.slice_axis = next(iter(axes.values()))  # predict / evaluate cut volumes as the adapters were
     return predictor
@@ -256,7 +256,7 @@ def fit_modality_bank(values: dict[str, Any], *, config_file: Path | None = None
     ``seed`` apply within each modality). Writes ``modalities.json`` and returns its content plus
     ``path`` (where it was written).
     """
-    from medadapt.data.datasets import load_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.fewshot import make_split, save_split
     from medadapt.engine.sam_fit import FitOptions, run_fit
     from medadapt.io.discovery import resolve_spec
@@ -268,7 +268,7 @@ def fit_modality_bank(values: dict[str, Any], *, config_file: Path | None = None
                             fix="choose another --out.")
     if base_opts.split:
         raise MedadaptError("--split cannot be used with fit-modalities: each modality gets its own split.")
-    dataset = load_dataset(base_opts.data, image_suffix=base_opts.image_suffix, label_suffix=base_opts.label_suffix,
+    dataset = load_segmentation_dataset(base_opts.data, image_suffix=base_opts.image_suffix, label_suffix=base_opts.label_suffix,
                            modality=base_opts.modality, label_dir=base_opts.label_dir, window=base_opts.window,
                            binary=base_opts.binary)
     groups = group_by_modality(dataset)

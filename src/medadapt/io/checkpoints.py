@@ -17,7 +17,7 @@ import torch
 
 from medadapt.errors import MedadaptError
 
-_WRAPPER_KEYS = ("model", "state_dict", "net")
+_WRAPPER_KEYS = ("model", "state_dict", "net", "model_state_dict")
 _SAFE_FIX = (
     "open it in a trusted Python session and save only the weights, e.g. "
     "torch.save(model.state_dict(), 'weights.pth'), or convert it to .safetensors"
@@ -51,6 +51,11 @@ def _read_torch(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _is_torch_file(path):  # random bytes also fail as "unpickling"
+            raise MedadaptError(
+                "not a readable PyTorch checkpoint: neither a torch.save zip archive nor a pickle",
+                path=path, fix="download or copy the file again, or pass a .pth/.safetensors weights file",
+            ) from err
         # weights_only refused a global it does not allow: the file embeds Python objects.
         raise MedadaptError(
             "checkpoint holds pickled Python objects, not just tensors; refusing to unpickle it "
@@ -62,6 +67,14 @@ def _read_torch(path: Path) -> object:
             f"not a readable PyTorch checkpoint, it may be truncated or of another format ({err})",
             path=path, fix="download or copy the file again, or pass a .pth/.safetensors weights file",
         ) from err
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A ``torch.save`` zip archive, or a legacy pickle (protocol 2+ starts with byte 0x80)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with path.open("rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def _to_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:

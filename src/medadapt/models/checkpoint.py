@@ -10,7 +10,6 @@ relative-position tables of global-attention blocks linearly (as ``get_rel_pos``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medadapt.errors import MedadaptError
+from medadapt.models.load_report import LoadReport
 from medadapt.models.sam.image_encoder import resize_rel_pos
 
 log = logging.getLogger(__name__)
@@ -27,17 +27,6 @@ _MODEL_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 # taken for this architecture at all (rather than "another model").
 _MIN_MATCH = 0.5
 _SHOWN = 5
-
-
-@dataclass
-class LoadReport:
-    """What happened when a state dict was loaded."""
-
-    source: str
-    loaded: int = 0
-    interpolated: list[str] = field(default_factory=list)  # "key: old shape -> new shape"
-    ignored: list[str] = field(default_factory=list)  # keys outside the SAM modules
-    kept_buffers: list[str] = field(default_factory=list)  # integer buffers the file lacks
 
 
 def load_sam_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *,
@@ -52,7 +41,7 @@ def load_sam_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *,
     expected = model.state_dict()
     state = dict(state)
     for key in [k for k in state if k not in expected and not k.startswith(_MODEL_PREFIXES)]:
-        report.ignored.append(key)
+        report.unexpected.append(key)
         del state[key]
     _interpolate_positions(state, expected, report)
 
@@ -78,8 +67,8 @@ def load_sam_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *,
         )
     with torch.no_grad():
         model.load_state_dict(state, strict=False)
-    report.loaded = len(state)
-    for line in report.interpolated:
+    report.loaded = sorted(state)
+    for line in report.resized:
         log.info("%s: interpolated %s", source, line)
     return report
 
@@ -103,11 +92,11 @@ def _interpolate_positions(state: dict[str, torch.Tensor], expected: dict[str, t
             resized = F.interpolate(old.permute(0, 3, 1, 2).float(), size=new.shape[1:3], mode="bicubic",
                                     align_corners=False)
             state[key] = resized.permute(0, 2, 3, 1).to(old.dtype)
-            report.interpolated.append(f"{key}: {tuple(old.shape)} -> {tuple(new.shape)}")
+            report.resized.append(f"{key}: {tuple(old.shape)} -> {tuple(new.shape)}")
     for key in list(state):
         if not key.endswith(("attn.rel_pos_h", "attn.rel_pos_w")) or key not in expected:
             continue
         old, new = state[key], expected[key]
         if old.ndim == 2 and old.shape != new.shape and old.shape[1] == new.shape[1]:
             state[key] = resize_rel_pos(old.float(), new.shape[0]).to(old.dtype)
-            report.interpolated.append(f"{key}: {tuple(old.shape)} -> {tuple(new.shape)}")
+            report.resized.append(f"{key}: {tuple(old.shape)} -> {tuple(new.shape)}")

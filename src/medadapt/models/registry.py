@@ -117,7 +117,7 @@ def list_models() -> list[ModelSpec]:
     return list(_SPECS)
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_sam_spec(name: str) -> ModelSpec:
     key = name.strip().lower().replace("-", "_")
     if key in _BY_NAME:
         return _BY_NAME[key]
@@ -134,7 +134,7 @@ def build_model(name: str, checkpoint: str | Path | None = None, *, image_size: 
     overrides the input side; ViT position tables in the checkpoint are then interpolated.
     Weights are loaded before ``eval()``.
     """
-    spec = get_spec(name)
+    spec = get_sam_spec(name)
     size = spec.image_size if image_size is None else int(image_size)
     if size <= 0 or size % 16:
         raise MedadaptError(f"image size {size} is not a positive multiple of 16",
@@ -153,6 +153,6 @@ def build_model(name: str, checkpoint: str | Path | None = None, *, image_size: 
     model = build_sam(encoder)
     if checkpoint is not None:
         report = load_sam_state_dict(model, read_checkpoint(checkpoint), source=checkpoint)
-        if report.interpolated:
+        if report.resized:
             log.info("%s: position tables resized for %dx%d input", checkpoint, size, size)
     return model.eval()

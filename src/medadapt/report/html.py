@@ -312,7 +312,7 @@ class DatasetCache:
         self._cache: dict[tuple, Any] = {}
 
     def get(self, run: Run, ev: Evaluation | None):
-        from medadapt.data.datasets import load_dataset
+        from medadapt.data.datasets import load_segmentation_dataset
 
         src = run.data_source(ev)
         if src is None:
@@ -321,7 +321,7 @@ class DatasetCache:
         key = (spec, tuple(sorted(options.items())))
         if key not in self._cache:
             try:
-                self._cache[key] = (load_dataset(spec, **options), None)
+                self._cache[key] = (load_segmentation_dataset(spec, **options), None)
             except MedadaptError as err:
                 self._cache[key] = (None, f"the dataset could not be opened ({err}).")
         return self._cache[key]

@@ -156,7 +156,7 @@ class Run:
         return " · ".join(parts)
 
     def data_source(self, evaluation: Evaluation | None = None) -> tuple[str, dict] | None:
-        """(dataset spec, load_dataset options) of an evaluation, else of the fit; None if unknown."""
+        """(dataset spec, load_segmentation_dataset options) of an evaluation, else of the fit; None if unknown."""
         settings = evaluation.settings if evaluation else {}
         cfg = self.fit_config or {}
         spec = settings.get("data") or cfg.get("data")

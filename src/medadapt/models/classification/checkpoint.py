@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from medadapt.errors import MedadaptError
 from medadapt.io.checkpoints import read_checkpoint
+from medadapt.models.load_report import LoadReport
 
 from .vit import VisionTransformer, resample_pos_embed
 
@@ -28,27 +28,6 @@ _PREFIXES = ("", "module.", "model.", "encoder.", "backbone.", "module.encoder."
 # Non-tensor objects MAE-style training scripts pickle beside the weights (args, numpy metrics).
 _SAFE_GLOBALS = [argparse.Namespace, np.dtype, np._core.multiarray.scalar, type(np.dtype(np.float64)),
                  type(np.dtype(np.float32)), type(np.dtype(np.int64))]
-
-
-@dataclass
-class LoadReport:
-    """What a checkpoint load did; ``str()`` is a short human summary."""
-
-    path: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # model keys left at their initial value
-    unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model has no use for
-    dropped: list[str] = field(default_factory=list)  # head / shape-mismatched keys not loaded
-    resized: list[str] = field(default_factory=list)  # keys adapted (pos_embed grid, input channels)
-
-    def __str__(self) -> str:
-        parts = [f"{self.path}: loaded {len(self.loaded)} tensors"]
-        for name in ("resized", "dropped", "missing", "unexpected"):
-            keys = getattr(self, name)
-            if keys:
-                shown = ", ".join(keys[:6]) + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
-                parts.append(f"{name}: {shown}")
-        return "; ".join(parts)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -84,7 +63,7 @@ def load_vit_checkpoint(model: VisionTransformer, source: str | Path | Mapping[s
     state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
     own = model.state_dict()
     state = _strip_prefix(state, set(own))
-    report = LoadReport(path=path)
+    report = LoadReport(source=path)
 
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state.items():

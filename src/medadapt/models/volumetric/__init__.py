@@ -12,7 +12,7 @@ from medadapt.models.volumetric.heads import (
 )
 from medadapt.models.volumetric.layouts import (
     LoadReport,
-    load_checkpoint,
+    load_volumetric_weights,
     normalise_state_dict,
     read_checkpoint,
 )
@@ -21,7 +21,7 @@ from medadapt.models.volumetric.registry import (
     VolumetricSegmenter,
     VolumetricSpec,
     build_volumetric,
-    get_spec,
+    get_volumetric_spec,
 )
 from medadapt.models.volumetric.text_head import (
     CLIP_DRIVEN_CLASSES,
@@ -44,8 +44,8 @@ __all__ = [
     "black_box_head",
     "build_volumetric",
     "embed_class_names",
-    "get_spec",
-    "load_checkpoint",
+    "get_volumetric_spec",
+    "load_volumetric_weights",
     "load_sentence_encoder",
     "match_classes",
     "normalise_state_dict",

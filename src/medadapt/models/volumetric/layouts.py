@@ -20,7 +20,7 @@ The same MONAI architectures are released in several key layouts:
     ``module.text_to_vision``). Those head tensors are returned as ``extras`` for
     :class:`medadapt.models.volumetric.text_head.TextConditionedHead`.
 
-:func:`load_checkpoint` normalises any of these to MONAI names, loads what fits, and reports loaded,
+:func:`load_volumetric_weights` normalises any of these to MONAI names, loads what fits, and reports loaded,
 missing, unexpected and shape-mismatched keys. A file of which nothing fits raises
 :class:`MedadaptError`. The pretrained classifier is kept in the report even when its class count
 differs from the new task, so a linear probe can start from its rows.
@@ -29,20 +29,20 @@ differs from the new task, so a linear probe can start from its rows.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from medadapt.errors import MedadaptError
+from medadapt.io.checkpoints import read_checkpoint
+from medadapt.models.load_report import LoadReport
 
 __all__ = [
     "LoadReport",
     "UNIVERSAL_HEAD_PREFIXES",
-    "load_checkpoint",
+    "load_volumetric_weights",
     "normalise_state_dict",
-    "read_checkpoint",
 ]
 
 # The universal model's text-conditioned head, stored next to ``module.backbone.``.
@@ -56,53 +56,6 @@ _CLASSIFIER_KEYS = {
     "output_block.conv.conv.weight": "weight",
     "output_block.conv.conv.bias": "bias",
 }
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_checkpoint` did, in the model's (MONAI) key names."""
-
-    layout: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint shape -> model shape"
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # universal-model head tensors
-    pretrained_head: dict[str, torch.Tensor] = field(default_factory=dict)  # {"weight", "bias"}
-    path: str | None = None
-
-    def summary(self) -> str:
-        parts = [
-            f"layout {self.layout}: {len(self.loaded)} tensors loaded",
-            f"{len(self.missing)} missing",
-            f"{len(self.unexpected)} unexpected",
-            f"{len(self.mismatched)} with another shape",
-        ]
-        if self.extras:
-            parts.append(f"{len(self.extras)} text-head tensors kept")
-        return ", ".join(parts)
-
-
-def read_checkpoint(path: str | Path) -> Mapping[str, object]:
-    """``torch.load(weights_only=True)`` with user-facing errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise MedadaptError("checkpoint file not found", path=path, fix="check the path to the weights file")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors alike
-        raise MedadaptError(
-            f"cannot read the checkpoint ({type(exc).__name__}: {exc})",
-            path=path,
-            fix="give a PyTorch checkpoint (.pt/.pth) holding tensors only",
-        ) from None
-    if not isinstance(raw, Mapping):
-        raise MedadaptError(
-            f"the checkpoint holds a {type(raw).__name__}, not a state dict",
-            path=path,
-            fix="save model.state_dict()",
-        )
-    return raw
 
 
 def _unwrap(raw: Mapping[str, object]) -> dict[str, torch.Tensor]:
@@ -158,7 +111,7 @@ def normalise_state_dict(
     return layout, sd, extras
 
 
-def load_checkpoint(model: nn.Module, checkpoint: str | Path | Mapping[str, object]) -> LoadReport:
+def load_volumetric_weights(model: nn.Module, checkpoint: str | Path | Mapping[str, object]) -> LoadReport:
     """Load a published checkpoint into a MONAI network (before its head is split off).
 
     Tensors whose shape differs from the model's (a classifier for other classes, another
@@ -171,7 +124,7 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path | Mapping[str, obje
         checkpoint = read_checkpoint(checkpoint)
     layout, sd, extras = normalise_state_dict(checkpoint)
     own = model.state_dict()
-    report = LoadReport(layout=layout, extras=extras, path=path)
+    report = LoadReport(source=path, layout=layout, extras=extras)
     to_load: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if key in _CLASSIFIER_KEYS:
@@ -179,7 +132,7 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path | Mapping[str, obje
         if key not in own:
             report.unexpected.append(key)
         elif tuple(own[key].shape) != tuple(value.shape):
-            report.mismatched.append(f"{key}: {tuple(value.shape)} -> {tuple(own[key].shape)}")
+            report.dropped.append(f"{key}: {tuple(value.shape)} -> {tuple(own[key].shape)}")
         else:
             to_load[key] = value
     if not to_load:

