@@ -1,8 +1,8 @@
-"""Few-label classification benchmark (issue 5): PneumoniaMNIST, 4 methods x 3 label fractions x 3 seeds.
+"""Few-label classification benchmark: PneumoniaMNIST, 4 methods x 3 label fractions x 3 seeds.
 
     .venv/bin/python bench/bench_classification.py                 # the protocol below (resumable)
     .venv/bin/python bench/bench_classification.py --part speed    # seconds per step per backbone/recipe
-    # cheap runs and the 10 % goal first, seed by seed (all merge into one JSON):
+    # cheap runs and the 10 % fraction first, seed by seed (all merge into one JSON):
     for s in 0 1 2; do B="--seeds $s"; .venv/bin/python bench/bench_classification.py $B --methods linear-probe cnn_small
       .venv/bin/python bench/bench_classification.py $B --methods lora full --fractions 0.1
       .venv/bin/python bench/bench_classification.py $B --methods lora full --fractions 0.01 1.0; done
@@ -27,15 +27,13 @@ with the seed (39 / 388 / 3882 images); seeds 0, 1, 2 (labels, initialisation, o
 (negatives/positives), no augmentation (so the probe can cache), fp32, 2 threads. The model
 evaluated is the one after the last step (one validation, at the end: no checkpoint selection on
 the split we report), AUROC on all 524 validation images. All runs share one process (a process per
-run cost ~20 s of start-up each on the loaded machine); ``peak_rss_mb`` is still each run's own: the
+run adds its start-up time to every run); ``peak_rss_mb`` is still each run's own: the
 kernel's peak-RSS mark is reset before each run (``/proc/self/clear_refs``) and read after (VmHWM);
 it starts from the RSS the process already holds (torch, earlier runs' freed-but-kept memory), so it is
 an upper bound of the run's own need.
 
-Why these choices: the 2 shared CPU cores give ~0.14 s (LoRA) / ~0.34 s (full) per image per training
-step at 32 px and ~0.05 s per image for inference under the load of other jobs; the whole protocol
-(36 runs) must fit in well under an hour (18 min at 100 steps on the quiet machine). 64 px would cost
-~4x. A step budget equal for all fractions means the fraction changes the labels, not the compute; at 100 % the runs see only 1600 of 3882 images.
+Why these choices: the protocol (36 runs) is sized to finish in well under an hour on 2 CPU cores
+at 32 px; 64 px costs about 4x the compute per step. A step budget equal for all fractions means the fraction changes the labels, not the compute; at 100 % the runs see only 1600 of 3882 images.
 
 Runs are appended to ``bench/results/classification.json`` as they finish (seed-major order, so an
 interrupted benchmark has whole seeds); a rerun skips the runs already there, and subsets chosen with
@@ -57,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import provenance
 from medadapt.adapt import apply_recipe
 from medadapt.engine.classify_task import classifier_recipe
 from medadapt.io.atomic import write_json
@@ -180,6 +179,7 @@ def bench_protocol(args, result: dict) -> None:
                     row = one_run(spec)
                 runs.append(row)
                 result["machine"]["load_avg_end"] = os.getloadavg()
+                result["provenance"] = provenance.finish(result["provenance"])
                 write_json(args.out, result)  # after every run: resumable
                 print(f"{method:13s} {100 * fraction:5.1f}% seed {seed} ({row['train_images']:4d} images)  "
                       f"AUROC {row['auroc']:.4f}  {row['fit_s']:6.1f} s  {row['peak_rss_mb']:6.0f} MB", flush=True)
@@ -232,6 +232,8 @@ def main() -> None:
                                   "cpus": os.cpu_count(), "torch": torch.__version__,
                                   "load_avg_start": os.getloadavg()})
     result["protocol"] = protocol
+    prov = provenance.start(resumed=bool(result.get("runs")))
+    result["provenance"] = prov
     result["choices"] = ("input 32 px; AdamW, 10 % warm-up + cosine, wd 0.05, batch 16, fixed step budget for every "
                          "method and fraction; no augmentation; final model (no checkpoint selection); AUROC on all "
                          "524 val images; linear probe on disk-cached pooled features; all runs in one process, peak RSS "
@@ -243,6 +245,7 @@ def main() -> None:
         result["table_markdown"] = markdown_table(result["runs"])
         print(result["table_markdown"])
     result["machine"]["load_avg_end"] = os.getloadavg()
+    result["provenance"] = provenance.finish(prov)
     write_json(args.out, result)
     print(f"wrote {args.out}")
 

@@ -174,6 +174,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "bench"))
+    import provenance
     from bench_inference import machine_info
     from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.prompts import boxes3d_from_label
@@ -192,7 +193,7 @@ def main() -> int:
     calib_keys, test_keys = keys[: args.calibration_cases], keys[-args.cases :]
     result = {"machine": machine_info(args.threads), "args": {k: str(v) for k, v in vars(args).items()},
               "calibration_cases": calib_keys, "test_cases": test_keys, "encoder": {}, "volumes": {},
-              "synthetic_ct": {}, "cvpr24_npz": {}}
+              "synthetic_ct": {}, "cvpr24_npz": {}, "provenance": provenance.start()}
     t0 = time.perf_counter()
     exports = make_exports(calib_keys, args.calibration_images, args.model, args.checkpoint)
     result["export_seconds"] = time.perf_counter() - t0
@@ -277,6 +278,7 @@ def main() -> int:
                 print("npz", engine, precision, result["cvpr24_npz"][label(engine, precision)]["mean_seconds"], flush=True)
 
     result["machine"]["load_avg_end"] = os.getloadavg()
+    result["provenance"] = provenance.finish(result["provenance"])
     base = result["encoder"][label("torch", "fp32")]["batch1_ms"]
     ref_dsc = result["volumes"].get(label("torch", "fp32"), {}).get("mean_dsc")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -58,12 +58,13 @@ def main() -> int:
         return 0
     if not args.data:
         ap.error("--data is required")
+    import provenance
     from medadapt.io.atomic import write_json
 
     work = args.work / f"determinism_{args.name}"
     results = {"data": args.data, "method": args.method, "prompt": args.prompt, "shots": args.shots,
                "seed": args.seed, "max_steps": args.max_steps, "lr": args.lr, "fit_set": args.fit_set,
-               "cpu_count": os.cpu_count(), "runs": []}
+               "cpu_count": os.cpu_count(), "runs": [], "provenance": provenance.start()}
     first = None
     for i, item in enumerate(args.runs):
         threads, cache_kind = item.split(":")
@@ -91,6 +92,7 @@ def main() -> int:
         first = first or run
         row.update(compare(first, run))
         results["runs"].append(row)
+        results["provenance"] = provenance.finish(results["provenance"])
         write_json(out_json, results)
         print(row, flush=True)
     print_table(results)

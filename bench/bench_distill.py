@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import provenance
 from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import make_split
 from medadapt.deploy.distill import DistillOptions, run_distill
@@ -93,6 +94,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
+    prov = provenance.start(resumed=(args.work is not None and (args.work / "distill" / "checkpoint" / "last.pt").is_file()))
     t0 = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_distill_"))
 
@@ -155,6 +157,7 @@ def main() -> None:
                                          "best_metric", "distill_seconds", "teacher_cache", "init_tensors_from_teacher")},
         "results": rows,
         "total_seconds": time.perf_counter() - t0,
+        "provenance": provenance.finish(prov),
     }
     history = (run / "metrics.csv").read_text().splitlines()
     out["distill"]["val_cos_curve"] = [line for line in history if ",val_cos," in line]
@@ -162,9 +165,14 @@ def main() -> None:
 
     print(f"\nloadavg start {load_start}, end {load_end}; {args.threads} threads; "
           f"{res['train_slices']} training slices, {res['steps']} steps, {len(test_keys)} held-out volumes\n")
+    print_table(out)
+
+
+def print_table(out: dict) -> None:
+    """The latency / DSC table of a distill.json."""
     print("| encoder, engine | params | G multiply-adds | ms / slice (median, batch 1) | box DSC | ΔDSC vs teacher fp32 |")
     print("|---|---|---|---|---|---|")
-    for label, r in rows.items():
+    for label, r in out["results"].items():
         params = f"{r['encoder_params'] / 1e6:.2f} M" if "encoder_params" in r else ""
         macs = f"{r['encoder_gmacs']:.1f}" if "encoder_gmacs" in r else ""
         print(f"| {label} | {params} | {macs} | {r['latency']['median_ms']:.0f} | {r['mean_dsc']:.4f} | "

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+import provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -110,6 +112,8 @@ def main() -> int:
                     "threads": args.threads, "cpu_count": os.cpu_count()})
     results.pop("max_steps", None)  # per run now (runs differ in budget)
     runs = results.setdefault("runs", {})
+    prov = provenance.start(resumed=bool(runs))
+    results["provenance"] = prov
 
     if "zero-shot/box" not in runs:
         t = time.perf_counter()
@@ -143,6 +147,7 @@ def main() -> int:
             cmd += ["--set", item]
         if (run / "checkpoint" / "last.pt").exists():
             cmd.append("--resume")
+        run_prov = provenance.start(resumed="--resume" in cmd)
         t = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t
@@ -164,7 +169,8 @@ def main() -> int:
                      "encoder_engine": fit.get("encoder_engine", "torch"),
                      "embedding_cache": fit.get("embedding_cache"), "cold_cache": args.cold_cache,
                      "stem_cache": fit.get("stem_cache"), "fit_set": args.fit_set,
-                     "threads": args.threads}
+                     "threads": args.threads, "provenance": provenance.finish(run_prov)}
+        results["provenance"] = provenance.finish(prov)
         write_json(out_json, results)
         print(key, {k2: runs[key][k2] for k2 in ("dsc", "nsd", "fit_wall_seconds")}, flush=True)
 
@@ -204,6 +210,7 @@ def score_ensembles(args, runs: dict, dataset, test: list, cache: Path, save) ->
         t = time.perf_counter()
         ensemble = build_predictor(None, adapter=members, cache_dir=cache)
         runs[key] = {**score(ensemble, dataset, test, prompt), "wall_seconds": time.perf_counter() - t,
+                     "provenance": provenance.finish(provenance.start()),
                      "members": [str(m) for m in members], "members_alone": alone,
                      "keep_largest": ensemble.keep_largest, "threads": args.threads,
                      "adapter_bytes": sum(json.loads((m / "result.json").read_text())["adapter_bytes"]

@@ -88,6 +88,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    import provenance
     from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.deploy.backend import build_engine_predictor
     from medadapt.infer.predictor import SamPredictor
@@ -96,6 +97,7 @@ def main() -> int:
     from medadapt.metrics.segmentation import case_metrics
     from medadapt.models.registry import build_model, get_sam_spec
 
+    prov = provenance.start()
     spec = get_sam_spec("litemedsam")
     model = build_model("litemedsam").eval()
     result = {"machine": machine_info(args.threads), "args": {k: str(v) for k, v in vars(args).items()},
@@ -148,18 +150,24 @@ def main() -> int:
         summary[vname]["speedup"] = summary[base]["total_seconds"] / summary[vname]["total_seconds"]
         summary[vname]["dsc_diff"] = summary[vname]["mean_dsc"] - summary[base]["mean_dsc"]
     result["summary"] = summary
+    result["provenance"] = provenance.finish(prov)
     write_json(args.out, result)
 
-    print(f"LiteMedSAM encoder, {args.threads} threads (load avg {result['machine']['load_avg_start'][0]:.1f})")
+    print_tables(result)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def print_tables(result: dict) -> None:
+    """The encoder and whole-volume tables of an inference.json."""
+    print(f"LiteMedSAM encoder, {result['machine']['torch_threads']} threads")
     print("| path | ms / slice |\n|---|---|")
     for name, r in result["encoder"].items():
         print(f"| {name} | {r['ms_per_slice']:.0f} |")
-    print(f"\nWhole volumes, {len(keys)} hippocampus cases, boxes from labels")
+    print(f"\nWhole volumes, {len(result['volumes'])} hippocampus cases, boxes from labels")
     print("| path | total s | speed-up | mean DSC | ΔDSC |\n|---|---|---|---|---|")
-    for vname, s in summary.items():
+    for vname, s in result["summary"].items():
         print(f"| {vname} | {s['total_seconds']:.1f} | {s['speedup']:.2f}x | {s['mean_dsc']:.4f} | {s['dsc_diff']:+.4f} |")
-    print(f"\nwrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import scipy
 
+import provenance
 from medadapt.io.atomic import write_json
 from medadapt.metrics.segmentation import case_metrics
 
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--no-monai", action="store_true", help="skip the MONAI comparison")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "metrics.json")
     args = parser.parse_args()
+    prov = provenance.start()
 
     results = []
     for name, radius in (("organ", 80.0), ("large", 180.0)):
@@ -151,17 +153,23 @@ def main() -> None:
             }
         )
 
-    report = {"benchmark": "segmentation metrics", "machine": machine_info(), "results": results}
+    report = {"benchmark": "segmentation metrics", "machine": machine_info(), "results": results,
+              "provenance": provenance.finish(prov)}
     write_json(args.out, report)
 
-    print(f"{'case':<44} {'what':<58} {'median s':>9} {'min s':>7}")
-    for r in results:
-        print(f"{r['case']:<44} {r['what']:<58} {r['seconds_median']:>9.2f} {r['seconds_min']:>7.2f}")
+    print_table(report)
     m = report["machine"]
     print(
         f"\ncpus {m['cpu_count']}, load {m['load_avg_1_5_15']}, numpy {m['numpy']}, scipy {m['scipy']}, "
         f"torch {m['torch']}, monai {m['monai']} -> {args.out}"
     )
+
+
+def print_table(report: dict) -> None:
+    """The timing table of a metrics.json."""
+    print("| case | what | median s | min s |\n|---|---|---|---|")
+    for r in report["results"]:
+        print(f"| {r['case']} | {r['what']} | {r['seconds_median']:.2f} | {r['seconds_min']:.2f} |")
 
 
 if __name__ == "__main__":

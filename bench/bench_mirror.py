@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+import provenance
 from bench_fewshot import ROOT, score, write_json
 
 
@@ -54,6 +55,7 @@ def main() -> int:
     dataset = load_segmentation_dataset(args.data, **{k: v for k, v in ds_kw.items() if v})
     work = ROOT / "bench" / "results" / "tmp"
     results.update({"data": args.data, "test_cases": test, "cpu_count": os.cpu_count()})
+    prov = provenance.start(resumed=bool(results.get("runs")))
     for key in args.runs:
         if key in results["runs"]:
             continue
@@ -70,7 +72,8 @@ def main() -> int:
             t = time.perf_counter()
             s = score(predictor, dataset, test, "auto")
             row["mirrored" if mirror else "plain"] = {**s, "wall_seconds": time.perf_counter() - t}
-        results["runs"][key] = row
+        results["runs"][key] = {**row, "provenance": provenance.finish(prov)}
+        results["provenance"] = results["runs"][key]["provenance"]
         write_json(out_json, results)
         print(key, row["plain"]["dsc"], row["mirrored"]["dsc"], flush=True)
     print_table(results)

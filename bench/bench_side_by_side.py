@@ -1,4 +1,4 @@
-"""3D recipes vs LiteMedSAM slice-wise recipes on the SAME held-out hippocampus volumes (issue 4, "Must show").
+"""3D recipes vs LiteMedSAM slice-wise recipes on the SAME held-out hippocampus volumes.
 
     .venv/bin/python bench/bench_side_by_side.py            # score, write the JSON, print the table
     .venv/bin/python bench/bench_side_by_side.py --refresh-3d   # keep the LiteMedSAM rows, re-read the 3D ones
@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import provenance  # noqa: E402
 from bench_fewshot import score  # noqa: E402
 
 HIPPO = ROOT.parent / "shared" / "data" / "hippocampus"
@@ -91,6 +92,7 @@ def main() -> int:
             sys.exit(f"the volumetric runs were scored on other volumes ({splits[0]}); refusing to compare.")
 
     rows: dict[str, dict] = {}
+    prov = provenance.start(resumed=args.refresh_3d)
     cache = FEWSHOT / "embedding_cache"
     start = time.perf_counter()
     sam_runs = {} if args.refresh_3d else SAM_RUNS
@@ -128,7 +130,8 @@ def main() -> int:
             "prompt": "none", "runs": [f"volumetric.json both/k5/s{r['seed']}/{method}" for r in sel],
             **{m: [r[m] for r in sel] for m in ("dsc", "nsd", "hd95")},
         }
-    result = {"n_test": len(test), "test": test, "seconds": time.perf_counter() - start, "rows": rows}
+    result = {"n_test": len(test), "test": test, "seconds": time.perf_counter() - start, "rows": rows,
+              "provenance": provenance.finish(prov)}
     write_json(OUT, result)
     print(table(result))
     print(f"wrote {OUT}")

@@ -1,4 +1,4 @@
-"""Few-shot 3D adaptation on MSD hippocampus, through the same API as the CLI (issue 4, "Must show").
+"""Few-shot 3D adaptation on MSD hippocampus, through the same API as the CLI.
 
     .venv/bin/python bench/bench_volumetric.py                       # full protocol (resumable)
     .venv/bin/python bench/bench_volumetric.py --seeds 0 --shots 1 5 # a subset
@@ -40,11 +40,11 @@ probes) left the probes and full fine-tuning at DSC ~0: too few steps at too sma
 
 Wall time is the fit (``fit_seconds``; evaluation separately), peak memory the process RSS sampled
 every 20 ms during the fit (it includes the ~0.5 GB of the Python process itself).
-``os.getloadavg()`` is recorded at the start and end of every session: other work on the machine
-slows the timings.
+``os.getloadavg()`` and the provenance (bench/provenance.py) are recorded at the start and end of
+every invocation: other work on the machine slows the timings.
 
 Results go to ``bench/results/volumetric.json`` after every run; a rerun skips runs already there
-(same key: target / k / seed / method), so the protocol can be completed in several sessions.
+(same key: target / k / seed / method), so the protocol can be completed in several invocations.
 Work folders (pretraining, runs) live under ``--work`` (default /tmp/medadapt_bench_volumetric).
 """
 
@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import provenance
 from medadapt.engine.pretrain import run_pretrain
 from medadapt.engine.volumetric_fit import run_volumetric_fit
 from medadapt.evaluate.volumetric_run import evaluate_volumetric_run
@@ -228,6 +229,7 @@ def main() -> None:
     session = {"start": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg(),
                "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
                            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
+    session["provenance"] = provenance.start(resumed=bool(results.get("runs")))
     results.setdefault("sessions", []).append(session)
     args.work.mkdir(parents=True, exist_ok=True)
     pre = pretrain(args.work, args.pretrain_steps, seed=0)
@@ -235,7 +237,7 @@ def main() -> None:
         sys.exit("the pretrained checkpoint differs from the one of the results file; move one of them away.")
     results.setdefault("pretrain", pre)
     runs = results.setdefault("runs", {})
-    for seed in args.seeds:  # seed outermost: a cut session leaves complete grids of the first seeds
+    for seed in args.seeds:  # seed outermost: an interrupted run leaves complete grids of the first seeds
         for target in args.targets:
             for k in args.shots:
                 for method in args.methods:
@@ -245,11 +247,13 @@ def main() -> None:
                     row = one_run(args.work, pre["checkpoint"], target, k, seed, method, args.steps)
                     runs[key] = row
                     session["loadavg_end"] = os.getloadavg()
+                    session["provenance"] = provenance.finish(session["provenance"])
                     write_json(results_path, results)
                     print(f"{key:28s} DSC {row['dsc']:.3f} NSD {row['nsd']:.3f} HD95 {row['hd95']:.1f} "
                           f"fit {row['fit_seconds']:.0f}s eval {row['eval_seconds']:.0f}s "
                           f"{row['peak_rss_mb']:.0f}MB", flush=True)
     session["loadavg_end"] = os.getloadavg()
+    session["provenance"] = provenance.finish(session["provenance"])
     write_json(results_path, results)
     print(table(results))
 

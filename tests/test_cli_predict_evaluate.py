@@ -29,7 +29,7 @@ def test_models_lists_registry():
 
 
 def test_prostate_boxes_from_labels_dsc(data_dir: Path, tmp_path: Path):
-    """The issue's bar: mean DSC >= 0.90 with boxes from labels (official LiteMedSAM pipeline: 0.909)."""
+    """Mean DSC >= 0.90 with boxes from labels (the official LiteMedSAM pipeline scores 0.909 on these images)."""
     root = data_dir / "prostate_mri_2d"
     pred, ev = tmp_path / "pred", tmp_path / "eval"
     res = invoke("predict", "--input", root / "images", "--labels", root / "masks", "--out", pred)

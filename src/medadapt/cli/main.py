@@ -18,6 +18,7 @@ from medadapt.cli import (
     modality_cmd,
     models_cmd,
     predict_cmd,
+    recipes_cmd,
     report_cmd,
 )
 
@@ -55,6 +56,7 @@ app.command("export")(export_cmd.export)
 app.command("distill")(distill_cmd.distill)
 app.command("merge")(merge_cmd.merge)
 app.command("fit-modalities")(modality_cmd.fit_modalities)
+app.command("recipes")(recipes_cmd.recipes)
 
 
 def _exit_on_signal(signum, _frame) -> None:

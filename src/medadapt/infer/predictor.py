@@ -40,8 +40,9 @@ class ObjectResult:
 def default_batch_size() -> int:
     """Slices per encoder call when the user does not say: 8 on a GPU, 1 on a CPU.
 
-    On a 2-core CPU every engine except OpenVINO int8 is *slower* per slice at batch 8 than at batch 1
-    (larger activations leave the caches; bench/results/deploy.json), so batching only pays on GPUs.
+    On a 2-core CPU batch 8 is slower per slice than batch 1 for eager torch and gains little or loses for
+    the runtime engines (larger activations leave the caches; bench/results/deploy.json, rendered in
+    docs/benchmarks.md), so the CPU default is 1.
     """
     return 8 if torch.cuda.is_available() else 1
 

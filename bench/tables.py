@@ -1,0 +1,666 @@
+"""Generate docs/benchmarks.md and the results blocks of README.md and docs/*.md from bench/results/*.json.
+
+No result number in the documentation is typed by hand: every table, every headline figure and
+every sentence that quotes a measurement is rendered here from the JSON the benchmark scripts
+wrote, with the table code of those scripts (imported, not copied). Each table states its
+conditions once, as recorded in its JSON (see bench/provenance.py); what a file does not hold is
+shown as "not recorded".
+
+    .venv/bin/python bench/tables.py           # rewrite docs/benchmarks.md and the marked blocks
+    .venv/bin/python bench/tables.py --check   # exit 1 when any of them differs from the JSON
+
+tests/test_docs_tables.py runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
+DEPLOY_MD = ROOT / "docs" / "deploy.md"
+RECIPES_MD = ROOT / "docs" / "recipes.md"
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))
+
+NR = "not recorded"
+SELECTED_CANDIDATES_K = "k5"
+TEST20_GLOB = "fewshot_hippocampus_test20*.json"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def captured(fn: Callable, *args) -> str:
+    """What a bench script's print_table prints, as a string."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        fn(*args)
+    return buf.getvalue().strip("\n")
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if not len(v):
+        return "–"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v.mean():.{digits}f}"
+
+
+def _first(*values):
+    return next((v for v in values if v not in (None, "", [], {})), None)
+
+
+def _load_avg(value) -> str:
+    return NR if value is None else f"{value[0]:.2f}"
+
+
+def _short(commit: str | None) -> str:
+    return f"`{commit[:7]}`" if commit else NR
+
+
+def conditions(name: str, data: dict, runs: list[dict] | None = None) -> str:
+    """The conditions a result file records, one line; unknown fields say "not recorded"."""
+    prov = data.get("provenance") or {}
+    machine = data.get("machine") or {}
+    sessions = data.get("sessions") or []
+    smachine = (sessions[0].get("machine") or {}) if sessions else {}
+    settings = {k: v for k, v in (data.get("settings") or {}).items() if not isinstance(v, dict)}
+    args = data.get("args") or {}
+    protocol = data.get("protocol") if isinstance(data.get("protocol"), dict) else {}
+    parts = [f"CPU model {prov.get('cpu_model') or NR}"]
+    cpus = _first(prov.get("cpu_count"), machine.get("cpu_count"), machine.get("cpus"), data.get("cpu_count"),
+                  smachine.get("cpus"))
+    parts.append(f"CPUs {cpus or NR}")
+    if runs is not None:  # runs of separate processes: threads recorded per run
+        counts: dict[str, int] = {}
+        for r in runs:
+            t = r.get("threads")
+            counts[NR if t is None else str(t)] = counts.get(NR if t is None else str(t), 0) + 1
+        parts.append("threads per run: " + ", ".join(f"{t} ({n} runs)" for t, n in sorted(counts.items())))
+    else:
+        threads = _first(prov.get("torch_threads"), machine.get("torch_threads"), machine.get("threads"),
+                         data.get("threads"), protocol.get("threads"), settings.get("threads"),
+                         args.get("threads"), smachine.get("threads"))
+        parts.append(f"threads {threads or NR}")
+    if sessions:
+        loads = [f"{_load_avg(s.get('loadavg_start'))} → {_load_avg(s.get('loadavg_end'))}" for s in sessions]
+        parts.append("load average (1 min) at start → end: " + "; ".join(loads)
+                     + (f" ({len(sessions)} sessions)" if len(sessions) > 1 else ""))
+    elif "load_avg_1_5_15" in machine:
+        parts.append(f"load average (1 min) when recorded {_load_avg(machine['load_avg_1_5_15'])}")
+    else:
+        start = _first(prov.get("load_avg_start"), machine.get("load_avg_start"), data.get("loadavg_start"))
+        end = _first(prov.get("load_avg_end"), machine.get("load_avg_end"), data.get("loadavg_end"))
+        parts.append(f"load average (1 min) at start {_load_avg(start)}, at end {_load_avg(end)}")
+    parts.append(f"torch {_first(prov.get('torch'), machine.get('torch'), smachine.get('torch')) or NR}")
+    parts.append(f"OpenVINO {prov.get('openvino') or NR}")
+    parts.append(f"ONNX Runtime {prov.get('onnxruntime') or NR}")
+    if runs is not None:
+        known = [r["provenance"].get("resumed") for r in runs if r.get("provenance")]
+        parts.append(f"resumed runs {sum(bool(x) for x in known)} of {len(known)} with a record"
+                     if known else f"resumed {NR}")
+    else:
+        parts.append(f"resumed {NR if prov.get('resumed') is None else ('yes' if prov['resumed'] else 'no')}")
+    if prov.get("git_commit"):
+        dirty = {True: ", with uncommitted changes", False: ""}.get(prov.get("git_dirty"), ", dirty flag " + NR)
+        parts.append(f"code {_short(prov['git_commit'])}{dirty}, {prov.get('utc_start') or NR} → "
+                     f"{prov.get('utc_end') or NR}")
+    else:
+        parts.append(f"code commit {NR}")
+        if prov.get("source") == "git history" and prov.get("file_added_commit"):
+            parts.append(f"results file added in {_short(prov['file_added_commit'])} "
+                         f"({prov['file_added_utc'][:10]}), last changed in "
+                         f"{_short(prov['file_last_changed_commit'])} ({prov['file_last_changed_utc'][:10]}) "
+                         "(git history)")
+    return f"*Conditions recorded in `bench/results/{name}`:* " + " · ".join(parts) + "."
+
+
+def section(anchor: str, title: str, level: int = 2) -> str:
+    return f'<a id="{anchor}"></a>\n\n{"#" * level} {title}'
+
+
+def one_table_section(anchor: str, title: str, name: str, text: str, render: Callable[[dict], str],
+                      runs: list[dict] | None = None) -> str:
+    """Heading, what was measured, the JSON's conditions, then the table ``render`` makes of the JSON."""
+    data = load(name)
+    return "\n".join([section(anchor, title), "", text, "", conditions(name, data, runs), "", render(data)])
+
+
+# ----------------------------------------------------------------------------- few-shot
+
+def _fewshot_runs(data: dict) -> list[dict]:
+    return [r for r in data["runs"].values() if "error" not in r]
+
+
+def fewshot_table(name: str, data: dict) -> str:
+    from bench_fewshot import print_table
+
+    return captured(print_table, data)
+
+
+def groups(data: dict) -> dict[str, list[tuple[str, dict]]]:
+    out: dict[str, list[tuple[str, dict]]] = {}
+    for key, r in data["runs"].items():
+        parts = key.split("/")
+        if len(parts) == 4 and "error" not in r:
+            out.setdefault("/".join(parts[:3]), []).append((parts[3], r))
+    return out
+
+
+def prompt_free_candidates(data: dict) -> list[dict]:
+    """Single-model prompt-free k = 5 runs grouped by recipe, with validation and test DSC per group."""
+    rows = []
+    for group, runs in groups(data).items():
+        method, prompt, k = group.split("/")
+        if prompt != "auto" or k != SELECTED_CANDIDATES_K or any("members" in r for _, r in runs):
+            continue
+        val = [r.get("best_val_dsc") for _, r in runs if r.get("best_val_dsc") is not None]
+        rows.append({"recipe": method, "seeds": len(runs), "val": val,
+                     "test": [r["dsc"] for _, r in runs], "steps": runs[0][1].get("max_steps")})
+    rows.sort(key=lambda r: -np.mean(r["val"]) if r["val"] else 0.0)
+    return rows
+
+
+def selected_recipe(data: dict) -> dict:
+    return prompt_free_candidates(data)[0]
+
+
+def test20() -> tuple[dict | None, list[str]]:
+    """The runs of every fewshot_hippocampus_test20*.json merged (first file wins a key)."""
+    # a file without test cases is a run that has not written its first result yet
+    files = [f for f in sorted(RESULTS.glob(TEST20_GLOB)) if "test_cases" in json.loads(f.read_text())]
+    if not files:
+        return None, []
+    merged: dict = {"runs": {}}
+    for f in files:
+        d = json.loads(f.read_text())
+        if merged.get("test_cases") not in (None, d["test_cases"]):
+            raise SystemExit(f"{f}: scored on other test cases than {files[0].name}")
+        merged["test_cases"] = d["test_cases"]
+        if d.get("cpu_count") is not None:
+            merged.setdefault("cpu_count", d["cpu_count"])
+        for k, v in d.get("runs", {}).items():
+            if "dsc" in v:  # not a stub such as {"skipped": ...} or an error
+                merged["runs"].setdefault(k, v)
+    return merged, [f.name for f in files]
+
+
+def selection_section(data: dict) -> str:
+    cands = prompt_free_candidates(data)
+    best = cands[0]
+    n_test = len(data["test_cases"])
+    lines = [section("selection", "Choosing recipes: validation numbers and reporting numbers"), "",
+             "Two kinds of numbers appear in these tables, and only one of them chooses anything.",
+             "",
+             "- **Used for choosing: validation DSC.** Every `medadapt fit` scores its validation cases (drawn "
+             "from the training pool, never from the test set) during training; the best step's score is "
+             "stored as `best_metric` in the run's `result.json` and as `best_val_dsc` in the benchmark "
+             "JSON. It picks the checkpoint of a run, the largest-component post-processing of an "
+             "automatic-mode run, and the prompt-free recipe below.",
+             "- **Used only for reporting: held-out test DSC / NSD / HD95.** Each benchmark scores every "
+             "run on a fixed test set that no run trains or validates on. These columns compare recipes "
+             "for the reader; no recipe, step count or post-processing is chosen from them.",
+             "",
+             "**Prompt-free hippocampus recipe.** Rule: the highest mean validation DSC over seeds among "
+             f"single-model prompt-free (`auto`) candidates at k = {SELECTED_CANDIDATES_K[1:]} "
+             "(ensembles excluded). Candidates, best first (`fewshot_hippocampus.json`):",
+             "",
+             f"| candidate | seeds | steps | mean validation DSC (choosing) | test DSC, {n_test} volumes "
+             "(reporting) |",
+             "|---|---|---|---|---|"]
+    for c in cands:
+        name = f"**{c['recipe']}**" if c is best else c["recipe"]
+        lines.append(f"| {name} | {c['seeds']} | {c['steps'] or '–'} | {mean_sd(c['val'])} | "
+                     f"{mean_sd(c['test'])} |")
+    val_best = np.mean(best["val"])
+    lines += ["", f"Selected: `{best['recipe']}` (mean validation DSC {val_best:.3f} over "
+              f"{len(best['val'])} seeds). The {n_test}-volume test scores above were visible when these "
+              "candidates were run, so they are not an unbiased estimate for the selected recipe; the "
+              "report for it is its re-run scored on all test volumes of the fixed split:", ""]
+    merged, files = test20()
+    if merged is None:
+        lines.append(f"*Pending: `bench/results/{TEST20_GLOB}` (the selected recipe, 3 seeds, scored on "
+                     "every test volume) is not in the repository yet.* Command, one process per seed:")
+        lines += ["", "```bash", ".venv/bin/python bench/bench_fewshot.py --data ../shared/data/hippocampus "
+                  "--name hippocampus_test20_s0 \\",
+                  "    --methods adapter --prompts auto --shots 5 --seeds 0 --max-steps 300 --lr 1e-3 "
+                  "--threads 1 \\",
+                  "    --fit-set frozen_stages=2 precision=bf16 slice_axis=0 augment_stem=true "
+                  "augment_flips=false augment_translate=0.15 \\",
+                  "    --tag +fs2-300-sag-aug", "```"]
+    else:
+        runs = [r for r in merged["runs"].values() if "error" not in r]
+        lines += [conditions(TEST20_GLOB, merged, runs), "", fewshot_table(files[0], merged), "",
+                  "Files: " + ", ".join(f"`bench/results/{f}`" for f in files) + "."]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- sections
+
+FEWSHOT_COMMAND = (".venv/bin/python bench/bench_fewshot.py --data ../shared/data/hippocampus --name hippocampus "
+                   "--methods M --prompts P --shots K --seeds S --max-steps N --test-cases 5 [--lr LR] "
+                   "[--method-lr M=LR] [--encoder-engine openvino [--cold-cache]] [--fit-set KEY=VALUE ...] "
+                   "[--tag T]")
+
+FEWSHOT_KEY = """Row names are `recipe[+variant]/prompt/k`: `+ov` fills the embedding cache with the OpenVINO
+fp32 encoder (`--encoder-engine openvino`, the same embeddings as eager fp32), `-cold` starts from an
+empty cache (the fit time then includes encoding every slice and the one-time export), `+fs2` is
+`--frozen-stages 2 --precision bf16`, `-300` / `-400` / `-800` the step count, `-sag` / `-cor`
+sagittal / coronal slices (`--slice-axis 0` / `1`), `-aug` image augmentation of the frozen-stem
+input (`--set augment_stem=true --set augment_flips=false --set augment_translate=0.15`), `ax+sag`
+an ensemble of an axial and a sagittal run (`--adapter A --adapter B`). `fit s` is the wall time of
+the `medadapt fit` process; where several runs shared the machine (threads per run below) it
+measures throughput, not a user's wait."""
+
+
+def fewshot_section(anchor: str, title: str, name: str, intro: str) -> str:
+    data = load(name)
+    if data is None:
+        return f"{section(anchor, title)}\n\n*`bench/results/{name}` is not in the repository.*"
+    return "\n".join([section(anchor, title), "", intro, "", conditions(name, data, _fewshot_runs(data)), "",
+                      fewshot_table(name, data)])
+
+
+def mirror_section() -> str:
+    from bench_mirror import print_table
+
+    out = [section("mirroring", "Test-time mirroring"), "",
+           "`bench/bench_mirror.py` re-scores finished automatic-mode adapters with and without "
+           "`--mirror` (each image also segmented left-right mirrored, class logits averaged) on the "
+           "same held-out cases: a paired comparison. The eval-seconds columns are not a speed "
+           "comparison (the plain pass reads cached embeddings, the mirrored pass encodes the mirrored "
+           "slices)."]
+    for name, label in (("mirror_drive.json", "DRIVE"), ("mirror_hippocampus.json", "Hippocampus")):
+        data = load(name)
+        if data is not None:
+            out += ["", f"**{label}**", "", conditions(name, data, list(data["runs"].values())), "",
+                    captured(print_table, data)]
+    return "\n".join(out)
+
+
+def determinism_section() -> str:
+    from bench_determinism import print_table
+
+    name = "determinism_hippocampus.json"
+    return one_table_section("determinism", "Determinism", name,
+                             "`bench/bench_determinism.py` repeats one `medadapt fit` as separate processes, one "
+                             "after another, and compares every adapter tensor with the first run's. Same seed "
+                             "and thread count: compare the `bitwise equal` column.",
+                             lambda d: captured(print_table, d), runs=load(name)["runs"])
+
+
+def inference_section() -> str:
+    from bench_inference import print_tables
+
+    return one_table_section("inference", "Inference speed", "inference.json",
+                             "`.venv/bin/python bench/bench_inference.py --cases 12 --repeats 3 --batch 8`: "
+                             "LiteMedSAM encoder latency, then whole hippocampus volumes with a 2D box per class "
+                             "on every labelled slice, the official per-object batch-1 path against the "
+                             "embedding cache on each engine and precision. ΔDSC is against the official path.",
+                             lambda d: captured(print_tables, d))
+
+
+def batching_sentence(data: dict) -> str:
+    """Which engines are faster per slice at batch B than at batch 1, from deploy.json."""
+    batch = int(data["args"]["batch"])
+    faster, slower = [], []
+    for name, r in data["encoder"].items():
+        (faster if r[f"batch{batch}_ms"] < r["batch1_ms"] else slower).append(f"{name}")
+    return (f"Batching {batch} slices per encoder call measured faster per slice than batch 1 for "
+            f"{', '.join(faster) or 'no engine'}, and slower for {', '.join(slower) or 'no engine'} "
+            f"(`bench/results/deploy.json`, {data['machine'].get('torch_threads', NR)} threads).")
+
+
+def deploy_section() -> str:
+    from bench_deploy import print_tables
+
+    name = "deploy.json"
+    data = load(name)
+    batch = int(data["args"]["batch"])
+    base = data["encoder"]["torch fp32"]["batch1_ms"]
+    ref = data["volumes"].get("torch fp32", {}).get("mean_dsc")
+    out = [section("deploy", "Deployment: engines and precisions"), "",
+           "`.venv/bin/python bench/bench_deploy.py --cases 4 --repeats 5 --batch 8`: every engine × "
+           "precision; encoder latencies in interleaved rounds (every configuration once per round), the "
+           "last hippocampus volumes with CVPR24 3D boxes and propagation, a synthetic CT-sized volume, "
+           "and `medadapt predict` on CVPR24 `.npz` files as one process per case (start-up and model "
+           "load included). int8 encoders are calibrated on slices of the first hippocampus cases.", "",
+           conditions(name, data), "", captured(print_tables, data, batch, base, ref), "", batching_sentence(data)]
+    student = load("deploy_student.json")
+    if student is not None:
+        sb = int(student["args"]["batch"])
+        out += ["", "**Distilled student, encoder only** (`--model litemedsam_student_s --checkpoint F "
+                "--encoder-only`):", "", conditions("deploy_student.json", student), "",
+                captured(print_tables, student, sb, student["encoder"]["torch fp32"]["batch1_ms"], None)
+                .split("\n\nHippocampus")[0]]  # encoder only: the volume tables are empty
+    return "\n".join(out)
+
+
+def distill_section() -> str:
+    from bench_distill import print_table
+
+    name = "distill.json"
+    data = load(name)
+    s = data["settings"]
+    return "\n".join([section("distill", "Distilled student encoder"), "",
+                      f"`.venv/bin/python bench/bench_distill.py --student {s['student']} --train-slices "
+                      f"{s['train_slices']} --steps {s['steps']} --batch-size {s['batch_size']} --lr {s['lr']} "
+                      f"--precision {s['precision']} --val-slices {s['val_slices']} --test-volumes "
+                      f"{s['test_volumes']} --repeats {s['repeats']}`: the student is seeded from the "
+                      "teacher's blocks and distilled on slices of the training volumes of the hippocampus "
+                      "few-shot split; both encoders then segment held-out volumes of that split with a 2D "
+                      "box per class on every labelled slice. Latency: one 256×256 slice, batch 1, median. "
+                      f"Validation cosine similarity to the teacher's embedding: "
+                      f"{data['distill']['initial_val_cos']:.2f} before distillation.", "",
+                      conditions(name, data), "", captured(print_table, data)])
+
+
+def classification_section() -> str:
+    from bench_classification import markdown_table
+
+    out = [section("classification", "Classification at 1 / 10 / 100 % of labels (PneumoniaMNIST)"), ""]
+    for name, earlier in (("classification.json", False), ("classification_20steps.json", True)):
+        data = load(name)
+        if data is None:
+            continue
+        p = data["protocol"]
+        head = (f"`.venv/bin/python bench/bench_classification.py --steps {p['steps']}`: "
+                f"{data['choices']}. AUROC mean ± sd over seeds.")
+        if earlier:
+            seeds = sorted({r["seed"] for r in data["runs"]})
+            methods = list(dict.fromkeys(r["method"] for r in data["runs"]))
+            head = (f"**An earlier run** (`bench/results/{name}`: seeds {', '.join(map(str, seeds))}; methods "
+                    f"{', '.join(methods)}): " + head)
+        out += [head, "", conditions(name, data), "", markdown_table(data["runs"]), ""]
+    return "\n".join(out).rstrip()
+
+
+def volumetric_section() -> str:
+    from bench_volumetric import table
+
+    out = [section("volumetric", "3D few-shot (FSEFT)"), ""]
+    for name, label in (("volumetric.json", None), ("volumetric_v1_40steps.json", "The first protocol")):
+        data = load(name)
+        if data is None:
+            continue
+        st = data["settings"]
+        arch = st["arch"]
+        desc = (f"`medadapt pretrain` trains a 3D U-Net ({arch['filters']} filters, {st['roi']}³ crops, "
+                f"{st['spacing']}) on the anterior hippocampus for {st['pretrain_steps']} steps; `medadapt fit "
+                f"--task volumetric` adapts it to the posterior hippocampus or to both classes from k volumes, "
+                f"{st['steps']} steps, learning rates {', '.join(f'{m} {lr:g}' for m, lr in st['lr'].items())}; "
+                "`medadapt evaluate --task volumetric` scores "
+                "the held-out volumes on their original grid. `+T`: transductive proportion constraint.")
+        if label:
+            out += [f"**{label}** (`bench/results/{name}`): " + desc]
+        else:
+            out += ["`.venv/bin/python bench/bench_volumetric.py`: " + desc + " The learning rates were "
+                    "picked on one cell (posterior, k = 5, seed 0) scored on its held-out volumes, so that "
+                    "cell is optimistic."]
+        out += ["", conditions(name, data), table(data), ""]
+    return "\n".join(out).rstrip()
+
+
+def side_by_side_section() -> str:
+    from bench_side_by_side import table
+
+    return one_table_section("side-by-side", "3D model and LiteMedSAM side by side", "side_by_side.json",
+                             "`.venv/bin/python bench/bench_side_by_side.py`: the k = 5 LiteMedSAM runs of the "
+                             "few-shot table re-scored on every held-out hippocampus volume, next to the 3D "
+                             "recipes of the table above on the same volumes. Box mode reads its boxes from the "
+                             "ground truth, an oracle prompt the 3D model never gets.", table)
+
+
+def metrics_section() -> str:
+    from bench_metrics import print_table
+
+    return one_table_section("metrics", "Metrics speed", "metrics.json",
+                             "`.venv/bin/python bench/bench_metrics.py`: DSC + NSD + HD95 on synthetic "
+                             "512×512×200 pairs, MONAI's NSD on the same pair, and all reference cases.",
+                             lambda d: captured(print_table, d))
+
+
+def benchmarks_md() -> str:
+    hippo = load("fewshot_hippocampus.json")
+    parts = [
+        "# Benchmarks",
+        "",
+        "<!-- generated by bench/tables.py from bench/results/*.json; edit the script, not this file -->",
+        "",
+        "Every number here is rendered by `bench/tables.py` from the JSON that a script in `bench/` "
+        "wrote to `bench/results/`; `tests/test_docs_tables.py` fails when this file differs from what "
+        "the script generates. Each table states the conditions its JSON records (see "
+        "`bench/provenance.py`); a field a file does not hold is shown as \"not recorded\". Timings are "
+        "comparable only within one table.",
+        "",
+        selection_section(hippo),
+        "",
+        fewshot_section("fewshot-hippocampus", "Few-shot LiteMedSAM: hippocampus MRI", "fewshot_hippocampus.json",
+                        f"`{FEWSHOT_COMMAND}`. Each fit is its own `medadapt fit` process, trained on k volumes "
+                        "drawn with the seed and scored in 3D on the same held-out volumes (the first of the "
+                        "fixed test set). Mean ± sd over seeds.\n\n" + FEWSHOT_KEY),
+        "",
+        fewshot_section("fewshot-prostate", "Few-shot LiteMedSAM: prostate MRI 2D", "fewshot_prostate.json",
+                        "`bench/bench_fewshot.py --data ../shared/data/prostate_mri_2d --name prostate ...`: "
+                        "the dataset's own 5-shot split; 2D PNGs, so distances are in pixels."),
+        "",
+        fewshot_section("fewshot-drive", "Few-shot LiteMedSAM: DRIVE retinal vessels", "fewshot_drive.json",
+                        "`bench/bench_fewshot.py --data ../shared/data/drive/training --label-dir 1st_manual "
+                        "--image-suffix _training --label-suffix _manual1 --name drive ...`: held-out images "
+                        "of the fixed split; distances in pixels."),
+        "",
+        mirror_section(),
+        "",
+        determinism_section(),
+        "",
+        inference_section(),
+        "",
+        deploy_section(),
+        "",
+        distill_section(),
+        "",
+        classification_section(),
+        "",
+        volumetric_section(),
+        "",
+        side_by_side_section(),
+        "",
+        metrics_section(),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- README headlines
+
+def _group_runs(data: dict | None, group: str) -> list[dict]:
+    if data is None:
+        return []
+    return [r for k, r in data["runs"].items() if k.rsplit("/", 1)[0] == group and "error" not in r]
+
+
+def _dsc(data: dict | None, group: str) -> str:
+    return mean_sd([r["dsc"] for r in _group_runs(data, group)])
+
+
+def headlines() -> list[tuple[str, str, str]]:
+    """(what, result, anchor in docs/benchmarks.md): at most about a dozen."""
+    rows = []
+    hip, pro, drv = load("fewshot_hippocampus.json"), load("fewshot_prostate.json"), load("fewshot_drive.json")
+    if hip:
+        n = len(hip["test_cases"])
+        zs = hip["runs"]["zero-shot/box"]["dsc"]
+        cold = _group_runs(hip, "decoder+ov-cold/box/k5")
+        rows.append((f"Hippocampus MRI, zero-shot LiteMedSAM with boxes ({n} held-out volumes)", f"DSC {zs:.3f}",
+                     "fewshot-hippocampus"))
+        if cold:
+            fit_s = np.mean([r["fit_wall_seconds"] for r in cold])
+            rows.append(("Hippocampus, `decoder` recipe from 5 volumes, boxes, `--encoder-engine openvino`, "
+                         "empty embedding cache at start",
+                         f"DSC {_dsc(hip, 'decoder+ov-cold/box/k5')}, fit {fit_s:.0f} s", "fewshot-hippocampus"))
+        rows.append(("Hippocampus, encoder + decoder adapters (`adapter`, `--frozen-stages 2`) from 5 volumes, boxes",
+                     f"DSC {_dsc(hip, 'adapter+fs2/box/k5')}", "fewshot-hippocampus"))
+        best = selected_recipe(hip)
+        merged, _ = test20()
+        t20 = "pending"
+        if merged is not None:
+            sel = [r["dsc"] for k, r in merged["runs"].items()
+                   if k.startswith(f"{best['recipe']}/auto/k5/") and "error" not in r]
+            t20 = f"DSC {mean_sd(sel)} on {len(merged['test_cases'])} test volumes ({len(sel)} seeds)"
+        rows.append((f"Hippocampus, no prompt, 5 volumes: recipe chosen on validation (`{best['recipe']}`)",
+                     f"validation DSC {np.mean(best['val']):.3f}; test: {t20}", "selection"))
+    if pro:
+        rows.append((f"Prostate MRI 2D, zero-shot with boxes / `decoder-lora` from 5 images "
+                     f"({len(pro['test_cases'])} held-out images)",
+                     f"DSC {pro['runs']['zero-shot/box']['dsc']:.3f} / {_dsc(pro, 'decoder-lora/box/k5')}",
+                     "fewshot-prostate"))
+    if drv:
+        rows.append((f"DRIVE vessels, zero-shot with boxes / `adapter` with no prompt from 5 images "
+                     f"({len(drv['test_cases'])} held-out images)",
+                     f"DSC {drv['runs']['zero-shot/box']['dsc']:.3f} / {_dsc(drv, 'adapter+fs2-400/auto/k5')}",
+                     "fewshot-drive"))
+    cls = load("classification.json")
+    if cls:
+        a = [r["auroc"] for r in cls["runs"] if r["method"] == "lora" and r["fraction"] == 0.1]
+        rows.append(("PneumoniaMNIST, LiteMedSAM encoder + LoRA at 10 % of labels", f"AUROC {mean_sd(a, 3)}",
+                     "classification"))
+    vol = load("volumetric.json")
+    if vol:
+        def v(method: str, k: int) -> str:
+            return mean_sd([r["dsc"] for r in vol["runs"].values()
+                            if r["target"] == "both" and r["method"] == method and r["shots"] == k])
+        rows.append(("3D U-Net, both hippocampus classes from 1 volume: pretrained + full fine-tuning / from scratch",
+                     f"DSC {v('full', 1)} / {v('scratch', 1)}", "volumetric"))
+    sbs = load("side_by_side.json")
+    if sbs:
+        r3 = next(r for k, r in sbs["rows"].items() if k.startswith("3D U-Net full k5"))
+        rs = sbs["rows"].get("LiteMedSAM decoder, box (oracle) k5")
+        rows.append((f"Same {sbs['n_test']} held-out volumes, 5 training volumes: 3D U-Net (no prompt) / "
+                     "LiteMedSAM `decoder` (oracle boxes)",
+                     f"DSC {mean_sd(r3['dsc'])} / {mean_sd(rs['dsc']) if rs else '–'}", "side-by-side"))
+    inf = load("inference.json")
+    if inf:
+        s = inf["summary"]["medadapt OpenVINO mixed (cache)"]
+        rows.append(("Whole volumes on a CPU, OpenVINO `--precision mixed` against the official path",
+                     f"{s['speedup']:.2f}× faster, ΔDSC {s['dsc_diff']:+.4f}", "inference"))
+    dis = load("distill.json")
+    if dis:
+        r = dis["results"].get("litemedsam_student_s, openvino bf16")
+        if r:
+            rows.append(("Distilled student encoder, OpenVINO bf16, one 256×256 slice",
+                         f"{r['latency']['median_ms']:.0f} ms, ΔDSC {r['dsc_diff_vs_teacher_fp32']:+.4f} vs teacher",
+                         "distill"))
+    met = load("metrics.json")
+    if met:
+        r = met["results"][0]
+        rows.append((f"DSC + NSD + HD95 of one {r['case'].split()[-1]} volume pair", f"{r['seconds_median']:.1f} s",
+                     "metrics"))
+    return rows
+
+
+def readme_block() -> str:
+    lines = ["| result | measured | full table |", "|---|---|---|"]
+    for what, value, anchor in headlines():
+        lines.append(f"| {what} | {value} | [table](docs/benchmarks.md#{anchor}) |")
+    lines += ["", "Generated by `bench/tables.py` from `bench/results/*.json`; conditions (CPU, threads, load) "
+              "are stated with each full table."]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- recipes (docs/recipes.md)
+
+def recipes_block() -> str:
+    from medadapt.cli.recipes_cmd import recipe_rows
+
+    lines = ["| recipe | what trains | trainable parameters on LiteMedSAM | share of the model | "
+             "encoder frozen (embeddings cacheable) |", "|---|---|---|---|---|"]
+    for r in recipe_rows():
+        count = "–" if r["trainable"] is None else f"{r['trainable']:,}"
+        share = "–" if r["trainable"] is None else f"{100 * r['trainable'] / r['total']:.2f} %"
+        frozen = "–" if r["encoder_frozen"] is None else ("yes" if r["encoder_frozen"] else "no")
+        lines.append(f"| `{r['name']}` | {r['description']} | {count} | {share} | {frozen} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- files
+
+def replace_block(text: str, name: str, content: str, path: Path) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{path}: no {begin} ... {end} block")
+    return pattern.sub(lambda _: f"{begin}\n{content}\n{end}", text, count=1)
+
+
+def generated() -> dict[Path, str]:
+    """Every generated file's expected content."""
+    out = {BENCHMARKS_MD: benchmarks_md()}
+    out[README] = replace_block(README.read_text(), "results", readme_block(), README)
+    out[DEPLOY_MD] = replace_block(DEPLOY_MD.read_text(), "batching", batching_sentence(load("deploy.json")),
+                                   DEPLOY_MD)
+    out[RECIPES_MD] = replace_block(RECIPES_MD.read_text(), "recipes", recipes_block(), RECIPES_MD)
+    return out
+
+
+FIGURE = ROOT / "docs" / "img" / "hippocampus_dsc_vs_shots.png"
+FIGURE_RECIPES = ("decoder", "decoder-lora", "lora+fs2", "bias+fs2", "adapter+fs2")
+
+
+def figure() -> bytes | None:
+    """The README figure: the report's DSC-against-k plot (``medadapt report`` on several runs draws the
+    same), here over the box-mode hippocampus runs of fewshot_hippocampus.json."""
+    from medadapt.report.figures import shots_curve
+
+    data = load("fewshot_hippocampus.json")
+    curves: dict[str, dict[int, list[float]]] = {}
+    for group, runs in groups(data).items():
+        method, prompt, k = group.split("/")
+        if prompt == "box" and method in FIGURE_RECIPES:
+            curves.setdefault(method, {})[int(k[1:])] = [r["dsc"] for _, r in runs]
+    return shots_curve({m: curves[m] for m in FIGURE_RECIPES if m in curves})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 when a file differs")
+    ap.add_argument("--figure", action="store_true", help=f"also write {FIGURE.relative_to(ROOT)}")
+    args = ap.parse_args(argv)
+    if args.figure:
+        png = figure()
+        if png:
+            FIGURE.parent.mkdir(parents=True, exist_ok=True)
+            FIGURE.write_bytes(png)
+    stale = []
+    for path, text in generated().items():
+        current = path.read_text() if path.is_file() else None
+        if current == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.write_text(text)
+    for path in stale:
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        print(f"{'differs' if args.check else 'wrote'}: {shown}")
+    if args.check and stale:
+        print("run: .venv/bin/python bench/tables.py")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
