@@ -25,12 +25,11 @@ from torch import nn
 from medadapt.models.sam.common import LayerNorm2d
 from medadapt.models.sam.tiny_vit import (
     Attention,
-    BasicLayer,
     Conv2dBN,
-    ConvLayer,
     PatchMerging,
     StagedEncoder,
     TinyViT,
+    make_stage,
 )
 
 
@@ -90,12 +89,7 @@ class StudentViT(StagedEncoder):
             downsample = None
             if i < n - 1:
                 downsample = PatchMerging(res, dims[i], dims[i + 1], stride=2 if i == 0 else 1)
-            if i == 0:
-                layer: nn.Module = ConvLayer(dims[0], cfg.depths[0], cfg.mbconv_expand_ratio, downsample)
-            else:
-                layer = BasicLayer(dims[i], res, cfg.depths[i], cfg.num_heads[i], cfg.window_sizes[i],
-                                   cfg.mlp_ratio, cfg.local_conv_size, downsample)
-            self.layers.append(layer)
+            self.layers.append(make_stage(cfg, i, res, downsample))
         self.embedding_size = r
         self.neck = nn.Sequential(
             nn.Conv2d(dims[-1], cfg.out_chans, kernel_size=1, bias=False),

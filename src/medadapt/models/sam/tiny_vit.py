@@ -302,6 +302,16 @@ class StagedEncoder(nn.Module):
         return self.forward_trunk(self.forward_stem(x, n), n)
 
 
+def make_stage(cfg, i: int, res: tuple[int, int], downsample: nn.Module | None) -> nn.Module:
+    """Stage ``i`` of a TinyViT-style encoder: MBConv blocks first (``ConvLayer``), windowed attention
+    after (``BasicLayer``). ``cfg`` is a :class:`TinyViTConfig` or a student config with the same fields."""
+    dims = cfg.embed_dims
+    if i == 0:
+        return ConvLayer(dims[0], cfg.depths[0], cfg.mbconv_expand_ratio, downsample)
+    return BasicLayer(dims[i], res, cfg.depths[i], cfg.num_heads[i], cfg.window_sizes[i], cfg.mlp_ratio,
+                      cfg.local_conv_size, downsample)
+
+
 class TinyViT(StagedEncoder):
     """``[B, 3, S, S]`` image -> ``[B, 256, 64, 64]`` embedding (for the published sizes).
 
@@ -324,12 +334,7 @@ class TinyViT(StagedEncoder):
             if i < n_layers - 1:
                 stride = 1 if i == n_layers - 2 else 2
                 downsample = PatchMerging(res, dims[i], dims[i + 1], stride)
-            if i == 0:
-                layer: nn.Module = ConvLayer(dims[0], cfg.depths[0], cfg.mbconv_expand_ratio, downsample)
-            else:
-                layer = BasicLayer(dims[i], res, cfg.depths[i], cfg.num_heads[i], cfg.window_sizes[i],
-                                   cfg.mlp_ratio, cfg.local_conv_size, downsample)
-            self.layers.append(layer)
+            self.layers.append(make_stage(cfg, i, res, downsample))
         self.embedding_size = resolutions[-1]  # side of the output grid
         if cfg.num_classes > 0:
             # Unused by SAM; kept so MobileSAM checkpoints load with matching keys.
