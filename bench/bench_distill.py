@@ -39,8 +39,8 @@ import torch
 import provenance
 from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import make_split
-from medadapt.deploy.distill import DistillOptions, run_distill
 from medadapt.deploy.backend import build_engine_predictor
+from medadapt.deploy.distill import DistillOptions, run_distill
 from medadapt.deploy.merge import merge_student
 from medadapt.evaluate.segment_run import evaluate_dataset
 from medadapt.infer.predictor import SamPredictor

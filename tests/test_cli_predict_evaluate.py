@@ -51,8 +51,8 @@ def test_prostate_boxes_from_labels_dsc(data_dir: Path, tmp_path: Path):
 def test_volume_prediction_keeps_geometry_and_matches_official(data_dir: Path, tmp_path: Path):
     """A hippocampus volume: NIfTI out with the input's affine; equal to the per-object, batch-1 procedure."""
     from medadapt.data.prompts import boxes_from_label
-    from medadapt.metrics.segmentation import case_metrics
     from medadapt.infer.predictor import SamPredictor
+    from medadapt.metrics.segmentation import case_metrics
     from medadapt.models.registry import build_model, get_sam_spec
 
     case = "hippocampus_001.nii.gz"

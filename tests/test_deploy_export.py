@@ -236,8 +236,8 @@ def test_engine_dsc_equals_torch_on_hippocampus(engine, precision, data_dir, tmp
     """
     from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.deploy.runtime import cpu_has_bf16
-    from medadapt.metrics.segmentation import case_metrics
     from medadapt.infer.volume import segment_volume_from_labels
+    from medadapt.metrics.segmentation import case_metrics
 
     if precision in ("bf16", "mixed") and not cpu_has_bf16():
         pytest.skip("this CPU has no bf16")
