@@ -30,14 +30,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 from torch import nn
 
 import medadapt
 from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.slices import iter_slices
-from medadapt.engine.config import TrainConfig, read_options_yaml
+from medadapt.engine.config import TrainConfig
 from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
+from medadapt.engine.options import LayoutOptions, OptimOptions, SplitOptions, build_options, merge_options
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
 from medadapt.errors import MedadaptError
@@ -57,8 +58,9 @@ FORMAT = "medadapt.student"
 FORMAT_VERSION = 1
 
 
-class DistillOptions(BaseModel):
-    """Every option of ``medadapt distill`` (also readable from a YAML config)."""
+class DistillOptions(SplitOptions, LayoutOptions, OptimOptions):
+    """Every option of ``medadapt distill`` (also readable from a YAML config): the shared parts
+    (:mod:`medadapt.engine.options`) with distillation's own defaults, plus teacher and student."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -73,46 +75,22 @@ class DistillOptions(BaseModel):
     # student's registered size. Smaller sides make quick smoke runs.
     image_size: int | None = Field(None, ge=16)
     flip: Literal["embedding", "input", "none"] = "embedding"
-    # data
-    split: str | None = None  # reuse a split.json (its train part is distilled on)
+    # data (split: a split.json whose train part is distilled on)
     shots: int | None = Field(None, ge=1)
-    fraction: float | None = Field(None, gt=0, le=1)
-    seed: int = 0
-    n_val: int | None = Field(None, ge=0)
     slices: Literal["all", "labelled"] = "all"
     max_train_slices: int | None = Field(None, ge=1)
     max_val_slices: int = Field(32, ge=1)
-    modality: str = "auto"
-    image_suffix: str | None = None
-    label_suffix: str | None = None
-    label_dir: str | None = None
-    window: str | None = None
-    # optimisation
-    epochs: int | None = Field(None, ge=1)
+    # optimisation: distillation's defaults
     max_steps: int | None = Field(None, ge=1, description="default: 500 unless epochs is given")
     batch_size: int = Field(8, ge=1)
     lr: float = Field(5e-4, gt=0)
-    weight_decay: float = 0.01
     warmup_steps: int = 20
-    clip_grad_norm: float | None = 1.0
-    precision: Literal["fp32", "bf16"] = "fp32"
     val_every: int | None = Field(50, ge=1)
-    patience: int | None = None
     cache_dir: str | None = None
-    progress: bool = True
 
     @classmethod
     def build(cls, values: dict, config_file: Path | None = None) -> DistillOptions:
-
-        merged: dict = read_options_yaml(config_file) if config_file is not None else {}
-        merged.update({k: v for k, v in values.items() if v is not None})
-        try:
-            return cls(**merged)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "options"
-            raise MedadaptError(f"invalid distill option '{where}': {first['msg']}.", path=config_file,
-                                fix="see `medadapt distill --help` for the accepted values.") from None
+        return build_options(cls, merge_options(values, config_file), config_file, "distill")
 
 
 DEFAULT_STEPS = 500

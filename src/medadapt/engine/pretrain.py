@@ -37,10 +37,10 @@ from medadapt.data.volume_dataset import (
     volume_preprocessing,
     volume_records,
 )
-from medadapt.engine.config import TrainConfig, read_options_yaml
+from medadapt.engine.config import TrainConfig
+from medadapt.engine.options import build_options, merge_options
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
-from medadapt.engine.volumetric_fit import validate_options
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import atomic_path, write_json
 from medadapt.io.checkpoints import read_checkpoint
@@ -246,9 +246,7 @@ def run_pretrain(values: dict, config: Path | None = None, resume: bool = False)
     from accelerate import PartialState
 
 
-    merged = read_options_yaml(config) if config is not None else {}
-    merged.update({k: v for k, v in values.items() if v is not None})
-    opts: PretrainOptions = validate_options(PretrainOptions, merged, config, "pretrain")
+    opts = build_options(PretrainOptions, merge_options(values, config), config, "pretrain", did_you_mean=True)
     out = Path(opts.out)
     RunFolder(out).guard_new(resume, what="pretraining run")
     if opts.checkpoint:

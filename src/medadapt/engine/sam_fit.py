@@ -13,13 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from medadapt.adapt.class_prompts import attach_class_prompts
 from medadapt.adapt.recipes import RecipeConfig, apply_recipe
 from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.slices import iter_slices, with_empty_slices
-from medadapt.engine.config import TrainConfig, read_options_yaml
+from medadapt.engine.config import TrainConfig
+from medadapt.engine.options import LayoutOptions, OptimOptions, SplitOptions, build_options, merge_options
 from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
@@ -31,8 +32,9 @@ from medadapt.run import RunFolder
 DEFAULT_STEPS = 200
 
 
-class FitOptions(BaseModel):
-    """Every option of ``medadapt fit`` (also readable from a YAML config)."""
+class FitOptions(SplitOptions, LayoutOptions, OptimOptions):
+    """Every option of ``medadapt fit`` (also readable from a YAML config): the shared parts
+    (:mod:`medadapt.engine.options`) plus the model, recipe, prompt and SAM training settings."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -42,21 +44,10 @@ class FitOptions(BaseModel):
     checkpoint: str | None = None
     method: str = "decoder"
     prompt: Literal["box", "point", "hybrid", "auto"] = "box"
-    shots: int | None = Field(5, ge=1)
-    fraction: float | None = Field(None, gt=0, le=1)
-    seed: int = 0
-    n_val: int | None = Field(None, ge=0)
-    split: str | None = None  # reuse a split.json
     classes: list[int] | None = None
     # volumes: the axis sliced into 2D samples (None: the through-plane axis by spacing); the adapter
     # records it so that predict / evaluate slice the same way
     slice_axis: int | None = Field(None, ge=0, le=2)
-    # data layout helpers
-    image_suffix: str | None = None
-    label_suffix: str | None = None
-    label_dir: str | None = None
-    modality: str = "auto"
-    window: str | None = None
     binary: bool | None = None
     # recipe
     lora_rank: int = Field(4, ge=1)
@@ -73,20 +64,10 @@ class FitOptions(BaseModel):
     # auto mode: slices without any class added per labelled slice, and the class tokens' lr multiplier
     empty_slice_ratio: float = Field(0.5, ge=0)
     class_token_lr_scale: float = Field(10.0, gt=0)
-    # optimisation
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="default: 200 unless epochs is given")
-    batch_size: int = Field(4, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = 0.01
+    # optimisation beyond the shared loop options
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
-    warmup_steps: int = 10
     grad_accum: int = 1
-    clip_grad_norm: float | None = 1.0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    val_every: int | None = 50
-    patience: int | None = None
     iou_weight: float = 0.0
     box_jitter: int = 5
     n_pos: int = 1
@@ -99,7 +80,6 @@ class FitOptions(BaseModel):
     cache_dir: str | None = None
     encoder_engine: Literal["torch", "onnxruntime", "openvino"] = "torch"
     max_val_slices: int = Field(64, ge=1)
-    progress: bool = True
 
     @field_validator("lora_blocks", "adapter_blocks", mode="before")
     @classmethod
@@ -109,19 +89,7 @@ class FitOptions(BaseModel):
 
     @classmethod
     def build(cls, values: dict, config_file: Path | None = None) -> FitOptions:
-
-        merged: dict = read_options_yaml(config_file) if config_file is not None else {}
-        merged.update({k: v for k, v in values.items() if v is not None})
-        try:
-            return cls(**merged)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "options"
-            raise MedadaptError(
-                f"invalid fit option '{where}': {first['msg']}.",
-                path=config_file,
-                fix="see `medadapt fit --help` for the accepted values.",
-            ) from None
+        return build_options(cls, merge_options(values, config_file), config_file, "fit")
 
 
 def load_fit_dataset(opts: FitOptions):

@@ -23,20 +23,20 @@ labels are never read.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medadapt.adapt.artifact import load_adapter
 from medadapt.adapt.recipes import RecipeConfig
 from medadapt.data.transforms3d import VolumePreprocessing, preprocess_transforms
 from medadapt.data.volume_dataset import load_volume_dataset, volume_preprocessing, volume_records
-from medadapt.engine.config import TrainConfig, read_options_yaml
+from medadapt.engine.config import TrainConfig
+from medadapt.engine.options import build_options, merge_options
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
 from medadapt.engine.transductive import ConstraintConfig, per_class_constraints
@@ -64,7 +64,6 @@ __all__ = [
     "prep_from_fields",
     "read_pretrain_meta",
     "run_volumetric_fit",
-    "validate_options",
 ]
 
 DEFAULT_STEPS = 200
@@ -166,45 +165,19 @@ class VolumetricFitOptions(BaseModel):
 
     @classmethod
     def build(cls, values: dict, config_file: Path | None = None) -> VolumetricFitOptions:
-        merged: dict[str, Any] = {}
-        if config_file is not None:
-            merged.update(read_options_yaml(config_file))
-        merged.update({k: v for k, v in values.items() if v is not None})
+        merged = merge_options(values, config_file)
         if "lambda" in merged:
             merged["lambda_"] = merged.pop("lambda")
         if merged.get("cache_dir") is not None:
             raise MedadaptError("--cache-dir is not used by --task volumetric (frozen-backbone features are "
                                 "cached in memory).", fix="drop --cache-dir.")
         merged.pop("cache_dir", None)
-        return validate_options(cls, merged, config_file, "fit --task volumetric")
+        return build_options(cls, merged, config_file, "fit --task volumetric", did_you_mean=True)
 
     def arch(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ARCH_KEYS if getattr(self, k) is not None}
 
 
-
-
-def validate_options(cls: type[BaseModel], merged: dict, config_file: Path | None, command: str):
-    """Build ``cls``; an unknown key or bad value becomes one MedadaptError naming the key."""
-    known = [k for k in cls.model_fields]
-    unknown = [k for k in merged if k not in known]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise MedadaptError(
-            f"unknown option '{key}' for {command}{hint}.", path=config_file,
-            fix="valid options are " + ", ".join(known) + ".",
-        )
-    try:
-        return cls(**merged)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "options"
-        raise MedadaptError(
-            f"invalid option '{where}' for {command}: {first['msg']} (got {first.get('input')!r}).",
-            path=config_file, fix=f"see `medadapt {command.split()[0]} --help` and docs/recipes.md.",
-        ) from None
 
 
 # ----------------------------------------------------------------------------- model

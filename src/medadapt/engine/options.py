@@ -1,0 +1,108 @@
+"""Option models of the training commands, built from shared parts, and one way to build them.
+
+The fit commands share groups of options: which cases train (:class:`SplitOptions`), how a 2D or
+slice dataset is read (:class:`LayoutOptions`) and the training loop (:class:`OptimOptions`). A
+command's option model inherits the parts it has instead of re-declaring their fields, and re-declares
+one field only where its default differs. The parts stay flat (inherited fields, not nested models):
+``--lr``, ``--set key=value``, YAML configs and the ``fit_config.json`` of earlier runs all use flat keys.
+
+:func:`build_options` merges a YAML config under the command-line values and turns the first
+validation problem into one :class:`~medadapt.errors.MedadaptError` naming the option.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medadapt.engine.config import read_options_yaml
+from medadapt.errors import MedadaptError
+from medadapt.precision import TorchPrecision
+
+__all__ = ["LayoutOptions", "OptimOptions", "SplitOptions", "build_options", "merge_options"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class SplitOptions(BaseModel):
+    """Which cases train: k shots or a label fraction, the seed, a validation count, or a given split file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shots: int | None = Field(5, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+    n_val: int | None = Field(None, ge=0)
+    split: str | None = None  # reuse a split.json
+
+
+class LayoutOptions(BaseModel):
+    """How a 2D / slice dataset is read: file pairing and intensity normalisation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_suffix: str | None = None
+    label_suffix: str | None = None
+    label_dir: str | None = None
+    modality: str = "auto"
+    window: str | None = None
+
+
+class OptimOptions(BaseModel):
+    """The training loop: length, batch, optimiser, precision, validation and early stopping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="default: the command's own unless epochs is given")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    clip_grad_norm: float | None = 1.0
+    precision: TorchPrecision = "fp32"
+    val_every: int | None = 50
+    patience: int | None = None
+    progress: bool = True
+
+
+def merge_options(values: dict[str, Any], config_file: Path | None = None,
+                  saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``saved`` (a resumed run's options) < the YAML ``config_file`` < command-line ``values`` (None = not given)."""
+    merged: dict[str, Any] = dict(saved or {})
+    if config_file is not None:
+        merged.update(read_options_yaml(config_file))
+    merged.update({k: v for k, v in values.items() if v is not None})
+    return merged
+
+
+def build_options(cls: type[M], merged: dict[str, Any], config_file: Path | None, command: str, *,
+                  did_you_mean: bool = False, fix: str | None = None) -> M:
+    """``cls(**merged)``, or one MedadaptError naming the first bad option of ``medadapt {command}``.
+
+    ``did_you_mean`` checks unknown keys first and suggests the closest option name.
+    """
+    if did_you_mean:
+        known = list(cls.model_fields)
+        unknown = [k for k in merged if k not in known]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise MedadaptError(f"unknown option '{key}' for {command}{hint}.", path=config_file,
+                                fix="valid options are " + ", ".join(known) + ".")
+    try:
+        return cls(**merged)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        if did_you_mean:
+            raise MedadaptError(
+                f"invalid option '{where}' for {command}: {first['msg']} (got {first.get('input')!r}).",
+                path=config_file, fix=fix or f"see `medadapt {command.split()[0]} --help` and docs/recipes.md.",
+            ) from None
+        raise MedadaptError(f"invalid {command} option '{where}': {first['msg']}.", path=config_file,
+                            fix=fix or f"see `medadapt {command} --help` for the accepted values.") from None
