@@ -86,11 +86,13 @@ def _subset_dataset(dest: Path, keys: list[str]) -> None:
 
 def predictor_for(engine: str, precision: str, exports: dict[str, Path], batch: int, threads: int,
                   model_name: str = "litemedsam", checkpoint: Path | None = None):
-    from medadapt.deploy.backend import build_engine_predictor
+    from medadapt.deploy.backend import load_predictor
+    from medadapt.infer.factory import PredictorSpec
 
     export = None if engine == "torch" else exports["onnx" if engine == "onnxruntime" else "openvino"]
-    return build_engine_predictor(model_name, engine=engine, precision=precision, export=export,
-                                  checkpoint=checkpoint if engine == "torch" else None, batch_size=batch, threads=threads)
+    return load_predictor(PredictorSpec(model=model_name, backend=engine, precision=precision, export=export,
+                                        checkpoint=checkpoint if engine == "torch" else None, batch_size=batch,
+                                        threads=threads))
 
 
 def time_encoders(predictors: dict, slices: torch.Tensor, batch: int, repeats: int) -> dict[str, dict]:

@@ -39,10 +39,11 @@ import torch
 import provenance
 from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import make_split
-from medadapt.deploy.backend import build_engine_predictor
+from medadapt.deploy.backend import load_predictor
 from medadapt.deploy.distill import DistillOptions, run_distill
 from medadapt.deploy.merge import merge_student
 from medadapt.evaluate.segment_run import evaluate_dataset
+from medadapt.infer.factory import PredictorSpec
 from medadapt.infer.predictor import SamPredictor
 from medadapt.io.atomic import write_json
 from medadapt.models.registry import build_model, get_sam_spec
@@ -132,8 +133,8 @@ def main() -> None:
             **dsc_on(SamPredictor(model, get_sam_spec(name), batch_size=1), dataset, test_keys),
         }
         for engine, precision in (e.split(":") for e in args.engines):
-            pred = build_engine_predictor(name, engine=engine, precision=precision, checkpoint=ckpt, batch_size=1,
-                                          threads=args.threads)
+            pred = load_predictor(PredictorSpec(model=name, backend=engine, precision=precision, checkpoint=ckpt,
+                                                batch_size=1, threads=args.threads))
             rows[f"{label}, {engine} {precision}"] = {
                 "model": name, "engine": engine, "precision": precision,
                 "latency": latency_ms(pred._encode_batch, args.repeats),

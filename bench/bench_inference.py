@@ -90,7 +90,8 @@ def main() -> int:
 
     import provenance
     from medadapt.data.datasets import load_segmentation_dataset
-    from medadapt.deploy.backend import build_engine_predictor
+    from medadapt.deploy.backend import load_predictor
+    from medadapt.infer.factory import PredictorSpec
     from medadapt.infer.predictor import SamPredictor
     from medadapt.infer.volume import segment_volume_from_labels
     from medadapt.io.atomic import write_json
@@ -130,8 +131,8 @@ def main() -> int:
                 seg = official_volume(pred, image, label, axis)
             else:
                 engine, prec = precision
-                pred = build_engine_predictor("litemedsam", engine=engine, precision=prec, batch_size=args.volume_batch,
-                                              threads=args.threads)
+                pred = load_predictor(PredictorSpec(model="litemedsam", backend=engine, precision=prec,
+                                                    batch_size=args.volume_batch, threads=args.threads))
                 t = time.perf_counter()
                 seg = segment_volume_from_labels(pred, image, label, slice_axis=axis)
             secs = time.perf_counter() - t

@@ -11,11 +11,12 @@ from typer.testing import CliRunner
 
 from medadapt.adapt import RecipeConfig, apply_recipe
 from medadapt.cli.main import app
-from medadapt.deploy.backend import build_engine_predictor
+from medadapt.deploy.backend import load_predictor
 from medadapt.deploy.export import export_model, read_manifest
 from medadapt.deploy.graphs import PromptGraph, labelled_points
 from medadapt.deploy.runtime import DeployedSam, OvGraph
 from medadapt.errors import MedadaptError
+from medadapt.infer.factory import PredictorSpec
 from medadapt.models.registry import build_model, get_sam_spec
 
 torch.set_num_threads(2)
@@ -118,7 +119,7 @@ def test_engine_precision_errors(onnx_export):
     with pytest.raises(MedadaptError, match="needs openvino"):
         DeployedSam(onnx_export, engine="openvino")
     with pytest.raises(MedadaptError, match="int8 needs an export"):
-        build_engine_predictor("litemedsam", engine="openvino", precision="int8")
+        load_predictor(PredictorSpec(model="litemedsam", backend="openvino", precision="int8"))
 
 
 def _image_and_label(tmp_path):
@@ -242,10 +243,11 @@ def test_engine_dsc_equals_torch_on_hippocampus(engine, precision, data_dir, tmp
     if precision in ("bf16", "mixed") and not cpu_has_bf16():
         pytest.skip("this CPU has no bf16")
     dataset = load_segmentation_dataset(data_dir / "hippocampus")
-    torch_pred = build_engine_predictor("litemedsam", threads=2)
+    torch_pred = load_predictor(PredictorSpec(model="litemedsam", threads=2))
     fmt = "onnx" if engine == "onnxruntime" else "openvino"
     export_model(torch_pred.model, get_sam_spec("litemedsam"), tmp_path / fmt, fmt=fmt)
-    pred = build_engine_predictor("litemedsam", engine=engine, precision=precision, export=tmp_path / fmt, threads=2)
+    pred = load_predictor(PredictorSpec(model="litemedsam", backend=engine, precision=precision,
+                                        export=tmp_path / fmt, threads=2))
     ref, got = [], []
     for key in dataset.keys()[:3]:
         case = dataset.load(key)
@@ -269,7 +271,7 @@ def test_automatic_mode_class_tokens_survive_export(tmp_path):
     deployed = DeployedSam(tmp_path / "auto", engine="onnxruntime", threads=2)
     assert deployed.manifest["classes"] == [1, 2]
     # The predictor on the export segments with no prompt and keeps the fit's post-processing.
-    predictor = build_engine_predictor(None, engine="onnxruntime", export=tmp_path / "auto")
+    predictor = load_predictor(PredictorSpec(backend="onnxruntime", export=tmp_path / "auto"))
     assert predictor.is_automatic and predictor.classes == [1, 2] and predictor.keep_largest == [2]
     emb = torch.rand(2, 256, 64, 64)
     with torch.no_grad():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
@@ -15,7 +14,6 @@ from medadapt.cli.common import (
     set_threads,
     user_errors,
 )
-from medadapt.errors import MedadaptError
 
 
 @user_errors
@@ -62,96 +60,27 @@ def predict(
     mirror: bool = typer.Option(False, "--mirror", help=MIRROR_HELP),
 ) -> None:
     """Segment images or volumes with box / point prompts; outputs keep the input names and geometry."""
-    from medadapt.deploy.backend import build_engine_predictor
-    from medadapt.deploy.runtime import check_engine
-    from medadapt.infer.cases import (
-        PROMPT_SOURCES,
-        PredictOptions,
-        load_case,
-        predict_case,
-        require_automatic,
-        write_prediction,
-    )
-    from medadapt.infer.ensemble import check_mirror, check_prompt_mode
-    from medadapt.io.atomic import staged_dir
-    from medadapt.io.discovery import ALL_SUFFIXES, find_files, pair_by_name
+    from medadapt.infer.cases import PredictOptions
+    from medadapt.infer.factory import PredictorSpec, adapters_of
+    from medadapt.pipeline.predict import predict_folder
 
     set_threads(threads)
-    _check_choice("--modality", modality, ("auto", "ct", "mr", "none"))
-    _check_choice("--per", per, ("class", "component"))
-    _check_choice("--precision", precision, ("fp32", "bf16", "mixed", "int8"))
-    check_engine(engine, precision)
-    options = PredictOptions(
-        prompts=prompts or "boxes-from-labels", slice_axis=slice_axis, modality=modality, window=window, per=per,
-        jitter=jitter, n_pos=n_pos, n_neg=n_neg, seed=seed,
+    spec = PredictorSpec(
+        model=model, checkpoint=checkpoint, adapters=adapters_of(adapter), backend=engine, precision=precision,
+        export=export, batch_size=batch_size, threads=threads, cache_dir=cache_dir, ov_cache=ov_cache, mirror=mirror,
     )
-    if prompts is not None and prompts not in PROMPT_SOURCES:
-        from medadapt.data.prompt_files import read_prompt_file
-
-        prompt_path = Path(prompts)
-        if not prompt_path.is_file():
-            raise MedadaptError(
-                f"--prompts '{prompts}' is neither a prompt source nor an existing prompt file.",
-                fix=f"use one of {', '.join(PROMPT_SOURCES)} or the path of a JSON/CSV prompt file.",
-            )
-        options.prompt_map = read_prompt_file(prompt_path)
-    if prompts is not None:
-        _check_labels_given(prompts, labels)
-
-    images = find_files(input, ALL_SUFFIXES, what="input")
-    label_files = find_files(labels, ALL_SUFFIXES, what="label") if labels is not None else None
-    pairs = pair_by_name(
-        images, label_files, image_suffix=image_suffix, label_suffix=label_suffix, labels_root=labels
-    )
-    _check_unique_names(pairs)
-
-    predictor = build_engine_predictor(
-        model, engine=engine, precision=precision, export=export, checkpoint=checkpoint, adapter=adapter,
-        batch_size=batch_size, threads=threads, cache_dir=cache_dir, ov_cache=ov_cache,
-    )
-    run = adapter[0] if adapter else None
-    if prompts is None:  # an automatic-mode adapter needs no prompt; anything else gets boxes from the labels
-        options.prompts = "auto" if predictor.is_automatic else "boxes-from-labels"
-        _check_labels_given(options.prompts, labels)
-    elif prompts == "auto":
-        require_automatic(predictor, run)
-    check_prompt_mode(predictor, options.prompts)
-    if options.slice_axis is None:  # an adapter trained on a chosen axis is applied along it
-        options.slice_axis = predictor.slice_axis
-    check_mirror(mirror, options.prompts, run)
-    predictor.mirror = mirror
-    start = time.perf_counter()
-    with progress_bar() as bar, staged_dir(out) as stage:  # a bad input half-way leaves no outputs
-        task = bar.add_task("predict", total=len(pairs))
-        for pair in pairs:
-            case = load_case(pair, options)
-            seg = predict_case(predictor, case, options)
-            write_prediction(stage, case, seg)
-            bar.advance(task)
-    elapsed = time.perf_counter() - start
+    options = PredictOptions(slice_axis=slice_axis, modality=modality, window=window, per=per, jitter=jitter,
+                             n_pos=n_pos, n_neg=n_neg, seed=seed)
+    with progress_bar() as bar:
+        done = predict_folder(
+            spec, input, out, prompts=prompts, labels=labels, image_suffix=image_suffix, label_suffix=label_suffix,
+            options=options, progress=lambda n: _advance(bar, bar.add_task("predict", total=n)),
+        )
     console.print(
-        f"wrote {len(pairs)} prediction(s) to {out} in {elapsed:.1f} s "
-        f"({predictor.images_encoded} image(s) encoded in {predictor.encoder_calls} encoder call(s))"
+        f"wrote {done['cases']} prediction(s) to {out} in {done['seconds']:.1f} s "
+        f"({done['images_encoded']} image(s) encoded in {done['encoder_calls']} encoder call(s))"
     )
 
 
-def _check_labels_given(prompts: str, labels: Path | None) -> None:
-    if prompts.endswith("-from-labels") and labels is None:
-        raise MedadaptError(f"--prompts {prompts} needs --labels.", fix="pass --labels FILE|DIR.")
-
-
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise MedadaptError(f"{option} '{value}' is not one of {', '.join(choices)}.", fix=f"use {option} {choices[0]}")
-
-
-def _check_unique_names(pairs) -> None:
-    seen: dict[str, Path] = {}
-    for p in pairs:
-        if p.image.name in seen:
-            raise MedadaptError(
-                f"two inputs share the file name '{p.image.name}' ({seen[p.image.name]} and {p.image}); "
-                "outputs keep input names, so one would overwrite the other.",
-                fix="predict the two folders separately.",
-            )
-        seen[p.image.name] = p.image
+def _advance(bar, task):
+    return lambda: bar.advance(task)

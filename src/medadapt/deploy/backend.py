@@ -1,4 +1,4 @@
-"""Pick the inference engine for ``predict`` / ``evaluate``: PyTorch, or an export on ONNX Runtime / OpenVINO.
+"""The inference back-end of ``predict``: PyTorch, or an export on ONNX Runtime / OpenVINO (:func:`load_predictor`).
 
 With ``--engine onnxruntime|openvino`` and no ``--export DIR``, the model (base + adapter) is
 exported once into the medadapt cache, keyed by the sha256 of its merged weights, and reused by
@@ -8,7 +8,7 @@ later runs; int8 needs calibration images and therefore an explicit ``medadapt e
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,8 +16,8 @@ import torch
 from medadapt.deploy.export import MANIFEST, export_model, read_manifest
 from medadapt.deploy.runtime import DeployedSam, check_engine, default_cache_root
 from medadapt.errors import MedadaptError
-from medadapt.infer.ensemble import single_or_ensemble
-from medadapt.infer.factory import build_predictor, load_adapted_model
+from medadapt.infer.factory import PredictorSpec, compose, load_adapted_model
+from medadapt.infer.factory import load_predictor as load_torch_predictor
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_sam_spec
 from medadapt.run import RunFolder, trained_slice_axis
@@ -81,52 +81,43 @@ def frozen_encoder(opts) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
     return deployed.fingerprint, deployed.encode
 
 
-def build_engine_predictor(
-    model: str | None,
-    *,
-    engine: str = "torch",
-    precision: str = "fp32",
-    export: Path | None = None,
-    checkpoint: Path | None = None,
-    adapter: Path | Sequence[Path] | None = None,
-    batch_size: int | None = None,
-    threads: int | None = None,
-    cache_dir: Path | None = None,
-    use_cache: bool = False,
-    ov_cache: Path | None = None,
-) -> SamPredictor:
-    """A :class:`SamPredictor` on the chosen engine and precision (several adapters: their ensemble)."""
-    check_engine(engine, precision)
-    if adapter is not None and not isinstance(adapter, (str, Path)):
-        if export is not None and len(adapter) > 1:
-            raise MedadaptError("--export is the folder of one exported model; an ensemble has one per --adapter.",
-                                fix="drop --export (each member is exported once into the cache), or pass one --adapter.")
-        return single_or_ensemble(adapter, lambda a: build_engine_predictor(
-            model, engine=engine, precision=precision, export=export, checkpoint=checkpoint, adapter=a,
-            batch_size=batch_size, threads=threads, cache_dir=cache_dir, use_cache=use_cache, ov_cache=ov_cache))
-    if engine == "torch":
-        if export is not None:
+def load_predictor(spec: PredictorSpec):
+    """The predictor ``spec`` describes, on its back-end and precision (several adapters: their ensemble).
+
+    torch goes to :func:`medadapt.infer.factory.load_predictor`; ONNX Runtime / OpenVINO run an export
+    (``spec.export``, else one exported once into the cache). Every setting is passed to the predictor's
+    constructor; an adapter run's current post-processing choice wins over the one recorded at export time.
+    """
+    check_engine(spec.backend, spec.precision)
+    if spec.export is not None and len(spec.adapters) > 1:
+        raise MedadaptError("--export is the folder of one exported model; an ensemble has one per --adapter.",
+                            fix="drop --export (each member is exported once into the cache), or pass one --adapter.")
+    if spec.backend == "torch":
+        if spec.export is not None:
             raise MedadaptError("--export is an ONNX / OpenVINO folder; --engine torch does not use it.",
                                 fix="add --engine openvino (or onnxruntime), or drop --export.")
-        return build_predictor(model, checkpoint=checkpoint, adapter=adapter, batch_size=batch_size,
-                               precision=precision, cache_dir=cache_dir, use_cache=use_cache)
+        return load_torch_predictor(spec)
+    return compose(spec, _runtime_member)
+
+
+def _runtime_member(spec: PredictorSpec) -> SamPredictor:
+    adapter = spec.adapters[0] if spec.adapters else None
+    export = spec.export
     if export is None:
-        if precision == "int8":
+        if spec.precision == "int8":
             raise MedadaptError("--precision int8 needs an export quantised on calibration images.",
                                 fix="run `medadapt export ... --int8-calibration DATA --out DIR`, then pass --export DIR.")
-        export = cached_export(model, engine=engine, checkpoint=checkpoint, adapter=adapter, precision=precision)
-    deployed = DeployedSam(export, engine=engine, precision=precision, threads=threads, cache_dir=ov_cache)
-    spec = get_sam_spec(deployed.manifest["model"])
-    classes = deployed.manifest.get("classes")
-    predictor = SamPredictor(deployed, spec, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
-                             classes=classes if deployed.class_prompts is not None else None)
-    # The adapter's current choices win over those recorded at export time.
+        export = cached_export(spec.model, engine=spec.backend, checkpoint=spec.checkpoint, adapter=adapter,
+                               precision=spec.precision)
+    deployed = DeployedSam(export, engine=spec.backend, precision=spec.precision, threads=spec.threads,
+                           cache_dir=spec.ov_cache)
+    automatic = deployed.class_prompts is not None
     run = RunFolder.resolve(adapter) if adapter is not None else None
-    meta = run.read_adapter_meta() if run is not None else None
     source = deployed.manifest.get("source", {})
-    if predictor.is_automatic:
-        predictor.keep_largest = (run.keep_largest() if run is not None
-                                  else [int(c) for c in source.get("keep_largest", [])])
-    axis = trained_slice_axis(meta) if meta is not None else source.get("slice_axis")
-    predictor.slice_axis = None if axis is None else int(axis)
-    return predictor
+    keep = (run.keep_largest() if run is not None else [int(c) for c in source.get("keep_largest", [])])
+    axis = trained_slice_axis(run.read_adapter_meta()) if run is not None else source.get("slice_axis")
+    return SamPredictor(
+        deployed, get_sam_spec(deployed.manifest["model"]), batch_size=spec.batch_size, cache_dir=spec.cache_dir,
+        use_cache=spec.use_cache, classes=deployed.manifest.get("classes") if automatic else None,
+        keep_largest=keep if automatic else (), slice_axis=axis, mirror=spec.mirror,
+    )

@@ -113,7 +113,6 @@ class DistillTask:
     def __init__(self, student: nn.Module, teacher: nn.Module, student_spec, teacher_spec, train_samples,
                  val_samples, *, batch_size: int = 8, flip: str = "embedding", teacher_input: str = "student",
                  seed: int = 0, cache_dir: Path | None = None, meta: dict | None = None):
-
         self.model = student  # the student *encoder*: [B, 3, S, S] -> [B, 256, 64, 64]
         self.teacher = teacher.eval()  # the teacher *encoder*
         for p in self.teacher.parameters():
@@ -267,7 +266,6 @@ def build_student(name: str, image_size: int | None = None) -> nn.Module:
 
     spec = get_sam_spec(name)
     if spec.encoder != "student":
-
         names = ", ".join(s.name for s in list_models() if s.encoder == "student")
         raise MedadaptError(f"'{spec.name}' is not a student model.", fix=f"use one of: {names}")
     return build_model(spec.name, pretrained=False, image_size=image_size)

@@ -194,7 +194,6 @@ def export_model(
             consts["class_tokens"] = merged.class_prompts.tokens.detach().float().numpy()
         np.savez(tmp / CONSTANTS, **consts)
         if calibration is not None:
-
             quantize_encoder(tmp, fmt, calibration)
             precisions.append("int8")
         manifest = {

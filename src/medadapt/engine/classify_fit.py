@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medadapt.data.fewshot import Split
@@ -192,8 +193,6 @@ def _classify_config(opts: ClassifyFitOptions, train_ids: list[str] | None):
 
 
 def _train_config(opts: ClassifyFitOptions):
-    import torch
-
 
     steps = opts.max_steps if (opts.max_steps or opts.epochs) else DEFAULT_STEPS
     return TrainConfig(

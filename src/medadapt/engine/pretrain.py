@@ -245,7 +245,6 @@ def run_pretrain(values: dict, config: Path | None = None, resume: bool = False)
     """
     from accelerate import PartialState
 
-
     opts = build_options(PretrainOptions, merge_options(values, config), config, "pretrain", did_you_mean=True)
     out = Path(opts.out)
     RunFolder(out).guard_new(resume, what="pretraining run")

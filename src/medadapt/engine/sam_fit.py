@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from medadapt.adapt.class_prompts import attach_class_prompts
@@ -108,12 +110,9 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     """Train one adapter; returns the result dict also written to ``result.json``.
 
     ``frozen_encoder(opts) -> (tag, encode)`` supplies the encoder that fills the embedding cache
-    when ``opts.encoder_engine`` is not torch and the recipe leaves the encoder frozen (the command
-    line passes :func:`medadapt.deploy.backend.frozen_encoder`; the engine layer cannot import deploy).
+    when ``opts.encoder_engine`` is not torch and the recipe leaves the encoder frozen
+    (:func:`medadapt.pipeline.fit.fit_segment` passes the exported one from :mod:`medadapt.deploy`).
     """
-    import numpy as np
-    import torch
-
 
     out = Path(opts.out)
     run = RunFolder(out)
@@ -172,7 +171,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     if opts.encoder_engine != "torch" and not applied.encoder_trainable:
         if frozen_encoder is None:
             raise MedadaptError(f"encoder_engine '{opts.encoder_engine}' needs a frozen-encoder factory.",
-                                fix="run through `medadapt fit`, or pass frozen_encoder=medadapt.deploy.backend.frozen_encoder.")
+                                fix="run through `medadapt fit` (medadapt.pipeline.fit.fit_segment).")
         settings.frozen_encoder = frozen_encoder(opts)
     task = SamSegmentationTask(model, spec, recipe, applied.encoder_trainable, train, val, settings)
     config = TrainConfig(

@@ -133,7 +133,6 @@ class SamSegmentationTask:
         self.frozen_stages = recipe.frozen_stages if encoder_trainable else 0
         self.augmenter = None
         if encoder_trainable and settings.augment and (not self.frozen_stages or settings.augment_stem):
-
             self.augmenter = train_augment(settings.seed, translate=settings.augment_translate,
                                            **({} if settings.augment_flips else {"flip_prob": 0.0}))
         self.train_items = [self._item(s) for s in train_samples]

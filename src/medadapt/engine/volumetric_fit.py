@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medadapt.adapt.artifact import load_adapter
@@ -203,8 +204,6 @@ def build_head_model(resolved: dict[str, Any], checkpoint: str | None, *, init: 
     ``init=False`` skips what only matters before training (pretrained-row init, text encoder):
     the adapter then overwrites every head tensor.
     """
-    import torch
-
 
     n_out = resolved["out_channels"]
     model = build_volumetric(resolved["model"], n_out, checkpoint=checkpoint, **resolved["arch"])
@@ -328,8 +327,6 @@ def prep_from_fields(fields: dict[str, Any]):
 
 def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = False) -> dict:
     """Train one 3D adapter; returns the result dict (also ``result.json``) with a one-line ``message``."""
-    import torch
-
 
     opts = VolumetricFitOptions.build(values, config)
     # --- every check that can fail on user input, before anything is written

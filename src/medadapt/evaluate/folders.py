@@ -27,7 +27,6 @@ def _read_labels(path: Path, key: str) -> tuple[np.ndarray, tuple[float, ...] | 
             spacing = tuple(float(s) for s in z["spacing"]) if "spacing" in z else None
             return np.asarray(z[key]), spacing, None
     if is_volume_file(path):
-
         vol = read_volume(path, label=True)
         squeezed = vol.array.astype(np.int64)
         spacing = tuple(float(s) for s in vol.spacing)

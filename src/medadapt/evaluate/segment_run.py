@@ -18,7 +18,7 @@ from medadapt.data.datasets import Dataset, load_segmentation_dataset
 from medadapt.data.fewshot import make_split
 from medadapt.errors import MedadaptError
 from medadapt.infer.ensemble import check_mirror, check_prompt_mode
-from medadapt.infer.factory import build_predictor
+from medadapt.infer.factory import PredictorSpec, adapters_of, load_predictor
 from medadapt.infer.loaded import predict_loaded
 from medadapt.infer.predictor import SamPredictor
 from medadapt.io.cvpr24 import write_cvpr24_segs
@@ -92,14 +92,14 @@ def evaluate_segment_run(
     if split is None and run_splits:
         split = run_splits[0]
     the_split = read_split_file(Path(split), dataset) if split is not None else make_split(dataset, shots=1, seed=0)
-    predictor = build_predictor(model, adapter=list(adapters) or None, batch_size=batch_size, precision=precision)
+    predictor = load_predictor(PredictorSpec(model=model, adapters=adapters_of(adapters), batch_size=batch_size,
+                                             precision=precision, mirror=mirror))
     mode = prompt or ("auto" if predictor.is_automatic else "box")
     if mode == "auto" and not predictor.is_automatic:
         raise MedadaptError("--prompt auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN.")
     check_prompt_mode(predictor, mode)
     run = adapters[0] if adapters else None
     check_mirror(mirror, mode, run)
-    predictor.mirror = mirror
     keys = list(the_split.test)
     seen: set[str] = set()
     for f in run_splits:
@@ -129,11 +129,8 @@ def _save(save_dir: Path, ref, seg: np.ndarray) -> None:
 
     save_dir = Path(save_dir)
     if ref.is_3d and full_suffix(ref.image) != ".npz":
-
         write_like(save_dir / ref.image.name, seg, read_volume(ref.image))
     elif full_suffix(ref.image) == ".npz":
-
         write_cvpr24_segs(save_dir / ref.image.name, seg)
     else:
-
         write_mask_png(save_dir / f"{stem(ref.image)}.png", seg)

@@ -17,7 +17,7 @@ and the running sum holds two C-channel float volumes however many members there
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,16 +110,6 @@ def check_prompt_mode(predictor, mode: str, path=None) -> None:
             f"'{mode}' prompts need a single adapter.",
             path=path, fix="use --prompts auto (predict) / --prompt auto (evaluate), or pass one --adapter.",
         )
-
-
-def single_or_ensemble(adapters: Path | Sequence[Path] | None, build: Callable[[Path | None], SamPredictor]):
-    """``build(adapter)`` for none or one adapter; an :class:`EnsemblePredictor` of ``build(a)`` for several."""
-    if adapters is None or isinstance(adapters, (str, Path)):
-        return build(adapters)
-    adapters = list(adapters)
-    if len(adapters) <= 1:
-        return build(adapters[0] if adapters else None)
-    return EnsemblePredictor([build(a) for a in adapters], adapters)
 
 
 def check_mirror(mirror: bool, mode: str, path=None) -> None:

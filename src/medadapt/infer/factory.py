@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
@@ -10,7 +11,7 @@ from torch import nn
 from medadapt.adapt.artifact import load_adapter
 from medadapt.adapt.class_prompts import attach_auto_prompts
 from medadapt.errors import MedadaptError
-from medadapt.infer.ensemble import single_or_ensemble
+from medadapt.infer.ensemble import EnsemblePredictor
 from medadapt.infer.modality_bank import load_bank_predictor
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_sam_spec
@@ -39,6 +40,79 @@ def load_adapted_model(
     return net.eval(), name, meta
 
 
+@dataclass(frozen=True)
+class PredictorSpec:
+    """Everything that picks and sets up a predictor; every setting goes to the predictor's constructor.
+
+    ``adapters``: none (the base ``model`` zero-shot), one fit run or modality bank, or several runs
+    (their ensemble). ``backend`` is ``torch`` here; :func:`medadapt.deploy.backend.load_predictor`
+    also runs ``onnxruntime`` / ``openvino`` exports (``export``, ``threads``, ``ov_cache``).
+    ``encoder`` replaces the torch image encoder (an exported frozen encoder after ``fit --encoder-engine``).
+    """
+
+    model: str | None = None
+    checkpoint: Path | None = None
+    adapters: tuple[Path, ...] = ()
+    backend: str = "torch"
+    precision: str = "fp32"
+    export: Path | None = None
+    batch_size: int | None = None
+    threads: int | None = None
+    cache_dir: Path | None = None
+    use_cache: bool = False
+    ov_cache: Path | None = None
+    mirror: bool = False
+    encoder: Callable | None = None
+
+    def member(self, adapter: Path | None) -> PredictorSpec:
+        """The same settings for one adapter (an ensemble member)."""
+        return replace(self, adapters=() if adapter is None else (Path(adapter),))
+
+
+def adapters_of(adapter: str | Path | Sequence[str | Path] | None) -> tuple[Path, ...]:
+    """``--adapter`` given once, several times, or not at all, as a tuple of paths."""
+    if adapter is None:
+        return ()
+    if isinstance(adapter, (str, Path)):
+        return (Path(adapter),)
+    return tuple(Path(a) for a in adapter)
+
+
+def compose(spec: PredictorSpec, build_one: Callable[[PredictorSpec], SamPredictor]):
+    """``build_one(spec)`` for none or one adapter; the :class:`EnsemblePredictor` of the members for several.
+
+    The one place where predictors are combined, whatever builds each of them.
+    """
+    if len(spec.adapters) > 1:
+        return EnsemblePredictor([build_one(spec.member(a)) for a in spec.adapters], spec.adapters)
+    return build_one(spec)
+
+
+def load_predictor(spec: PredictorSpec):
+    """A predictor on torch (see :func:`medadapt.deploy.backend.load_predictor` for every back-end)."""
+    if spec.backend != "torch":
+        raise MedadaptError(f"the {spec.backend} back-end is loaded by medadapt.deploy.backend.load_predictor.")
+    return compose(spec, _torch_member)
+
+
+def _torch_member(spec: PredictorSpec) -> SamPredictor:
+    adapter = spec.adapters[0] if spec.adapters else None
+    common = dict(batch_size=spec.batch_size, precision=spec.precision, cache_dir=spec.cache_dir,
+                  use_cache=spec.use_cache, mirror=spec.mirror)
+    if adapter is not None and is_bank(adapter):  # per-modality adapters, routed per case
+        return load_bank_predictor(adapter, model=spec.model, checkpoint=spec.checkpoint, **common)
+    if adapter is None:
+        model = spec.model or "litemedsam"
+        net = build_model(model, checkpoint=spec.checkpoint).eval()
+        return SamPredictor(net, get_sam_spec(model), encoder=spec.encoder, **common)
+    net, model, meta = load_adapted_model(adapter, model=spec.model, checkpoint=spec.checkpoint)
+    classes, keep_largest = RunFolder.resolve(adapter).automatic_mode()
+    return SamPredictor(
+        net, get_sam_spec(model), classes=classes, frozen_stages=int((meta.get("recipe") or {}).get("frozen_stages", 0)),
+        keep_largest=keep_largest, slice_axis=trained_slice_axis(meta), encoder=spec.encoder, **common,
+    )
+
+
 def build_predictor(
     model: str | None,
     *,
@@ -49,29 +123,8 @@ def build_predictor(
     cache_dir: Path | None = None,
     use_cache: bool = False,
 ) -> SamPredictor:
-    """The base ``model`` zero-shot, adapted by one fit run, or (several runs) their ensemble."""
-    if adapter is not None and not isinstance(adapter, (str, Path)):
-
-        return single_or_ensemble(adapter, lambda a: build_predictor(
-            model, checkpoint=checkpoint, adapter=a, batch_size=batch_size, precision=precision,
-            cache_dir=cache_dir, use_cache=use_cache))
-    classes, frozen_stages, keep_largest = None, 0, []
-    if adapter is not None and is_bank(adapter):  # per-modality adapters, routed per case
-
-        return load_bank_predictor(adapter, model=model, checkpoint=checkpoint, batch_size=batch_size,
-                                   precision=precision, cache_dir=cache_dir, use_cache=use_cache)
-    if adapter is not None:
-        net, model, meta = load_adapted_model(adapter, model=model, checkpoint=checkpoint)
-        classes, keep_largest = RunFolder.resolve(adapter).automatic_mode()
-        frozen_stages = int((meta.get("recipe") or {}).get("frozen_stages", 0))
-    else:
-        model = model or "litemedsam"
-        net = build_model(model, checkpoint=checkpoint).eval()
-    predictor = SamPredictor(
-        net, get_sam_spec(model), batch_size=batch_size, precision=precision, cache_dir=cache_dir,
-        use_cache=use_cache, classes=classes, frozen_stages=frozen_stages,
-    )
-    predictor.keep_largest = keep_largest
-    if adapter is not None:
-        predictor.slice_axis = trained_slice_axis(meta)
-    return predictor
+    """The base ``model`` zero-shot, adapted by one fit run, or (several runs) their ensemble, on torch
+    (shorthand for :func:`load_predictor` of a :class:`PredictorSpec`)."""
+    return load_predictor(PredictorSpec(model=model, checkpoint=checkpoint, adapters=adapters_of(adapter),
+                                        batch_size=batch_size, precision=precision, cache_dir=cache_dir,
+                                        use_cache=use_cache))

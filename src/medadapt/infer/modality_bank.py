@@ -232,7 +232,6 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
     for mod, folder in folders.items():
         models[mod] = adapted_copy(base, folder)
         classes[mod], keep[mod] = runs[mod].automatic_mode()
-    predictor = ModalityBankPredictor(models, get_sam_spec(name), classes=classes, keep_largest=keep,
-                                      default=bank.get("default"), **kwargs)
-    predictor.slice_axis = next(iter(axes.values()))  # predict / evaluate cut volumes as the adapters were
-    return predictor
+    # predict / evaluate cut volumes along the axis the adapters were trained on
+    return ModalityBankPredictor(models, get_sam_spec(name), classes=classes, keep_largest=keep,
+                                 default=bank.get("default"), slice_axis=next(iter(axes.values())), **kwargs)

@@ -62,6 +62,9 @@ class SamPredictor:
         encoder=None,
         classes: Sequence[int] | None = None,
         frozen_stages: int = 0,
+        keep_largest: Sequence[int] = (),
+        slice_axis: int | None = None,
+        mirror: bool = False,
     ):
         self.model = model.eval()
         self.spec = spec
@@ -70,13 +73,13 @@ class SamPredictor:
         # Class ids of an automatic-mode model's class prompts, in order.
         self.classes = list(classes) if classes is not None else None
         # Classes whose automatic-mode masks keep only their largest connected component
-        # (chosen on validation data after the fit: medadapt.infer.postprocess).
-        self.keep_largest: list[int] = []
+        # (chosen on validation data after the fit: medadapt.pipeline.postprocess).
+        self.keep_largest: list[int] = [int(c) for c in keep_largest]
         # Automatic mode only: also decode the left-right mirrored image and average the class logits
         # (test-time mirroring, as nnU-Net does by default; costs a second encoder pass per image).
-        self.mirror = False
+        self.mirror = mirror
         # Volumes: the axis an adapter was trained on (``fit --slice-axis``); None: the through-plane axis.
-        self.slice_axis: int | None = None
+        self.slice_axis: int | None = None if slice_axis is None else int(slice_axis)
         self.cache = None
         if use_cache or cache_dir is not None:
             fingerprint = getattr(model, "fingerprint", None) or module_fingerprint(model.image_encoder)

@@ -18,7 +18,7 @@ import numpy as np
 
 from medadapt.data.transforms3d import keep_largest_component
 from medadapt.engine.sam_fit import FitOptions, load_fit_dataset
-from medadapt.infer.factory import build_predictor
+from medadapt.infer.factory import PredictorSpec, load_predictor
 from medadapt.infer.loaded import predict_loaded
 from medadapt.metrics import dice
 from medadapt.run import RunFolder, automatic_mode
@@ -66,8 +66,7 @@ def tune_auto_postprocessing(run_dir: str | Path, encode: Callable | None = None
     val = list(run.read_split(dataset).val)
     if not val:
         return None
-    predictor = build_predictor(None, adapter=run.root)
-    predictor.encoder = encode
+    predictor = load_predictor(PredictorSpec(adapters=(run.root,), encoder=encode))
     chosen, report = choose_keep_largest(predictor, dataset, val, classes)
     run.write_postprocess(chosen, report)
     return report

@@ -313,7 +313,6 @@ class DatasetCache:
         self._cache: dict[tuple, Any] = {}
 
     def get(self, run: Run, ev: Evaluation | None):
-
         src = run.data_source(ev)
         if src is None:
             return None, "the dataset is not recorded in the run (no fit_config.json 'data' or settings 'data')."

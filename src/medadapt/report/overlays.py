@@ -212,7 +212,6 @@ def read_prediction(path: Path) -> np.ndarray:
                 raise MedadaptError("this prediction .npz has no 'segs' array.", path=path)
             return np.asarray(z["segs"])
     if is_volume_file(path):
-
         return read_volume(path, label=True).array
 
     return read_label_2d(path)
