@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from medadapt.errors import MedadaptError
-from medadapt.metrics.surface import hd95, nsd, surface_distances
+from medadapt.metrics.surface import check_same_grid, hd95, nsd, surface_distances
 
 CVPR24_NSD_MIN_DSC = 0.2  # the challenge sets NSD to 0 for cases at or below this DSC
 
@@ -36,11 +36,7 @@ def dice(gt: np.ndarray, seg: np.ndarray, *, empty: float = math.nan) -> float:
     The official convention (and the default) is NaN: a class absent from both is not scored. Where a
     mean over cases must count such a case as right (choosing post-processing), pass ``empty=1.0``.
     """
-    if gt.shape != seg.shape:
-        raise MedadaptError(
-            f"ground truth shape {gt.shape} differs from prediction shape {seg.shape}",
-            fix="evaluate a prediction made on the same image grid as its ground truth",
-        )
+    check_same_grid(gt, seg)
     gt, seg = np.asarray(gt, dtype=bool), np.asarray(seg, dtype=bool)
     volume_sum = np.count_nonzero(gt) + np.count_nonzero(seg)
     if volume_sum == 0:
@@ -80,11 +76,7 @@ def case_metrics(
     Returns ``[{"class": c, "dsc": .., "nsd": .., "hd95": ..}, ...]`` in the order of ``classes``.
     """
     gt, seg = _as_labels("ground truth", gt), _as_labels("prediction", seg)
-    if gt.shape != seg.shape:
-        raise MedadaptError(
-            f"ground truth shape {gt.shape} differs from prediction shape {seg.shape}",
-            fix="evaluate a prediction made on the same image grid as its ground truth",
-        )
+    check_same_grid(gt, seg)
     if gt.ndim not in (2, 3):
         raise MedadaptError(f"label maps must be 2D or 3D, got shape {gt.shape}")
     spacing = tuple(float(s) for s in spacing)

@@ -100,12 +100,17 @@ def _contour_length_table_2d(spacing: tuple[float, float]) -> np.ndarray:
     return table
 
 
-def _check_pair(gt: np.ndarray, seg: np.ndarray, spacing: Sequence[float]) -> tuple[float, ...]:
+def check_same_grid(gt: np.ndarray, seg: np.ndarray) -> None:
+    """A clear error when a prediction and its ground truth are not on the same grid."""
     if gt.shape != seg.shape:
         raise MedadaptError(
             f"ground truth shape {gt.shape} differs from prediction shape {seg.shape}",
             fix="evaluate a prediction made on the same image grid as its ground truth",
         )
+
+
+def _check_pair(gt: np.ndarray, seg: np.ndarray, spacing: Sequence[float]) -> tuple[float, ...]:
+    check_same_grid(gt, seg)
     if gt.ndim not in (2, 3):
         raise MedadaptError(f"masks must be 2D or 3D, got {gt.ndim}D of shape {gt.shape}")
     spacing = tuple(float(s) for s in spacing)
