@@ -46,3 +46,25 @@ def test_simulate_bad_options_exit_2_and_write_nothing(data_dir: Path, tmp_path:
         res = invoke("simulate", "--data", data_dir / "prostate_mri_2d", "--out", out, "--cases", 1, *args)
         assert res.exit_code == 2 and needle in res.output, res.output
         assert not out.exists()
+
+
+def test_replay_gives_the_simulated_result_and_refuses_bad_click_files(data_dir: Path, tmp_path: Path):
+    data = data_dir / "prostate_mri_2d"
+    sim, clicks, rep = tmp_path / "sim", tmp_path / "clicks", tmp_path / "rep"
+    assert invoke("simulate", "--data", data, "--out", sim, "--clicks", 1, "--cases", 1, "--clicks-out", clicks,
+                  "--bootstrap", 0).exit_code == 0
+    res = invoke("simulate", "--data", data, "--out", rep, "--cases", 1, "--replay", clicks, "--bootstrap", 0)
+    assert res.exit_code == 0, res.output
+    with open(sim / "per_case.csv") as f, open(rep / "per_case.csv") as g:
+        simulated, replayed = next(csv.DictReader(f)), next(csv.DictReader(g))
+    assert replayed["dsc"] == simulated["dsc"] and replayed["nsd"] == simulated["nsd"]
+    (file,) = clicks.iterdir()
+    raw = json.loads(file.read_text())
+    for change, needle in (({"sha256": "0" * 64}, "another image"), ({"shape": [10, 10]}, "shape"),
+                           ({"objects": [{**raw["objects"][0], "clicks": [{"x": float("nan"), "y": 3}]}]}, "finite"),
+                           ({"objects": [{**raw["objects"][0], "clicks": [{"x": 5000, "y": 3}]}]}, "outside")):
+        file.write_text(json.dumps({**raw, **change}))
+        out = tmp_path / "bad"
+        res = invoke("simulate", "--data", data, "--out", out, "--cases", 1, "--replay", clicks)
+        assert res.exit_code == 2 and needle in res.output, res.output
+        assert not out.exists()

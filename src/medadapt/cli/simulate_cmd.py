@@ -29,6 +29,7 @@ def simulate(
     mask_feedback: bool = typer.Option(False, "--mask-feedback/--no-mask-feedback", help="Feed the previous low-res mask back as the dense prompt (for models trained with mask prompts; LiteMedSAM was not)."),
     cases: int | None = typer.Option(None, "--cases", min=1, help="Only the first N test cases."),
     clicks_out: Path | None = typer.Option(None, "--clicks-out", help="Folder for one click JSON per case (replayable)."),
+    replay: Path | None = typer.Option(None, "--replay", help="Replay the click files of this folder (CASE.json, as --clicks-out writes) instead of simulating; scores the final masks."),
     label_dir: str | None = typer.Option(None, "--label-dir", help="Label folder name."),
     image_suffix: str | None = typer.Option(None, "--image-suffix", help="Image name suffix rule."),
     label_suffix: str | None = typer.Option(None, "--label-suffix", help="Label name suffix rule."),
@@ -67,6 +68,16 @@ def simulate(
     if start == "auto" and not predictor.is_automatic:
         raise MedadaptError("--start auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN or --start box3d.")
     classes = sorted(dataset.classes)
+    if replay is not None:
+        rows = _replay(predictor, dataset, keys, replay, classes, tolerance_mm)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = summarize(rows, n_boot=n_boot)
+        summary["settings"] = {"data": resolve_spec(data), "adapter": str(adapter) if adapter else None,
+                               "model": predictor.spec.name, "replay": str(replay), "tolerance_mm": tolerance_mm}
+        write_per_case_csv(out / "per_case.csv", rows)
+        write_summary_json(out / "summary.json", summary)
+        console.print(f"replayed {len(keys)} click file(s); wrote {out / 'per_case.csv'} and {out / 'summary.json'}")
+        return
     rows, seconds, decoded, records = [], [], [], {}
     with progress_bar() as bar:
         task = bar.add_task("simulate", total=len(keys))
@@ -106,6 +117,26 @@ def simulate(
     write_summary_json(out / "summary.json", summary)
     _print(summary, clicks)
     console.print(f"wrote {out / 'per_case.csv'} and {out / 'summary.json'}")
+
+
+def _replay(predictor, dataset, keys, folder: Path, classes, tolerance_mm: float) -> list[dict]:
+    """Rows (case, class, dsc, nsd, hd95) of the masks the click files of ``folder`` give; all checked first."""
+    from medadapt.data.clicks import load_clicks
+    from medadapt.evaluate.segmentation import case_metrics
+    from medadapt.infer.interactive import InteractiveSession
+
+    rows = []
+    for key in keys:
+        path = Path(folder) / f"{key}.json"
+        record = load_clicks(path)
+        image, label, spacing, axis = dataset.load(key)
+        if axis is not None and predictor.slice_axis is not None:
+            axis = predictor.slice_axis
+        session = InteractiveSession(predictor, image, slice_axis=axis, name=key)
+        session.replay(record, path=path)
+        rows += [{"case": key, **r} for r in case_metrics(label, session.labels(), spacing, classes=classes,
+                                                          tolerance_mm=tolerance_mm, cvpr24=True)]
+    return rows
 
 
 def _per_interaction(values: list[list[float]]) -> list[float]:
