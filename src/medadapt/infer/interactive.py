@@ -22,7 +22,9 @@ Decoding rules:
   the first slice whose box is unchanged (every slice beyond it would get its old inputs again) or at
   the end of the box's slice range. Slices with clicks of their own keep them and their mask prompt.
   Objects started from 2D boxes per slice, or from an automatic prediction, have independent slices:
-  a click changes its slice only.
+  a click changes its slice only. On an automatic start, a slice's first click adds the box of the
+  slice's automatic mask (+3 px, as the CVPR24 propagation boxes) to the clicks, so that a box-trained
+  decoder keeps the object; an empty slice gets the clicks alone.
 
 Bad input raises :class:`~medadapt.errors.MedadaptError`: NaN coordinates, clicks outside the image,
 on a slice outside the object's box range, or a click file recorded on another image.
@@ -301,9 +303,9 @@ class InteractiveSession:
 
     def _frame_box(self, obj: ObjectState, z: int) -> np.ndarray | None:
         """The model-frame box slice ``z`` is decoded with (None: no box)."""
-        if obj.start == "auto":
-            return None
         _, tf = self.embeddings.get(z)
+        if obj.start == "auto":  # the box of the automatic mask on this slice (None when it is empty)
+            return _box_from_previous(obj.mask[z], obj.value, tf)
         if obj.start == "box2d":
             return tf.apply_boxes(obj.slice_boxes[z][None])[0]
         mid_box = np.array([obj.box[0], obj.box[1], obj.box[3], obj.box[4]], dtype=np.float64)
