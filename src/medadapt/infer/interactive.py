@@ -83,7 +83,7 @@ class InteractiveSession:
                  name: str = "image", mask_feedback: bool = False):
         if not hasattr(predictor, "model"):
             raise MedadaptError(
-                "interactive segmentation needs a single model, not an ensemble or a per-modality bank.",
+                "interactive segmentation needs a single model, not an ensemble of runs.",
                 fix="pass one --adapter RUN (or none for the zero-shot model).",
             )
         self.predictor = predictor
