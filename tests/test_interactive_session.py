@@ -38,7 +38,7 @@ def test_box_start_equals_cvpr24_propagation_and_clicks_reuse_embeddings(predict
     session = InteractiveSession(predictor, vol, slice_axis=2, name="disk")
     oid = session.add_box(box, value=1)
     assert predictor.encoder_calls - calls == 5  # every slice of the box encoded once (batch 1)
-    assert sorted(session.decoded_slices) == [0, 1, 2, 3, 4]
+    assert sorted(session.decoded_slices) == [0, 1, 2, 3, 4] and session.slices_decoded == 5
     expected = segment_volume_boxes3d(predictor, vol, box[None], slice_axis=2)  # from the cache
     assert predictor.encoder_calls - calls == 5
     np.testing.assert_array_equal(session.labels(), expected)

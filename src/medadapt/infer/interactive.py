@@ -107,6 +107,7 @@ class InteractiveSession:
         self.objects: dict[int, ObjectState] = {}
         self.sha256 = array_sha256(self.image)
         self.decoded_slices: list[int] = []  # slices the last interaction re-decoded (in order)
+        self.slices_decoded = 0  # decoder calls (one per slice and object) since the session began
 
     # -- starting masks --------------------------------------------------------------------------
     def add_box(self, box: Sequence[float], *, value: int | None = None, object_id: int | None = None) -> int:
@@ -173,6 +174,7 @@ class InteractiveSession:
             self.objects[oid] = obj
             ids.append(oid)
         self.decoded_slices = list(range(self.depth))
+        self.slices_decoded += self.depth
         return ids
 
     # -- clicks ------------------------------------------------------------------------------------
@@ -339,6 +341,7 @@ class InteractiveSession:
         obj.frame_boxes[z] = frame_box
         obj.mask[z] = (postprocess_logits(low_res, tf)[0, 0] > 0).numpy()
         self.decoded_slices.append(z)
+        self.slices_decoded += 1
 
     def _propagate(self, obj: ObjectState, z: int, *, up: bool, down: bool, force: bool = False) -> None:
         """Walk the 3D box's chain outwards from slice ``z`` (decoded already unless ``force``)."""

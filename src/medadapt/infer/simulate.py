@@ -31,7 +31,7 @@ Start = Literal["box3d", "box2d", "auto"]
 class SimulationResult:
     rows: list[dict]  # one per class: case, class, dsc, nsd, hd95 (final), dsc_0..N, nsd_0..N, AUCs
     seconds: list[float]  # per interaction (0: initial prediction incl. encoding), all objects together
-    decoded_slices: list[int]  # per interaction: slices re-decoded, all objects together
+    decoded_slices: list[int]  # per interaction: decoder calls (slices x objects), all objects together
     clicks: ClickSequence | None  # None for per-slice 2D box starts of volumes
 
 
@@ -81,7 +81,7 @@ def simulate_case(
     t0 = time.perf_counter()
     session = InteractiveSession(predictor, image, slice_axis=slice_axis, name=case, mask_feedback=mask_feedback)
     ids = start_session(session, label, classes, start)
-    seconds, decoded = [time.perf_counter() - t0], [len(session.decoded_slices)]
+    seconds, decoded = [time.perf_counter() - t0], [session.slices_decoded]
     curves = {c: ([], []) for c in classes}
 
     def score() -> None:
@@ -105,13 +105,12 @@ def simulate_case(
             hit = simulate_click(g, s, seed=seed, plane=plane, slice_axis=0)
             if hit is not None:
                 todo.append((c, hit))
-        t = time.perf_counter()
-        n = 0
+        t, n = time.perf_counter(), session.slices_decoded
         for c, hit in todo:
             idx = hit.index if slice_axis is not None else (0, *hit.index)
-            n += len(session.click(ids[c], x=idx[2], y=idx[1], z=idx[0], positive=hit.positive))
+            session.click(ids[c], x=idx[2], y=idx[1], z=idx[0], positive=hit.positive)
         seconds.append(time.perf_counter() - t)
-        decoded.append(n)
+        decoded.append(session.slices_decoded - n)
         score()
     final = {r["class"]: r for r in case_metrics(label, session.labels(), spacing, classes=classes,
                                                   tolerance_mm=tolerance_mm, cvpr24=True)}
