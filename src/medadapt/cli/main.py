@@ -7,6 +7,7 @@ import signal
 import typer
 
 import medadapt.cli.pretrain_cmd as pretrain_cmd
+import medadapt.cli.simulate_cmd as simulate_cmd
 from medadapt import __version__
 from medadapt.cli import (
     demo_cmd,
@@ -57,6 +58,7 @@ app.command("distill")(distill_cmd.distill)
 app.command("merge")(merge_cmd.merge)
 app.command("fit-modalities")(modality_cmd.fit_modalities)
 app.command("recipes")(recipes_cmd.recipes)
+app.command("simulate")(simulate_cmd.simulate)
 
 
 def _exit_on_signal(signum, _frame) -> None:

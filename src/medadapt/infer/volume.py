@@ -64,7 +64,7 @@ class SliceEmbeddings:
         return self._emb[z], self._prepared[z].transform
 
 
-def _box_from_previous(prev_mask: np.ndarray, value: int, tf: Transform) -> np.ndarray | None:
+def box_from_previous(prev_mask: np.ndarray, value: int, tf: Transform) -> np.ndarray | None:
     """CVPR24 ``get_bbox256``: box of the previous slice's mask in the padded model frame, +3 px.
 
     The official code resizes the mask holding the object's value (INTER_AREA, then > 0), so the
@@ -118,14 +118,14 @@ def segment_volume_boxes3d(
         # middle → top
         for z in range(z_mid, z_end):
             emb, tf = cache.get(z)
-            frame_box = None if z == z_mid else _box_from_previous(temp[z - 1], idx, tf)
+            frame_box = None if z == z_mid else box_from_previous(temp[z - 1], idx, tf)
             if frame_box is None:
                 frame_box = tf.apply_boxes(mid_box[None])[0]  # official resize_box_to_256 (truncating)
             temp[z] = predictor.decode(emb, tf, [prompt], model_frame_boxes=frame_box[None])[0].mask
         # middle → bottom
         for z in range(z_mid - 1, max(-1, z0 - 1), -1):
             emb, tf = cache.get(z)
-            frame_box = _box_from_previous(temp[z + 1], idx, tf)
+            frame_box = box_from_previous(temp[z + 1], idx, tf)
             if frame_box is None:
                 # The official code scales without truncation on this side: kept for equality.
                 frame_box = (mid_box * (size / max(tf.original_hw))).astype(np.float32)

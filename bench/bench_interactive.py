@@ -1,0 +1,136 @@
+"""Latency of a corrective click on a cached volume: mask decoder + re-propagation, per engine.
+
+For each of a few held-out hippocampus volumes (the fixed test split), every slice of the objects'
+3D boxes is encoded once (not timed; the torch encoder, shared by all engines through an in-memory
+embedding cache), then the CVPR 2025 protocol runs: a 3D box per class, then ``--clicks`` simulated
+clicks per class. Timed: each ``InteractiveSession.click`` (re-decode the clicked slice, re-propagate
+the 3D box chain where a slice's box changed). Reported per engine and thread count:
+
+- ``ms_per_decoded_slice``: click time / slices re-decoded (decoder + box derivation + resize to the image);
+- ``ms_per_click``: mean time of one click (all the slices it re-decoded);
+- ``decoder_ms``: median of one bare decoder call (box + 1 point) on a cached embedding, ``--repeats`` times.
+
+Engines: ``torch`` (the eager model), ``onnxruntime`` and ``openvino`` (the exported prompt encoder +
+mask decoder graphs, exported into the medadapt cache on first use). Writes
+bench/results/interactive_latency.json with provenance (commit, UTC time, CPU, threads, load averages).
+
+    .venv/bin/python bench/bench_interactive.py --volumes 2 --clicks 5 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDADAPT_SHARED", ROOT.parent / "shared"))
+OUT = ROOT / "bench" / "results" / "interactive_latency.json"
+
+
+def provenance(threads: list[int]) -> dict:
+    import medadapt
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())
+    return {"git_commit": commit, "git_dirty": dirty,
+            "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+            "python": platform.python_version(), "medadapt": medadapt.__version__,
+            "load_avg_start": os.getloadavg()}
+
+
+def engine_predictor(engine: str, torch_pred, threads: int):
+    """A predictor decoding on ``engine`` whose embeddings come from ``torch_pred`` (cached)."""
+    if engine == "torch":
+        return torch_pred
+    from medadapt.deploy.backend import cached_export
+    from medadapt.deploy.runtime import DeployedSam
+    from medadapt.infer.predictor import SamPredictor
+
+    deployed = DeployedSam(cached_export("litemedsam", engine=engine), engine=engine, threads=threads)
+    return SamPredictor(deployed, torch_pred.spec, batch_size=1,
+                        encoder=lambda batch: torch_pred.encode(list(batch)))
+
+
+def decoder_ms(predictor, embedding: torch.Tensor, repeats: int) -> float:
+    box = torch.tensor([[60.0, 70.0, 160.0, 180.0]])
+    pts = (torch.tensor([[[110.0, 120.0]]]), torch.tensor([[1]]))
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            t = time.perf_counter()
+            predictor.model.decode(embedding[None], points=pts, boxes=box)
+            if i >= 2:  # two warm-up calls
+                times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(SHARED / "data" / "hippocampus"))
+    ap.add_argument("--volumes", type=int, default=2)
+    ap.add_argument("--clicks", type=int, default=5)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2])
+    ap.add_argument("--engines", nargs="+", default=["torch", "onnxruntime", "openvino"])
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+
+    from medadapt.data.datasets import load_segmentation_dataset
+    from medadapt.data.fewshot import make_split
+    from medadapt.evaluate.interactive_run import simulate_case
+    from medadapt.infer.factory import build_predictor
+
+    result = {"machine": provenance(args.threads), "data": args.data, "clicks": args.clicks,
+              "protocol": "3D box per class from the label, then simulated CVPR 2025 clicks; zero-shot litemedsam",
+              "runs": []}
+    dataset = load_segmentation_dataset(args.data)
+    keys = list(make_split(dataset, shots=1, seed=0).test)[: args.volumes]
+    result["volumes"] = keys
+    torch.set_num_threads(max(args.threads))
+    torch_pred = build_predictor("litemedsam", use_cache=True)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for engine in args.engines:
+            pred = engine_predictor(engine, torch_pred, threads)
+            secs, slices, clicks, dsc_final = 0.0, 0, 0, []
+            emb = None
+            for key in keys:
+                image, label, spacing, axis = dataset.load(key)
+                res = simulate_case(pred, image, label, spacing, slice_axis=axis, case=key, n_clicks=args.clicks)
+                secs += sum(res.seconds[1:])
+                slices += sum(res.decoded_slices[1:])
+                clicks += sum(len(o.clicks) for o in res.clicks.objects)
+                dsc_final += [r["dsc"] for r in res.rows]
+                if emb is None:
+                    vol = np.moveaxis(image, axis, 0)
+                    emb = torch_pred.encode([torch_pred.prepare(np.repeat(vol[vol.shape[0] // 2][..., None], 3, -1)).tensor])[0]
+            run = {"engine": engine, "threads": threads, "clicks": clicks, "decoded_slices": slices,
+                   "click_seconds": secs, "ms_per_click": 1000 * secs / max(clicks, 1),
+                   "ms_per_decoded_slice": 1000 * secs / max(slices, 1),
+                   "decoder_ms": decoder_ms(pred, emb, args.repeats), "dsc_final": dsc_final}
+            result["runs"].append(run)
+            print(f"{engine:12s} threads {threads}: {run['ms_per_decoded_slice']:.1f} ms / re-decoded slice, "
+                  f"{run['ms_per_click']:.1f} ms / click ({clicks} clicks, {slices} slices), "
+                  f"bare decoder {run['decoder_ms']:.1f} ms", flush=True)
+    result["machine"]["load_avg_end"] = os.getloadavg()
+    from medadapt.io.atomic import write_json
+
+    write_json(OUT, result)
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""`medadapt simulate`: the interactive protocol end to end on real prostate slices, and bad options."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from medadapt.cli.main import app
+from medadapt.data.clicks import load_clicks
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_simulate_writes_curves_aucs_and_click_files(data_dir: Path, tmp_path: Path):
+    out, clicks = tmp_path / "sim", tmp_path / "clicks"
+    res = invoke("simulate", "--data", data_dir / "prostate_mri_2d", "--out", out, "--clicks", 2, "--cases", 1,
+                 "--clicks-out", clicks, "--bootstrap", 0)
+    assert res.exit_code == 0, res.output
+    with open(out / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and list(rows[0])[:5] == ["case", "class", "dsc", "nsd", "hd95"]
+    row = rows[0]
+    for key in ("dsc_0", "dsc_1", "dsc_2", "nsd_2", "dsc_auc", "nsd_auc", "dsc_final"):
+        assert key in row
+    dsc = [float(row[f"dsc_{k}"]) for k in range(3)]
+    assert float(row["dsc"]) == float(row["dsc_final"]) == dsc[-1]
+    assert abs(float(row["dsc_auc"]) - (dsc[1] + dsc[2]) / 2) < 1e-12  # trapezoid over the 2 clicks
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["seconds_per_interaction"]) == 3 and summary["settings"]["clicks"] == 2
+    assert summary["overall"]["dsc_auc"]["mean"] == float(row["dsc_auc"])
+    record = load_clicks(clicks / f"{row['case']}.json")
+    assert len(record.objects) == 1 and len(record.objects[0].clicks) <= 2
+
+
+def test_simulate_bad_options_exit_2_and_write_nothing(data_dir: Path, tmp_path: Path):
+    out = tmp_path / "sim"
+    for args, needle in ((("--start", "bogus"), "--start 'bogus'"), (("--plane", "xy"), "--plane 'xy'"),
+                         (("--start", "auto"), "--prompt auto")):
+        res = invoke("simulate", "--data", data_dir / "prostate_mri_2d", "--out", out, "--cases", 1, *args)
+        assert res.exit_code == 2 and needle in res.output, res.output
+        assert not out.exists()
+
+
+def test_replay_gives_the_simulated_result_and_refuses_bad_click_files(data_dir: Path, tmp_path: Path):
+    data = data_dir / "prostate_mri_2d"
+    sim, clicks, rep = tmp_path / "sim", tmp_path / "clicks", tmp_path / "rep"
+    assert invoke("simulate", "--data", data, "--out", sim, "--clicks", 1, "--cases", 1, "--clicks-out", clicks,
+                  "--bootstrap", 0).exit_code == 0
+    res = invoke("simulate", "--data", data, "--out", rep, "--cases", 1, "--replay", clicks, "--bootstrap", 0)
+    assert res.exit_code == 0, res.output
+    with open(sim / "per_case.csv") as f, open(rep / "per_case.csv") as g:
+        simulated, replayed = next(csv.DictReader(f)), next(csv.DictReader(g))
+    assert replayed["dsc"] == simulated["dsc"] and replayed["nsd"] == simulated["nsd"]
+    (file,) = clicks.iterdir()
+    raw = json.loads(file.read_text())
+    for change, needle in (({"sha256": "0" * 64}, "another image"), ({"shape": [10, 10]}, "shape"),
+                           ({"objects": [{**raw["objects"][0], "clicks": [{"x": float("nan"), "y": 3}]}]}, "finite"),
+                           ({"objects": [{**raw["objects"][0], "clicks": [{"x": 5000, "y": 3}]}]}, "outside")):
+        file.write_text(json.dumps({**raw, **change}))
+        out = tmp_path / "bad"
+        res = invoke("simulate", "--data", data, "--out", out, "--cases", 1, "--replay", clicks)
+        assert res.exit_code == 2 and needle in res.output, res.output
+        assert not out.exists()
