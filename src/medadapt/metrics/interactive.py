@@ -14,7 +14,7 @@ Follows the official evaluation script ``CVPR25_iter_eval.py`` of github.com/Jun
 - ``plane="slice"`` (3D only, not the official rule): the click is placed on the slice (along
   ``slice_axis``) where the largest error component holds most voxels, at the farthest point of its 2D
   cross-section there; for slice-wise 2D models that prefer the most wrong slice to the deepest voxel.
-- **Metrics.** DSC and NSD (the CVPR24 functions of ``medadapt.evaluate.segmentation``) after every
+- **Metrics.** DSC and NSD (the CVPR24 functions of ``medadapt.metrics.segmentation``) after every
   prediction: index 0 is the initial (box or automatic) prediction, index ``k`` the one after click
   ``k``. ``DSC_AUC`` / ``NSD_AUC`` are the official ``scipy.integrate.cumulative_trapezoid(v[-N:],
   np.arange(N))[-1]``: the trapezoid rule with unit steps over the N predictions *after the clicks*
