@@ -1,7 +1,8 @@
 """Option models of the training commands, built from shared parts, and one way to build them.
 
 The fit commands share groups of options: which cases train (:class:`SplitOptions`), how a 2D or
-slice dataset is read (:class:`LayoutOptions`) and the training loop (:class:`OptimOptions`). A
+slice dataset is read (:class:`LayoutOptions`), the training loop (:class:`OptimOptions`) and a 3D
+backbone's architecture (:class:`VolumeArchOptions`). A
 command's option model inherits the parts it has instead of re-declaring their fields, and re-declares
 one field only where its default differs. The parts stay flat (inherited fields, not nested models):
 ``--lr``, ``--set key=value``, YAML configs and the ``fit_config.json`` of earlier runs all use flat keys.
@@ -22,7 +23,7 @@ from medadapt.engine.config import read_options_yaml
 from medadapt.errors import MedadaptError
 from medadapt.precision import TorchPrecision
 
-__all__ = ["LayoutOptions", "OptimOptions", "SplitOptions", "build_options", "merge_options"]
+__all__ = ["LayoutOptions", "OptimOptions", "SplitOptions", "VolumeArchOptions", "build_options", "merge_options"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -49,6 +50,19 @@ class LayoutOptions(BaseModel):
     label_dir: str | None = None
     modality: str = "auto"
     window: str | None = None
+
+
+class VolumeArchOptions(BaseModel):
+    """Architecture of a 3D backbone (SwinUNETR: feature_size, depths, num_heads; U-Net: filters, strides);
+    None keeps the registered model's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feature_size: int | None = Field(None, ge=12)
+    depths: list[int] | None = None
+    num_heads: list[int] | None = None
+    filters: list[int] | None = None
+    strides: list[int] | None = None
 
 
 class OptimOptions(BaseModel):

@@ -38,7 +38,7 @@ from medadapt.data.volume_dataset import (
     volume_records,
 )
 from medadapt.engine.config import TrainConfig
-from medadapt.engine.options import build_options, merge_options
+from medadapt.engine.options import VolumeArchOptions, build_options, merge_options
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
 from medadapt.errors import MedadaptError
@@ -182,7 +182,7 @@ class PretrainDataset(BaseModel):
     name: str | None = None
 
 
-class PretrainOptions(BaseModel):
+class PretrainOptions(VolumeArchOptions):
     """Every option of ``medadapt pretrain`` (CLI, ``--set key=value`` or a YAML config)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -192,11 +192,6 @@ class PretrainOptions(BaseModel):
     out: str
     model: str = "unet3d"
     checkpoint: str | None = None
-    feature_size: int | None = Field(None, ge=12)
-    depths: list[int] | None = None
-    num_heads: list[int] | None = None
-    filters: list[int] | None = None
-    strides: list[int] | None = None
     head: Literal["linear", "text"] = "linear"
     text_encoder: Literal["onehot", "random"] = "onehot"
     roi: list[int] | None = None

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from medadapt.adapt.artifact import load_adapter
 from medadapt.adapt.recipes import RecipeConfig
 from medadapt.data.transforms3d import VolumePreprocessing, preprocess_transforms
 from medadapt.data.volume_dataset import load_volume_dataset, volume_preprocessing, volume_records
 from medadapt.engine.config import TrainConfig
-from medadapt.engine.options import build_options, merge_options
+from medadapt.engine.options import SplitOptions, VolumeArchOptions, build_options, merge_options
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
 from medadapt.engine.transductive import ConstraintConfig, per_class_constraints
@@ -84,7 +84,7 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-class VolumetricFitOptions(BaseModel):
+class VolumetricFitOptions(SplitOptions, VolumeArchOptions):
     """Every option of ``medadapt fit --task volumetric`` (CLI, ``--set key=value`` or a YAML config)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -94,20 +94,10 @@ class VolumetricFitOptions(BaseModel):
     model: str | None = None  # default: the pretrain model.json's, else unet3d
     checkpoint: str | None = None
     method: str = "linear-probe"
-    shots: int | None = Field(5, ge=1)
-    fraction: float | None = Field(None, gt=0, le=1)
-    seed: int = 0
-    n_val: int | None = Field(None, ge=0)
-    split: str | None = None
     classes: list[int] | None = None  # label values to train (default: all)
     class_names: list[str] | None = None  # default: the dataset's names of those values
     modality: str = "auto"
-    # model and head
-    feature_size: int | None = Field(None, ge=12)
-    depths: list[int] | None = None
-    num_heads: list[int] | None = None
-    filters: list[int] | None = None
-    strides: list[int] | None = None
+    # head (the architecture: VolumeArchOptions)
     head: Literal["linear", "spatial", "text", "pretrained"] = "linear"
     adapter_kernel: Literal[1, 3] = 3
     sigmoid: bool = True
