@@ -71,8 +71,8 @@ def render() -> str:
         lines += [f"    {p}[{p}]" for p in names]
         lines.append("  end")
     lines += [f"  {a} --> {b}" for a, b in sorted(edges)]
-    lines += ["```", "", f"{len(all_edges)} imports between the parts; the {len(edges)} arrows drawn are those "
-              "not implied by a longer path.", "", "Layers, top first (a part imports only parts in layers below it; parts of one layer "
+    lines += ["```", "", "An arrow is drawn where one part imports another and no longer path implies it.", "",
+              "Layers, top first (a part imports only parts in layers below it; parts of one layer "
               "do not import each other):", ""]
     lines += [f"{i + 1}. {' · '.join(f'`{p}`' for p in layer)}" for i, layer in enumerate(rows)]
     lines += ["", END]
