@@ -51,6 +51,7 @@ def simulate(
     from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
     from medadapt.infer.factory import build_predictor
     from medadapt.io.atomic import staged_dir
+    from medadapt.run import SUMMARY, RunFolder
 
     set_threads(threads)
     if start not in STARTS:
@@ -58,8 +59,8 @@ def simulate(
     if plane not in ("volume", "slice"):
         raise MedadaptError(f"--plane '{plane}' is not volume or slice.", fix="use --plane volume")
     dataset = load_segmentation_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
-    if split is None and adapter is not None and (Path(adapter) / "split.json").is_file():
-        split = Path(adapter) / "split.json"
+    if split is None and adapter is not None and RunFolder(adapter).split_path.is_file():
+        split = RunFolder(adapter).split_path
     the_split = load_split(split, dataset) if split is not None else make_split(dataset, shots=1, seed=0)
     keys = list(the_split.test)[:cases] if cases else list(the_split.test)
     if not keys:
@@ -75,8 +76,8 @@ def simulate(
         summary["settings"] = {"data": resolve_spec(data), "adapter": str(adapter) if adapter else None,
                                "model": predictor.spec.name, "replay": str(replay), "tolerance_mm": tolerance_mm}
         write_per_case_csv(out / "per_case.csv", rows)
-        write_summary_json(out / "summary.json", summary)
-        console.print(f"replayed {len(keys)} click file(s); wrote {out / 'per_case.csv'} and {out / 'summary.json'}")
+        write_summary_json(out / SUMMARY, summary)
+        console.print(f"replayed {len(keys)} click file(s); wrote {out / 'per_case.csv'} and {out / SUMMARY}")
         return
     rows, seconds, decoded, records = [], [], [], {}
     with progress_bar() as bar:
@@ -114,9 +115,9 @@ def simulate(
             for key, rec in records.items():
                 save_clicks(stage / f"{key}.json", rec)
     write_per_case_csv(out / "per_case.csv", rows)
-    write_summary_json(out / "summary.json", summary)
+    write_summary_json(out / SUMMARY, summary)
     _print(summary, clicks)
-    console.print(f"wrote {out / 'per_case.csv'} and {out / 'summary.json'}")
+    console.print(f"wrote {out / 'per_case.csv'} and {out / SUMMARY}")
 
 
 def _replay(predictor, dataset, keys, folder: Path, classes, tolerance_mm: float) -> list[dict]:
