@@ -18,23 +18,9 @@ from medadapt.engine.classify_task import ClassificationTask
 runner = CliRunner()
 
 
-def _images(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class 1 has a bright square in the centre: learnable in a few steps."""
-    labels = np.arange(n) % 2
-    imgs = rng.integers(0, 90, (n, 16, 16), dtype=np.uint8)
-    imgs[labels == 1, 4:12, 4:12] += 120
-    return imgs, labels[:, None].astype(np.uint8)  # MedMNIST stores labels as [N,1]
-
-
 @pytest.fixture()
-def npz(tmp_path):
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 48), ("val", 20), ("test", 24)):
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = _images(rng, n)
-    path = tmp_path / "tiny_mnist.npz"
-    np.savez(path, **arrays)
-    return path
+def npz(tiny_mnist):
+    return tiny_mnist
 
 
 def fit_args(npz, out, *extra):

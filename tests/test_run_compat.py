@@ -26,13 +26,6 @@ LEGACY = Path(__file__).parent / "data" / "legacy_run"
 runner = CliRunner()
 
 
-def _images(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.arange(n) % 2
-    imgs = rng.integers(0, 90, (n, 16, 16), dtype=np.uint8)
-    imgs[labels == 1, 4:12, 4:12] += 120
-    return imgs, labels[:, None].astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     return make_synthetic_dataset(tmp_path_factory.mktemp("legacy") / "ds", n_cases=4)
@@ -57,13 +50,8 @@ def test_segment_run_predicts_the_same(synth: Path, legacy: Path, tmp_path: Path
     assert counts == {0: 3802, 1: 2809, 2: 301}
 
 
-def test_classify_run_with_the_old_split_schema_evaluates_the_same(legacy: Path, tmp_path: Path):
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 48), ("val", 20), ("test", 24)):
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = _images(rng, n)
-    npz = tmp_path / "tiny_mnist.npz"
-    np.savez(npz, **arrays)
+def test_classify_run_with_the_old_split_schema_evaluates_the_same(legacy: Path, tmp_path: Path, tiny_mnist: Path):
+    npz = tiny_mnist
     res = runner.invoke(app, ["evaluate", "--task", "classify", "--data", str(npz), "--adapter",
                               str(legacy / "classify"), "--split", "test", "--out", str(tmp_path / "ev"),
                               "--bootstrap", "20", "--threads", "1"])
