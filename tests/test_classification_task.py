@@ -15,10 +15,10 @@ from medadapt.engine.classify_task import (
     ClassifyConfig,
     build_classify_task,
     classifier_recipe,
-    load_trained_classifier,
     validation_metrics,
 )
 from medadapt.engine.config import TrainConfig
+from medadapt.engine.fitted import load_trained_classifier
 from medadapt.engine.trainer import Trainer, TrainTask
 from medadapt.errors import MedadaptError
 from medadapt.models.classification import VisionTransformer, input_spec, vit_patch16

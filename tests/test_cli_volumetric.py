@@ -89,7 +89,7 @@ def test_pretrain_fit_evaluate(data, pretrained, tmp_path):
 
 def test_linear_probe_starts_from_the_pretrained_row(data, pretrained, tmp_path):
     """A class the checkpoint knows by name gets its pretrained classifier row (the zero-shot solution)."""
-    from medadapt.engine.volumetric_fit import build_head_model
+    from medadapt.engine.fitted import build_head_model
 
     resolved = {"model": "unet3d", "arch": {"filters": [4, 8, 16], "strides": [1, 2, 2]}, "out_channels": 2,
                 "head": "linear", "class_names": ["Dark", "Bright Structure"], "sigmoid": True,

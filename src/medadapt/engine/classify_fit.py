@@ -3,7 +3,7 @@
 The run folder mirrors the segmentation one (:mod:`medadapt.engine.sam_fit`):
 ``fit_config.json`` (every option, after defaults), ``split.json`` (the exact training and
 validation image ids), ``adapter/`` (adapter-only safetensors + JSON, rebuilt by
-:func:`medadapt.engine.classify_task.load_trained_classifier`), ``checkpoint/`` (resume state),
+:func:`medadapt.engine.fitted.load_trained_classifier`), ``checkpoint/`` (resume state),
 ``metrics.csv``, ``tb/`` and ``result.json`` (best validation AUROC, wall time, peak memory).
 
 Options come from the command line (common options plus ``--set key=value`` strings) over an optional

@@ -16,7 +16,7 @@ MED-PEFT), on a label fraction of the training split:
 - ``samples_per_epoch``: one "epoch" spans several passes over a small training set, so the
   trainer's end-of-epoch validation happens every ``val_every`` steps rather than every few steps;
 - best model: an adapter artifact (``adapter.safetensors`` + ``adapter.json``) in the run folder,
-  which :func:`load_trained_classifier` turns back into a model.
+  which :func:`medadapt.engine.fitted.load_trained_classifier` turns back into a model.
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ from medadapt.adapt import (
     AppliedRecipe,
     RecipeConfig,
     apply_recipe,
-    load_adapter,
-    read_adapter_meta,
     save_adapter,
 )
 from medadapt.data.classification import (
@@ -62,7 +60,6 @@ from medadapt.engine.seed import loader_kwargs
 from medadapt.errors import MedadaptError
 from medadapt.io.hashing import file_sha256
 from medadapt.models.classification import DEFAULT_BACKBONE, VIT_CONFIGS, build_classifier, is_random_init
-from medadapt.run import ClassifyAdapterInfo, adapter_info
 
 # Recipes whose SAM names ("lora", "adapter") mean encoder + decoder: a classifier has no decoder.
 _CLASSIFIER_ALIASES = {"lora": "encoder-lora", "adapter": "encoder-adapter"}
@@ -369,34 +366,3 @@ def build_classify_task(cfg: ClassifyConfig, train_config: TrainConfig) -> Class
                               cache_features=cfg.cache_features, cache_dir=cfg.cache_dir)
 
 
-def load_trained_classifier(adapter_dir: str | Path, *, checkpoint: str | Path | None = None) -> nn.Module:
-    """Rebuild a classifier saved by :meth:`ClassificationTask.save_best` (base + adapter), in eval mode.
-
-    ``checkpoint`` is the backbone's pre-trained file (default: the path recorded at training time);
-    its sha256 must match the one recorded.
-    """
-    meta = read_adapter_meta(adapter_dir)
-    typed, base = adapter_info(meta), dict(meta.get("base") or {})
-    info = typed.classify if isinstance(typed, ClassifyAdapterInfo) else None
-    if not info:
-        raise MedadaptError("this adapter was not trained by the classification task", path=adapter_dir)
-    ckpt = checkpoint if checkpoint is not None else base.get("checkpoint")
-    if ckpt is not None and not Path(ckpt).is_file():
-        raise MedadaptError("the backbone checkpoint the adapter was trained on is not found", path=ckpt,
-                            fix="pass checkpoint= with the pre-trained file")
-    backbone = info["backbone"]
-    partial = meta.get("params", {}).get("trainable") != meta.get("params", {}).get("total")
-    if is_random_init(backbone, ckpt) and partial:
-        raise MedadaptError("the adapter was trained on a randomly initialised ViT, which cannot be rebuilt",
-                            path=adapter_dir, fix="train from a pre-trained checkpoint, or with the 'full' recipe")
-    kwargs = {"pool": info.get("pool") or "gap"} if backbone in VIT_CONFIGS else {}
-    # the trained input size (a SAM encoder adapted at 64 px must not be rebuilt at its default 256)
-    model = build_classifier(backbone, info["num_outputs"], checkpoint=ckpt, img_size=info["input_spec"]["size"],
-                             **kwargs)
-    check = {"model": backbone}
-    if ckpt is not None and base.get("checkpoint_sha256"):
-        check["checkpoint_sha256"] = file_sha256(ckpt)
-    load_adapter(model, adapter_dir, base=check)
-    model.class_names = info["class_names"]
-    model.task_type = info["task"]
-    return model.eval()

@@ -3,7 +3,7 @@
 The run folder mirrors the 2D one (:mod:`medadapt.engine.sam_fit`): ``fit_config.json`` (every option
 plus the resolved model, classes, ROI and preprocessing), ``split.json``, ``adapter/`` (adapter-only
 safetensors + JSON), ``checkpoint/`` (resume state), ``metrics.csv``, ``tb/`` and ``result.json``.
-:func:`load_fitted` rebuilds the adapted model from a run folder (used by ``medadapt evaluate``).
+:func:`medadapt.engine.fitted.load_fitted` rebuilds the adapted model from a run folder (used by ``medadapt evaluate``).
 
 Model choices, in order of precedence: the options given, then the ``model.json`` written by
 ``medadapt pretrain`` beside ``--checkpoint`` (architecture, class names, preprocessing, ROI), then
@@ -32,11 +32,11 @@ from typing import Any, Literal
 import torch
 from pydantic import ConfigDict, Field, field_validator
 
-from medadapt.adapt.artifact import load_adapter
 from medadapt.adapt.recipes import RecipeConfig
 from medadapt.data.transforms3d import VolumePreprocessing, preprocess_transforms
 from medadapt.data.volume_dataset import load_volume_dataset, volume_preprocessing, volume_records
 from medadapt.engine.config import TrainConfig
+from medadapt.engine.fitted import build_head_model, prep_from_fields
 from medadapt.engine.options import SplitOptions, VolumeArchOptions, build_options, merge_options
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
@@ -47,13 +47,7 @@ from medadapt.io.checkpoints import read_checkpoint
 from medadapt.io.discovery import resolve_spec
 from medadapt.io.hashing import file_sha256
 from medadapt.models.volumetric import (
-    TextConditionedHead,
-    build_volumetric,
-    embed_class_names,
     get_volumetric_spec,
-    load_sentence_encoder,
-    match_classes,
-    replace_head,
 )
 from medadapt.run import RunFolder
 
@@ -61,7 +55,6 @@ __all__ = [
     "VolumetricFitOptions",
     "build_head_model",
     "file_sha256",
-    "load_fitted",
     "prep_from_fields",
     "read_pretrain_meta",
     "run_volumetric_fit",
@@ -169,8 +162,6 @@ class VolumetricFitOptions(SplitOptions, VolumeArchOptions):
         return {k: getattr(self, k) for k in ARCH_KEYS if getattr(self, k) is not None}
 
 
-
-
 # ----------------------------------------------------------------------------- model
 
 
@@ -186,50 +177,6 @@ def read_pretrain_meta(checkpoint: str | Path | None) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as err:
         raise MedadaptError(f"cannot read the pretraining description ({err})", path=path) from None
     return meta if isinstance(meta, dict) and meta.get("format") == "medadapt.pretrain" else {}
-
-
-def build_head_model(resolved: dict[str, Any], checkpoint: str | None, *, init: bool = True):
-    """Base 3D model with the run's head (``resolved`` = the ``resolved`` block of fit_config.json).
-
-    ``init=False`` skips what only matters before training (pretrained-row init, text encoder):
-    the adapter then overwrites every head tensor.
-    """
-
-    n_out = resolved["out_channels"]
-    model = build_volumetric(resolved["model"], n_out, checkpoint=checkpoint, **resolved["arch"])
-    head, names = resolved["head"], resolved["class_names"]
-    if head == "pretrained":
-        replace_head(model, "pretrained", n_out)
-    elif head == "text":
-        dim = resolved["embedding_dim"]
-        if init:
-            method = resolved["text_encoder"]
-            if method in ("onehot", "random"):
-                emb = embed_class_names(names, method, dim=dim, seed=resolved["seed"])
-            else:
-                encoder = load_sentence_encoder(None if method == "sentence" else method)
-                emb = embed_class_names(names, "sentence", encoder=encoder)
-        else:
-            emb = torch.zeros(len(names), dim)
-        model.head = TextConditionedHead(
-            model.feature_channels, model.bottleneck_channels, emb, learn_embeddings=True
-        )
-        if init and model.load_report is not None and model.load_report.extras:
-            model.head.load_universal(model.load_report.extras)
-    else:
-        kind = "linear" if head == "linear" else f"adapter{resolved['adapter_kernel']}"
-        rows = None
-        report = model.load_report
-        known = resolved.get("pretrained_classes")
-        if init and known and report is not None and "weight" in report.pretrained_head:
-            offset = report.pretrained_head["weight"].shape[0] - len(known)  # 1: softmax background row
-            if offset in (0, 1):
-                found = [None if r is None else r + offset for r in match_classes(names, known)]
-                rows = found if resolved["sigmoid"] else [0 if offset else None, *found]
-                if all(r is None for r in rows):
-                    rows = None
-        replace_head(model, kind, n_out, rows=rows)
-    return model
 
 
 def _resolve(opts: VolumetricFitOptions, dataset, meta: dict[str, Any]) -> dict[str, Any]:
@@ -303,13 +250,6 @@ def _resolve(opts: VolumetricFitOptions, dataset, meta: dict[str, Any]) -> dict[
 
 def _prep_fields(prep) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(prep).items()}
-
-
-def prep_from_fields(fields: dict[str, Any]):
-
-    return VolumePreprocessing(
-        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()}
-    )
 
 
 # ----------------------------------------------------------------------------- run
@@ -437,29 +377,3 @@ def _epochs_total(task, opts: VolumetricFitOptions, max_steps: int | None) -> in
     return int(min(by_steps, opts.epochs or math.inf))
 
 
-def load_fitted(run: str | Path):
-    """``(model, fit_config, adapter_meta)`` of a ``fit --task volumetric`` run folder, adapter loaded, eval mode."""
-
-    folder = RunFolder.resolve(run) if not RunFolder(run).fit_config_path.is_file() else RunFolder(run)
-    cfg_path = folder.fit_config_path
-    if not cfg_path.is_file():
-        raise MedadaptError(f"not a volumetric fit run: {cfg_path.name} is missing.", path=folder.root,
-                            fix="pass the --out folder of `medadapt fit --task volumetric`.")
-    fit_config = folder.read_fit_config()
-    resolved = fit_config.get("resolved")
-    if not resolved or fit_config.get("resolved", {}).get("roi") is None:
-        raise MedadaptError("this run was not made by `fit --task volumetric`.", path=cfg_path,
-                            fix="use --task segment / classify for other runs.")
-    meta = folder.read_adapter_meta()
-    base = meta.get("base") or {}
-    checkpoint = base.get("checkpoint")
-    if checkpoint and not Path(checkpoint).is_file():
-        raise MedadaptError("the base checkpoint of this run is gone.", path=checkpoint,
-                            fix="put the pretrained checkpoint back where the run was fitted from.")
-    if checkpoint and base.get("checkpoint_sha256") and file_sha256(checkpoint) != base["checkpoint_sha256"]:
-        raise MedadaptError("the base checkpoint changed since the run was fitted (sha256 differs).",
-                            path=checkpoint, fix="restore the original checkpoint file.")
-    model = build_head_model(resolved, checkpoint, init=False)
-    load_adapter(model, folder.adapter_dir, base={"model": resolved["model"]})
-    model.eval()
-    return model, fit_config, meta

@@ -30,7 +30,7 @@ from medadapt.data.classification import (
     holdout_split,
     load_classification_split,
 )
-from medadapt.engine.classify_task import load_trained_classifier
+from medadapt.engine.fitted import load_trained_classifier
 from medadapt.errors import MedadaptError
 from medadapt.evaluate.classification import (
     evaluate_scores,

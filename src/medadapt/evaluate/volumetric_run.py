@@ -1,6 +1,6 @@
 """``medadapt evaluate --task volumetric``: score a 3D fit run on its held-out volumes.
 
-The adapted model is rebuilt from the run folder (:func:`medadapt.engine.volumetric_fit.load_fitted`:
+The adapted model is rebuilt from the run folder (:func:`medadapt.engine.fitted.load_fitted`:
 base model + checkpoint + head + adapter), each test volume of the run's ``split.json`` (or
 ``--split``) is segmented with the Gaussian-blended sliding window and mapped back to its original
 grid (:func:`medadapt.infer.sliding_window.segment_volume`), the training label values are restored,
@@ -18,7 +18,7 @@ import numpy as np
 
 from medadapt.data.fewshot import load_split
 from medadapt.data.volume_dataset import load_volume_dataset
-from medadapt.engine.volumetric_fit import load_fitted, prep_from_fields
+from medadapt.engine.fitted import load_fitted, prep_from_fields
 from medadapt.errors import MedadaptError
 from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
 from medadapt.infer.sliding_window import segment_volume
