@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from medadapt.adapt.artifact import ADAPTER_JSON, ADAPTER_TENSORS, read_adapter_meta
-from medadapt.data.fewshot import Split, load_split, make_split, save_split
+from medadapt.data.fewshot import Split, load_split, make_fit_split, save_split
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
 
@@ -278,13 +278,15 @@ class RunFolder:
         return read_split_file(self.split_path, dataset)
 
     def fit_split(self, dataset, *, split: str | Path | None = None, resume: bool = False, shots: int | None = None,
-                  fraction: float | None = None, seed: int = 0, n_val: int | None = None) -> Split:
-        """The split of a fit: a given split file, the run's own when resuming, else a new one."""
+                  fraction: float | None = None, seed: int = 0, n_val: int | None = None,
+                  test: float | None = None) -> Split:
+        """The split of a fit: a given split file, the run's own when resuming, else a new one
+        (``test=0``: every labelled case trains, see :func:`medadapt.data.fewshot.make_fit_split`)."""
         if split:
             return load_split(split, dataset)
         if resume and self.split_path.exists():
             return self.read_split(dataset)
-        return make_split(dataset, shots=None if fraction else shots, fraction=fraction, seed=seed, n_val=n_val)
+        return make_fit_split(dataset, shots=shots, fraction=fraction, seed=seed, n_val=n_val, test=test)
 
     # -- post-processing -------------------------------------------------------------------
     def write_postprocess(self, keep_largest: list[int], report: dict) -> None:

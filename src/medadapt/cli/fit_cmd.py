@@ -28,6 +28,22 @@ def fit(
     fraction: float | None = typer.Option(None, "--fraction", help="Share of the training pool instead of --shots."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the split, initialisation and sampling."),
     split: str | None = typer.Option(None, "--split", help="Reuse a split.json from another run."),
+    test: float | None = typer.Option(
+        None, "--test", min=0,
+        help="Held-out test cases, a count or a share (default: a fixed third, the benchmark protocol). 0: train on "
+             "every labelled case, with no test set and no validation (a fixed step budget) unless --folds.",
+    ),
+    folds: int | None = typer.Option(
+        None, "--folds",
+        help="K-fold cross-validation over the training cases: K fits, the cross-validated DSC (AUROC) reported, "
+             "then the adapter trained on all of them for the step count chosen by CV (fold runs in RUN/folds).",
+    ),
+    predict_dir: Path | None = typer.Option(
+        None, "--predict",
+        help="After fitting, segment (classify) every image in this folder, e.g. imagesTs (segment: needs --prompt "
+             "auto); outputs keep the input names and geometry.",
+    ),
+    predict_out: Path | None = typer.Option(None, "--predict-out", help="Where --predict writes (default RUN/predictions)."),
     classes: str | None = typer.Option(None, "--classes", help="Classes to train, e.g. 1,2 (default: all)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Optimiser steps (default 200)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs instead of --max-steps."),
@@ -54,8 +70,9 @@ def fit(
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="On-disk embedding cache shared across runs."),
     encoder_engine: str | None = typer.Option(
         None, "--encoder-engine",
-        help="torch | openvino | onnxruntime: engine that fills the embedding cache when the recipe freezes the "
-             "encoder (openvino fp32: same embeddings, about 2x faster on a CPU; exported once into the cache).",
+        help="auto (default) | torch | openvino | onnxruntime: engine that fills the embedding cache when the recipe "
+             "freezes the encoder. auto: openvino fp32 when installed (same embeddings, about 2x faster on a CPU; "
+             "exported once into the cache), else torch.",
     ),
     config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
@@ -71,13 +88,18 @@ def fit(
     --task volumetric a 3D SwinUNETR / U-Net.
     """
     from medadapt.cli.common import parse_int_list, with_settings
-    from medadapt.pipeline.fit import fit_run
+    from medadapt.pipeline.apply import apply_run, check_predict_source
+    from medadapt.pipeline.protocol import fit_for_use
     from medadapt.run import RunFolder
 
     set_threads(threads)
+    if test == 0 and shots is None and fraction is None and not split:
+        fraction = 1.0  # every labelled case
+    if predict_dir is not None:
+        check_predict_source(task, predict_dir, prompt)
     values = dict(
         data=data, out=out, model=model, checkpoint=checkpoint, method=method, shots=shots, fraction=fraction,
-        seed=seed, split=split, classes=parse_int_list(classes, option="--classes"), max_steps=max_steps,
+        seed=seed, split=split, test=test, classes=parse_int_list(classes, option="--classes"), max_steps=max_steps,
         epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
         target_modules=target_modules.split(",") if target_modules else None, val_every=val_every,
         patience=patience, precision=precision, cache_dir=cache_dir, progress=False if no_progress else None,
@@ -85,20 +107,27 @@ def fit(
     if task == "segment":  # options only the SAM fit has
         values.update(prompt=prompt, image_suffix=image_suffix, label_suffix=label_suffix, label_dir=label_dir,
                       encoder_engine=encoder_engine, frozen_stages=frozen_stages, slice_axis=slice_axis)
-    outcome = fit_run(task, with_settings(values, settings), config, resume=resume)
+    outcome = fit_for_use(task, with_settings(values, settings), config, resume, folds=folds,
+                          notify=lambda line: console.print(f"[yellow]{line}[/]"))
     result = outcome.result
     if task != "segment":
         console.print(result.get("message", f"fit done: {result}"))
-        return
-    if outcome.postprocess is not None or (result["prompt"] == "auto" and result["val_cases"]):
-        kept = [str(c) for c in outcome.postprocess["keep_largest"]] if outcome.postprocess else []
-        console.print(f"post-processing chosen on {len(result['val_cases'])} validation case(s): "
-                      + (f"keep the largest component of class(es) {', '.join(kept)}" if kept else "none"))
-    run = RunFolder(outcome.out)
-    console.print(
-        f"[bold]fit done[/]: {result['method']} / {result['prompt']} on {len(result['train_cases'])} case(s), "
-        f"{result['trainable_params']:,} trainable parameters, best val DSC {result.get('best_metric')}, "
-        f"{result['fit_seconds']:.0f} s; adapter: {run.adapter_dir} "
-        f"({(result['adapter_bytes'] or 0) / 1024:.0f} KiB)"
-    )
-    console.print(f"report: {outcome.report}")
+    else:
+        if outcome.postprocess is not None or (result["prompt"] == "auto" and result["val_cases"]):
+            kept = [str(c) for c in outcome.postprocess["keep_largest"]] if outcome.postprocess else []
+            console.print(f"post-processing chosen on {len(result['val_cases'])} validation case(s): "
+                          + (f"keep the largest component of class(es) {', '.join(kept)}" if kept else "none"))
+        best = result.get("best_metric")
+        console.print(
+            f"[bold]fit done[/]: {result['method']} / {result['prompt']} on {len(result['train_cases'])} case(s), "
+            f"{result['trainable_params']:,} trainable parameters, "
+            + (f"best val DSC {best:.4f}, " if best is not None else "")
+            + f"{result['fit_seconds']:.0f} s; adapter: {RunFolder(outcome.out).adapter_dir} "
+            f"({(result['adapter_bytes'] or 0) / 1024:.0f} KiB)"
+        )
+        console.print(f"report: {outcome.report}")
+    if result.get("protocol"):
+        console.print(result["protocol"]["note"])
+    if predict_dir is not None:
+        kind, where, n = apply_run(outcome.out, predict_dir, predict_out, threads=threads)
+        console.print(f"predicted {n} image(s) of {predict_dir}: {where}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -14,6 +15,7 @@ from medadapt.cli.common import (
     set_threads,
     user_errors,
 )
+from medadapt.errors import MedadaptError
 
 
 @user_errors
@@ -44,11 +46,16 @@ def predict(
     label_suffix: str | None = typer.Option(None, "--label-suffix", help="Suffix dropped from label names when pairing."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                            help="Slices per encoder call (default: 1 on a CPU, where it is fastest; 8 on a GPU)."),
-    engine: str = typer.Option("torch", "--engine", help="torch | onnxruntime | openvino (see `medadapt export`)."),
-    precision: str = typer.Option(
-        "fp32", "--precision",
+    engine: str = typer.Option(
+        "auto", "--engine",
+        help="auto | torch | onnxruntime | openvino. auto: the fastest engine and precision within 0.005 DSC of "
+             "PyTorch fp32 on the benchmark (CPU with bf16: openvino bf16; CPU without: openvino fp32; GPU or no "
+             "OpenVINO: torch fp32; see docs/deploy.md).",
+    ),
+    precision: str | None = typer.Option(
+        None, "--precision",
         help="fp32 | bf16 (torch autocast, openvino) | mixed (openvino: fp32 stem, bf16 rest; bf16's speed at fp32's "
-             "DSC) | int8 (onnxruntime/openvino, needs --export)."
+             "DSC) | int8 (onnxruntime/openvino, needs --export). Default: what --engine auto picks, else fp32."
     ),
     export: Path | None = typer.Option(
         None, "--export", help="Folder from `medadapt export` (default with a runtime engine: export once into the cache)."
@@ -60,11 +67,20 @@ def predict(
     mirror: bool = typer.Option(False, "--mirror", help=MIRROR_HELP),
 ) -> None:
     """Segment images or volumes with box / point prompts; outputs keep the input names and geometry."""
+    from medadapt.deploy.auto import resolve_engine
     from medadapt.infer.cases import PredictOptions
     from medadapt.infer.factory import PredictorSpec, adapters_of
+    from medadapt.infer.run_predict import run_task
     from medadapt.pipeline.predict import predict_folder
 
     set_threads(threads)
+    if adapter and len(adapter) == 1 and run_task(adapter[0]) != "segment":  # 3D U-Net / classifier runs
+        _apply_other_run(adapter[0], input, out, engine=engine, precision=precision, batch_size=batch_size,
+                         prompts=prompts, labels=labels)
+        return
+    engine, precision, notice = resolve_engine(engine, precision, export=export)
+    if notice:
+        console.print(f"[yellow]{notice}[/]")
     spec = PredictorSpec(
         model=model, checkpoint=checkpoint, adapters=adapters_of(adapter), backend=engine, precision=precision,
         export=export, batch_size=batch_size, threads=threads, cache_dir=cache_dir, ov_cache=ov_cache, mirror=mirror,
@@ -84,3 +100,19 @@ def predict(
 
 def _advance(bar, task):
     return lambda: bar.advance(task)
+
+
+def _apply_other_run(run: Path, source: Path, out: Path, *, engine, precision, batch_size, prompts, labels) -> None:
+    """``predict --adapter RUN`` for a volumetric or classification run."""
+    from medadapt.pipeline.apply import apply_run
+
+    if prompts is not None or labels is not None:
+        raise MedadaptError("--prompts and --labels apply to SAM-family runs; this run segments (classifies) "
+                            "without prompts.", path=run, fix="drop --prompts / --labels.")
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task("predict", total=None)
+        kind, where, n = apply_run(run, source, out, engine=engine, precision=precision, batch_size=batch_size,
+                                   progress=lambda: bar.advance(task))
+    console.print(f"wrote {'probabilities of ' if kind == 'classify' else ''}{n} {kind} prediction(s) to {where} "
+                  f"in {time.perf_counter() - start:.1f} s")

@@ -23,6 +23,7 @@ The result is written with :func:`save_split` (JSON) and read back with :func:`l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ TEST_SEED = 20240425  # fixes the held-out set once per dataset, whatever the tr
 DEFAULT_TEST = 1 / 3
 DEFAULT_MAX_VAL = 5
 SPLIT_FORMAT = "medadapt.split/1"
+NO_TEST_PROTOCOL = "every labelled case trains: no held-out test set"
 
 
 @dataclass(frozen=True)
@@ -269,3 +271,46 @@ def load_split(path: str | Path, dataset: Dataset | None = None) -> Split:
                 fix="use the split with the dataset it was made for.",
             )
     return split
+
+
+def make_fit_split(
+    dataset: Dataset,
+    *,
+    shots: int | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+    n_val: int | None = None,
+    test: int | float | None = None,
+) -> Split:
+    """A new fit's split. ``test=None`` keeps the benchmark protocol (a fixed third held out, or the
+    dataset's own split); ``test=0`` trains on every labelled case: no test set, and no validation
+    unless ``n_val`` asks for it (a dataset's own train/val lists are pooled)."""
+    shots = None if fraction else shots
+    if test == 0:
+        pooled = dataclasses.replace(dataset, given_split=None) if dataset.given_split else dataset
+        made = make_split(pooled, shots=shots, fraction=fraction, seed=seed, n_val=n_val or 0, test=None)
+        return Split(made.train, made.val, made.test, {**made.info, "protocol": NO_TEST_PROTOCOL})
+    extra = {} if test is None else {"test": test}
+    return make_split(dataset, shots=shots, fraction=fraction, seed=seed, n_val=n_val, **extra)
+
+
+def cases_to_score(split: Split, dataset: Dataset, *, path: str | Path | None = None) -> tuple[list[str], str]:
+    """(case keys, description) a run with ``split`` is scored on in ``dataset``.
+
+    The dataset the split was made for (it has every case the split names): the split's test cases.
+    Another dataset: every case the run neither trained nor validated on, i.e. all of them.
+    """
+    known = set(dataset.keys())
+    named = [*split.train, *split.val, *split.test]
+    if all(k in known for k in named):
+        if not split.test:
+            raise MedadaptError(
+                "the run trained on every labelled case of this dataset (fit --test 0): none is held out to score.",
+                path=path, fix="evaluate on another labelled dataset (--data OTHER), or fit with a held-out test set.",
+            )
+        return list(split.test), "the run's held-out test cases"
+    seen = set(split.train) | set(split.val)
+    keys = [k for k in dataset.keys() if k not in seen]
+    if not keys:
+        raise MedadaptError(f"every case of dataset '{dataset.name}' was trained or validated on.", path=path)
+    return keys, f"every case of {dataset.name} the run did not train on"

@@ -53,6 +53,8 @@ class ClassifyFitOptions(BaseModel):
     fraction: float | None = Field(None, gt=0, le=1, description="share of the training labels, e.g. 0.01")
     seed: int = 0
     split: str | None = Field(None, description="split.json of another run, or a .txt of training image ids")
+    test: float | None = Field(None, ge=0, le=0, description="0: every training image trains, no validation "
+                               "(the data's own test split stays for evaluate)")
     classes: list[int] | None = None
     max_steps: int | None = Field(None, ge=1)
     epochs: int | None = Field(None, ge=1)
@@ -155,32 +157,47 @@ class ClassifyFitOptions(BaseModel):
 
 
 
-def _read_train_ids(path: Path) -> list[str]:
-    """Training ids from a run's ``split.json`` or a text file of ids (one per line)."""
+def _read_split_ids(path: Path) -> tuple[list[str], list[str] | None]:
+    """(train ids, validation ids drawn from the training data or None) of a run's ``split.json``, or the
+    training ids of a text file (one per line)."""
     if not path.is_file():
         raise MedadaptError("split file not found", path=path, fix="pass a run's split.json or a .txt of image ids")
     if path.suffix.lower() == ".json":
         try:
-            ids = json.loads(path.read_text()).get("train")
+            data = json.loads(path.read_text())
+            ids = data.get("train")
         except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-            ids = None
+            data, ids = {}, None
         if not isinstance(ids, list) or not ids:
             raise MedadaptError("the split file has no 'train' list of image ids", path=path,
                                 fix="use the split.json a `medadapt fit --task classify` run wrote")
-        return [str(i) for i in ids]
+        pooled = (data.get("info") or {}).get("val_source") == VAL_FROM_TRAIN
+        return [str(i) for i in ids], [str(i) for i in data.get("val") or []] if pooled else None
     ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
     if not ids:
         raise MedadaptError("the split file lists no image ids", path=path)
-    return ids
+    return ids, None
 
 
-def _classify_config(opts: ClassifyFitOptions, train_ids: list[str] | None):
+VAL_FROM_TRAIN = "train"  # split.json info: the validation images were drawn from the training data
+
+
+def _split_info(opts: ClassifyFitOptions, task, *, pooled: bool) -> dict[str, Any]:
+    """``info`` of a classifier's split (the schema all tasks share): its test images are the data's own
+    test split, scored by ``medadapt evaluate --task classify``, so the split's ``test`` stays empty."""
+    return {"dataset": opts.data, "seed": opts.seed, "fraction": opts.fraction, "shots": opts.shots,
+            "train_class_counts": task.train.class_counts(),
+            "val_source": VAL_FROM_TRAIN if pooled else "the data's validation split or a held-out share",
+            "test": "none: every labelled image trains" if opts.test == 0 else "the data's own test split"}
+
+
+def classify_config(opts: ClassifyFitOptions, train_ids: list[str] | None, val_ids: list[str] | None = None):
 
     try:
         return ClassifyConfig(
             data=opts.data, val_data=opts.val_data, train_split=opts.train_split, val_split=opts.val_split,
             label_fraction=opts.fraction or 1.0, shots=opts.shots,
-            train_ids=train_ids, classes=opts.classes, val_fraction=opts.val_fraction, fraction_seed=opts.seed,
+            train_ids=train_ids, val_ids=val_ids, classes=opts.classes, val_fraction=opts.val_fraction, fraction_seed=opts.seed,
             backbone=opts.model, checkpoint=opts.checkpoint, pool=opts.pool, drop_path=opts.drop_path,
             img_size=opts.img_size, recipe=opts.recipe(), lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha,
             lora_dropout=opts.lora_dropout, target_modules=opts.target_modules, pos_weight=opts.pos_weight,
@@ -225,11 +242,13 @@ def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume:
     run.guard_new(resume)
     split_source = saved_split if saved_split is not None and not values.get("split") else (
         Path(opts.split) if opts.split else None)
-    train_ids = _read_train_ids(split_source) if split_source is not None else None
+    train_ids, val_ids = _read_split_ids(split_source) if split_source is not None else (None, None)
+    if opts.test == 0 and val_ids is None:
+        val_ids = []  # every labelled image trains
 
     seed_everything(opts.seed)
     train_config = _train_config(opts)
-    task = build_classify_task(_classify_config(opts, train_ids), train_config)  # reads data: errors come first
+    task = build_classify_task(classify_config(opts, train_ids, val_ids), train_config)  # reads data: errors come first
     task.artifact_dir = run.adapter_dir.name
     # Epochs of a whole number of validation periods. Written when the trainer also validated at every
     # epoch's end (it no longer does with val_every); kept so that runs reproduce the benchmarked epochs.
@@ -239,9 +258,8 @@ def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume:
 
     out.mkdir(parents=True, exist_ok=True)
     run.write_fit_config({**opts.model_dump(mode="json"), "recipe": opts.recipe(), "lr": train_config.lr})
-    run.write_split(Split(task.train.ids, task.val.ids if task.val is not None else (), (), {
-        "data": opts.data, "train_class_counts": task.train.class_counts(), "seed": opts.seed,
-        "fraction": opts.fraction, "shots": opts.shots}))
+    run.write_split(Split(task.train.ids, task.val.ids if task.val is not None else (), (),
+                          _split_info(opts, task, pooled=val_ids is not None)))
     start = time.perf_counter()
     result = Trainer(train_config, task, out).fit(resume=resume)
     session = time.perf_counter() - start

@@ -77,6 +77,8 @@ class ClassifyConfig(BaseModel):
     label_fraction: float = Field(1.0, gt=0, le=1, description="share of training labels (0.01 = 1 %)")
     shots: int | None = Field(None, ge=1, description="images per class instead of label_fraction")
     train_ids: list[str] | None = Field(None, description="exact training images (ids), e.g. from a split file")
+    val_ids: list[str] | None = Field(None, description="validation images taken from the training data by id "
+                                      "([]: no validation); None: the data's val split or a held-out share")
     classes: list[int] | None = Field(None, description="multi-label: label columns to keep")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="held out for validation when the data has no val split")
     fraction_seed: int = 0
@@ -318,6 +320,8 @@ def load_classify_splits(cfg: ClassifyConfig) -> tuple[ClassificationSplit, Clas
     """
     opts = cfg.loader_options
     train = load_classification_split(cfg.data, cfg.train_split, **opts)
+    if cfg.val_ids is not None:  # every labelled image trains, except those named for validation
+        return _pooled_splits(cfg, train)
     if cfg.val_data is not None:
         val = load_classification_split(cfg.val_data, cfg.val_split, **opts)
     elif dataset_splits(cfg.data) is None:
@@ -341,6 +345,28 @@ def load_classify_splits(cfg: ClassifyConfig) -> tuple[ClassificationSplit, Clas
     elif cfg.label_fraction < 1:
         train = train.subset(sample_fraction(train.labels, cfg.label_fraction, cfg.fraction_seed, mask=mask))
     return train, val
+
+
+def _pooled_splits(cfg: ClassifyConfig, pool: ClassificationSplit) -> tuple[ClassificationSplit, ClassificationSplit | None]:
+    """(train, val) both drawn from ``pool`` by id: ``val_ids`` validate, ``train_ids`` (default: the rest) train."""
+    if cfg.classes:
+        pool = pool.select_classes(cfg.classes)
+    where = {k: i for i, k in enumerate(pool.ids)}
+    unknown = [k for k in [*(cfg.train_ids or []), *(cfg.val_ids or [])] if k not in where]
+    if unknown:
+        raise MedadaptError(f"{len(unknown)} image ids of the split are not in the training data (e.g. {unknown[0]!r})",
+                            path=cfg.data, fix="use a split written for this dataset (a run's split.json)")
+    held = set(cfg.val_ids or [])
+    val = pool.subset([where[k] for k in cfg.val_ids]) if cfg.val_ids else None
+    rest = pool.subset([i for i, k in enumerate(pool.ids) if k not in held])
+    if cfg.train_ids is not None:
+        return pool.subset([where[k] for k in cfg.train_ids]), val
+    mask = rest.mask if rest.task == "multilabel" else None
+    if cfg.shots is not None:
+        rest = rest.subset(sample_shots(rest.labels, cfg.shots, cfg.fraction_seed, mask=mask))
+    elif cfg.label_fraction < 1:
+        rest = rest.subset(sample_fraction(rest.labels, cfg.label_fraction, cfg.fraction_seed, mask=mask))
+    return rest, val
 
 
 def build_classify_task(cfg: ClassifyConfig, train_config: TrainConfig) -> ClassificationTask:

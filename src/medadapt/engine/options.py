@@ -37,6 +37,7 @@ class SplitOptions(BaseModel):
     fraction: float | None = Field(None, gt=0, le=1)
     seed: int = 0
     n_val: int | None = Field(None, ge=0)
+    test: float | None = Field(None, ge=0)  # None: the benchmark's fixed test third; 0: every case trains
     split: str | None = None  # reuse a split.json
 
 

@@ -80,7 +80,8 @@ class FitOptions(SplitOptions, LayoutOptions, OptimOptions):
     augment_flips: bool = True  # off where classes are told apart by position (e.g. hippocampus head/body)
     augment_translate: float = Field(0.0, ge=0, le=0.5)  # shift up to this fraction of the slice size
     cache_dir: str | None = None
-    encoder_engine: Literal["torch", "onnxruntime", "openvino"] = "torch"
+    # auto: OpenVINO fp32 when installed (the command line's factory decides; without one, torch)
+    encoder_engine: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     max_val_slices: int = Field(64, ge=1)
 
     @field_validator("lora_blocks", "adapter_blocks", mode="before")
@@ -109,9 +110,9 @@ FrozenEncoderFactory = Callable[["FitOptions"], tuple[str, Callable]]
 def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEncoderFactory | None = None) -> dict:
     """Train one adapter; returns the result dict also written to ``result.json``.
 
-    ``frozen_encoder(opts) -> (tag, encode)`` supplies the encoder that fills the embedding cache
-    when ``opts.encoder_engine`` is not torch and the recipe leaves the encoder frozen
-    (:func:`medadapt.pipeline.fit.fit_segment` passes the exported one from :mod:`medadapt.deploy`).
+    ``frozen_encoder(opts) -> (tag, encode) | None`` supplies the encoder that fills the embedding cache
+    when ``opts.encoder_engine`` is not torch and the recipe leaves the encoder frozen (None: torch; the
+    command line passes :func:`medadapt.deploy.backend.frozen_encoder`; the engine layer cannot import deploy).
     """
 
     out = Path(opts.out)
@@ -120,7 +121,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     seed_everything(opts.seed)
     dataset = load_fit_dataset(opts)
     split = run.fit_split(dataset, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
-                          seed=opts.seed, n_val=opts.n_val)
+                          seed=opts.seed, n_val=opts.n_val, test=opts.test)
     classes = opts.classes or sorted(dataset.classes)
 
     spec = get_sam_spec(opts.model)
@@ -169,10 +170,10 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         class_token_lr_scale=opts.class_token_lr_scale, slice_axis=opts.slice_axis,
     )
     if opts.encoder_engine != "torch" and not applied.encoder_trainable:
-        if frozen_encoder is None:
+        if frozen_encoder is None and opts.encoder_engine != "auto":
             raise MedadaptError(f"encoder_engine '{opts.encoder_engine}' needs a frozen-encoder factory.",
                                 fix="run through `medadapt fit` (medadapt.pipeline.fit.fit_segment).")
-        settings.frozen_encoder = frozen_encoder(opts)
+        settings.frozen_encoder = frozen_encoder(opts) if frozen_encoder is not None else None  # None: torch
     task = SamSegmentationTask(model, spec, recipe, applied.encoder_trainable, train, val, settings)
     config = TrainConfig(
         optimizer=opts.optimizer, lr=opts.lr, weight_decay=opts.weight_decay, schedule=opts.schedule,
@@ -193,6 +194,7 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
         "classes": classes,
         "train_cases": list(split.train),
         "val_cases": list(split.val),
+        "test_cases": list(split.test),
         "train_slices": len(train),
         "val_slices": len(val),
         "trainable_params": applied.trainable,

@@ -269,7 +269,7 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
     meta = read_pretrain_meta(opts.checkpoint)
     resolved = _resolve(opts, dataset, meta)
     split = run.fit_split(dataset, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
-                          seed=opts.seed, n_val=opts.n_val)
+                          seed=opts.seed, n_val=opts.n_val, test=opts.test)
     if not split.train:
         raise MedadaptError("the split has no training volume.", path=opts.split or opts.data)
     if opts.transductive and not split.test:
@@ -344,6 +344,7 @@ def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = 
         "class_names": resolved["class_names"],
         "train_cases": list(split.train),
         "val_cases": list(split.val),
+        "test_cases": list(split.test),
         "trainable_params": task.applied.trainable,
         "total_params": task.applied.total,
         "encoder_trainable": task.applied.encoder_trainable,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medadapt.data.datasets import Dataset, load_segmentation_dataset
-from medadapt.data.fewshot import make_split
+from medadapt.data.fewshot import cases_to_score, make_split
 from medadapt.errors import MedadaptError
 from medadapt.infer.ensemble import check_mirror, check_prompt_mode
 from medadapt.infer.factory import PredictorSpec, adapters_of, load_predictor
@@ -89,9 +89,12 @@ def evaluate_segment_run(
     """
     dataset = load_segmentation_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
     run_splits = [RunFolder(a).split_path for a in adapters if RunFolder(a).split_path.is_file()]
-    if split is None and run_splits:
-        split = run_splits[0]
-    the_split = read_split_file(Path(split), dataset) if split is not None else make_split(dataset, shots=1, seed=0)
+    if split is not None:  # a split file given by hand names this dataset's cases
+        keys, which = list(read_split_file(Path(split), dataset).test), "the --split file's test cases"
+    elif run_splits:  # the run's test cases, or every case of another dataset
+        keys, which = cases_to_score(read_split_file(run_splits[0]), dataset, path=run_splits[0])
+    else:
+        keys, which = list(make_split(dataset, shots=1, seed=0).test), "the dataset's default test set"
     predictor = load_predictor(PredictorSpec(model=model, adapters=adapters_of(adapters), batch_size=batch_size,
                                              precision=precision, mirror=mirror))
     mode = prompt or ("auto" if predictor.is_automatic else "box")
@@ -100,10 +103,9 @@ def evaluate_segment_run(
     check_prompt_mode(predictor, mode)
     run = adapters[0] if adapters else None
     check_mirror(mirror, mode, run)
-    keys = list(the_split.test)
     seen: set[str] = set()
     for f in run_splits:
-        member = read_split_file(f, dataset)
+        member = read_split_file(f)
         seen |= set(member.train) | set(member.val)
     if seen & set(keys):  # an ensemble member trained on some of these cases: they are not held out for it
         dropped = [k for k in keys if k in seen]
@@ -120,7 +122,7 @@ def evaluate_segment_run(
     settings = {"data": resolve_spec(data), "adapter": str(run) if len(adapters) == 1 else None,
                 **({"ensemble": [str(a) for a in adapters]} if len(adapters) > 1 else {}),
                 "label_dir": label_dir, "image_suffix": image_suffix, "label_suffix": label_suffix,
-                "model": predictor.spec.name, "prompt": mode, "split": str(split) if split else "default test set",
+                "model": predictor.spec.name, "prompt": mode, "split": str(split) if split else which,
                 "tolerance_mm": tolerance_mm, "mirror": mirror, **info}
     return rows, settings
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medadapt.data.fewshot import load_split
+from medadapt.data.fewshot import cases_to_score, load_split
 from medadapt.data.volume_dataset import load_volume_dataset
 from medadapt.engine.fitted import load_fitted, prep_from_fields
 from medadapt.errors import MedadaptError
@@ -54,11 +54,15 @@ def evaluate_volumetric_run(
     resolved = fit_config["resolved"]
     dataset = load_volume_dataset(data, modality=fit_config.get("modality", "auto"))
     split_path = Path(split) if split is not None else folder.split_path
-    the_split = load_split(split_path, dataset)
-    keys = list(the_split.test)
+    if split is not None:  # a split file given by hand names this dataset's cases
+        the_split = load_split(split_path, dataset)
+        keys, which = list(the_split.test), "the --split file's test cases"
+    else:  # the run's own split: its test cases, or every case of another dataset
+        the_split = load_split(split_path)
+        keys, which = cases_to_score(the_split, dataset, path=split_path)
     if not keys:
         raise MedadaptError("the split has no held-out (test) volume to evaluate.", path=split_path)
-    leaked = sorted(set(keys) & set(the_split.train))
+    leaked = sorted(set(keys) & (set(the_split.train) | set(the_split.val)))
     if leaked:  # load_split refuses overlaps already; keep the contract explicit
         raise MedadaptError(f"test volumes {leaked} were trained on.", path=split_path)
     prep = prep_from_fields(resolved["preprocessing"])
@@ -93,7 +97,7 @@ def evaluate_volumetric_run(
 
     summary = summarize(rows, n_boot=n_boot)
     summary["settings"] = {
-        "task": "volumetric", "data": resolve_spec(data), "adapter": str(run), "split": str(split_path),
+        "task": "volumetric", "data": resolve_spec(data), "adapter": str(run), "split": str(split_path), "cases": which,
         "tolerance_mm": tolerance_mm, "precision": precision, "roi": resolved["roi"],
         "classes": classes, "class_names": resolved["class_names"], "recipe": resolved["recipe"],
         "head": resolved["head"], "transductive": fit_config.get("transductive", False),

@@ -235,6 +235,9 @@ def _read_fit(run: Run, folder: Path) -> None:
     run.result = read_json(files.result_path)
     run.adapter = read_json(files.adapter_json)
     run.metrics = read_metrics_csv(files.metrics_path)
+    note = ((run.result or {}).get("protocol") or {}).get("note")
+    if note:  # e.g. no held-out test set (fit --test 0), cross-validated estimate
+        run.notes.append(note)
 
 
 def _read_evaluation(folder: Path, name: str, notes: list[str]) -> Evaluation:
