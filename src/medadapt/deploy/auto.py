@@ -3,8 +3,8 @@
 **predict** (:func:`choose_engine`): the fastest engine and precision whose DSC stays within
 :data:`DSC_TOLERANCE` of eager PyTorch fp32 on the deployment benchmark (volumes section of
 ``bench/results/deploy.json``). There OpenVINO bf16 is the fastest such setting on a CPU with bf16
-units; int8 and torch bf16 move DSC by more than the tolerance; OpenVINO fp32 and mixed precision
-need no re-check but are slower, and mixed needs bf16 units too. The rule is :data:`AUTO_TABLE`,
+units, OpenVINO fp32 without them (mixed precision needs bf16 units too), ONNX Runtime fp32 without
+OpenVINO; int8 and torch bf16 move DSC by more than the tolerance. On a GPU: PyTorch fp32. The rule is :data:`AUTO_TABLE`,
 first matching row wins; ``tests/test_engine_auto.py`` checks it against the benchmark file.
 
 **fit** (:func:`fit_encoder_engine`): the embedding cache is filled by OpenVINO fp32 when it is
@@ -30,7 +30,7 @@ DSC_TOLERANCE = 0.005
 
 class AutoRow(NamedTuple):
     device: str  # "cuda" | "cpu"
-    needs: tuple[str, ...]  # what the machine must offer: "openvino", "bf16" (CPU bf16 units)
+    needs: tuple[str, ...]  # what the machine must offer: "openvino", "onnxruntime", "bf16" (CPU bf16 units)
     engine: str
     precision: str
 
@@ -40,9 +40,10 @@ AUTO_TABLE: tuple[AutoRow, ...] = (
     AutoRow("cuda", (), "torch", "fp32"),
     AutoRow("cpu", ("openvino", "bf16"), "openvino", "bf16"),
     AutoRow("cpu", ("openvino",), "openvino", "fp32"),
+    AutoRow("cpu", ("onnxruntime",), "onnxruntime", "fp32"),
     AutoRow("cpu", (), "torch", "fp32"),
 )
-NO_OPENVINO = "OpenVINO is not installed: using PyTorch fp32 (pip install openvino for about 2x faster CPU inference)."
+NO_OPENVINO = "OpenVINO is not installed: using {engine} fp32 (pip install openvino for faster CPU inference)."
 
 
 def openvino_available() -> bool:
@@ -53,6 +54,8 @@ def machine() -> tuple[str, set[str]]:
     """(device, capabilities) as :data:`AUTO_TABLE` names them."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     offers: set[str] = set()
+    if importlib.util.find_spec("onnxruntime") is not None:
+        offers.add("onnxruntime")
     if openvino_available():
         offers.add("openvino")
         if cpu_has_bf16():
@@ -74,7 +77,7 @@ def choose_engine(precision: str | None = None, *, export=None,
             continue
         if precision is not None and precision not in SUPPORTED[row.engine]:
             continue
-        notice = NO_OPENVINO if device == "cpu" and "openvino" not in offers else None
+        notice = NO_OPENVINO.format(engine=row.engine) if device == "cpu" and "openvino" not in offers else None
         return row.engine, precision or row.precision, notice
     return only or "torch", precision or "fp32", None
 
