@@ -80,7 +80,7 @@ def test_merge_adapter_round_trip_and_predict_loads_it(tmp_path: Path):
         (tmp_path / sub).mkdir()
         Image.fromarray(arr).save(tmp_path / sub / "im.png")
     res = _cli("predict", "-i", tmp_path / "img" / "im.png", "-l", tmp_path / "lab", "-o", tmp_path / "pred",
-               "--model", "litemedsam", "--checkpoint", out)
+               "--model", "litemedsam", "--checkpoint", out, "--engine", "torch")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "pred" / "im.png").is_file()
 

@@ -18,6 +18,8 @@ runner = CliRunner()
 
 
 def invoke(*args: str):
+    if args[0] == "predict" and "--engine" not in args:  # the PyTorch path these tests check (default: auto)
+        args = (*args, "--engine", "torch")
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 

@@ -143,7 +143,7 @@ def test_cli_predict_onnxruntime_equals_torch(onnx_export, tmp_path):
     images, labels = _image_and_label(tmp_path)
     runner = CliRunner()
     common = ["predict", "--input", str(images), "--labels", str(labels), "--threads", "2"]
-    r1 = runner.invoke(app, [*common, "--out", str(tmp_path / "torch")])
+    r1 = runner.invoke(app, [*common, "--out", str(tmp_path / "torch"), "--engine", "torch"])
     r2 = runner.invoke(app, [*common, "--out", str(tmp_path / "ort"), "--engine", "onnxruntime", "--export", str(onnx_export)])
     assert r1.exit_code == 0, r1.output
     assert r2.exit_code == 0, r2.output

@@ -236,7 +236,7 @@ def test_chosen_slice_axis_is_trained_and_applied_along_it(hippo, tmp_path: Path
     from medadapt.io.volumes import read_volume
 
     case = ds.case(TRAIN[0])
-    res = CliRunner().invoke(app, ["predict", "--adapter", str(run), "--input", str(case.image), "--labels",
+    res = CliRunner().invoke(app, ["predict", "--engine", "torch", "--adapter", str(run), "--input", str(case.image), "--labels",
                                    str(case.label), "--out", str(tmp_path / "pred"), "--cache-dir", str(cache_dir)])
     assert res.exit_code == 0, res.output
     assert np.array_equal(read_volume(tmp_path / "pred" / case.image.name).array, along_0)
@@ -275,11 +275,11 @@ def test_auto_mode_segments_without_prompts(hippo, auto_run, tmp_path: Path, cac
     from medadapt.io.volumes import read_volume
 
     image_file = ds.case(TRAIN[0]).image
-    res = CliRunner().invoke(app, ["predict", "--adapter", str(run), "--input", str(image_file),
+    res = CliRunner().invoke(app, ["predict", "--engine", "torch", "--adapter", str(run), "--input", str(image_file),
                                    "--out", str(tmp_path / "pred"), "--cache-dir", str(cache_dir)])
     assert res.exit_code == 0, res.output
     assert np.array_equal(read_volume(tmp_path / "pred" / image_file.name).array, seg)
-    res = CliRunner().invoke(app, ["predict", "--prompts", "auto", "--input", str(image_file),
+    res = CliRunner().invoke(app, ["predict", "--engine", "torch", "--prompts", "auto", "--input", str(image_file),
                                    "--out", str(tmp_path / "pred0")])
     assert res.exit_code == 2 and "needs an automatic-mode adapter" in " ".join(res.output.split()), res.output
 
@@ -307,13 +307,13 @@ def test_auto_mode_mirroring_is_mirror_equivariant(hippo, auto_run, tmp_path: Pa
     from medadapt.io.volumes import read_volume
 
     image_file = ds.case(TRAIN[0]).image
-    res = CliRunner().invoke(app, ["predict", "--adapter", str(run), "--mirror", "--input", str(image_file),
+    res = CliRunner().invoke(app, ["predict", "--engine", "torch", "--adapter", str(run), "--mirror", "--input", str(image_file),
                                    "--out", str(tmp_path / "pred"), "--cache-dir", str(cache_dir)])
     assert res.exit_code == 0, res.output
     assert np.array_equal(read_volume(tmp_path / "pred" / image_file.name).array, mirrored)
     # Box prompts are not mirrored: a clear error before anything is written.
     label_file = ds.case(TRAIN[0]).label
-    res = CliRunner().invoke(app, ["predict", "--mirror", "--input", str(image_file), "--labels", str(label_file),
+    res = CliRunner().invoke(app, ["predict", "--engine", "torch", "--mirror", "--input", str(image_file), "--labels", str(label_file),
                                    "--out", str(tmp_path / "pred_box")])
     assert res.exit_code == 2 and "--mirror applies to automatic mode" in " ".join(res.output.split()), res.output
     assert not (tmp_path / "pred_box").exists()
@@ -381,11 +381,11 @@ def test_ensemble_averages_members_along_their_own_axes(hippo, auto_run, tmp_pat
                           segment_volume_auto(axial, image, slice_axis=axis))
 
     case = ds.case(TRAIN[0])
-    res = CliRunner().invoke(app, ["predict", "--adapter", str(run), "--adapter", str(sagittal), "--input",
+    res = CliRunner().invoke(app, ["predict", "--engine", "torch", "--adapter", str(run), "--adapter", str(sagittal), "--input",
                                    str(case.image), "--out", str(tmp_path / "pred"), "--cache-dir", str(cache_dir)])
     assert res.exit_code == 0, res.output
     assert np.array_equal(read_volume(tmp_path / "pred" / case.image.name).array, seg)
-    res = CliRunner().invoke(app, ["predict", "--adapter", str(run), "--adapter", str(sagittal), "--prompts",
+    res = CliRunner().invoke(app, ["predict", "--engine", "torch", "--adapter", str(run), "--adapter", str(sagittal), "--prompts",
                                    "boxes-from-labels", "--labels", str(case.label), "--input", str(case.image),
                                    "--out", str(tmp_path / "pred_box")])
     assert res.exit_code == 2 and "an ensemble" in " ".join(res.output.split()), res.output
