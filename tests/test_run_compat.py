@@ -42,7 +42,7 @@ def test_segment_run_predicts_the_same(synth: Path, legacy: Path, tmp_path: Path
     small = tmp_path / "in" / "synth_001.nii.gz"  # three slices keep the test fast
     small.parent.mkdir()
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, 14:17], img.affine), small)
-    res = runner.invoke(app, ["predict", "--adapter", str(legacy / "segment"), "--input", str(small),
+    res = runner.invoke(app, ["predict", "--engine", "torch", "--adapter", str(legacy / "segment"), "--input", str(small),
                               "--out", str(tmp_path / "pred"), "--threads", "1"])
     assert res.exit_code == 0, res.output
     pred = np.asarray(nib.load(tmp_path / "pred" / "synth_001.nii.gz").dataobj)

@@ -297,15 +297,13 @@ def make_fit_split(
 def cases_to_score(split: Split, dataset: Dataset, *, path: str | Path | None = None) -> tuple[list[str], str]:
     """(case keys, description) a run with ``split`` is scored on in ``dataset``.
 
-    The dataset the split was made for (it has every case the split names, and its folder is the one
-    the split records): the split's test cases. Another dataset: every case the run neither trained nor
-    validated on (by case key), i.e. all of them when the names differ.
+    The dataset the split was made for (it has every case the split names, wherever its folder now is):
+    the split's test cases. Another dataset: every case the run neither trained nor validated on (by
+    case key), i.e. all of them when the names differ.
     """
     known = set(dataset.keys())
     named = [*split.train, *split.val, *split.test]
-    root = split.info.get("root")
-    here = root is None or Path(root).resolve() == Path(dataset.root).resolve()
-    if here and all(k in known for k in named):
+    if all(k in known for k in named):
         if not split.test:
             raise MedadaptError(
                 "the run trained on every labelled case of this dataset (fit --test 0): none is held out to score.",
