@@ -46,7 +46,7 @@ def _fit(data, out, *extra):
 
 def test_all_volumes_train_then_new_volumes_and_another_dataset(mine, other, tmp_path):
     run = tmp_path / "run"
-    res = _fit(mine, run)
+    res = _fit(mine, run, "--shots", "5")  # all 5 labelled volumes: no test third, no validation fifth
     assert res.exit_code == 0, res.output
     split = json.loads((run / "split.json").read_text())
     assert len(split["train"]) == 5 and split["val"] == [] and split["test"] == []
