@@ -9,8 +9,8 @@ one-time export of the encoder (the default fills the embedding cache with OpenV
 installed) is part of the measured time; the fit has no --cache-dir, so its embedding cache starts empty
 too. The adapter is then scored on the benchmark's fixed held-out volumes exactly as
 ``bench_fewshot.py`` scores its runs (its ``score``: volumes reassembled, DSC / NSD 2 mm / HD95 in 3D).
-Writes bench/results/default_fit.json with provenance (git commit, UTC time, CPU model, threads, load
-average at start and end, torch / openvino versions).
+Writes bench/results/default_fit.json with provenance (``bench/provenance.py``: git commit, UTC time, CPU
+model, threads, load average at start and end, torch / openvino versions).
 
     .venv/bin/python bench/bench_default_fit.py            # the measurement (quiet cores)
     .venv/bin/python bench/bench_default_fit.py --max-steps 5 --test-cases 1 --out-json /tmp/smoke.json  # smoke
@@ -21,45 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import provenance  # noqa: E402
 from bench_fewshot import score, write_json  # noqa: E402  (the same scoring as the few-shot matrix)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def provenance(threads: int) -> dict:
-    import torch
-
-    try:
-        import openvino
-
-        ov_version = openvino.__version__
-    except ImportError:
-        ov_version = None
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())
-    return {"git_commit": commit, "git_dirty": dirty, "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "openvino": ov_version, "python": platform.python_version(), "load_avg_start": list(os.getloadavg())}
 
 
 def main() -> int:
@@ -78,7 +50,8 @@ def main() -> int:
     from medadapt.data.fewshot import make_split
     from medadapt.infer.factory import build_predictor
 
-    result = {"command": None, "provenance": provenance(args.threads)}
+    prov = provenance.start()
+    result = {"command": None}
     with tempfile.TemporaryDirectory(prefix="bench_default_fit_") as tmp:
         run = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "medadapt.cli.main", "fit", "--data", args.data, "--shots", "5", "--seed", "0",
@@ -100,8 +73,8 @@ def main() -> int:
         if args.test_cases:
             test = test[: args.test_cases]
         scores = score(build_predictor(None, adapter=run), dataset, test, "box")
-    result["provenance"]["load_avg_end"] = list(os.getloadavg())
     result.update({
+        "provenance": provenance.finish(prov), "threads": args.threads,
         "fit_wall_seconds": wall, "fit_seconds_training": fit.get("fit_seconds"), "cold_cache": True,
         "encoder_engine": fit.get("encoder_engine"), "steps": fit.get("steps"), "best_val_dsc": fit.get("best_metric"),
         "embedding_cache": fit.get("embedding_cache"), "peak_rss_mb": fit.get("peak_rss_mb"),
