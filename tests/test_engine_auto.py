@@ -63,9 +63,9 @@ def test_default_fit_encoder_is_openvino_fp32_with_torch_embeddings_on_a_real_sl
     """The default fit fills its cache with OpenVINO fp32: on a real hippocampus slice its embeddings equal
     eager PyTorch's within float32 rounding."""
     import nibabel as nib
-    from medadapt.deploy.backend import frozen_encoder
 
     from medadapt.data.intensity import normalise_for_sam
+    from medadapt.deploy.backend import frozen_encoder
     from medadapt.engine.sam_fit import FitOptions
     from medadapt.models.preprocess import preprocess_image
     from medadapt.models.registry import build_model, get_sam_spec
