@@ -20,11 +20,9 @@ bench/results/interactive_latency.json with provenance (commit, UTC time, CPU, t
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,23 +30,12 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import provenance  # noqa: E402
+
 SHARED = Path(os.environ.get("MEDADAPT_SHARED", ROOT.parent / "shared"))
 OUT = ROOT / "bench" / "results" / "interactive_latency.json"
-
-
-def provenance(threads: list[int]) -> dict:
-    import medadapt
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())
-    return {"git_commit": commit, "git_dirty": dirty,
-            "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "python": platform.python_version(), "medadapt": medadapt.__version__,
-            "load_avg_start": os.getloadavg()}
 
 
 def engine_predictor(engine: str, torch_pred, threads: int):
@@ -92,7 +79,8 @@ def main() -> int:
     from medadapt.evaluate.interactive_run import simulate_case
     from medadapt.infer.factory import build_predictor
 
-    result = {"machine": provenance(args.threads), "data": args.data, "clicks": args.clicks,
+    prov = provenance.start()
+    result = {"threads": args.threads, "data": args.data, "clicks": args.clicks,
               "protocol": "3D box per class from the label, then simulated CVPR 2025 clicks; zero-shot litemedsam",
               "runs": []}
     dataset = load_segmentation_dataset(args.data)
@@ -124,7 +112,7 @@ def main() -> int:
             print(f"{engine:12s} threads {threads}: {run['ms_per_decoded_slice']:.1f} ms / re-decoded slice, "
                   f"{run['ms_per_click']:.1f} ms / click ({clicks} clicks, {slices} slices), "
                   f"bare decoder {run['decoder_ms']:.1f} ms", flush=True)
-    result["machine"]["load_avg_end"] = os.getloadavg()
+    result["provenance"] = provenance.finish(prov)
     from medadapt.io.atomic import write_json
 
     write_json(OUT, result)

@@ -435,6 +435,46 @@ def metrics_section() -> str:
                              lambda d: captured(print_table, d))
 
 
+
+def default_fit_section() -> str:
+    """The 5-shot ``decoder`` box fit with default settings from a cold cache (bench_default_fit.py)."""
+    name = "default_fit.json"
+    head = section("default-fit", "Default 5-shot fit from a cold cache")
+    data = load(name)
+    if data is None or data.get("smoke"):
+        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_default_fit.py` writes `bench/results/default_fit.json`."
+    table = "\n".join([
+        "| encoder engine (default) | steps | fit wall s | best val DSC | held-out DSC | NSD 2 mm | HD95 mm | held-out volumes |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {data.get('encoder_engine') or NR} | {data.get('steps') or NR} | {data['fit_wall_seconds']:.0f} | "
+        f"{data['best_val_dsc']:.3f} | {data['dsc']:.3f} | {data['nsd']:.3f} | {data['hd95']:.2f} | "
+        f"{len(data['test_cases'])} |",
+    ])
+    return "\n".join([head, "", f"`{data['command']}` with nothing else (fresh `MEDADAPT_CACHE`, no `--cache-dir`): "
+                       "the wall time includes the one-time encoder export and filling the embedding cache; the "
+                       "adapter is scored as the few-shot matrix scores its runs.", "",
+                       conditions(name, data), "", table])
+
+
+def interactive_latency_section() -> str:
+    """Per-click latency of the interactive session (bench_interactive.py)."""
+    name = "interactive_latency.json"
+    data = load(name)
+    head = section("interactive-latency", "Interactive clicks: latency per re-decoded slice")
+    if data is None:
+        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_interactive.py`."
+    cols = (("engine", "decoder"), ("threads", "threads"), ("ms_per_decoded_slice", "ms per re-decoded slice"),
+            ("ms_per_click", "ms per click"), ("decoder_ms", "ms per bare decoder call"),
+            ("decoded_slices", "slices re-decoded"), ("clicks", "clicks"))
+    lines = ["| " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * len(cols)]
+    for r in data["runs"]:
+        lines.append("| " + " | ".join(f"{r[k]:.0f}" if isinstance(r.get(k), float) else str(r.get(k, NR))
+                                       for k, _ in cols) + " |")
+    return "\n".join([head, "", "`bench/bench_interactive.py`: zero-shot LiteMedSAM on cached hippocampus test "
+                       "volumes, simulated clicks; every click re-decodes the clicked slice and the neighbours "
+                       "its change reaches.", "", conditions(name, data), "", "\n".join(lines)])
+
+
 def benchmarks_md() -> str:
     hippo = load("fewshot_hippocampus.json")
     parts = [
@@ -449,6 +489,8 @@ def benchmarks_md() -> str:
         "comparable only within one table.",
         "",
         selection_section(hippo),
+        "",
+        default_fit_section(),
         "",
         fewshot_section("fewshot-hippocampus", "Few-shot LiteMedSAM: hippocampus MRI", "fewshot_hippocampus.json",
                         f"`{FEWSHOT_COMMAND}`. Each fit is its own `medadapt fit` process, trained on k volumes "
@@ -481,6 +523,8 @@ def benchmarks_md() -> str:
         side_by_side_section(),
         "",
         metrics_section(),
+        "",
+        interactive_latency_section(),
         "",
     ]
     return "\n".join(parts)
