@@ -59,3 +59,13 @@ def tiny_mnist(tmp_path) -> Path:
     path = tmp_path / "tiny_mnist.npz"
     np.savez(path, **arrays)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A CLI test run with ``--threads 1`` sets torch's process-wide thread count; later tests get it back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
