@@ -80,12 +80,10 @@ class DistillOptions(SplitOptions, LayoutOptions, OptimOptions):
     slices: Literal["all", "labelled"] = "all"
     max_train_slices: int | None = Field(None, ge=1)
     max_val_slices: int = Field(32, ge=1)
-    # optimisation: distillation's defaults
-    max_steps: int | None = Field(None, ge=1, description="default: 500 unless epochs is given")
+    # optimisation: distillation's defaults (max_steps: 500 unless epochs is given)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(5e-4, gt=0)
-    warmup_steps: int = 20
-    val_every: int | None = Field(50, ge=1)
+    warmup_steps: int = Field(20, ge=0)
     cache_dir: str | None = None
 
     @classmethod

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medadapt.data.fewshot import Split
 from medadapt.engine.classify_task import ClassifyConfig, build_classify_task
 from medadapt.engine.config import TrainConfig, read_options_yaml
+from medadapt.engine.options import LoopOptions, LoraOptions, SampleOptions, ValidationOptions
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
 from medadapt.errors import MedadaptError
@@ -38,8 +39,10 @@ DEFAULT_STEPS = 200
 _FULL_LR, _PEFT_LR = 1e-4, 1e-3
 
 
-class ClassifyFitOptions(BaseModel):
-    """Every option of ``medadapt fit --task classify`` (command line, ``--set`` or YAML)."""
+class ClassifyFitOptions(SampleOptions, LoraOptions, LoopOptions, ValidationOptions):
+    """Every option of ``medadapt fit --task classify`` (command line, ``--set`` or YAML): the shared parts
+    (:mod:`medadapt.engine.options`; ``split``: another run's split.json or a .txt of training image ids)
+    with the classifier's defaults, plus the backbone, data and recipe settings."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -50,23 +53,12 @@ class ClassifyFitOptions(BaseModel):
     checkpoint: str | None = None
     method: str = Field("lora", description="recipe: lora (q/v LoRA), linear-probe, full, bias, norm, peft-lora...")
     shots: int | None = Field(None, ge=1, description="labelled images per class (instead of fraction)")
-    fraction: float | None = Field(None, gt=0, le=1, description="share of the training labels, e.g. 0.01")
-    seed: int = 0
-    split: str | None = Field(None, description="split.json of another run, or a .txt of training image ids")
     test: float | None = Field(None, ge=0, le=0, description="0: every training image trains, no validation "
                                "(the data's own test split stays for evaluate)")
     classes: list[int] | None = None
-    max_steps: int | None = Field(None, ge=1)
-    epochs: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float | None = Field(None, gt=0, description="default 1e-3 (1e-4 for full fine-tuning of a pre-trained model)")
-    lora_rank: int = Field(4, ge=1)
-    target_modules: list[str] | None = None
-    val_every: int | None = Field(50, ge=1)
-    patience: int | None = Field(None, ge=1)
-    precision: Literal["fp32", "bf16"] = "fp32"
     cache_dir: str | None = None
-    progress: bool = True
     # task-specific (--set key=value)
     img_size: int | None = Field(None, ge=8)
     pool: Literal["gap", "cls"] = "gap"

@@ -38,7 +38,7 @@ from medadapt.data.volume_dataset import (
     volume_records,
 )
 from medadapt.engine.config import TrainConfig
-from medadapt.engine.options import VolumeArchOptions, build_options, merge_options
+from medadapt.engine.options import LoopOptions, VolumeArchOptions, build_options, merge_options
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
 from medadapt.errors import MedadaptError
@@ -182,7 +182,7 @@ class PretrainDataset(BaseModel):
     name: str | None = None
 
 
-class PretrainOptions(VolumeArchOptions):
+class PretrainOptions(VolumeArchOptions, LoopOptions):
     """Every option of ``medadapt pretrain`` (CLI, ``--set key=value`` or a YAML config)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -199,18 +199,14 @@ class PretrainOptions(VolumeArchOptions):
     modality: str = "auto"
     exclude_test: bool = True  # leave each dataset's fixed held-out volumes out (medadapt.data.fewshot)
     seed: int = 0
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(2, ge=1)
     num_samples: int = Field(1, ge=1)
     pos: float = Field(2.0, ge=0)
     neg: float = Field(1.0, ge=0)
+    # optimisation: pretraining's own defaults (the rest: LoopOptions; no validation)
+    batch_size: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    clip_grad_norm: float | None = 1.0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    progress: bool = True
 
     @field_validator("classes", "depths", "num_heads", "filters", "strides", mode="before")
     @classmethod

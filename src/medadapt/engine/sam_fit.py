@@ -22,7 +22,14 @@ from medadapt.adapt.recipes import RecipeConfig, apply_recipe
 from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.slices import iter_slices, with_empty_slices
 from medadapt.engine.config import TrainConfig
-from medadapt.engine.options import LayoutOptions, OptimOptions, SplitOptions, build_options, merge_options
+from medadapt.engine.options import (
+    LayoutOptions,
+    LoraOptions,
+    OptimOptions,
+    SplitOptions,
+    build_options,
+    merge_options,
+)
 from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
@@ -34,7 +41,7 @@ from medadapt.run import RunFolder
 DEFAULT_STEPS = 200
 
 
-class FitOptions(SplitOptions, LayoutOptions, OptimOptions):
+class FitOptions(SplitOptions, LayoutOptions, LoraOptions, OptimOptions):
     """Every option of ``medadapt fit`` (also readable from a YAML config): the shared parts
     (:mod:`medadapt.engine.options`) plus the model, recipe, prompt and SAM training settings."""
 
@@ -51,11 +58,8 @@ class FitOptions(SplitOptions, LayoutOptions, OptimOptions):
     # records it so that predict / evaluate slice the same way
     slice_axis: int | None = Field(None, ge=0, le=2)
     binary: bool | None = None
-    # recipe
-    lora_rank: int = Field(4, ge=1)
-    lora_alpha: float | None = None
+    # recipe (beyond LoraOptions)
     lora_dropout: float = 0.0
-    target_modules: list[str] | None = None
     adapter_ratio: float = 0.25
     adapter_scale: float = 0.5
     lora_blocks: list[int] | None = None

@@ -37,7 +37,14 @@ from medadapt.data.transforms3d import VolumePreprocessing, preprocess_transform
 from medadapt.data.volume_dataset import load_volume_dataset, volume_preprocessing, volume_records
 from medadapt.engine.config import TrainConfig
 from medadapt.engine.fitted import build_head_model, prep_from_fields
-from medadapt.engine.options import SplitOptions, VolumeArchOptions, build_options, merge_options
+from medadapt.engine.options import (
+    LoraOptions,
+    OptimOptions,
+    SplitOptions,
+    VolumeArchOptions,
+    build_options,
+    merge_options,
+)
 from medadapt.engine.seed import seed_everything
 from medadapt.engine.trainer import Trainer
 from medadapt.engine.transductive import ConstraintConfig, per_class_constraints
@@ -77,7 +84,7 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-class VolumetricFitOptions(SplitOptions, VolumeArchOptions):
+class VolumetricFitOptions(SplitOptions, VolumeArchOptions, LoraOptions, OptimOptions):
     """Every option of ``medadapt fit --task volumetric`` (CLI, ``--set key=value`` or a YAML config)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -105,9 +112,7 @@ class VolumetricFitOptions(SplitOptions, VolumeArchOptions):
     neg: float = Field(1.0, ge=0)
     overlap: float = Field(0.5, ge=0, lt=1)
     largest_component: bool = False
-    # recipe
-    lora_rank: int = Field(4, ge=1)
-    lora_alpha: float | None = None
+    # recipe (LoraOptions; target_modules may be one regular expression)
     target_modules: list[str] | str | None = None
     # transductive
     transductive: bool = False
@@ -115,18 +120,11 @@ class VolumetricFitOptions(SplitOptions, VolumeArchOptions):
     margin: float = Field(0.3, ge=0)
     warmup_epochs: int = Field(50, ge=0)
     queries_per_step: int | None = Field(None, ge=1)  # random query volumes per step (None: all)
-    # optimisation
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    # optimisation: the 3D fit's own defaults (the rest: OptimOptions)
     batch_size: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    clip_grad_norm: float | None = 1.0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    val_every: int | None = Field(50, ge=1)
-    patience: int | None = Field(None, ge=1)
-    progress: bool = True
 
     @field_validator(*_LIST_FIELDS, mode="before")
     @classmethod
