@@ -436,6 +436,12 @@ def metrics_section() -> str:
 
 
 
+def _repo_relative(command: str) -> str:
+    """A recorded command with the machine's absolute data path shown as the README writes it
+    (``../shared/...`` beside the repository), so a table does not name one machine's folders."""
+    return re.sub(r"(?<!\S)/\S*?/shared/", "../shared/", command)
+
+
 def default_fit_section() -> str:
     """The 5-shot ``decoder`` box fit with default settings from a cold cache (bench_default_fit.py)."""
     name = "default_fit.json"
@@ -450,7 +456,7 @@ def default_fit_section() -> str:
         f"{data['best_val_dsc']:.3f} | {data['dsc']:.3f} | {data['nsd']:.3f} | {data['hd95']:.2f} | "
         f"{len(data['test_cases'])} |",
     ])
-    return "\n".join([head, "", f"`{data['command']}` with nothing else (fresh `MEDADAPT_CACHE`, no `--cache-dir`): "
+    return "\n".join([head, "", f"`{_repo_relative(data['command'])}` with nothing else (fresh `MEDADAPT_CACHE`, no `--cache-dir`): "
                        "the wall time includes the one-time encoder export and filling the embedding cache; the "
                        "adapter is scored as the few-shot matrix scores its runs.", "",
                        conditions(name, data), "", table])
