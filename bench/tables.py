@@ -442,6 +442,13 @@ def _repo_relative(command: str) -> str:
     return re.sub(r"(?<!\S)/\S*?/shared/", "../shared/", command)
 
 
+def _encoding(cache: dict | None) -> str:
+    """Seconds spent filling the embedding cache and the slices encoded, as the fit recorded them."""
+    if not cache or cache.get("encode_seconds") is None:
+        return f"{NR} ({cache['misses']})" if cache else NR
+    return f"{cache['encode_seconds']:.0f} ({cache['misses']})"
+
+
 def default_fit_section() -> str:
     """The 5-shot ``decoder`` box fit with default settings from a cold cache (bench_default_fit.py)."""
     name = "default_fit.json"
@@ -450,9 +457,10 @@ def default_fit_section() -> str:
     if data is None or data.get("smoke"):
         return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_default_fit.py` writes `bench/results/default_fit.json`."
     table = "\n".join([
-        "| encoder engine (default) | steps | fit wall s | best val DSC | held-out DSC | NSD 2 mm | HD95 mm | held-out volumes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| encoder engine (default) | steps | fit wall s | of which encoding s (slices) | best val DSC | held-out DSC | NSD 2 mm | HD95 mm | held-out volumes |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {data.get('encoder_engine') or NR} | {data.get('steps') or NR} | {data['fit_wall_seconds']:.0f} | "
+        f"{_encoding(data.get('embedding_cache'))} | "
         f"{data['best_val_dsc']:.3f} | {data['dsc']:.3f} | {data['nsd']:.3f} | {data['hd95']:.2f} | "
         f"{len(data['test_cases'])} |",
     ])
