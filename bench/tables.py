@@ -489,6 +489,43 @@ def interactive_latency_section() -> str:
                        "its change reaches.", "", conditions(name, data), "", "\n".join(lines)])
 
 
+def interactive_accuracy_section() -> str:
+    """Box + simulated clicks on held-out volumes, per configuration (bench_clicks.py)."""
+    head = section("interactive-accuracy", "Interactive segmentation: DSC after the box and each click")
+    files = sorted(RESULTS.glob("interactive_*.json"))
+    files = [f for f in files if f.name != "interactive_latency.json"]
+    if not files:
+        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_clicks.py`."
+    out = [head, "", "`bench/bench_clicks.py`: `medadapt simulate` per configuration on the fixed test volumes: "
+           "a 3D box per class, then corrective clicks at the deepest point of the largest error region (the "
+           "CVPR 2025 rule); mean over objects (case × class). Clicks to the target: median over objects, "
+           "objects that never reach it counted as one click beyond the budget. Adapters were fitted on 5 "
+           "training volumes with the seed shown; none of these numbers chose a recipe."]
+    for path in files:
+        data = json.loads(path.read_text())
+        runs = list(data["runs"].values())
+        if not runs:
+            continue
+        n = max(r["clicks"] for r in runs)
+        target = runs[0]["target"]
+        cols = ["configuration", "objects", "after box", *[f"+{k} click{'s' if k > 1 else ''}" for k in range(1, n + 1)],
+                "DSC-AUC", "NSD-AUC", f"median clicks to {target:.2f}", f"reach {target:.2f}", "ms / re-decoded slice"]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in runs:
+            steps = [f"{v:.3f}" for v in r["dsc_per_interaction"]] + [""] * (n + 1 - len(r["dsc_per_interaction"]))
+            share = r.get("share_reaching_target")
+            ms = r.get("ms_per_decoded_slice")
+            lines.append("| " + " | ".join([r["config"], str(r["objects"]), *steps, f"{r['dsc_auc']:.3f}",
+                                             f"{r['nsd_auc']:.3f}", f"{r['median_clicks_to_target']:g}",
+                                             NR if share is None else f"{share:.0%}",
+                                             NR if ms is None else f"{ms:.0f}"]) + " |")
+        dataset = path.stem.removeprefix("interactive_")
+        out += ["", f"**{dataset}** (`bench/results/{path.name}`)", "",
+                conditions(path.name, {"provenance": runs[-1].get("provenance"), "threads": runs[-1].get("threads")})
+                + " (the last configuration's run)", "", "\n".join(lines)]
+    return "\n".join(out)
+
+
 def benchmarks_md() -> str:
     hippo = load("fewshot_hippocampus.json")
     parts = [
@@ -537,6 +574,8 @@ def benchmarks_md() -> str:
         side_by_side_section(),
         "",
         metrics_section(),
+        "",
+        interactive_accuracy_section(),
         "",
         interactive_latency_section(),
         "",
