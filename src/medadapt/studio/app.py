@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -31,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from medadapt.errors import MedadaptError
 from medadapt.io.volumes import write_like
+from medadapt.studio.adaptation import AdaptationLoop
 from medadapt.studio.state import Studio
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -60,8 +62,9 @@ def is_local(host: str) -> bool:
 
 
 def create_app(studio: Studio, *, token: str | None = None, local_only: bool = True,
-               max_body: int = MAX_BODY, adapter: str | None = None) -> FastAPI:
-    """The studio app over ``studio``; ``token`` (required when not ``local_only``) guards every request."""
+               max_body: int = MAX_BODY, loop: AdaptationLoop | None = None) -> FastAPI:
+    """The studio app over ``studio``; ``token`` (required when not ``local_only``) guards every request;
+    ``loop`` refits the adapter after each save."""
     if not local_only and not token:
         raise MedadaptError("a studio reachable from other machines needs an access token.")
     app = FastAPI(title="medadapt studio", docs_url=None, redoc_url=None, openapi_url=None)
@@ -89,7 +92,11 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
     def about():
         f = studio.folder
         return {"name": f.name, "modality": f.modality, "classes": {str(k): v for k, v in f.classes.items()},
-                "adapter": adapter, "cases": len(f.cases)}
+                "adapter": studio.adapter, "cases": len(f.cases), "adaptation": loop is not None}
+
+    @app.get("/api/adapter")
+    def adapter_status():
+        return {"adapter": studio.adapter, **(loop.status() if loop else {"state": "off"})}
 
     @app.get("/api/cases")
     def cases():
@@ -140,8 +147,13 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
         """An empty body saves the masks the page shows; a NIfTI body (.nii or .nii.gz bytes) is saved as given."""
         body = await request.body()
         studio.folder.case(key)
-        labels = read_label_bytes(body) if body else None
-        return studio.save(key, labels)
+        return await run_in_threadpool(_save, key, body)
+
+    def _save(key: str, body: bytes) -> dict:
+        saved = studio.save(key, read_label_bytes(body) if body else None)
+        if loop is not None:
+            loop.request()
+        return saved
 
     return app
 

@@ -58,10 +58,12 @@ class OpenCase:
 class Studio:
     """Cases of a :class:`CaseFolder` and the model that segments them (built on first use)."""
 
-    def __init__(self, folder: CaseFolder, predictor_factory: Callable[[], object], *, max_open: int = 4):
+    def __init__(self, folder: CaseFolder, predictor_factory: Callable[[], object], *, max_open: int = 4,
+                 adapter: str | None = None):
         self.folder = folder
         self._factory = predictor_factory
         self._predictor = None
+        self.adapter = adapter  # the name of the adapter in use (None: the zero-shot model)
         self.max_open = max_open
         self._open: OrderedDict[str, OpenCase] = OrderedDict()
         self._model_lock = threading.RLock()
@@ -75,6 +77,20 @@ class Studio:
             if self._predictor is None:
                 self._predictor = self._factory()
             return self._predictor
+
+    def switch(self, predictor, adapter: str | None) -> None:
+        """Use ``predictor`` from the next interaction on (never during one). Open cases keep their session
+        (and its model) until they are saved; cases opened later start with the new model."""
+        with self._model_lock:
+            self._predictor = predictor
+            self.adapter = adapter
+
+    def _fresh_session(self, oc: OpenCase) -> InteractiveSession:
+        """A new session for an open case, on the old session's embeddings when the model is the same."""
+        session = self._session(oc.image, oc.slice_axis, oc.case.key)
+        if oc.session.predictor is session.predictor:
+            session.embeddings = oc.session.embeddings
+        return session
 
     def case_list(self) -> list[dict]:
         """Every case with its status: labelled (a label file), predicted (unsaved masks), untouched."""
@@ -210,9 +226,9 @@ class Studio:
 
     def _rebuild(self, oc: OpenCase) -> None:
         """A fresh session from the remaining interactions, on the old session's cached embeddings."""
-        session = self._session(oc.image, oc.slice_axis, oc.case.key)
-        session.embeddings = oc.session.embeddings
-        if getattr(self.predictor, "is_automatic", False) and oc.saved is None:
+        session = InteractiveSession(oc.session.predictor, oc.image, slice_axis=oc.slice_axis, name=oc.case.key)
+        session.embeddings = oc.session.embeddings  # the same model: an undo never switches models
+        if getattr(session.predictor, "is_automatic", False) and oc.saved is None:
             session.start_auto()
         for op in oc.ops:
             self._run(session, op)
@@ -255,10 +271,8 @@ class Studio:
         with self._model_lock:  # the saved label now holds the masks: a fresh session starts from it
             oc.ops.clear()
             oc.undone.clear()
-            if oc.session.objects:
-                fresh = self._session(oc.image, oc.slice_axis, oc.case.key)
-                fresh.embeddings = oc.session.embeddings
-                oc.session = fresh
+            if oc.session.objects or oc.session.predictor is not self.predictor:
+                oc.session = self._fresh_session(oc)
             oc.version += 1
         return {"saved": dest.relative_to(self.folder.root).as_posix(), "voxels": int(np.count_nonzero(labels)),
                 **self._state(oc)}

@@ -179,6 +179,21 @@ $("gl").addEventListener("pointerup", (e) => {
   });
 });
 
+// The model in use and the background fit (adaptation in the loop), polled while a fit runs.
+let polling = null;
+async function showAdapter() {
+  const a = await (await api("/api/adapter")).json();
+  let text = `model: ${a.adapter ?? "zero-shot"}`;
+  if (a.state === "fitting") text += ` · fitting adapter ${a.running.adapter} on ${a.running.cases} saved cases…`;
+  else if (a.last?.error) text += ` · the last fit failed: ${a.last.error}`;
+  else if (a.last) text += ` · fit ${a.last.adapter}: ${a.last.cases} cases, ${a.last.seconds} s` +
+    (a.last.val_dsc != null ? `, validation DSC ${a.last.val_dsc.toFixed(3)}` : "");
+  $("adapter").textContent = text;
+  const active = a.state === "fitting" || a.queued;
+  if (active && !polling) polling = setInterval(() => showAdapter().catch(() => {}), 2000);
+  if (!active && polling) { clearInterval(polling); polling = null; }
+}
+
 $("undo").addEventListener("click", () => interact("undo…", "/undo"));
 $("redo").addEventListener("click", () => interact("redo…", "/redo"));
 $("save").addEventListener("click", () => busy("saving…", async () => {
@@ -188,6 +203,7 @@ $("save").addEventListener("click", () => busy("saving…", async () => {
   await loadMask();
   await refreshCases();
   say(`saved ${res.saved} (${res.voxels} labelled voxels)`);
+  await showAdapter();
 }));
 for (const input of document.querySelectorAll("input[name=tool]")) input.addEventListener("change", applyTool);
 $("layout").addEventListener("change", applyLayout);
@@ -215,6 +231,7 @@ async function start() {
   $("dataset").textContent = `${about.name} · ${about.cases} cases` + (about.adapter ? ` · adapter ${about.adapter}` : "");
   $("class").replaceChildren(...Object.entries(about.classes).map(([v, name]) => new Option(`${v} ${name}`, v)));
   await refreshCases();
+  await showAdapter();
   say("pick a case");
   state.ready = true;
 }

@@ -1,0 +1,58 @@
+"""Adaptation in the loop: a save starts a background fit of the saved cases; the finished adapter is a
+normal run folder, the studio switches to it between interactions, and a restarted studio resumes it."""
+
+from __future__ import annotations
+
+import time
+
+import nibabel as nib
+import numpy as np
+from fastapi.testclient import TestClient
+
+from medadapt.data.synthetic import make_synthetic_dataset
+from medadapt.run import RunFolder
+from medadapt.studio.app import create_app
+from medadapt.studio.server import build_studio
+
+BASE = "http://127.0.0.1"
+
+
+def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "data", n_cases=3)
+    label = np.asarray(nib.load(root / "labelsTr/synth_001.nii.gz").dataobj)
+    for i in (1, 2):
+        (root / f"labelsTr/synth_{i:03d}.nii.gz").unlink()
+    studio, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
+    zero_shot = studio.predictor
+    c = TestClient(create_app(studio, loop=loop), base_url=BASE)
+    assert c.get("/api/adapter").json() == {"adapter": None, "state": "idle", "steps": 2, "labelled": 1,
+                                            "current": None, "running": None, "last": None, "queued": False}
+    # a case opened before the switch keeps its model until it is saved
+    c.post("/api/cases/synth_002/box", json={"corner0": [10, 10, 16], "corner1": [30, 30, 16], "space": "voxel"})
+    body = nib.Nifti1Image(label, np.eye(4)).to_bytes()
+    assert c.put("/api/cases/synth_001/label", content=body).status_code == 200
+    deadline = time.monotonic() + 600
+    while c.get("/api/adapter").json()["state"] == "fitting" or loop.running or loop.last is None:
+        assert time.monotonic() < deadline, "the background fit did not end"
+        time.sleep(0.5)
+    assert loop.wait(60)
+    status = c.get("/api/adapter").json()
+    assert status["last"]["error"] is None, status
+    assert status["state"] == "idle" and status["current"] == "001" and status["labelled"] == 2
+    assert status["adapter"] == "studio adapter 001" and status["last"]["cases"] == 2
+    run = root / ".medadapt-studio/adapters/001"
+    folder = RunFolder.resolve(run)  # a normal run folder: predict / evaluate / export take it
+    assert folder.adapter_tensors.is_file() and folder.read_result()["train_cases"] == ["synth_000", "synth_001"]
+    assert studio.predictor is not zero_shot
+    assert studio.open("synth_002").session.predictor is zero_shot  # not switched in the middle of its work
+    c.post("/api/cases/synth_002/click", json={"point": [20, 20, 16], "space": "voxel", "positive": True})
+    assert c.put("/api/cases/synth_002/label").status_code == 200  # the third save: a second fit
+    assert studio.open("synth_002").session.predictor is studio.predictor
+    assert loop.wait(600)
+    assert c.get("/api/adapter").json()["current"] == "002"
+    assert [p.name for p in loop.finished()] == ["001", "002"]
+
+    # a restarted studio resumes the last adapter
+    again, _ = build_studio(root, fit_steps=2, echo=lambda _: None)
+    assert again.adapter == "studio adapter 002"
+    assert TestClient(create_app(again), base_url=BASE).get("/api/adapter").json()["state"] == "off"
