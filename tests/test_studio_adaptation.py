@@ -26,7 +26,8 @@ def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
     zero_shot = studio.predictor
     c = TestClient(create_app(studio, loop=loop), base_url=BASE)
     assert c.get("/api/adapter").json() == {"adapter": None, "state": "idle", "steps": 2, "labelled": 1,
-                                            "current": None, "running": None, "last": None, "queued": False}
+                                            "current": None, "pinned": False, "running": None, "last": None,
+                                            "queued": False, "adapters": []}
     # a case opened before the switch keeps its model until it is saved
     c.post("/api/cases/synth_002/box", json={"corner0": [10, 10, 16], "corner1": [30, 30, 16], "space": "voxel"})
     body = nib.Nifti1Image(label, np.eye(4)).to_bytes()
@@ -45,14 +46,28 @@ def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
     assert folder.adapter_tensors.is_file() and folder.read_result()["train_cases"] == ["synth_000", "synth_001"]
     assert studio.predictor is not zero_shot
     assert studio.open("synth_002").session.predictor is zero_shot  # not switched in the middle of its work
+    # pinned: the next fit runs but the studio keeps the pinned adapter
+    assert c.post("/api/adapter", json={"adapter": "001", "pin": True}).json()["pinned"]
+    first = studio.predictor
     c.post("/api/cases/synth_002/click", json={"point": [20, 20, 16], "space": "voxel", "positive": True})
     assert c.put("/api/cases/synth_002/label").status_code == 200  # the third save: a second fit
-    assert studio.open("synth_002").session.predictor is studio.predictor
+    assert studio.open("synth_002").session.predictor is studio.predictor  # saved: the case takes the model in use
     assert loop.wait(600)
+    status = c.get("/api/adapter").json()
+    assert [a["adapter"] for a in status["adapters"]] == ["001", "002"] and status["adapters"][1]["cases"] == 3
+    assert status["current"] == "001" and studio.predictor is first and studio.adapter == "studio adapter 001"
+    # roll forward / back: any finished adapter, or the zero-shot model; bad names are refused
+    assert c.post("/api/adapter", json={"adapter": "002"}).json()["current"] == "002"
+    assert studio.predictor is not first and studio.adapter == "studio adapter 002"
+    assert c.post("/api/adapter", json={"adapter": "999"}).status_code == 400
+    assert c.post("/api/adapter", json={"adapter": "../001"}).status_code == 422
     assert c.get("/api/adapter").json()["current"] == "002"
-    assert [p.name for p in loop.finished()] == ["001", "002"]
 
-    # a restarted studio resumes the last adapter
+    # a restarted studio resumes the adapter in use
     again, _ = build_studio(root, fit_steps=2, echo=lambda _: None)
     assert again.adapter == "studio adapter 002"
     assert TestClient(create_app(again), base_url=BASE).get("/api/adapter").json()["state"] == "off"
+    c.post("/api/adapter", json={"adapter": None, "pin": True})
+    assert studio.adapter is None
+    again, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
+    assert again.adapter is None and loop.pinned  # zero-shot, pinned

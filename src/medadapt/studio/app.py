@@ -49,6 +49,11 @@ class BoxIn(BaseModel):
     depth: int = Field(0, ge=0, le=512)
 
 
+class AdapterIn(BaseModel):
+    adapter: str | None = Field(None, pattern=r"^[0-9]{1,6}$")
+    pin: bool = False
+
+
 class ClickIn(BaseModel):
     point: list[float] = Field(min_length=3, max_length=3)
     space: Literal["mm", "voxel"] = "mm"
@@ -97,6 +102,14 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
     @app.get("/api/adapter")
     def adapter_status():
         return {"adapter": studio.adapter, **(loop.status() if loop else {"state": "off"})}
+
+    @app.post("/api/adapter")
+    def select_adapter(body: AdapterIn):
+        """Go back to an earlier studio adapter (or the zero-shot model: null), optionally pinned."""
+        if loop is None:
+            raise HTTPException(404, "this studio runs without adaptation (--no-adapt).")
+        loop.select(body.adapter, pin=body.pin)
+        return adapter_status()
 
     @app.get("/api/cases")
     def cases():

@@ -45,8 +45,8 @@ def build_studio(data_dir: Path, *, adapter: Path | None = None, model: str | No
     studio = Studio(folder, lambda: None)
     loop = None
     if adapt:
-        def use(run: Path) -> None:
-            studio.switch(build_predictor(model, adapter=run, use_cache=True), f"studio adapter {run.name}")
+        def use(run: Path | None) -> None:
+            studio.switch(build_predictor(model, adapter=run, use_cache=True), run and f"studio adapter {run.name}")
 
         loop = AdaptationLoop(folder, use, steps=fit_steps, model=model or "litemedsam")
     if adapter is not None:

@@ -184,15 +184,33 @@ let polling = null;
 async function showAdapter() {
   const a = await (await api("/api/adapter")).json();
   let text = `model: ${a.adapter ?? "zero-shot"}`;
-  if (a.state === "fitting") text += ` · fitting adapter ${a.running.adapter} on ${a.running.cases} saved cases…`;
+  if (a.state === "fitting") text += a.running ? ` · fitting adapter ${a.running.adapter} on ${a.running.cases} saved cases…` : " · fitting…";
   else if (a.last?.error) text += ` · the last fit failed: ${a.last.error}`;
   else if (a.last) text += ` · fit ${a.last.adapter}: ${a.last.cases} cases, ${a.last.seconds} s` +
     (a.last.val_dsc != null ? `, validation DSC ${a.last.val_dsc.toFixed(3)}` : "");
   $("adapter").textContent = text;
-  const active = a.state === "fitting" || a.queued;
+  if (a.state !== "off") {  // the finished adapters, to go back to one (or to the zero-shot model) and pin it
+    $("model-pick").hidden = false;
+    const options = [new Option("zero-shot", ""), ...a.adapters.map((x) => new Option(
+      `adapter ${x.adapter} (${x.cases} cases${x.val_dsc != null ? `, DSC ${x.val_dsc.toFixed(3)}` : ""})`, x.adapter))];
+    $("model").replaceChildren(...options);
+    $("model").value = a.current ?? "";
+    $("pin").checked = a.pinned;
+  }
+  const active = a.state === "fitting";
   if (active && !polling) polling = setInterval(() => showAdapter().catch(() => {}), 2000);
   if (!active && polling) { clearInterval(polling); polling = null; }
 }
+
+async function selectModel() {
+  await busy("switching the model…", async () => {
+    await postJson("/api/adapter", { adapter: $("model").value || null, pin: $("pin").checked });
+    await showAdapter();
+    say("model switched: cases opened or saved from now on use it");
+  });
+}
+$("model").addEventListener("change", selectModel);
+$("pin").addEventListener("change", selectModel);
 
 $("undo").addEventListener("click", () => interact("undo…", "/undo"));
 $("redo").addEventListener("click", () => interact("redo…", "/redo"));
