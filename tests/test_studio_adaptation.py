@@ -7,9 +7,10 @@ import time
 
 import nibabel as nib
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
-from medadapt.data.synthetic import make_synthetic_dataset
+from medadapt.data.synthetic import SPACING, make_synthetic_dataset, synthetic_case
 from medadapt.run import RunFolder
 from medadapt.studio.app import create_app
 from medadapt.studio.server import build_studio
@@ -17,8 +18,18 @@ from medadapt.studio.server import build_studio
 BASE = "http://127.0.0.1"
 
 
+def small_dataset(root, n: int = 3, depth: int = 12):
+    """An MSD folder like make_synthetic_dataset's with ``depth`` slices per case (fits encode every slice)."""
+    make_synthetic_dataset(root, n_cases=n)
+    for i in range(n):
+        image, label = synthetic_case(np.random.default_rng([1, i]), shape=(48, 48, depth))
+        for sub, arr in (("imagesTr", image), ("labelsTr", label)):
+            nib.save(nib.Nifti1Image(arr, np.diag([*SPACING, 1.0])), root / sub / f"synth_{i:03d}.nii.gz")
+    return root
+
+
 def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
-    root = make_synthetic_dataset(tmp_path / "data", n_cases=3)
+    root = small_dataset(tmp_path / "data")
     label = np.asarray(nib.load(root / "labelsTr/synth_001.nii.gz").dataobj)
     for i in (1, 2):
         (root / f"labelsTr/synth_{i:03d}.nii.gz").unlink()
@@ -29,7 +40,7 @@ def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
                                             "current": None, "pinned": False, "running": None, "last": None,
                                             "queued": False, "adapters": []}
     # a case opened before the switch keeps its model until it is saved
-    c.post("/api/cases/synth_002/box", json={"corner0": [10, 10, 16], "corner1": [30, 30, 16], "space": "voxel"})
+    c.post("/api/cases/synth_002/box", json={"corner0": [10, 10, 6], "corner1": [30, 30, 6], "space": "voxel"})
     body = nib.Nifti1Image(label, np.eye(4)).to_bytes()
     assert c.put("/api/cases/synth_001/label", content=body).status_code == 200
     deadline = time.monotonic() + 600
@@ -49,7 +60,7 @@ def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
     # pinned: the next fit runs but the studio keeps the pinned adapter
     assert c.post("/api/adapter", json={"adapter": "001", "pin": True}).json()["pinned"]
     first = studio.predictor
-    c.post("/api/cases/synth_002/click", json={"point": [20, 20, 16], "space": "voxel", "positive": True})
+    c.post("/api/cases/synth_002/click", json={"point": [20, 20, 6], "space": "voxel", "positive": True})
     assert c.put("/api/cases/synth_002/label").status_code == 200  # the third save: a second fit
     assert studio.open("synth_002").session.predictor is studio.predictor  # saved: the case takes the model in use
     assert loop.wait(600)
@@ -71,3 +82,30 @@ def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
     assert studio.adapter is None
     again, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
     assert again.adapter is None and loop.pinned  # zero-shot, pinned
+
+
+@pytest.mark.slow  # an automatic-mode fit, then every slice of a case decoded on opening
+def test_an_automatic_mode_adapter_opens_cases_with_its_prediction(tmp_path):
+    from medadapt.engine.sam_fit import FitOptions
+    from medadapt.pipeline.fit import fit_segment
+
+    root = small_dataset(tmp_path / "data")
+    run = tmp_path / "auto_run"
+    fit_segment(FitOptions.build({"data": str(root), "out": str(run), "prompt": "auto", "test": 0, "shots": 3,
+                                  "max_steps": 2, "progress": False, "encoder_engine": "torch"}), report=False)
+    truth = np.asarray(nib.load(root / "labelsTr/synth_002.nii.gz").dataobj)
+    (root / "labelsTr/synth_002.nii.gz").unlink()
+    studio, loop = build_studio(root, adapter=run, adapt=False, echo=lambda _: None)
+    assert loop is None and studio.adapter == str(run)
+    c = TestClient(create_app(studio), base_url=BASE)
+    info = c.get("/api/cases/synth_002").json()
+    assert [(o["object"], o["value"]) for o in info["objects"]] == [(1, 1), (2, 2)]  # one object per class
+    start = c.get("/api/cases/synth_002/mask").content
+    centre = np.argwhere(truth == 1).mean(0).round().astype(int).tolist()
+    r = c.post("/api/cases/synth_002/click", json={"point": centre, "space": "voxel", "positive": True, "value": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["objects"][0]["clicks"] == 1 and r.json()["decoded_slices"] == [centre[2]]
+    assert c.post("/api/cases/synth_002/undo").status_code == 200
+    assert c.get("/api/cases/synth_002/mask").content == start  # undo restarts from the same prediction
+    # a labelled case opens with its saved label, not the prediction
+    assert c.get("/api/cases/synth_000").json()["objects"] == []
