@@ -290,4 +290,44 @@ def test_studio_command_refuses_a_bad_folder(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     r = CliRunner().invoke(app, ["studio", str(empty)])
-    assert r.exit_code == 2 and "no NIfTI images" in r.output
+    assert r.exit_code == 2 and "no NIfTI volumes or 2D images" in r.output
+
+
+def test_a_folder_of_2d_images_gets_png_labels(tmp_path, predictor):
+    from PIL import Image
+
+    from medadapt.io.images import read_label_2d
+    from medadapt.studio.cases import from_display, to_display
+
+    root = tmp_path / "png"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    h, w = 64, 80
+    truth = {}
+    for name, (r0, r1, c0, c1) in {"a": (10, 30, 12, 40), "b": (30, 52, 35, 70)}.items():
+        img = rng.integers(20, 60, (h, w)).astype(np.uint8)
+        img[r0:r1, c0:c1] = 200
+        truth[name] = np.zeros((h, w), np.uint8)
+        truth[name][r0:r1, c0:c1] = 1
+        Image.fromarray(img).save(root / "images" / f"{name}.png")
+    Image.fromarray(truth["a"] * 255).save(root / "masks/a.png")  # a viewing mask (0/255)
+    c = client_for(root, predictor)
+    assert {x["key"]: x["status"] for x in c.get("/api/cases").json()} == {"a": "labelled", "b": "untouched"}
+    info = c.get("/api/cases/b").json()
+    assert info["is_2d"] and info["shape"] == [w, h, 1] and info["image"] == "b.nii.gz" and info["plane"] == "axial"
+    shown = read_mask(c.get("/api/cases/b/image"))
+    pixels = np.asarray(Image.open(root / "images/b.png"))
+    np.testing.assert_array_equal(np.asarray(shown.dataobj), to_display(pixels))
+    np.testing.assert_array_equal(from_display(to_display(pixels)), pixels)
+    np.testing.assert_array_equal(np.asarray(read_mask(c.get("/api/cases/a/mask")).dataobj), to_display(truth["a"]))
+    # a box around the bright rectangle, in the viewer's voxels (i = column, j = rows upwards)
+    r0, r1, c0, c1 = 30, 52, 35, 70
+    corner0, corner1 = [c0 - 2, h - 1 - (r1 + 1), 0], [c1 + 1, h - 1 - (r0 - 2), 0]
+    r = c.post("/api/cases/b/box", json={"corner0": corner0, "corner1": corner1, "space": "voxel"})
+    assert r.status_code == 200, r.text
+    assert c.put("/api/cases/b/label").status_code == 200
+    saved = read_label_2d(root / "masks/b.png")
+    assert saved.shape == (h, w)
+    assert 2 * (saved & truth["b"]).sum() / (saved.sum() + truth["b"].sum()) > 0.9  # in the right place
+    assert np.asarray(Image.open(root / "images/b.png")).tobytes() == pixels.tobytes()

@@ -121,7 +121,11 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
 
     @app.get("/api/cases/{key}/image")
     def image(key: str):
+        """The image file; a 2D image as the one-slice NIfTI the viewer shows (see studio.cases)."""
         case = studio.folder.case(key)
+        if case.is_2d:
+            volume = studio.open(key).volume
+            return Response(image_nifti_bytes(volume.array), media_type="application/octet-stream")
         return FileResponse(case.image, media_type="application/octet-stream", filename=case.image.name)
 
     @app.get("/api/cases/{key}/label")
@@ -244,6 +248,13 @@ def nifti_bytes(labels: np.ndarray, ref) -> bytes:
         path = Path(tmp) / "mask.nii.gz"
         write_like(path, labels, ref)
         return path.read_bytes()
+
+
+def image_nifti_bytes(array: np.ndarray) -> bytes:
+    """An image array as gzipped NIfTI bytes with the identity affine (2D images in the viewer)."""
+    import nibabel as nib  # lazy: start-up time (see medadapt.io.volumes)
+
+    return gzip.compress(nib.Nifti1Image(array, np.eye(4)).to_bytes(), compresslevel=1)
 
 
 def read_label_bytes(body: bytes) -> np.ndarray:

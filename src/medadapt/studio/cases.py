@@ -5,8 +5,12 @@ needs the images nobody has labelled yet, so it lists images and looks for their
 
 - an MSD / nnU-Net folder: ``imagesTr/`` → ``labelsTr/`` (and ``imagesTs/`` → ``labelsTs/``), classes and
   modality from ``dataset.json``; nnU-Net's ``_0000`` channel suffix is dropped from label names;
-- ``images/`` → ``labels/``;
-- a folder of NIfTI volumes → ``labelsTr/`` inside it.
+- ``images/`` → ``labels/`` (or ``masks/`` where that folder exists);
+- a folder of NIfTI volumes or 2D images → ``labelsTr/`` inside it.
+
+Volumes are NIfTI; labels are written as NIfTI with the image's header. 2D images (PNG, TIFF, BMP, JPEG)
+get PNG labels of class indices; the viewer shows them as a one-slice volume (columns along ``i``, rows
+upwards along ``j``, the identity affine), which :func:`to_display` / :func:`from_display` convert.
 
 Only files inside the folder are listed (a link that leads out of it is skipped), labels are written only
 into the label folder of their image's folder, and an image file is never a label destination.
@@ -23,11 +27,13 @@ import numpy as np
 from medadapt.data.datasets import classes_from_dataset_json, modality_key
 from medadapt.errors import MedadaptError
 from medadapt.io.discovery import case_key, full_suffix
-from medadapt.io.volumes import Volume, default_slice_axis, read_volume, write_like
+from medadapt.io.images import read_image_2d, read_label_2d, write_mask_png
+from medadapt.io.volumes import Volume, VolumeMeta, default_slice_axis, read_volume, write_like
 
 STUDIO_DIR = ".medadapt-studio"  # the studio's own files inside DATA_DIR (embedding cache, adapters)
-_FOLDERS = (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"), ("images", "labels"))
+_FOLDERS = (("imagesTr", ("labelsTr",)), ("imagesTs", ("labelsTs",)), ("images", ("labels", "masks")))
 _NIFTI = (".nii.gz", ".nii")
+_IMAGES_2D = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class StudioCase:
     image: Path
     label: Path
     folder: str  # the image's folder below the root ("." for a flat folder)
+    is_2d: bool = False
 
 
 def inside(path: Path, root: Path) -> bool:
@@ -66,19 +73,23 @@ class CaseFolder:
         self.modality = modality_key(next(iter(channels.values()), None))
         self.cases: dict[str, StudioCase] = {}
         for image_dir, label_dir in self._folders():
+            existing = _labels_by_key(label_dir)
             for img in sorted(image_dir.iterdir()):
-                if img.name.startswith(".") or full_suffix(img) not in _NIFTI or not img.is_file():
+                suffix = full_suffix(img)
+                if img.name.startswith(".") or suffix not in _NIFTI + _IMAGES_2D or not img.is_file():
                     continue
                 if not inside(img, self.root):
                     continue  # a link out of the folder: never served
                 key = case_key(img)
+                is_2d = suffix in _IMAGES_2D
+                label = existing.get(key, label_dir / (key + (".png" if is_2d else suffix)))
                 if key in self.cases:
                     key = f"{image_dir.name}-{key}"
-                self.cases[key] = StudioCase(key, img, label_dir / (case_key(img) + full_suffix(img)),
-                                             image_dir.relative_to(self.root).as_posix())
+                self.cases[key] = StudioCase(key, img, label, image_dir.relative_to(self.root).as_posix(), is_2d)
         if not self.cases:
-            raise MedadaptError("no NIfTI images (.nii.gz, .nii) found in this folder.", path=self.root,
-                                fix="give an MSD / nnU-Net folder (imagesTr/) or a folder of NIfTI volumes.")
+            raise MedadaptError("no NIfTI volumes or 2D images found in this folder.", path=self.root,
+                                fix="give an MSD / nnU-Net folder (imagesTr/), or a folder of NIfTI volumes "
+                                "(.nii.gz, .nii) or 2D images (PNG, TIFF, BMP, JPEG).")
         self._images = {c.image.resolve() for c in self.cases.values()}
 
     @property
@@ -95,7 +106,11 @@ class CaseFolder:
             raise MedadaptError(f"cannot be read as JSON ({err}).", path=path, fix="repair dataset.json.") from err
 
     def _folders(self) -> list[tuple[Path, Path]]:
-        found = [(self.root / i, self.root / lab) for i, lab in _FOLDERS if (self.root / i).is_dir()]
+        found = []
+        for images, labels in _FOLDERS:
+            if (self.root / images).is_dir():
+                label_dir = next((self.root / lab for lab in labels if (self.root / lab).is_dir()), self.root / labels[0])
+                found.append((self.root / images, label_dir))
         return found or [(self.root, self.root / "labelsTr")]
 
     # -- lookup -------------------------------------------------------------------------------
@@ -109,12 +124,24 @@ class CaseFolder:
 
     # -- reading ------------------------------------------------------------------------------
     def read_image(self, case: StudioCase) -> Volume:
-        return read_volume(case.image)
+        """The image as a volume (a 2D image: its one-slice display layout, grey)."""
+        if not case.is_2d:
+            return read_volume(case.image)
+        import nibabel as nib  # lazy: start-up time (see medadapt.io.volumes)
+
+        pixels = read_image_2d(case.image)
+        if pixels.ndim == 3:  # colour: the luminance (the viewer and the model both get grey)
+            pixels = np.rint(pixels[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114]).astype(pixels.dtype)
+        arr = to_display(pixels)
+        header = nib.Nifti1Image(arr, np.eye(4)).header
+        return Volume(arr, (1.0, 1.0, 1.0), VolumeMeta("nibabel", affine=np.eye(4), header=header), case.image)
 
     def read_label(self, case: StudioCase) -> np.ndarray | None:
-        """The saved label volume (its array, in the image's axis order), or None."""
+        """The saved label (its array in the image's axis order; 2D: the display layout), or None."""
         if not self.has_label(case):
             return None
+        if case.is_2d:
+            return to_display(read_label_2d(case.label))
         return read_volume(case.label, label=True).array
 
     # -- writing ------------------------------------------------------------------------------
@@ -131,8 +158,32 @@ class CaseFolder:
     def write_label(self, case: StudioCase, labels: np.ndarray, ref: Volume) -> Path:
         """Write ``labels`` (the image's axis order) with the image's geometry, atomically."""
         dest = self.label_destination(case)
-        write_like(dest, labels, ref)
+        if not case.is_2d:
+            write_like(dest, labels, ref)
+        elif full_suffix(dest) != ".png":
+            raise MedadaptError(f"the label of this 2D case is a {full_suffix(dest)} file; the studio writes PNG labels.",
+                                path=dest, fix="convert the label to PNG (class indices), or move it aside.")
+        else:
+            write_mask_png(dest, from_display(labels))
         return dest
+
+
+def to_display(pixels: np.ndarray) -> np.ndarray:
+    """A 2D image ``H×W`` (row 0 at the top) as the viewer's one-slice volume ``W×H×1`` (``j`` upwards)."""
+    return np.ascontiguousarray(pixels.T[:, ::-1])[..., None]
+
+
+def from_display(volume: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`to_display`."""
+    return np.ascontiguousarray(volume[:, ::-1, 0].T)
+
+
+def _labels_by_key(folder: Path) -> dict[str, Path]:
+    """Label files already in ``folder`` by case key (a 2D label may have another format than its image)."""
+    if not folder.is_dir():
+        return {}
+    return {case_key(p): p for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith(".") and full_suffix(p) in _NIFTI + _IMAGES_2D + (".gif",)}
 
 
 def slice_axis_of(volume: Volume) -> int:

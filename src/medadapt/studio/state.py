@@ -112,7 +112,7 @@ class Studio:
                 return self._open[key]
             volume = self.folder.read_image(case)
             axis = slice_axis_of(volume)
-            image = normalise_for_sam(volume.array, self.folder.modality, is_volume=True)
+            image = normalise_for_sam(volume.array, self.folder.modality, is_volume=not case.is_2d)
             session = self._session(image, axis, key)
             oc = OpenCase(case, volume, image, axis, plane_of(volume, axis), session, self.folder.read_label(case))
             if getattr(self.predictor, "is_automatic", False) and oc.saved is None:
@@ -124,7 +124,8 @@ class Studio:
 
     def info(self, key: str) -> dict:
         oc = self.open(key)
-        return {"key": key, "image": oc.case.image.name, "shape": list(oc.image.shape), "slice_axis": oc.slice_axis, "plane": oc.plane,
+        image = f"{key}.nii.gz" if oc.case.is_2d else oc.case.image.name  # 2D: served as a one-slice NIfTI
+        return {"key": key, "image": image, "is_2d": oc.case.is_2d, "shape": list(oc.image.shape), "slice_axis": oc.slice_axis, "plane": oc.plane,
                 "spacing": [float(s) for s in oc.volume.spacing], "labelled": oc.saved is not None,
                 "classes": {str(k): v for k, v in self.folder.classes.items()}, **self._state(oc)}
 

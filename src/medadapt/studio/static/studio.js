@@ -126,6 +126,7 @@ async function openCase(key) {
     $("wmin").value = nv.volumes[0].cal_min.toPrecision(4);
     $("wmax").value = nv.volumes[0].cal_max.toPrecision(4);
     await loadMask();
+    if (state.info.is_2d) $("layout").value = "plane";  // one slice: the other planes are lines
     applyLayout();
     $("hint").textContent = `Draw boxes on the ${state.info.plane} view` +
       (state.info.labelled ? " (this case has a saved label)." : ".");
