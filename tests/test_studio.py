@@ -331,3 +331,41 @@ def test_a_folder_of_2d_images_gets_png_labels(tmp_path, predictor):
     assert saved.shape == (h, w)
     assert 2 * (saved & truth["b"]).sum() / (saved.sum() + truth["b"].sum()) > 0.9  # in the right place
     assert np.asarray(Image.open(root / "images/b.png")).tobytes() == pixels.tobytes()
+
+
+def test_brush_and_eraser_strokes_paint_over_the_masks_and_undo(folder, predictor):
+    root, truth = folder
+    c = client_for(root, predictor)
+    url = "/api/cases/synth_001"
+
+    def shown():
+        return np.asarray(read_mask(c.get(f"{url}/mask")).dataobj)
+
+    # a brush stroke of class 2: a disk of radius 2 around each point, on the point's axial slice
+    r = c.post(f"{url}/paint", json={"points": [[20, 20, 5], [20, 24, 5]], "space": "voxel", "value": 2, "radius": 2})
+    assert r.status_code == 200, r.text
+    ii, jj = np.mgrid[:48, :48]
+    disks = ((ii - 20) ** 2 + (jj - 20) ** 2 <= 4) | ((ii - 20) ** 2 + (jj - 24) ** 2 <= 4)
+    expected = np.zeros((48, 48, 32), np.uint8)
+    expected[..., 5][disks] = 2
+    np.testing.assert_array_equal(shown(), expected)
+    assert r.json()["painted"] == int(disks.sum()) and r.json()["can_undo"]
+    assert {x["key"]: x["status"] for x in c.get("/api/cases").json()}["synth_001"] == "predicted"
+    # a box mask, then the eraser over part of it: the stroke wins over the model's mask
+    v0, v1 = box_of(truth["synth_001"] == 1)
+    c.post(f"{url}/box", json={"corner0": v0, "corner1": v1, "space": "voxel", "value": 1})
+    boxed = shown()
+    inside = np.argwhere(boxed[..., v0[2]] == 1)[0].tolist()
+    r = c.post(f"{url}/paint", json={"points": [[*inside, v0[2]]], "space": "voxel", "value": 0, "radius": 1})
+    assert r.status_code == 200, r.text
+    erased = shown()
+    assert erased[inside[0], inside[1], v0[2]] == 0 and (erased != boxed).sum() <= 5
+    assert c.post(f"{url}/undo").status_code == 200
+    np.testing.assert_array_equal(shown(), boxed)
+    assert c.post(f"{url}/redo").status_code == 200
+    assert c.put(f"{url}/label").status_code == 200
+    np.testing.assert_array_equal(np.asarray(nib.load(root / "labelsTr/synth_001.nii.gz").dataobj), erased)
+    # refused: a class the folder lacks, a radius out of range, a point outside the image
+    assert c.post(f"{url}/paint", json={"points": [[1, 1, 1]], "space": "voxel", "value": 9}).status_code == 400
+    assert c.post(f"{url}/paint", json={"points": [[1, 1, 1]], "space": "voxel", "radius": 100}).status_code == 422
+    assert c.post(f"{url}/paint", json={"points": [[1, 1, 99]], "space": "voxel"}).status_code == 400

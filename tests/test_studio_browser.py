@@ -1,7 +1,8 @@
 """The studio page in a real browser: Playwright drives the system's headless Chromium (no browser
 download) against a studio served by uvicorn on a free local port, with the real LiteMedSAM.
 
-Script: open a case, draw a box on the axial view, see the mask, add a negative click, save; the label
+Script: open a case, draw a box on the axial view, see the mask, add a negative click, paint a brush
+stroke of another class, save; the label
 file on disk equals the overlay the page shows, and the page logs no console error. The screenshot goes
 to the test's folder, and to ``$MEDADAPT_SCREENSHOTS`` when set (how docs/images/studio.png is made).
 
@@ -145,6 +146,18 @@ def test_box_click_save_in_chromium(chromium, served, tmp_path):
             after_click = _wait_for_change(page, after_box["version"])
             assert after_click["voxels"] != after_box["voxels"]
             assert page.evaluate("studio.info.objects")[0]["clicks"] == 1
+            # a brush stroke of class 2 beside the structure (painted over the model's masks)
+            page.select_option("#class", "2")
+            page.check("input[name=tool][value=brush]")
+            (xa, ya), (xb, yb) = _screen(page, i1 + 3, j0, k), _screen(page, i1 + 3, j1, k)
+            page.mouse.move(xa, ya)
+            page.mouse.down()
+            page.mouse.move(xb, yb, steps=10)
+            page.mouse.up()
+            after_brush = _wait_for_change(page, after_click["version"])
+            painted = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)")).reshape(truth.shape, order="F")
+            assert (painted[..., k] == 2).sum() >= j1 - j0 and (painted == 2).sum() == (painted[..., k] == 2).sum()
+            assert after_brush["voxels"] > after_click["voxels"]
             page.check("input[name=tool][value=box]")
             page.select_option("#layout", "multi")
             page.wait_for_timeout(300)

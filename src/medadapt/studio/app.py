@@ -49,6 +49,13 @@ class BoxIn(BaseModel):
     depth: int = Field(0, ge=0, le=512)
 
 
+class PaintIn(BaseModel):
+    points: list[list[float]] = Field(min_length=1, max_length=20000)
+    space: Literal["mm", "voxel"] = "mm"
+    value: int = 1  # 0: the eraser
+    radius: float = Field(2.0, ge=0, le=64)
+
+
 class AdapterIn(BaseModel):
     adapter: str | None = Field(None, pattern=r"^[0-9]{1,6}$")
     pin: bool = False
@@ -150,6 +157,10 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
     def click(key: str, body: ClickIn):
         return studio.click(key, body.point, positive=body.positive, value=body.value, space=body.space,
                             object_id=body.object)
+
+    @app.post("/api/cases/{key}/paint")
+    def paint(key: str, body: PaintIn):
+        return studio.paint(key, body.points, value=body.value, radius=body.radius, space=body.space)
 
     @app.post("/api/cases/{key}/undo")
     def undo(key: str):

@@ -6,6 +6,9 @@ of interactions (boxes and clicks) that made its masks. Undo and redo rebuild th
 on the same cached embeddings: only the mask decoder runs again. The few most recently used cases stay
 open; the embeddings of closed ones stay in the on-disk embedding cache under ``DATA_DIR/.medadapt-studio``.
 
+Brush and eraser strokes are interactions too (undone like the others); they paint over the model's
+masks, so a later click never undoes a hand correction.
+
 Points arrive in world millimetres (RAS, as the viewer reports them) or voxel indices of the image file
 and are mapped to the session's slices here. One lock serialises every model call (the model is shared
 and the CPU has few cores); each case has its own save lock, so two tabs saving the same case write one
@@ -52,6 +55,10 @@ class OpenCase:
             out[out == value] = 0
         for obj in objects:
             out[self.session.mask(obj.object_id)] = obj.value
+        flat = out.reshape(-1)
+        for op in self.ops:  # brush and eraser strokes, over the model's masks, in order
+            if op["op"] == "paint":
+                flat[op["voxels"]] = op["value"]
         return out
 
 
@@ -98,7 +105,7 @@ class Studio:
         for key, case in self.folder.cases.items():
             oc = self._open.get(key)
             status = ("labelled" if self.folder.has_label(case)
-                      else "predicted" if oc is not None and oc.session.objects else "untouched")
+                      else "predicted" if oc is not None and (oc.session.objects or oc.ops) else "untouched")
             out.append({"key": key, "folder": case.folder, "image": case.image.name, "status": status,
                         "unsaved": bool(oc is not None and oc.ops)})
         return out
@@ -194,6 +201,31 @@ class Studio:
             self._apply(oc, op)
             return self._done(oc, op)
 
+    def paint(self, key: str, points, *, value: int, radius: float = 2.0, space: str = "mm") -> dict:
+        """A brush stroke (``value`` a class) or an eraser stroke (``value`` 0): a disk of ``radius`` voxels
+        around each point, on its slice."""
+        value = 0 if value == 0 else self._class(value)
+        if not 0 <= radius <= 64:
+            raise MedadaptError(f"a brush radius of {radius} voxels is outside 0..64.")
+        with self._model_lock:
+            oc = self.open(key)
+            a, b = (i for i in range(3) if i != oc.slice_axis)
+            r = int(np.ceil(radius))
+            da, db = np.mgrid[-r : r + 1, -r : r + 1]
+            disk = np.stack([da[da**2 + db**2 <= radius**2 + 1e-9], db[da**2 + db**2 <= radius**2 + 1e-9]], 1)
+            hit = []
+            for p in points:
+                v = self.voxel(oc, p, space)
+                idx = np.repeat(v[None], len(disk), 0)
+                idx[:, a] += disk[:, 0]
+                idx[:, b] += disk[:, 1]
+                keep = ((idx >= 0) & (idx < oc.image.shape)).all(1)
+                hit.append(np.ravel_multi_index(tuple(idx[keep].T), oc.image.shape))
+            voxels = np.unique(np.concatenate(hit)) if hit else np.zeros(0, np.int64)
+            op = {"op": "paint", "voxels": voxels, "value": value}
+            self._apply(oc, op)
+            return {**self._done(oc, None), "painted": int(voxels.size)}
+
     def undo(self, key: str) -> dict:
         with self._model_lock:
             oc = self.open(key)
@@ -222,8 +254,9 @@ class Studio:
     def _run(session: InteractiveSession, op: dict) -> None:
         if op["op"] == "box":
             session.add_box(op["box"], value=op["value"])
-        else:
+        elif op["op"] == "click":
             session.click(op["object"], op["x"], op["y"], op["z"], positive=op["positive"])
+        # "paint": no model call; OpenCase.labels applies it
 
     def _rebuild(self, oc: OpenCase) -> None:
         """A fresh session from the remaining interactions, on the old session's cached embeddings."""

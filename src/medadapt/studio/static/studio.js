@@ -63,8 +63,10 @@ function updateButtons() {
   $("save").disabled = !state.key;
 }
 
+const PAINT = ["brush", "eraser"];
+
 function applyTool() {
-  const primary = tool() === "box" ? DRAG_MODE.callbackOnly : DRAG_MODE.crosshair;
+  const primary = tool() === "box" ? DRAG_MODE.callbackOnly : PAINT.includes(tool()) ? DRAG_MODE.none : DRAG_MODE.crosshair;
   nv.setMouseEventConfig({ leftButton: { primary }, rightButton: DRAG_MODE.contrast, centerButton: DRAG_MODE.pan });
 }
 
@@ -163,21 +165,60 @@ nv.onIntensityChange = (vol) => {
   $("wmax").value = vol.cal_max.toPrecision(4);
 };
 
-// A click (no drag) with a click tool: the point under the pointer, in world mm.
+// Canvas pixels of a pointer event → world mm (null outside the image) and the plane of its tile.
+function pointerMm(e) {
+  const dpr = nv.uiData.dpr || window.devicePixelRatio || 1;
+  const frac = nv.canvasPos2frac([e.offsetX * dpr, e.offsetY * dpr]);
+  if (frac[0] < 0) return null;
+  return Array.from(nv.frac2mm(frac)).slice(0, 3);
+}
+
+function tilePlane(e) {
+  const dpr = nv.uiData.dpr || window.devicePixelRatio || 1;
+  const tile = nv.tileIndex(e.offsetX * dpr, e.offsetY * dpr);
+  return tile < 0 ? -1 : nv.screenSlices[tile].axCorSag;
+}
+
+// A click (no drag) with a click tool: the point under the pointer. A brush / eraser stroke: its points,
+// sent when the button is released (a disk of the brush size around each, on the drawing plane).
 let pressed = null;
-$("gl").addEventListener("pointerdown", (e) => { pressed = e.button === 0 ? [e.offsetX, e.offsetY] : null; });
+let stroke = null;
+$("gl").addEventListener("pointerdown", (e) => {
+  pressed = e.button === 0 ? [e.offsetX, e.offsetY] : null;
+  stroke = null;
+  if (!pressed || !state.key || !PAINT.includes(tool())) return;
+  if (tilePlane(e) !== PLANES[state.info.plane]) {
+    say(`paint on the ${state.info.plane} view`, true);
+    return;
+  }
+  stroke = [];
+  const mm = pointerMm(e);
+  if (mm) stroke.push(mm);
+});
+$("gl").addEventListener("pointermove", (e) => {
+  if (!stroke) return;
+  const mm = pointerMm(e);
+  if (mm) stroke.push(mm);
+});
 $("gl").addEventListener("pointerup", (e) => {
   const start = pressed;
   pressed = null;
-  if (!state.key || !start || e.button !== 0 || tool() === "box") return;
+  if (stroke) {
+    const points = stroke;
+    stroke = null;
+    if (!points.length) return;
+    const erase = tool() === "eraser";
+    interact(erase ? "eraser…" : "brush…", "/paint", {
+      points, space: "mm", value: erase ? 0 : classValue(), radius: Number($("radius").value) || 0,
+    });
+    return;
+  }
+  if (!state.key || !start || e.button !== 0 || !["positive", "negative"].includes(tool())) return;
   if (Math.hypot(e.offsetX - start[0], e.offsetY - start[1]) > 3) return;
-  const dpr = nv.uiData.dpr || window.devicePixelRatio || 1;
-  const frac = nv.canvasPos2frac([e.offsetX * dpr, e.offsetY * dpr]);
-  if (frac[0] < 0) return;
+  const mm = pointerMm(e);
+  if (!mm) return;
   const positive = tool() === "positive";
-  interact(positive ? "+ click…" : "− click…", "/click", {
-    point: Array.from(nv.frac2mm(frac)).slice(0, 3), space: "mm", positive, value: classValue(),
-  });
+  interact(positive ? "+ click…" : "− click…", "/click", { point: mm, space: "mm", positive, value: classValue() });
 });
 
 // The model in use and the background fit (adaptation in the loop), polled while a fit runs.
