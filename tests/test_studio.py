@@ -369,3 +369,21 @@ def test_brush_and_eraser_strokes_paint_over_the_masks_and_undo(folder, predicto
     assert c.post(f"{url}/paint", json={"points": [[1, 1, 1]], "space": "voxel", "value": 9}).status_code == 400
     assert c.post(f"{url}/paint", json={"points": [[1, 1, 1]], "space": "voxel", "radius": 100}).status_code == 422
     assert c.post(f"{url}/paint", json={"points": [[1, 1, 99]], "space": "voxel"}).status_code == 400
+
+
+def test_unsaved_cases_stay_open_and_an_outside_change_is_reported(folder, predictor):
+    root, truth = folder
+    studio = Studio(CaseFolder(root), lambda: predictor, max_open=1)
+    c = TestClient(create_app(studio), base_url=BASE)
+    v0, v1 = box_of(truth["synth_001"] == 1)
+    c.post("/api/cases/synth_001/box", json={"corner0": v0, "corner1": v1, "space": "voxel"})
+    c.get("/api/cases/synth_002")
+    c.get("/api/cases/synth_000")  # opening more cases than max_open never drops unsaved work
+    assert len(c.get("/api/cases/synth_001").json()["objects"]) == 1
+    assert len(studio._open) == 2  # the clean cases were closed
+    # another program writes the label meanwhile: the save replaces it and says so
+    nib.save(nib.Nifti1Image(truth["synth_001"], nib.load(root / "imagesTr/synth_001.nii.gz").affine),
+             root / "labelsTr/synth_001.nii.gz")
+    r = c.put("/api/cases/synth_001/label").json()
+    assert "changed by another program" in r["warning"]
+    assert "warning" not in c.put("/api/cases/synth_001/label").json()

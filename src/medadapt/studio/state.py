@@ -45,6 +45,7 @@ class OpenCase:
     ops: list[dict] = field(default_factory=list)
     undone: list[dict] = field(default_factory=list)
     version: int = 0  # bumped by every change of the masks
+    label_stamp: tuple | None = None  # the label file's (mtime_ns, size) when read or written here
 
     def labels(self) -> np.ndarray:
         """What the page shows and a save writes: the saved label, with each class the session has objects
@@ -121,12 +122,15 @@ class Studio:
             axis = slice_axis_of(volume)
             image = normalise_for_sam(volume.array, self.folder.modality, is_volume=not case.is_2d)
             session = self._session(image, axis, key)
-            oc = OpenCase(case, volume, image, axis, plane_of(volume, axis), session, self.folder.read_label(case))
+            oc = OpenCase(case, volume, image, axis, plane_of(volume, axis), session, self.folder.read_label(case),
+                          label_stamp=self._stamp(case))
             if getattr(self.predictor, "is_automatic", False) and oc.saved is None:
                 session.start_auto()  # an automatic-mode adapter: the case opens with its prediction
             self._open[key] = oc
-            while len(self._open) > self.max_open:
-                self._open.popitem(last=False)
+            # close the least recently used cases without unsaved work (never one with unsaved work)
+            clean = [k for k, o in self._open.items() if not o.ops and k != key]
+            for old in clean[: max(0, len(self._open) - self.max_open)]:
+                del self._open[old]
             return oc
 
     def info(self, key: str) -> dict:
@@ -300,16 +304,29 @@ class Studio:
             raise MedadaptError(f"the label has shape {list(labels.shape)}, the image {list(oc.image.shape)}.",
                                 fix="send a label volume on the image's grid.")
         with self._save_lock(key):
+            changed = self._stamp(oc.case) != oc.label_stamp  # written by someone else since we read it
             dest = self.folder.write_label(oc.case, labels, oc.volume)
             oc.saved = np.asarray(labels)
+            oc.label_stamp = self._stamp(oc.case)
         with self._model_lock:  # the saved label now holds the masks: a fresh session starts from it
             oc.ops.clear()
             oc.undone.clear()
             if oc.session.objects or oc.session.predictor is not self.predictor:
                 oc.session = self._fresh_session(oc)
             oc.version += 1
-        return {"saved": dest.relative_to(self.folder.root).as_posix(), "voxels": int(np.count_nonzero(labels)),
-                **self._state(oc)}
+        out = {"saved": dest.relative_to(self.folder.root).as_posix(), "voxels": int(np.count_nonzero(labels)),
+               **self._state(oc)}
+        if changed:
+            out["warning"] = ("the label file had been changed by another program since this case was opened; "
+                              "it was replaced by this save (the last save wins).")
+        return out
+
+    def _stamp(self, case: StudioCase) -> tuple | None:
+        try:
+            st = case.label.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
 
     def _save_lock(self, key: str) -> threading.Lock:
         with self._locks_lock:

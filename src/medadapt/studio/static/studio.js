@@ -262,7 +262,7 @@ $("save").addEventListener("click", () => busy("saving…", async () => {
   state.saved = res.saved;
   await loadMask();
   await refreshCases();
-  say(`saved ${res.saved} (${res.voxels} labelled voxels)`);
+  say(`saved ${res.saved} (${res.voxels} labelled voxels)` + (res.warning ? `: ${res.warning}` : ""), Boolean(res.warning));
   await showAdapter();
 }));
 for (const input of document.querySelectorAll("input[name=tool]")) input.addEventListener("change", applyTool);
