@@ -136,7 +136,8 @@ class Studio:
     def info(self, key: str) -> dict:
         oc = self.open(key)
         image = f"{key}.nii.gz" if oc.case.is_2d else oc.case.image.name  # 2D: served as a one-slice NIfTI
-        return {"key": key, "image": image, "is_2d": oc.case.is_2d, "shape": list(oc.image.shape), "slice_axis": oc.slice_axis, "plane": oc.plane,
+        return {"key": key, "image": image, "is_2d": oc.case.is_2d, "shape": list(oc.image.shape),
+                "slice_axis": oc.slice_axis, "plane": oc.plane,
                 "spacing": [float(s) for s in oc.volume.spacing], "labelled": oc.saved is not None,
                 "classes": {str(k): v for k, v in self.folder.classes.items()}, **self._state(oc)}
 
