@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.medadapt-installed
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test test-slow lint bench clean
+.PHONY: install browser demo studio test test-slow lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,7 +23,12 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/medadapt demo $(if $(DATA),--data $(DATA),) $(if $(OUT),--out $(OUT),)
 
-# The report test renders pages in headless Chromium (Debian package; needs root for apt).
+# Label the cases of DATA in the browser: make studio DATA=folder [ADAPTER=run] [PORT=8765] [HOST=address]
+studio: install
+	@test -n "$(DATA)" || { echo "usage: make studio DATA=folder [ADAPTER=run] [PORT=8765] [HOST=address]"; exit 2; }
+	$(VENV)/bin/medadapt studio $(DATA) $(if $(ADAPTER),--adapter $(ADAPTER),) $(if $(PORT),--port $(PORT),) $(if $(HOST),--host $(HOST),)
+
+# The report and studio tests render pages in headless Chromium (Debian package; needs root for apt).
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
 	  || echo "warning: could not install chromium; the browser test will fail under CI"

@@ -60,7 +60,8 @@ def main() -> int:
         if args.max_steps:
             cmd += ["--max-steps", str(args.max_steps)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MEDADAPT_CACHE": str(Path(tmp) / "cache")}
-        result["command"] = " ".join(["medadapt", *cmd[3:]]).replace(str(run), "RUN")
+        result["command"] = (" ".join(["medadapt", *cmd[3:]]).replace(str(run), "RUN")
+                             .replace(str(ROOT.parent / "shared"), "../shared"))
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start

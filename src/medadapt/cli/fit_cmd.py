@@ -23,7 +23,7 @@ def fit(
     model: str | None = typer.Option(None, "--model", "-m", help="Base model (default litemedsam)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Official checkpoint file of the base model."),
     method: str | None = typer.Option(None, "--method", help=_recipes_help()),
-    prompt: str | None = typer.Option(None, "--prompt", help="box | point | hybrid | auto (no prompt, learned class tokens)."),
+    prompt: str | None = typer.Option(None, "--prompt", help="box | point | hybrid | click (box + simulated corrective clicks: for interactive use) | auto (no prompt, learned class tokens)."),
     shots: int | None = typer.Option(None, "--shots", "-k", help="Training volumes/patients/images (default 5)."),
     fraction: float | None = typer.Option(None, "--fraction", help="Share of the training pool instead of --shots."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the split, initialisation and sampling."),

@@ -21,6 +21,7 @@ from medadapt.cli import (
     predict_cmd,
     recipes_cmd,
     report_cmd,
+    studio_cmd,
 )
 
 app = typer.Typer(
@@ -59,6 +60,7 @@ app.command("merge")(merge_cmd.merge)
 app.command("fit-modalities")(modality_cmd.fit_modalities)
 app.command("recipes")(recipes_cmd.recipes)
 app.command("simulate")(simulate_cmd.simulate)
+app.command("studio")(studio_cmd.studio)
 
 
 def _exit_on_signal(signum, _frame) -> None:

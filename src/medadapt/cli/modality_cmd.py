@@ -19,7 +19,7 @@ def fit_modalities(
     model: str | None = typer.Option(None, "--model", "-m", help="Base model (default litemedsam)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Official checkpoint file of the base model."),
     method: str | None = typer.Option(None, "--method", help="Recipe (see `medadapt fit --help`)."),
-    prompt: str | None = typer.Option(None, "--prompt", help="box | point | hybrid | auto."),
+    prompt: str | None = typer.Option(None, "--prompt", help="box | point | hybrid | click | auto."),
     shots: int | None = typer.Option(None, "--shots", "-k", help="Training cases per modality (default 5)."),
     fraction: float | None = typer.Option(None, "--fraction", help="Share of each modality's pool instead."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the splits, initialisation and sampling."),

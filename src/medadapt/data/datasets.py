@@ -341,7 +341,7 @@ def _load_msd(root: Path) -> Dataset:
             fix="make a single-channel copy of the dataset (one modality) and point medadapt at it.",
         )
     declared = next(iter(channels.values()), None)
-    classes = _msd_classes(meta.get("labels") or {}, meta_path)
+    classes = classes_from_dataset_json(meta.get("labels") or {}, meta_path)
     if meta.get("training"):
         pairs = []
         for i, entry in enumerate(meta["training"]):
@@ -380,7 +380,7 @@ def _load_msd(root: Path) -> Dataset:
     return Dataset(str(meta.get("name") or root.name), root, "msd", mod, cases, class_names=classes)
 
 
-def _msd_classes(labels: dict, path: Path) -> dict[int, str]:
+def classes_from_dataset_json(labels: dict, path: Path) -> dict[int, str]:
     """MSD ``{"1": "name"}`` or nnU-Net v2 ``{"name": 1}`` → ``{1: "name"}`` without background."""
     out: dict[int, str] = {}
     for a, b in labels.items():

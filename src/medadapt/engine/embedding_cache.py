@@ -16,6 +16,7 @@ written atomically, so concurrent processes can share a directory.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,7 @@ class EmbeddingCache:
         self.hits = 0
         self.misses = 0
         self.disk_hits = 0
+        self.encode_seconds = 0.0  # time spent in encode_fn (a cold fit's share of encoding)
 
     # ------------------------------------------------------------------ keys
     def key(self, image: Tensor) -> str:
@@ -139,8 +141,10 @@ class EmbeddingCache:
                 found[k] = emb
                 self.hits += 1
         if todo:
+            start = time.perf_counter()
             with torch.no_grad():
                 new = self.encode_fn(batch[todo])  # [M, 256, 64, 64]
+            self.encode_seconds += time.perf_counter() - start
             for j, i in enumerate(todo):
                 emb = new[j].detach().to("cpu", self.dtype).clone()  # clone: do not pin the batch
                 found[keys[i]] = emb
@@ -191,5 +195,6 @@ class EmbeddingCache:
     def clear_memory(self) -> None:
         self._memory.clear()
 
-    def stats(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "disk_hits": self.disk_hits, "in_memory": len(self)}
+    def stats(self) -> dict[str, int | float]:
+        return {"hits": self.hits, "misses": self.misses, "disk_hits": self.disk_hits, "in_memory": len(self),
+                "encode_seconds": round(self.encode_seconds, 3)}

@@ -51,7 +51,7 @@ class FitOptions(SplitOptions, LayoutOptions, LoraOptions, OptimOptions):
     model: str = "litemedsam"
     checkpoint: str | None = None
     method: str = "decoder"
-    prompt: Literal["box", "point", "hybrid", "auto"] = "box"
+    prompt: Literal["box", "point", "hybrid", "click", "auto"] = "box"
     classes: list[int] | None = None
     # volumes: the axis sliced into 2D samples (None: the through-plane axis by spacing); the adapter
     # records it so that predict / evaluate slice the same way
@@ -77,6 +77,7 @@ class FitOptions(SplitOptions, LayoutOptions, LoraOptions, OptimOptions):
     box_jitter: int = 5
     n_pos: int = 1
     n_neg: int = 0
+    max_clicks: int = Field(3, ge=0)  # prompt click: corrective clicks per object, 0..max_clicks at random
     augment: bool = True
     # frozen-stage recipes: augment the images too (the frozen stem then runs on each augmented slice)
     augment_stem: bool = False
@@ -184,7 +185,8 @@ class SamFit(FitHooks):
             base["checkpoint"] = str(Path(opts.checkpoint).resolve())
         settings = SamTaskSettings(
             prompt=opts.prompt, classes=self.classes, batch_size=opts.batch_size, box_jitter=opts.box_jitter,
-            n_pos=opts.n_pos, n_neg=opts.n_neg, iou_weight=opts.iou_weight, augment=opts.augment,
+            n_pos=opts.n_pos, n_neg=opts.n_neg, max_clicks=opts.max_clicks, iou_weight=opts.iou_weight,
+            augment=opts.augment,
             augment_stem=opts.augment_stem, augment_flips=opts.augment_flips, augment_translate=opts.augment_translate,
             cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, seed=opts.seed, base=base,
             class_token_lr_scale=opts.class_token_lr_scale, slice_axis=opts.slice_axis,

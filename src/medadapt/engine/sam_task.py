@@ -7,6 +7,13 @@ once rather than one random mask. Prompt modes:
 - ``box``: the object's box in the model frame, each side pushed out by 0..``box_jitter`` px;
 - ``point``: ``n_pos`` random points inside the object, ``n_neg`` outside;
 - ``hybrid``: each object drawn at random as box, points, or box + points;
+- ``click``: the box, then 0..``max_clicks`` corrective clicks, each simulated from the errors of the
+  prediction so far with the click rule of the CVPR 2025 interactive challenge (the deepest point of the
+  largest error region, positive where the object was missed, negative where it overflowed;
+  :func:`medadapt.metrics.interactive.simulate_click` on the 2D slice), as an interactive session
+  (:mod:`medadapt.infer.interactive`) gives them. The clicks of a step come from no-gradient decodes;
+  the loss is on the final decode with the box and all its clicks. A box-trained decoder has never seen
+  points with a box, which is why zero-shot and box-trained models barely respond to clicks;
 - ``auto``: no prompt at all: learned class tokens (:mod:`medadapt.adapt.class_prompts`) decode
   every class of the dataset from the image alone.
 
@@ -47,11 +54,12 @@ from medadapt.data.slices import SliceSample
 from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 from medadapt.engine.losses import SegmentationLoss
 from medadapt.engine.optim import weight_decay_groups
+from medadapt.metrics.interactive import simulate_click
 from medadapt.models.preprocess import preprocess_image
 from medadapt.models.registry import ModelSpec
 from medadapt.run import RunFolder
 
-PROMPT_MODES = ("box", "point", "hybrid", "auto")
+PROMPT_MODES = ("box", "point", "hybrid", "click", "auto")
 LOW_RES = 256
 
 
@@ -63,6 +71,7 @@ class SamTaskSettings:
     box_jitter: int = 5
     n_pos: int = 1
     n_neg: int = 0
+    max_clicks: int = 3  # ``click`` mode: corrective clicks per object, drawn uniformly in 0..max_clicks
     iou_weight: float = 0.0
     augment: bool = True
     augment_stem: bool = False  # frozen-stage recipes: augment images too, running the stem per slice
@@ -235,6 +244,8 @@ class SamSegmentationTask:
                 torch.stack([(it.target == c).float() for c in self.classes]) for it in items
             ])
             return logits, targets, iou.reshape(-1, 1), None
+        if self.settings.prompt == "click" and not validation:
+            return self._decode_with_clicks(emb, items, rng)
         kinds: dict[str, list[tuple[int, int, np.ndarray]]] = {}
         for b, it in enumerate(items):
             target = it.target.numpy()
@@ -262,8 +273,53 @@ class SamSegmentationTask:
             owners += [(b, c) for b, c, _ in objs]
         return torch.cat(out_logits), torch.cat(out_targets), torch.cat(out_iou), owners
 
+    def _decode_with_clicks(self, emb: torch.Tensor, items: list[_Item], rng: np.random.Generator):
+        """``click`` mode: box + 0..max_clicks corrective clicks per object (see the module docstring)."""
+        objs = [(b, c, it.target.numpy() == c) for b, it in enumerate(items) for c in self.classes]
+        objs = [o for o in objs if o[2].any()]
+        if not objs:
+            return None, None, None, None
+        scale = self.spec.image_size / LOW_RES
+        boxes = torch.from_numpy(np.stack([self._jittered_box(m, rng, self.settings.box_jitter) for _, _, m in objs])
+                                 * scale)
+        wanted = rng.integers(0, self.settings.max_clicks + 1, size=len(objs))
+        clicks: list[list[tuple[float, float, int]]] = [[] for _ in objs]  # (x, y, label) in the model frame
+        with torch.no_grad():
+            for r in range(int(wanted.max(initial=0))):
+                todo = [i for i in range(len(objs)) if wanted[i] > r and len(clicks[i]) == r]
+                if not todo:
+                    break
+                low_res, _ = self._decode_group(emb, objs, boxes, clicks, todo)
+                for j, i in enumerate(todo):
+                    click = simulate_click(objs[i][2], low_res[j, 0].numpy() > 0, seed=int(rng.integers(2**31)))
+                    if click is not None:  # None: already perfect, no click to give
+                        y, x = click.index
+                        clicks[i].append((x * scale, y * scale, int(click.positive)))
+        out_logits, out_targets, out_iou, owners = [], [], [], []
+        for n in sorted({len(c) for c in clicks}):  # one decoder call per click count (same point tensor size)
+            group = [i for i in range(len(objs)) if len(clicks[i]) == n]
+            low_res, iou = self._decode_group(emb, objs, boxes, clicks, group)
+            out_logits.append(low_res)
+            out_iou.append(iou)
+            out_targets.append(torch.stack([torch.from_numpy(objs[i][2]).float()[None] for i in group]))
+            owners += [(objs[i][0], objs[i][1]) for i in group]
+        return torch.cat(out_logits), torch.cat(out_targets), torch.cat(out_iou), owners
+
+    def _decode_group(self, emb, objs, boxes, clicks, group: list[int]):
+        """Decode objects ``group`` (all with the same number of clicks) with their boxes and clicks."""
+        n = len(clicks[group[0]])
+        points = None
+        if n:
+            pts = torch.tensor([[c[:2] for c in clicks[i]] for i in group], dtype=torch.float32)  # [G, n, 2]
+            labels = torch.tensor([[c[2] for c in clicks[i]] for i in group], dtype=torch.int64)  # [G, n]
+            points = (pts, labels)
+        idx = torch.tensor([objs[i][0] for i in group])
+        return self.sam.decode(emb[idx], points=points, boxes=boxes[group], multimask_output=False)
+
     def _kind(self, rng: np.random.Generator, validation: bool = False) -> str:
         mode = self.settings.prompt
+        if mode == "click":  # validation: the box alone, as the session's first prediction
+            return "box"
         if mode == "hybrid":
             return "box+point" if validation else ("box", "point", "box+point")[int(rng.integers(3))]
         return mode

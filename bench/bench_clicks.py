@@ -1,0 +1,131 @@
+"""Interactive segmentation on the fixed test volumes: DSC after the box and after each corrective click.
+
+For each configuration (zero-shot LiteMedSAM, or a ``medadapt fit`` run), runs
+
+    medadapt simulate --data DATA --out TMP [--adapter RUN] --clicks N [--plane P] [--cases C]
+
+as its own process (the CVPR 2025 protocol: a 3D box per class, then N clicks, each at the deepest
+point of the largest error region) and records from its summary.json / per_case.csv:
+
+- mean DSC / NSD after the box (interaction 0) and after each click, DSC-AUC / NSD-AUC (official), final
+  DSC / NSD, seconds per interaction and ms per re-decoded slice;
+- clicks to reach DSC >= ``--target`` per object (case x class): the median over objects and the share of
+  objects that reach it within N clicks (objects that never reach it count as not reached).
+
+Writes bench/results/interactive_<name>.json (one entry per configuration, merged into the file so that
+configurations and seeds can be run one by one) with provenance (bench/provenance.py).
+
+    .venv/bin/python bench/bench_clicks.py --data ../shared/data/hippocampus --name hippocampus \\
+        --config zero-shot --config decoder-box/s0=RUN_BOX --config decoder-click/s0=RUN_CLICK
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import provenance  # noqa: E402
+from bench_fewshot import write_json  # noqa: E402
+
+
+def clicks_to_reach(row: dict, clicks: int, target: float) -> int | None:
+    """First interaction index (0 = the box alone) whose DSC reaches ``target``; None if none does."""
+    for k in range(clicks + 1):
+        value = row.get(f"dsc_{k}")
+        if value not in (None, "", "nan") and float(value) >= target:
+            return k
+    return None
+
+
+def summarise(out: Path, clicks: int, target: float) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    with (out / "per_case.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("dsc_0") not in (None, "")]
+    per_step = [statistics.fmean(float(r[f"dsc_{k}"]) for r in rows) for k in range(clicks + 1)]
+    nsd_step = [statistics.fmean(float(r[f"nsd_{k}"]) for r in rows) for k in range(clicks + 1)]
+    reached = [clicks_to_reach(r, clicks, target) for r in rows]
+    hits = sorted(k for k in reached if k is not None)
+    return {
+        "objects": len(rows),
+        "cases": len({r["case"] for r in rows}),
+        "dsc_per_interaction": per_step,
+        "nsd_per_interaction": nsd_step,
+        "dsc_auc": statistics.fmean(float(r["dsc_auc"]) for r in rows),
+        "nsd_auc": statistics.fmean(float(r["nsd_auc"]) for r in rows),
+        "final_dsc": per_step[-1],
+        "final_nsd": nsd_step[-1],
+        "target": target,
+        # objects that never reach the target count as clicks + 1 in the median (beyond the budget)
+        "median_clicks_to_target": statistics.median([k if k is not None else clicks + 1 for k in reached]),
+        "share_reaching_target": len(hits) / len(reached) if reached else None,
+        "seconds_per_interaction": summary.get("seconds_per_interaction"),
+        "ms_per_decoded_slice": summary.get("ms_per_decoded_slice"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--config", action="append", required=True, metavar="NAME[=RUN]",
+                    help="zero-shot (no RUN), or NAME=RUN for a fit run; repeat for several")
+    ap.add_argument("--clicks", type=int, default=5)
+    ap.add_argument("--plane", default="volume")
+    ap.add_argument("--cases", type=int, default=None, help="only the first N test cases")
+    ap.add_argument("--target", type=float, default=0.90)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--out-json", type=Path, default=None)
+    args = ap.parse_args()
+
+    out_json = args.out_json or ROOT / "bench" / "results" / f"interactive_{args.name}.json"
+    results = json.loads(out_json.read_text()) if out_json.is_file() else {"runs": {}}
+    for config in args.config:
+        name, _, run = config.partition("=")
+        prov = provenance.start()
+        with tempfile.TemporaryDirectory(prefix="bench_clicks_") as tmp:
+            out = Path(tmp) / "sim"
+            cmd = [sys.executable, "-m", "medadapt.cli.main", "simulate", "--data", args.data, "--out", str(out),
+                   "--clicks", str(args.clicks), "--plane", args.plane, "--threads", str(args.threads)]
+            if run:
+                cmd += ["--adapter", run]
+            if args.cases:
+                cmd += ["--cases", str(args.cases)]
+            if args.cache_dir:
+                cmd += ["--cache-dir", str(args.cache_dir)]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                return 1
+            entry = summarise(out, args.clicks, args.target)
+        fit = {}
+        if run:
+            result = json.loads((Path(run) / "result.json").read_text())
+            fit = {k: result.get(k) for k in ("method", "prompt", "shots", "seed", "steps", "best_metric",
+                                             "train_cases", "fit_seconds")}
+        entry.update({"config": name, "fit": fit or None, "clicks": args.clicks, "plane": args.plane,
+                      "threads": args.threads,
+                      "command": " ".join(["medadapt", *cmd[3:]]).replace(str(out), "OUT"),
+                      "provenance": provenance.finish(prov)})
+        results["runs"][name] = entry
+        results["data"] = args.data
+        write_json(out_json, results)
+        steps = " ".join(f"{v:.3f}" for v in entry["dsc_per_interaction"])
+        print(f"{name}: DSC by interaction {steps} | DSC-AUC {entry['dsc_auc']:.3f} | median clicks to "
+              f"{args.target:.2f}: {entry['median_clicks_to_target']} | reach {entry['share_reaching_target']:.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Adaptation in the loop: after a save, a background fit refreshes the adapter from every saved case.
+
+Each fit is a normal ``medadapt fit`` run (the default ``decoder`` recipe with box prompts, a small step
+budget, every labelled case trains: ``--test 0``) in ``DATA_DIR/.medadapt-studio/adapters/NNN``, usable
+with ``predict``, ``evaluate`` and ``export``. Its case list is a CSV beside it (the folder may hold
+unlabelled images, which no dataset layout accepts as training cases). The slice embeddings go to one
+cache folder shared by all fits, so a refit encodes only the newly saved cases. Fits start from the base
+model: the fit library has no warm start from a previous adapter.
+
+When a fit ends, the studio loads its adapter and switches to it between two interactions (cases that
+are open keep their session until they are saved), unless the user pinned an adapter; the user can also
+go back to any earlier adapter, or to the zero-shot model. ``current.json`` names the adapter in use and
+whether it is pinned, so a restarted studio resumes it. Saves during a fit ask for one more fit, started
+when the running one ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from medadapt.errors import MedadaptError
+from medadapt.io.atomic import write_json, write_text
+from medadapt.run import RunFolder, read_json
+from medadapt.studio.cases import CaseFolder
+
+DEFAULT_STEPS = 150
+
+
+class AdaptationLoop:
+    """Background fits of the folder's labelled cases; ``on_adapter(run)`` switches the studio to a run
+    (None: the zero-shot model)."""
+
+    def __init__(self, folder: CaseFolder, on_adapter: Callable[[Path | None], None], *, steps: int = DEFAULT_STEPS,
+                 model: str = "litemedsam", min_cases: int = 1):
+        self.folder = folder
+        self.on_adapter = on_adapter
+        self.steps = steps
+        self.model = model
+        self.min_cases = min_cases
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._wanted = False
+        self._active = False  # a worker thread runs (set and cleared under the lock)
+        self.state = "idle"  # idle | fitting | failed
+        self.running: dict | None = None
+        self.last: dict | None = None
+        self.pinned = bool(self._current_meta().get("pinned", False))
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.folder.state_dir / "adapters"
+
+    @property
+    def current_file(self) -> Path:
+        return self.folder.state_dir / "current.json"
+
+    # -- adapters on disk ------------------------------------------------------------------------
+    def finished(self) -> list[Path]:
+        """Adapter runs that finished (their adapter is saved), oldest first."""
+        if not self.adapters_dir.is_dir():
+            return []
+        runs = [p for p in sorted(self.adapters_dir.iterdir()) if p.is_dir() and p.name.isdigit()]
+        return [p for p in runs if RunFolder(p).adapter_tensors.is_file() and RunFolder(p).result_path.is_file()]
+
+    def _current_meta(self) -> dict:
+        return (read_json(self.current_file) if self.current_file.is_file() else None) or {}
+
+    def current(self) -> Path | None:
+        """The adapter the studio used last (``current.json``), if it is still a finished run."""
+        name = self._current_meta().get("adapter")
+        run = self.adapters_dir / str(name)
+        return run if name and run in self.finished() else None
+
+    def set_current(self, run: Path | None) -> None:
+        write_json(self.current_file, {"adapter": run.name if run else None, "pinned": self.pinned})
+
+    def select(self, name: str | None, *, pin: bool) -> None:
+        """Switch to the finished adapter ``name`` (None: the zero-shot model); ``pin`` keeps it when later
+        fits end (they still run, and can be selected)."""
+        run = None
+        if name is not None:
+            run = self.adapters_dir / str(name)
+            if not str(name).isdigit() or run not in self.finished():
+                raise MedadaptError(f"the studio has no finished adapter '{name}'.",
+                                    fix=f"pick one of: {', '.join(p.name for p in self.finished()) or 'none yet'}.")
+        self.on_adapter(run)
+        self.pinned = pin
+        self.set_current(run)
+
+    def adapters(self) -> list[dict]:
+        """Every finished adapter with its cases, fit time and validation DSC (from its result.json)."""
+        out = []
+        for run in self.finished():
+            r = RunFolder(run).read_result() or {}
+            out.append({"adapter": run.name, "cases": len(r.get("train_cases") or []) + len(r.get("val_cases") or []),
+                        "seconds": r.get("fit_seconds"), "val_dsc": r.get("best_metric")})
+        return out
+
+    # -- fitting ------------------------------------------------------------------------------------
+    def request(self) -> None:
+        """Ask for a fit (after a save); runs now, or when the running fit ends."""
+        with self._lock:
+            self._wanted = True
+            self.state = "fitting"  # from now on: the page polls until the fits have ended
+            if not self._active:
+                self._active = True
+                self._thread = threading.Thread(target=self._work, name="medadapt-studio-fit", daemon=True)
+                self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the background fits to end (tests, shutdown); False on timeout."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._wanted:  # decided under the lock: a request now starts a new worker
+                    self._active = False
+                    if self.state == "fitting":
+                        self.state = "idle"
+                    return
+                self._wanted = False
+            self._fit_once()
+
+    def _labelled(self) -> list:
+        return [c for c in self.folder.cases.values() if self.folder.has_label(c)]
+
+    def _fit_once(self) -> None:
+        from medadapt.engine.sam_fit import FitOptions
+        from medadapt.pipeline.fit import fit_segment
+
+        cases = self._labelled()
+        if len(cases) < self.min_cases:
+            return
+        number = max((int(p.name) for p in self.adapters_dir.glob("[0-9]*") if p.name.isdigit()), default=0) + 1
+        out = self.adapters_dir / f"{number:03d}"
+        listing = self.adapters_dir / f"{number:03d}-cases.csv"
+        started = time.time()
+        self.state, self.running = "fitting", {"adapter": out.name, "cases": len(cases), "started": started}
+        try:
+            write_text(listing, _case_csv(cases, self.folder.modality))
+            opts = FitOptions.build({
+                "data": str(listing), "out": str(out), "model": self.model, "method": "decoder", "prompt": "box",
+                "test": 0, "shots": len(cases), "max_steps": self.steps, "progress": False,
+                "cache_dir": str(self.folder.state_dir / "cache"),
+            })
+            result = fit_segment(opts, report=False).result
+            if not self.pinned:
+                self.on_adapter(out)
+                self.set_current(out)
+            self.last = {"adapter": out.name, "cases": len(cases), "seconds": round(time.time() - started, 1),
+                         "val_dsc": result.get("best_metric"), "val_cases": len(result.get("val_cases") or []),
+                         "error": None}
+        except Exception as err:  # the studio keeps running with its current adapter; the page shows why
+            message = str(err) if isinstance(err, MedadaptError) else f"{type(err).__name__}: {err}"
+            self.last = {"adapter": out.name, "cases": len(cases), "seconds": round(time.time() - started, 1),
+                         "val_dsc": None, "error": message}
+        finally:
+            self.running = None
+            with self._lock:
+                self.state = "fitting" if self._wanted else ("failed" if (self.last or {}).get("error") else "idle")
+
+    def status(self) -> dict:
+        current = self.current()
+        return {"state": self.state, "steps": self.steps, "labelled": len(self._labelled()),
+                "current": current.name if current else None, "pinned": self.pinned, "running": self.running,
+                "last": self.last, "queued": self._wanted, "adapters": self.adapters()}
+
+
+def _case_csv(cases, modality: str) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["image", "mask", "modality"])
+    for c in cases:
+        writer.writerow([str(c.image), str(c.label), "" if modality == "auto" else modality])
+    return buf.getvalue()

@@ -1,0 +1,111 @@
+"""Adaptation in the loop: a save starts a background fit of the saved cases; the finished adapter is a
+normal run folder, the studio switches to it between interactions, and a restarted studio resumes it."""
+
+from __future__ import annotations
+
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from medadapt.data.synthetic import SPACING, make_synthetic_dataset, synthetic_case
+from medadapt.run import RunFolder
+from medadapt.studio.app import create_app
+from medadapt.studio.server import build_studio
+
+BASE = "http://127.0.0.1"
+
+
+def small_dataset(root, n: int = 3, depth: int = 12):
+    """An MSD folder like make_synthetic_dataset's with ``depth`` slices per case (fits encode every slice)."""
+    make_synthetic_dataset(root, n_cases=n)
+    for i in range(n):
+        image, label = synthetic_case(np.random.default_rng([1, i]), shape=(48, 48, depth))
+        for sub, arr in (("imagesTr", image), ("labelsTr", label)):
+            nib.save(nib.Nifti1Image(arr, np.diag([*SPACING, 1.0])), root / sub / f"synth_{i:03d}.nii.gz")
+    return root
+
+
+def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
+    root = small_dataset(tmp_path / "data")
+    label = np.asarray(nib.load(root / "labelsTr/synth_001.nii.gz").dataobj)
+    for i in (1, 2):
+        (root / f"labelsTr/synth_{i:03d}.nii.gz").unlink()
+    studio, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
+    zero_shot = studio.predictor
+    c = TestClient(create_app(studio, loop=loop), base_url=BASE)
+    assert c.get("/api/adapter").json() == {"adapter": None, "state": "idle", "steps": 2, "labelled": 1,
+                                            "current": None, "pinned": False, "running": None, "last": None,
+                                            "queued": False, "adapters": []}
+    # a case opened before the switch keeps its model until it is saved
+    c.post("/api/cases/synth_002/box", json={"corner0": [10, 10, 6], "corner1": [30, 30, 6], "space": "voxel"})
+    body = nib.Nifti1Image(label, np.eye(4)).to_bytes()
+    assert c.put("/api/cases/synth_001/label", content=body).status_code == 200
+    deadline = time.monotonic() + 600
+    while c.get("/api/adapter").json()["state"] == "fitting" or loop.running or loop.last is None:
+        assert time.monotonic() < deadline, "the background fit did not end"
+        time.sleep(0.5)
+    assert loop.wait(60)
+    status = c.get("/api/adapter").json()
+    assert status["last"]["error"] is None, status
+    assert status["state"] == "idle" and status["current"] == "001" and status["labelled"] == 2
+    assert status["adapter"] == "studio adapter 001" and status["last"]["cases"] == 2
+    run = root / ".medadapt-studio/adapters/001"
+    folder = RunFolder.resolve(run)  # a normal run folder: predict / evaluate / export take it
+    assert folder.adapter_tensors.is_file() and folder.read_result()["train_cases"] == ["synth_000", "synth_001"]
+    assert studio.predictor is not zero_shot
+    assert studio.open("synth_002").session.predictor is zero_shot  # not switched in the middle of its work
+    # pinned: the next fit runs but the studio keeps the pinned adapter
+    assert c.post("/api/adapter", json={"adapter": "001", "pin": True}).json()["pinned"]
+    first = studio.predictor
+    c.post("/api/cases/synth_002/click", json={"point": [20, 20, 6], "space": "voxel", "positive": True})
+    assert c.put("/api/cases/synth_002/label").status_code == 200  # the third save: a second fit
+    assert studio.open("synth_002").session.predictor is studio.predictor  # saved: the case takes the model in use
+    assert loop.wait(600)
+    status = c.get("/api/adapter").json()
+    assert [a["adapter"] for a in status["adapters"]] == ["001", "002"] and status["adapters"][1]["cases"] == 3
+    assert status["current"] == "001" and studio.predictor is first and studio.adapter == "studio adapter 001"
+    # roll forward / back: any finished adapter, or the zero-shot model; bad names are refused
+    assert c.post("/api/adapter", json={"adapter": "002"}).json()["current"] == "002"
+    assert studio.predictor is not first and studio.adapter == "studio adapter 002"
+    assert c.post("/api/adapter", json={"adapter": "999"}).status_code == 400
+    assert c.post("/api/adapter", json={"adapter": "../001"}).status_code == 422
+    assert c.get("/api/adapter").json()["current"] == "002"
+
+    # a restarted studio resumes the adapter in use
+    again, _ = build_studio(root, fit_steps=2, echo=lambda _: None)
+    assert again.adapter == "studio adapter 002"
+    assert TestClient(create_app(again), base_url=BASE).get("/api/adapter").json()["state"] == "off"
+    c.post("/api/adapter", json={"adapter": None, "pin": True})
+    assert studio.adapter is None
+    again, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
+    assert again.adapter is None and loop.pinned  # zero-shot, pinned
+
+
+@pytest.mark.slow  # an automatic-mode fit, then every slice of a case decoded on opening
+def test_an_automatic_mode_adapter_opens_cases_with_its_prediction(tmp_path):
+    from medadapt.engine.sam_fit import FitOptions
+    from medadapt.pipeline.fit import fit_segment
+
+    root = small_dataset(tmp_path / "data")
+    run = tmp_path / "auto_run"
+    fit_segment(FitOptions.build({"data": str(root), "out": str(run), "prompt": "auto", "test": 0, "shots": 3,
+                                  "max_steps": 2, "progress": False, "encoder_engine": "torch"}), report=False)
+    truth = np.asarray(nib.load(root / "labelsTr/synth_002.nii.gz").dataobj)
+    (root / "labelsTr/synth_002.nii.gz").unlink()
+    studio, loop = build_studio(root, adapter=run, adapt=False, echo=lambda _: None)
+    assert loop is None and studio.adapter == str(run)
+    c = TestClient(create_app(studio), base_url=BASE)
+    info = c.get("/api/cases/synth_002").json()
+    assert [(o["object"], o["value"]) for o in info["objects"]] == [(1, 1), (2, 2)]  # one object per class
+    start = c.get("/api/cases/synth_002/mask").content
+    centre = np.argwhere(truth == 1).mean(0).round().astype(int).tolist()
+    r = c.post("/api/cases/synth_002/click", json={"point": centre, "space": "voxel", "positive": True, "value": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["objects"][0]["clicks"] == 1 and r.json()["decoded_slices"] == [centre[2]]
+    assert c.post("/api/cases/synth_002/undo").status_code == 200
+    assert c.get("/api/cases/synth_002/mask").content == start  # undo restarts from the same prediction
+    # a labelled case opens with its saved label, not the prediction
+    assert c.get("/api/cases/synth_000").json()["objects"] == []

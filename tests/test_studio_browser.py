@@ -1,0 +1,179 @@
+"""The studio page in a real browser: Playwright drives the system's headless Chromium (no browser
+download) against a studio served by uvicorn on a free local port, with the real LiteMedSAM.
+
+Script: open a case, draw a box on the axial view, see the mask, add a negative click, paint a brush
+stroke of another class, save; the label
+file on disk equals the overlay the page shows, and the page logs no console error. The screenshot goes
+to the test's folder, and to ``$MEDADAPT_SCREENSHOTS`` when set (how docs/images/studio.png is made).
+
+Chromium comes from Debian (``make browser``); Playwright for Python from the ``dev`` extra. Missing,
+the test fails under CI and skips on a developer machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medadapt.data.synthetic import make_synthetic_dataset
+from medadapt.infer.factory import build_predictor
+from medadapt.studio.app import create_app
+from medadapt.studio.cases import CaseFolder
+from medadapt.studio.state import Studio
+
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+
+
+def _missing(msg: str):
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    exe = next((p for p in CHROMIUM if Path(p).is_file()), None) or shutil.which("chromium")
+    if exe is None:
+        _missing("chromium not found: apt-get install chromium (make browser)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _missing("playwright is not installed: pip install -c constraints.txt playwright (the dev extra)")
+    return exe
+
+
+@pytest.fixture()
+def served(tmp_path):
+    """A studio over two synthetic cases (synth_001 unlabelled) on a free local port; yields (url, root, truth)."""
+    import uvicorn
+
+    root = make_synthetic_dataset(tmp_path / "data", n_cases=2)
+    truth = np.asarray(nib.load(root / "labelsTr/synth_001.nii.gz").dataobj)
+    (root / "labelsTr/synth_001.nii.gz").unlink()
+    predictor = build_predictor(None, use_cache=True)
+    app = create_app(Studio(CaseFolder(root), lambda: predictor))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the studio did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/", root, truth
+    server.should_exit = True
+    thread.join(10)
+
+
+def _screen(page, i: float, j: float, k: int) -> tuple[float, float]:
+    """Page coordinates of voxel (i, j, k) on the axial tile (NiiVue's own mapping, canvas pixels / dpr)."""
+    pos = page.evaluate(f"""(() => {{
+        const nv = studio.nv;
+        const hit = nv.frac2canvasPosWithTile(nv.vox2frac([{i}, {j}, {k}]), 0);
+        return hit && [hit.pos[0] / (nv.uiData.dpr || 1), hit.pos[1] / (nv.uiData.dpr || 1)];
+    }})()""")
+    assert pos is not None, f"voxel {(i, j, k)} is not on screen"
+    box = page.locator("#gl").bounding_box()
+    return box["x"] + pos[0], box["y"] + pos[1]
+
+
+def _wait_for_change(page, version: int) -> dict:
+    page.wait_for_function(f"studio.mask && studio.mask.version > {version} && !studio.busy", timeout=120_000)
+    return page.evaluate("studio.mask")
+
+
+def test_box_click_save_in_chromium(chromium, served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, root, truth = served
+    target = truth == 1
+    idx = np.argwhere(target)
+    k = int(np.bincount(idx[:, 2]).argmax())  # the slice where the structure is largest
+    on_slice = np.argwhere(target[..., k])
+    (i0, j0), (i1, j1) = on_slice.min(0), on_slice.max(0)
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(url)
+            page.wait_for_function("window.studio && studio.ready", timeout=60_000)
+            assert page.locator("#case-list li").count() == 2
+            page.click("#case-list li[data-key=synth_001] button")
+            page.wait_for_function("studio.mask && !studio.busy", timeout=120_000)
+            version = page.evaluate("studio.mask.version")
+            assert page.evaluate("studio.mask.voxels") == 0
+            page.select_option("#layout", "plane")  # the axial view alone
+            middle = page.evaluate("Array.from(studio.nv.frac2vox(studio.nv.scene.crosshairPos))")[2]
+            page.evaluate(f"studio.nv.moveCrosshairInVox(0, 0, {k - middle})")
+            page.wait_for_timeout(200)
+            # the screen mapping used below lands on the intended voxel
+            x, y = _screen(page, i0, j0, k)
+            gl = page.locator("#gl").bounding_box()
+            vox = page.evaluate(f"Array.from(studio.nv.frac2vox(studio.nv.canvasPos2frac([{x - gl['x']} * (studio.nv.uiData.dpr || 1), {y - gl['y']} * (studio.nv.uiData.dpr || 1)])))")
+            assert vox == [int(i0), int(j0), k]
+
+            # draw a box around the structure
+            (xa, ya), (xb, yb) = _screen(page, i0 - 1, j0 - 1, k), _screen(page, i1 + 1, j1 + 1, k)
+            page.mouse.move(xa, ya)
+            page.mouse.down()
+            page.mouse.move(xb, yb, steps=8)
+            page.mouse.up()
+            after_box = _wait_for_change(page, version)
+            assert after_box["voxels"] > 0, page.locator("#status").text_content()
+            shown = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
+            assert int((shown > 0).sum()) == after_box["voxels"]  # the overlay shows the mask
+            got = shown.reshape(truth.shape, order="F")[..., k] == 1
+            assert 2 * (got & target[..., k]).sum() / (got.sum() + target[..., k].sum()) > 0.6
+            page.screenshot(path=str(tmp_path / "studio_box.png"))
+
+            # a negative click in the middle of the mask
+            page.check("input[name=tool][value=negative]")
+            ci, cj = np.argwhere(got).mean(0)
+            page.mouse.click(*_screen(page, round(ci), round(cj), k))
+            after_click = _wait_for_change(page, after_box["version"])
+            assert after_click["voxels"] != after_box["voxels"]
+            assert page.evaluate("studio.info.objects")[0]["clicks"] == 1
+            # a brush stroke of class 2 beside the structure (painted over the model's masks)
+            page.select_option("#class", "2")
+            page.check("input[name=tool][value=brush]")
+            (xa, ya), (xb, yb) = _screen(page, i1 + 3, j0, k), _screen(page, i1 + 3, j1, k)
+            page.mouse.move(xa, ya)
+            page.mouse.down()
+            page.mouse.move(xb, yb, steps=10)
+            page.mouse.up()
+            after_brush = _wait_for_change(page, after_click["version"])
+            painted = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)")).reshape(truth.shape, order="F")
+            assert (painted[..., k] == 2).sum() >= j1 - j0 and (painted == 2).sum() == (painted[..., k] == 2).sum()
+            assert after_brush["voxels"] > after_click["voxels"]
+            page.check("input[name=tool][value=box]")
+            page.select_option("#layout", "multi")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(tmp_path / "studio.png"))
+            shown = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
+
+            page.click("#save")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('saved')", timeout=60_000)
+            assert page.locator("#case-list li[data-key=synth_001] .badge").text_content().startswith("labelled")
+        finally:
+            browser.close()
+    saved = nib.load(root / "labelsTr/synth_001.nii.gz")
+    np.testing.assert_array_equal(np.asarray(saved.dataobj).ravel(order="F"), shown)  # the file is what the page showed
+    np.testing.assert_allclose(saved.affine, nib.load(root / "imagesTr/synth_001.nii.gz").affine)
+    assert not problems, problems
+    if out := os.environ.get("MEDADAPT_SCREENSHOTS"):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        for name in ("studio.png", "studio_box.png"):
+            shutil.copy(tmp_path / name, Path(out) / name)
