@@ -21,7 +21,7 @@ from medadapt.data.fewshot import Split, save_split
 from medadapt.data.slices import iter_slices
 from medadapt.engine.sam_fit import FitOptions, run_fit
 from medadapt.evaluate.segment_run import evaluate_dataset
-from medadapt.infer.factory import build_predictor
+from medadapt.infer.factory import PredictorSpec, build_predictor, load_predictor
 
 TRAIN = ("hippocampus_001",)
 TEST = ("hippocampus_097", "hippocampus_096")
@@ -341,8 +341,7 @@ def test_auto_volume_logits_line_up_with_the_volume(hippo, auto_run, cache_dir: 
     spec, _ = hippo
     run, _ = auto_run
     image, _, _, _ = load_segmentation_dataset(spec).load(TRAIN[0])
-    predictor = build_predictor(None, adapter=run, cache_dir=cache_dir)
-    predictor.keep_largest = []
+    predictor = load_predictor(PredictorSpec(adapters=(run,), cache_dir=cache_dir, keep_largest=()))
     for axis in (2, 0):
         logits = auto_volume_logits(predictor, image, slice_axis=axis)
         assert logits.shape == (2, *image.shape) and logits.dtype == np.float32

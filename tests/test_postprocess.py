@@ -32,7 +32,7 @@ class _Cases:
 
 
 class _Predictor:
-    keep_largest = [9]
+    keep_largest: list[int] = []
 
 
 def test_keep_largest_is_chosen_per_class_on_validation(monkeypatch):
@@ -44,7 +44,15 @@ def test_keep_largest_is_chosen_per_class_on_validation(monkeypatch):
     assert chosen == [1]  # removing the island helps class 1; class 2 would lose a real piece
     assert report["classes"]["1"]["dsc_largest_component"] == 1.0 > report["classes"]["1"]["dsc"]
     assert report["classes"]["2"]["dsc_largest_component"] < report["classes"]["2"]["dsc"] == 1.0
-    assert predictor.keep_largest == [9]  # restored after scoring without post-processing
+
+
+def test_keep_largest_is_chosen_without_post_processing():
+    """The choice compares raw predictions with their largest components: a predictor that already
+    post-processes is refused (it is built with ``PredictorSpec(keep_largest=())`` instead)."""
+    predictor = _Predictor()
+    predictor.keep_largest = [1]
+    with pytest.raises(ValueError, match="without post-processing"):
+        choose_keep_largest(predictor, _Cases(), ["a"], [1])
 
 
 def test_predictor_applies_keep_largest():
@@ -70,3 +78,15 @@ def test_dice_edge_cases(a, b, want):
 def test_dice_of_two_empty_masks_is_nan_by_default():
     """The official convention: a class absent from both masks is not scored."""
     assert np.isnan(dice(np.zeros(3, bool), np.zeros(3, bool)))
+
+
+def test_predictor_spec_sets_keep_largest_in_the_constructor():
+    """``PredictorSpec.keep_largest`` replaces the run's own choice; None keeps it."""
+    from pathlib import Path
+
+    from medadapt.infer.factory import PredictorSpec, load_predictor
+
+    run = Path(__file__).parent / "data" / "legacy_run" / "segment"  # automatic mode, keep_largest [1, 2]
+    assert load_predictor(PredictorSpec(adapters=(run,))).keep_largest == [1, 2]
+    assert load_predictor(PredictorSpec(adapters=(run,), keep_largest=())).keep_largest == []
+    assert load_predictor(PredictorSpec(adapters=(run,), keep_largest=(2,))).keep_largest == [2]

@@ -17,8 +17,6 @@ from medadapt.cli.common import (
     set_threads,
     user_errors,
 )
-from medadapt.errors import MedadaptError
-from medadapt.run import SUMMARY
 
 
 @user_errors
@@ -57,73 +55,23 @@ def evaluate(
     Either --pred/--gt (files matched by name), or --data SPEC with --adapter RUN (or a zero-shot
     --model) to segment the held-out cases and score them in one go.
     """
-    from medadapt.evaluate.folders import evaluate_folders
+    from medadapt.pipeline.evaluate import evaluate as run_evaluation
 
     set_threads(threads)
-    if task not in ("segment", "classify", "volumetric"):
-        raise MedadaptError(f"--task '{task}' is not one of segment, classify, volumetric.", fix="use --task segment")
-    adapters = list(adapter or [])
-    if task != "segment":
-        if data is None or not adapters:
-            raise MedadaptError(f"--task {task} evaluates a fitted run on a dataset.", fix="pass --data SPEC and --adapter RUN.")
-        if len(adapters) > 1:
-            raise MedadaptError(f"--task {task} evaluates one run; --adapter was given {len(adapters)} times.",
-                                fix="pass a single --adapter RUN (ensembles are for --task segment).")
-        adapter = adapters[0]
-        if task == "classify":
-            from medadapt.evaluate.classify_run import evaluate_classifier_run as run_eval
-        else:
-            from medadapt.evaluate.volumetric_run import evaluate_volumetric_run as run_eval
-        result = run_eval(
-            data=data, adapter=adapter, split=split, out=out, precision=precision,
-            n_boot=n_boot, tolerance_mm=tolerance_mm, save_predictions=save_predictions,
-            **({} if batch_size is None else {"batch_size": batch_size}),
-        )
-        console.print(result.get("message", f"wrote {out}"))
-        return
-    class_list = parse_int_list(classes, option="--classes")
-    if mirror and data is None:
-        raise MedadaptError("--mirror segments images, so it needs --data SPEC (with an automatic-mode --adapter RUN).",
-                            fix="add --data and --adapter, or leave --mirror out when scoring --pred/--gt files.")
-    if data is not None:
-        from medadapt.evaluate.segment_run import evaluate_segment_run
-
-        with progress_bar() as bar:
-            rows, settings = evaluate_segment_run(
-                data, adapters=adapters, model=model, split=split, prompt=prompt, classes=class_list,
-                tolerance_mm=tolerance_mm, out=out, save=save_predictions, label_dir=label_dir,
-                image_suffix=image_suffix, label_suffix=label_suffix, batch_size=batch_size, precision=precision,
-                mirror=mirror, notify=lambda line: console.print(f"[yellow]{line}[/]"),
-                progress=lambda n: _advance(bar, bar.add_task("segment + score", total=n)),
-            )
-        _write(out, rows, settings, n_boot)
-        return
-    if pred is None or gt is None:
-        raise MedadaptError("give --pred and --gt folders, or --data SPEC (with --adapter RUN or --model).")
     with progress_bar() as bar:
-        task = bar.add_task("evaluate", total=None)
-        rows = evaluate_folders(
-            pred, gt, tolerance_mm=tolerance_mm, cvpr24=cvpr24, classes=class_list,
-            pred_suffix=pred_suffix, gt_suffix=gt_suffix, progress=lambda: bar.advance(task),
+        result = run_evaluation(
+            task=task, out=out, pred=pred, gt=gt, data=data, adapters=adapter or [], model=model, split=split,
+            prompt=prompt, save_predictions=save_predictions, label_dir=label_dir, image_suffix=image_suffix,
+            label_suffix=label_suffix, batch_size=batch_size, precision=precision, tolerance_mm=tolerance_mm,
+            cvpr24=cvpr24, classes=parse_int_list(classes, option="--classes"), pred_suffix=pred_suffix,
+            gt_suffix=gt_suffix, n_boot=n_boot, mirror=mirror,
+            progress=lambda n, what: _advance(bar, bar.add_task(what, total=n)),
+            notify=lambda line: console.print(f"[yellow]{line}[/]"),
         )
-    _write(out, rows, {"tolerance_mm": tolerance_mm, "cvpr24": cvpr24, "pred": str(pred), "gt": str(gt)}, n_boot)
-
-
-def _write(out: Path, rows: list[dict], settings: dict, n_boot: int) -> None:
-    from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
-
-    summary = summarize(rows, n_boot=n_boot)
-    summary["settings"] = settings
-    out.mkdir(parents=True, exist_ok=True)
-    write_per_case_csv(out / "per_case.csv", rows)
-    write_summary_json(out / SUMMARY, summary)
-    print_summary(summary)
-    console.print(f"wrote {out / 'per_case.csv'} and {out / SUMMARY}")
-    from medadapt.report import write_report
-
-    run = settings.get("adapter")
-    target = Path(run) if run and Path(out).resolve().parent == Path(run).resolve() else out
-    console.print(f"report: {write_report(target)}")
+    if result.segmentation:
+        print_summary(result.summary)
+    for line in result.messages:
+        console.print(line)
 
 
 def _advance(bar, task):

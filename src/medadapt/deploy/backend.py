@@ -114,7 +114,10 @@ def _runtime_member(spec: PredictorSpec) -> SamPredictor:
     automatic = deployed.class_prompts is not None
     run = RunFolder.resolve(adapter) if adapter is not None else None
     source = deployed.manifest.get("source", {})
-    keep = (run.keep_largest() if run is not None else [int(c) for c in source.get("keep_largest", [])])
+    if spec.keep_largest is not None:
+        keep = [int(c) for c in spec.keep_largest]
+    else:
+        keep = run.keep_largest() if run is not None else [int(c) for c in source.get("keep_largest", [])]
     axis = trained_slice_axis(run.read_adapter_meta()) if run is not None else source.get("slice_axis")
     return SamPredictor(
         deployed, get_sam_spec(deployed.manifest["model"]), batch_size=spec.batch_size, cache_dir=spec.cache_dir,

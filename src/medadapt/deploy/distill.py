@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,9 +37,9 @@ from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.slices import iter_slices
 from medadapt.engine.config import TrainConfig
 from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
+from medadapt.engine.fit_template import FitHooks, loop_config, run_task_fit
 from medadapt.engine.options import LayoutOptions, OptimOptions, SplitOptions, build_options, merge_options
-from medadapt.engine.seed import seed_everything
-from medadapt.engine.trainer import Trainer
+from medadapt.engine.trainer import TrainResult
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import atomic_path, write_json
 from medadapt.io.discovery import resolve_spec
@@ -49,7 +48,6 @@ from medadapt.models.preprocess import preprocess_image
 from medadapt.models.registry import build_model, get_sam_spec, list_models
 from medadapt.models.sam import TinyViT
 from medadapt.models.sam.student import init_from_teacher
-from medadapt.run import RunFolder
 
 STUDENT_DIR = "student"
 STUDENT_TENSORS = "student.safetensors"
@@ -80,12 +78,10 @@ class DistillOptions(SplitOptions, LayoutOptions, OptimOptions):
     slices: Literal["all", "labelled"] = "all"
     max_train_slices: int | None = Field(None, ge=1)
     max_val_slices: int = Field(32, ge=1)
-    # optimisation: distillation's defaults
-    max_steps: int | None = Field(None, ge=1, description="default: 500 unless epochs is given")
+    # optimisation: distillation's defaults (max_steps: 500 unless epochs is given)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(5e-4, gt=0)
-    warmup_steps: int = 20
-    val_every: int | None = Field(50, ge=1)
+    warmup_steps: int = Field(20, ge=0)
     cache_dir: str | None = None
 
     @classmethod
@@ -279,82 +275,93 @@ def build_teacher(name: str, checkpoint: str | Path | None, image_size: int | No
 # ----------------------------------------------------------------------------- the run
 def run_distill(opts: DistillOptions, *, resume: bool = False) -> dict:
     """Distil ``opts.teacher``'s image encoder into ``opts.student``; returns ``result.json``'s content."""
+    return run_task_fit(Distill(opts), resume=resume)
 
-    out = Path(opts.out)
-    run = RunFolder(out)
-    run.guard_new(resume)
-    # Check names and data before writing anything.
-    student_spec, teacher_spec = get_sam_spec(opts.student), get_sam_spec(opts.teacher)
-    student_model = build_student(opts.student, opts.image_size)
-    if opts.image_size is not None:
-        student_spec = dataclasses.replace(student_spec, image_size=opts.image_size)
-    size = None if opts.teacher_input == "own" else student_spec.image_size
-    teacher_model = build_teacher(opts.teacher, opts.teacher_checkpoint, size)
-    if teacher_model.image_encoder.embedding_size != student_model.image_encoder.embedding_size:
-        raise MedadaptError(
-            f"the teacher's embedding grid ({teacher_model.image_encoder.embedding_size}) differs from the "
-            f"student's ({student_model.image_encoder.embedding_size}) with --teacher-input {opts.teacher_input}",
-            fix="use --teacher-input own (the teacher at its own resolution), or another teacher",
-        )
-    dataset = load_segmentation_dataset(opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix,
-                           modality=opts.modality, label_dir=opts.label_dir, window=opts.window)
-    split = run.fit_split(dataset, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
-                          seed=opts.seed, n_val=opts.n_val)
-    include_empty = opts.slices == "all"
-    train = list(iter_slices(dataset, split.train, include_empty=include_empty))
-    if not train:
-        raise MedadaptError("the training cases hold no slice to distil on.", path=opts.data)
-    train = _evenly(train, opts.max_train_slices)
-    val = _evenly(list(iter_slices(dataset, split.val, include_empty=include_empty)), opts.max_val_slices)
 
-    seed_everything(opts.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    run.write_split(split)
-    write_json(out / "distill_config.json", {**opts.model_dump(mode="json"), "data": resolve_spec(opts.data)})
-    student = student_model.image_encoder
-    copied = []
-    if opts.init == "teacher" and isinstance(teacher_model.image_encoder, TinyViT):
-        copied = init_from_teacher(student, teacher_model.image_encoder)
-    meta = {
-        "student": student_spec.name,
-        "teacher": teacher_spec.name,
-        "teacher_checkpoint": str(Path(opts.teacher_checkpoint).resolve()) if opts.teacher_checkpoint else None,
-        "image_size": student_spec.image_size,
-        "teacher_input": opts.teacher_input,
-        "flip": opts.flip,
-        "train_cases": list(split.train),
-        "train_slices": len(train),
-    }
-    task = DistillTask(student, teacher_model.image_encoder, student_spec, teacher_spec, train, val,
-                       batch_size=opts.batch_size, flip=opts.flip, teacher_input=opts.teacher_input, seed=opts.seed,
-                       cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, meta=meta)
-    config = TrainConfig(
-        optimizer="adamw", lr=opts.lr, weight_decay=opts.weight_decay, schedule="cosine",
-        warmup_steps=opts.warmup_steps, epochs=opts.epochs,
-        max_steps=opts.max_steps if (opts.max_steps or opts.epochs) else DEFAULT_STEPS,
-        clip_grad_norm=opts.clip_grad_norm, precision=opts.precision, val_every=opts.val_every if val else None,
-        monitor="val_mse" if val else None, mode="min", patience=opts.patience, seed=opts.seed,
-        batch_size=opts.batch_size, progress=opts.progress,
-        device="cpu" if not torch.cuda.is_available() else "auto",
-    )
-    start = time.perf_counter()
-    initial = embedding_agreement(student, task, val) if val and not resume else {}
-    result = Trainer(config, task, out).fit(resume=resume)
-    summary = {
-        **{k: v for k, v in meta.items() if k != "train_cases"},
-        "train_cases": len(split.train),
-        "val_slices": len(val),
-        "init_tensors_from_teacher": len(copied),
-        "initial_val_mse": initial.get("val_mse"),
-        "initial_val_cos": initial.get("val_cos"),
-        "student_params": sum(p.numel() for p in student.parameters()),
-        "teacher_params": sum(p.numel() for p in teacher_model.image_encoder.parameters()),
-        "teacher_cache": task.cache.stats(),
-        "distill_seconds": time.perf_counter() - start,
-        **{k: v for k, v in result.to_dict().items() if k != "history"},
-    }
-    run.write_result(summary)
-    return json.loads(json.dumps(summary, default=str))
+class Distill(FitHooks):
+    """The steps of ``medadapt distill`` in :func:`~medadapt.engine.fit_template.run_task_fit`: slices of the
+    split's cases, the student (seeded with matching teacher blocks) and the teacher, the embedding task."""
+
+    def prepare(self) -> None:
+        opts = self.opts
+        self.student_spec, self.teacher_spec = get_sam_spec(opts.student), get_sam_spec(opts.teacher)
+        if opts.image_size is not None:
+            self.student_spec = dataclasses.replace(self.student_spec, image_size=opts.image_size)
+        dataset = load_segmentation_dataset(opts.data, image_suffix=opts.image_suffix, label_suffix=opts.label_suffix,
+                                            modality=opts.modality, label_dir=opts.label_dir, window=opts.window)
+        self.split = self.run.fit_split(dataset, split=opts.split, resume=self.resume, shots=opts.shots,
+                                        fraction=opts.fraction, seed=opts.seed, n_val=opts.n_val)
+        include_empty = opts.slices == "all"
+        train = list(iter_slices(dataset, self.split.train, include_empty=include_empty))
+        if not train:
+            raise MedadaptError("the training cases hold no slice to distil on.", path=opts.data)
+        self.train = _evenly(train, opts.max_train_slices)
+        self.val = _evenly(list(iter_slices(dataset, self.split.val, include_empty=include_empty)),
+                           opts.max_val_slices)
+
+    def train_config(self) -> TrainConfig:
+        opts, val = self.opts, self.val
+        return loop_config(opts, seed=opts.seed, default_steps=DEFAULT_STEPS, optimizer="adamw", schedule="cosine",
+                           warmup_steps=opts.warmup_steps, val_every=opts.val_every if val else None,
+                           monitor="val_mse" if val else None, mode="min", patience=opts.patience)
+
+    def build_model(self) -> nn.Module:
+        """The student encoder (the teacher is kept beside it); both built after seeding."""
+        opts = self.opts
+        student_model = build_student(opts.student, opts.image_size)
+        size = None if opts.teacher_input == "own" else self.student_spec.image_size
+        self.teacher = build_teacher(opts.teacher, opts.teacher_checkpoint, size).image_encoder
+        if self.teacher.embedding_size != student_model.image_encoder.embedding_size:
+            raise MedadaptError(
+                f"the teacher's embedding grid ({self.teacher.embedding_size}) differs from the "
+                f"student's ({student_model.image_encoder.embedding_size}) with --teacher-input {opts.teacher_input}",
+                fix="use --teacher-input own (the teacher at its own resolution), or another teacher",
+            )
+        student = student_model.image_encoder
+        self.copied = []
+        if opts.init == "teacher" and isinstance(self.teacher, TinyViT):
+            self.copied = init_from_teacher(student, self.teacher)
+        return student
+
+    def build_task(self, model: nn.Module, config: TrainConfig) -> DistillTask:
+        opts = self.opts
+        self.meta = {
+            "student": self.student_spec.name,
+            "teacher": self.teacher_spec.name,
+            "teacher_checkpoint": str(Path(opts.teacher_checkpoint).resolve()) if opts.teacher_checkpoint else None,
+            "image_size": self.student_spec.image_size,
+            "teacher_input": opts.teacher_input,
+            "flip": opts.flip,
+            "train_cases": list(self.split.train),
+            "train_slices": len(self.train),
+        }
+        return DistillTask(model, self.teacher, self.student_spec, self.teacher_spec, self.train, self.val,
+                           batch_size=opts.batch_size, flip=opts.flip, teacher_input=opts.teacher_input,
+                           seed=opts.seed, cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, meta=self.meta)
+
+    def write_inputs(self, task: DistillTask) -> None:
+        self.run.write_split(self.split)
+        write_json(self.out / "distill_config.json", {**self.opts.model_dump(mode="json"),
+                                                       "data": resolve_spec(self.opts.data)})
+
+    def before_fit(self, task: DistillTask) -> None:
+        """The untrained student's agreement with the teacher (a new run with validation slices only)."""
+        self.initial = embedding_agreement(task.model, task, self.val) if self.val and not self.resume else {}
+
+    def summarise(self, task: DistillTask, result: TrainResult, session_seconds: float) -> dict:
+        return {
+            **{k: v for k, v in self.meta.items() if k != "train_cases"},
+            "train_cases": len(self.split.train),
+            "val_slices": len(self.val),
+            "init_tensors_from_teacher": len(self.copied),
+            "initial_val_mse": self.initial.get("val_mse"),
+            "initial_val_cos": self.initial.get("val_cos"),
+            "student_params": sum(p.numel() for p in task.model.parameters()),
+            "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
+            "teacher_cache": task.cache.stats(),
+            "distill_seconds": session_seconds,
+            **{k: v for k, v in result.to_dict().items() if k != "history"},
+        }
 
 
 def _evenly(items: list, n: int | None) -> list:

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import difflib
 import json
-import time
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medadapt.data.fewshot import Split
 from medadapt.engine.classify_task import ClassifyConfig, build_classify_task
 from medadapt.engine.config import TrainConfig, read_options_yaml
-from medadapt.engine.seed import seed_everything
-from medadapt.engine.trainer import Trainer
+from medadapt.engine.fit_template import FitHooks, loop_config, run_task_fit
+from medadapt.engine.options import LoopOptions, LoraOptions, SampleOptions, ValidationOptions
+from medadapt.engine.trainer import TrainResult
 from medadapt.errors import MedadaptError
 from medadapt.models.classification import is_random_init
 from medadapt.run import RunFolder
@@ -38,8 +37,10 @@ DEFAULT_STEPS = 200
 _FULL_LR, _PEFT_LR = 1e-4, 1e-3
 
 
-class ClassifyFitOptions(BaseModel):
-    """Every option of ``medadapt fit --task classify`` (command line, ``--set`` or YAML)."""
+class ClassifyFitOptions(SampleOptions, LoraOptions, LoopOptions, ValidationOptions):
+    """Every option of ``medadapt fit --task classify`` (command line, ``--set`` or YAML): the shared parts
+    (:mod:`medadapt.engine.options`; ``split``: another run's split.json or a .txt of training image ids)
+    with the classifier's defaults, plus the backbone, data and recipe settings."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -50,23 +51,12 @@ class ClassifyFitOptions(BaseModel):
     checkpoint: str | None = None
     method: str = Field("lora", description="recipe: lora (q/v LoRA), linear-probe, full, bias, norm, peft-lora...")
     shots: int | None = Field(None, ge=1, description="labelled images per class (instead of fraction)")
-    fraction: float | None = Field(None, gt=0, le=1, description="share of the training labels, e.g. 0.01")
-    seed: int = 0
-    split: str | None = Field(None, description="split.json of another run, or a .txt of training image ids")
     test: float | None = Field(None, ge=0, le=0, description="0: every training image trains, no validation "
                                "(the data's own test split stays for evaluate)")
     classes: list[int] | None = None
-    max_steps: int | None = Field(None, ge=1)
-    epochs: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float | None = Field(None, gt=0, description="default 1e-3 (1e-4 for full fine-tuning of a pre-trained model)")
-    lora_rank: int = Field(4, ge=1)
-    target_modules: list[str] | None = None
-    val_every: int | None = Field(50, ge=1)
-    patience: int | None = Field(None, ge=1)
-    precision: Literal["fp32", "bf16"] = "fp32"
     cache_dir: str | None = None
-    progress: bool = True
     # task-specific (--set key=value)
     img_size: int | None = Field(None, ge=8)
     pool: Literal["gap", "cls"] = "gap"
@@ -211,14 +201,11 @@ def classify_config(opts: ClassifyFitOptions, train_ids: list[str] | None, val_i
 
 def _train_config(opts: ClassifyFitOptions):
 
-    steps = opts.max_steps if (opts.max_steps or opts.epochs) else DEFAULT_STEPS
-    return TrainConfig(
-        optimizer=opts.optimizer, lr=opts.learning_rate(), weight_decay=opts.weight_decay, schedule=opts.schedule,
-        warmup_steps=opts.warmup, warmup_ratio=None if opts.warmup is not None else 0.1, epochs=opts.epochs,
-        max_steps=steps, grad_accum=opts.grad_accum, clip_grad_norm=opts.clip_grad_norm, precision=opts.precision,
-        val_every=opts.val_every, monitor="auroc", mode="max", patience=opts.patience, seed=opts.seed,
-        batch_size=opts.batch_size, num_workers=opts.num_workers, progress=opts.progress,
-        device="cpu" if not torch.cuda.is_available() else "auto",
+    return loop_config(
+        opts, seed=opts.seed, default_steps=DEFAULT_STEPS, lr=opts.learning_rate(), optimizer=opts.optimizer,
+        schedule=opts.schedule, warmup_steps=opts.warmup, warmup_ratio=None if opts.warmup is not None else 0.1,
+        grad_accum=opts.grad_accum, val_every=opts.val_every, monitor="auroc", mode="max", patience=opts.patience,
+        num_workers=opts.num_workers,
     )
 
 
@@ -227,7 +214,7 @@ def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume:
 
     out_value = values.get("out")
     saved, saved_split = None, None
-    if resume:
+    if resume:  # the saved options and split continue the run (command-line values still win)
         if not out_value:
             raise MedadaptError("--resume needs --out, the run folder to continue.")
         resumed = RunFolder(out_value)
@@ -237,53 +224,71 @@ def run_classify_fit(values: dict[str, Any], config: Path | None = None, resume:
         if resumed.split_path.is_file():
             saved_split = resumed.split_path
     opts = ClassifyFitOptions.build(values, config, saved)
-    out = Path(opts.out)
-    run = RunFolder(out)
-    run.guard_new(resume)
     split_source = saved_split if saved_split is not None and not values.get("split") else (
         Path(opts.split) if opts.split else None)
-    train_ids, val_ids = _read_split_ids(split_source) if split_source is not None else (None, None)
-    if opts.test == 0 and val_ids is None:
-        val_ids = []  # every labelled image trains
+    return run_task_fit(ClassifyFit(opts, split_source), resume=resume)
 
-    seed_everything(opts.seed)
-    train_config = _train_config(opts)
-    task = build_classify_task(classify_config(opts, train_ids, val_ids), train_config)  # reads data: errors come first
-    task.artifact_dir = run.adapter_dir.name
-    # Epochs of a whole number of validation periods. Written when the trainer also validated at every
-    # epoch's end (it no longer does with val_every); kept so that runs reproduce the benchmarked epochs.
-    if not opts.epochs:
-        period = (opts.val_every or train_config.max_steps) * opts.batch_size * opts.grad_accum
-        task.samples_per_epoch = -(-len(task.train) // period) * period
 
-    out.mkdir(parents=True, exist_ok=True)
-    run.write_fit_config({**opts.model_dump(mode="json"), "recipe": opts.recipe(), "lr": train_config.lr})
-    run.write_split(Split(task.train.ids, task.val.ids if task.val is not None else (), (),
-                          _split_info(opts, task, pooled=val_ids is not None)))
-    start = time.perf_counter()
-    result = Trainer(train_config, task, out).fit(resume=resume)
-    session = time.perf_counter() - start
-    applied = task.applied
-    summary = {
-        "model": opts.model, "method": opts.method, "recipe": opts.recipe(), "fraction": opts.fraction,
-        "shots": opts.shots if not opts.fraction else None, "seed": opts.seed, "task": task.train.task,
-        "class_names": task.train.class_names, "train_images": len(task.train),
-        "train_class_counts": task.train.class_counts(), "val_images": len(task.val) if task.val is not None else 0,
-        "input_size": task.model.input_spec.size, "trainable_params": applied.trainable,
-        "total_params": applied.total, "lr": train_config.lr, "feature_cache": task.cache.stats() if task.cache else None,
-        "adapter_bytes": run.adapter_bytes(),
-        "fit_seconds": result.wall_time_s, "session_seconds": session,
-        **{k: v for k, v in result.to_dict().items() if k != "history"},
-    }
-    run.write_result(summary)
-    summary = json.loads(json.dumps(summary, default=str))
-    best = summary.get("best_metric")
-    amount = f"{opts.fraction:.0%} of labels" if opts.fraction else (
-        f"{opts.shots} per class" if opts.shots else "all labels")
-    summary["message"] = (
-        f"fit done: {opts.method} on {opts.model}, {amount} ({len(task.train)} images), "
-        f"{applied.trainable:,} trainable parameters, best val AUROC "
-        f"{'n/a' if best is None else f'{best:.4f}'} (step {summary.get('best_step')}), "
-        f"{result.wall_time_s:.0f} s; adapter: {run.adapter_dir} ({(summary['adapter_bytes'] or 0) / 1024:.0f} KiB)"
-    )
-    return summary
+class ClassifyFit(FitHooks):
+    """The classifier steps of :func:`~medadapt.engine.fit_template.run_task_fit`: the labelled images (a
+    given or resumed split), then the classifier, its recipe and data in one :func:`build_classify_task`."""
+
+    def __init__(self, opts: ClassifyFitOptions, split_source: Path | None):
+        super().__init__(opts)
+        self.split_source = split_source
+
+    def prepare(self) -> None:
+        train_ids, val_ids = _read_split_ids(self.split_source) if self.split_source is not None else (None, None)
+        if self.opts.test == 0 and val_ids is None:
+            val_ids = []  # every labelled image trains
+        self.train_ids, self.val_ids = train_ids, val_ids
+
+    def train_config(self) -> TrainConfig:
+        self.lr = (config := _train_config(self.opts)).lr
+        return config
+
+    def build_task(self, model: None, config: TrainConfig):
+        opts = self.opts
+        # reads the data and builds the classifier: their errors come before anything is written
+        task = build_classify_task(classify_config(opts, self.train_ids, self.val_ids), config)
+        task.artifact_dir = self.run.adapter_dir.name
+        # Epochs of a whole number of validation periods. Written when the trainer also validated at every
+        # epoch's end (it no longer does with val_every); kept so that runs reproduce the benchmarked epochs.
+        if not opts.epochs:
+            period = (opts.val_every or config.max_steps) * opts.batch_size * opts.grad_accum
+            task.samples_per_epoch = -(-len(task.train) // period) * period
+        return task
+
+    def write_inputs(self, task) -> None:
+        opts = self.opts
+        self.run.write_fit_config({**opts.model_dump(mode="json"), "recipe": opts.recipe(), "lr": self.lr})
+        self.run.write_split(Split(task.train.ids, task.val.ids if task.val is not None else (), (),
+                                   _split_info(opts, task, pooled=self.val_ids is not None)))
+
+    def summarise(self, task, result: TrainResult, session_seconds: float) -> dict[str, Any]:
+        opts, applied = self.opts, task.applied
+        return {
+            "model": opts.model, "method": opts.method, "recipe": opts.recipe(), "fraction": opts.fraction,
+            "shots": opts.shots if not opts.fraction else None, "seed": opts.seed, "task": task.train.task,
+            "class_names": task.train.class_names, "train_images": len(task.train),
+            "train_class_counts": task.train.class_counts(),
+            "val_images": len(task.val) if task.val is not None else 0,
+            "input_size": task.model.input_spec.size, "trainable_params": applied.trainable,
+            "total_params": applied.total, "lr": self.lr,
+            "feature_cache": task.cache.stats() if task.cache else None,
+            "adapter_bytes": self.run.adapter_bytes(),
+            "fit_seconds": result.wall_time_s, "session_seconds": session_seconds,
+            **{k: v for k, v in result.to_dict().items() if k != "history"},
+        }
+
+    def message(self, summary: dict[str, Any]) -> str:
+        opts, best = self.opts, summary.get("best_metric")
+        amount = f"{opts.fraction:.0%} of labels" if opts.fraction else (
+            f"{opts.shots} per class" if opts.shots else "all labels")
+        return (
+            f"fit done: {opts.method} on {opts.model}, {amount} ({summary['train_images']} images), "
+            f"{summary['trainable_params']:,} trainable parameters, best val AUROC "
+            f"{'n/a' if best is None else f'{best:.4f}'} (step {summary.get('best_step')}), "
+            f"{summary['fit_seconds']:.0f} s; adapter: {self.run.adapter_dir} "
+            f"({(summary['adapter_bytes'] or 0) / 1024:.0f} KiB)"
+        )

@@ -1,11 +1,14 @@
 """Option models of the training commands, built from shared parts, and one way to build them.
 
-The fit commands share groups of options: which cases train (:class:`SplitOptions`), how a 2D or
-slice dataset is read (:class:`LayoutOptions`), the training loop (:class:`OptimOptions`) and a 3D
-backbone's architecture (:class:`VolumeArchOptions`). A
-command's option model inherits the parts it has instead of re-declaring their fields, and re-declares
-one field only where its default differs. The parts stay flat (inherited fields, not nested models):
-``--lr``, ``--set key=value``, YAML configs and the ``fit_config.json`` of earlier runs all use flat keys.
+The training commands share groups of options: which labelled cases train (:class:`SampleOptions`,
+and with a validation count and a test share :class:`SplitOptions`), how a 2D or slice dataset is read
+(:class:`LayoutOptions`), the LoRA recipe (:class:`LoraOptions`), the training loop
+(:class:`LoopOptions`, :class:`ValidationOptions`; both plus warm-up steps: :class:`OptimOptions`) and a
+3D backbone's architecture (:class:`VolumeArchOptions`). A command's option model inherits the parts it
+has instead of re-declaring their fields, and re-declares one field only where its default differs. The
+parts stay flat (inherited fields, not nested models): ``--lr``, ``--set key=value``, YAML configs and the
+``fit_config.json`` of earlier runs all use flat keys. The loop's ranges are :class:`TrainConfig`'s, so a
+bad value fails with the option's name before any data is read.
 
 :func:`build_options` merges a YAML config under the command-line values and turns the first
 validation problem into one :class:`~medadapt.errors.MedadaptError` naming the option.
@@ -23,22 +26,38 @@ from medadapt.engine.config import read_options_yaml
 from medadapt.errors import MedadaptError
 from medadapt.precision import TorchPrecision
 
-__all__ = ["LayoutOptions", "OptimOptions", "SplitOptions", "VolumeArchOptions", "build_options", "merge_options"]
+__all__ = [
+    "LayoutOptions",
+    "LoopOptions",
+    "LoraOptions",
+    "OptimOptions",
+    "SampleOptions",
+    "SplitOptions",
+    "ValidationOptions",
+    "VolumeArchOptions",
+    "build_options",
+    "merge_options",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class SplitOptions(BaseModel):
-    """Which cases train: k shots or a label fraction, the seed, a validation count, or a given split file."""
+class SampleOptions(BaseModel):
+    """Which labelled cases train: k shots or a label fraction, the seed, or a given split file."""
 
     model_config = ConfigDict(extra="forbid")
 
     shots: int | None = Field(5, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     seed: int = 0
+    split: str | None = None  # reuse a split.json
+
+
+class SplitOptions(SampleOptions):
+    """:class:`SampleOptions` plus how many of the cases validate and which are held out for testing."""
+
     n_val: int | None = Field(None, ge=0)
     test: float | None = Field(None, ge=0)  # None: the benchmark's fixed test third; 0: every case trains
-    split: str | None = None  # reuse a split.json
 
 
 class LayoutOptions(BaseModel):
@@ -66,8 +85,18 @@ class VolumeArchOptions(BaseModel):
     strides: list[int] | None = None
 
 
-class OptimOptions(BaseModel):
-    """The training loop: length, batch, optimiser, precision, validation and early stopping."""
+class LoraOptions(BaseModel):
+    """The LoRA recipe's rank, scale and target modules (None: the recipe's own targets)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lora_rank: int = Field(4, ge=1)
+    lora_alpha: float | None = None
+    target_modules: list[str] | None = None
+
+
+class LoopOptions(BaseModel):
+    """The training loop: length, batch, optimiser step, precision and progress display."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -75,13 +104,25 @@ class OptimOptions(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="default: the command's own unless epochs is given")
     batch_size: int = Field(4, ge=1)
     lr: float = Field(1e-4, gt=0)
-    weight_decay: float = 0.01
-    warmup_steps: int = 10
-    clip_grad_norm: float | None = 1.0
+    weight_decay: float = Field(0.01, ge=0)
+    clip_grad_norm: float | None = Field(1.0, gt=0)
     precision: TorchPrecision = "fp32"
-    val_every: int | None = 50
-    patience: int | None = None
     progress: bool = True
+
+
+class ValidationOptions(BaseModel):
+    """How often the run validates (optimiser steps) and early stopping (validations without a gain)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    val_every: int | None = Field(50, ge=1)
+    patience: int | None = Field(None, ge=1)
+
+
+class OptimOptions(LoopOptions, ValidationOptions):
+    """The training loop with validation and warm-up steps."""
+
+    warmup_steps: int = Field(10, ge=0)
 
 
 def merge_options(values: dict[str, Any], config_file: Path | None = None,

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from monai.losses import DiceLoss
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
@@ -38,9 +39,9 @@ from medadapt.data.volume_dataset import (
     volume_records,
 )
 from medadapt.engine.config import TrainConfig
-from medadapt.engine.options import VolumeArchOptions, build_options, merge_options
-from medadapt.engine.seed import seed_everything
-from medadapt.engine.trainer import Trainer
+from medadapt.engine.fit_template import FitHooks, loop_config, run_task_fit
+from medadapt.engine.options import LoopOptions, VolumeArchOptions, build_options, merge_options
+from medadapt.engine.trainer import TrainResult
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import atomic_path, write_json
 from medadapt.io.checkpoints import read_checkpoint
@@ -51,7 +52,6 @@ from medadapt.models.volumetric import (
     embed_class_names,
     get_volumetric_spec,
 )
-from medadapt.run import RunFolder
 
 __all__ = [
     "ClassTemplate",
@@ -182,7 +182,7 @@ class PretrainDataset(BaseModel):
     name: str | None = None
 
 
-class PretrainOptions(VolumeArchOptions):
+class PretrainOptions(VolumeArchOptions, LoopOptions):
     """Every option of ``medadapt pretrain`` (CLI, ``--set key=value`` or a YAML config)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -199,18 +199,14 @@ class PretrainOptions(VolumeArchOptions):
     modality: str = "auto"
     exclude_test: bool = True  # leave each dataset's fixed held-out volumes out (medadapt.data.fewshot)
     seed: int = 0
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(2, ge=1)
     num_samples: int = Field(1, ge=1)
     pos: float = Field(2.0, ge=0)
     neg: float = Field(1.0, ge=0)
+    # optimisation: pretraining's own defaults (the rest: LoopOptions; no validation)
+    batch_size: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    clip_grad_norm: float | None = 1.0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    progress: bool = True
 
     @field_validator("classes", "depths", "num_heads", "filters", "strides", mode="before")
     @classmethod
@@ -238,95 +234,115 @@ def run_pretrain(values: dict, config: Path | None = None, resume: bool = False)
     (``net`` with ``module.backbone.`` and the text-conditioned head's ``module.controller`` ...).
     ``model.json`` records the architecture, class names, ROI and preprocessing for ``fit``.
     """
-    from accelerate import PartialState
-
     opts = build_options(PretrainOptions, merge_options(values, config), config, "pretrain", did_you_mean=True)
-    out = Path(opts.out)
-    RunFolder(out).guard_new(resume, what="pretraining run")
-    if opts.checkpoint:
-        read_checkpoint(opts.checkpoint)
-    spec = get_volumetric_spec(opts.model)
+    return run_task_fit(Pretrain(opts), resume=resume)
 
-    # datasets, class template, cases (every check before anything is written)
-    loaded, mapping, splits = [], {}, {}
-    for i, entry in enumerate(opts.datasets):
-        ds = load_volume_dataset(entry.data, modality=opts.modality)
-        name = entry.name or (ds.name if all(d.name != ds.name for d in loaded) else f"{ds.name}_{i}")
-        labels = entry.labels if entry.labels is not None else dict(ds.classes)
-        unknown = [v for v in labels if v not in ds.classes]
-        if unknown:
-            raise MedadaptError(f"dataset '{name}' has no label value(s) {unknown} (its classes: "
-                                f"{dict(sorted(ds.classes.items()))}).", path=entry.data,
-                                fix="map label values the dataset has, e.g. --labels 1=anterior")
-        mapping[name] = {int(v): str(c) for v, c in labels.items()}
-        split = make_split(ds, n_val=0) if opts.exclude_test else make_split(ds, n_val=0, test=None)
-        splits[name] = split
-        loaded.append(ds)
-    order = list(dict.fromkeys(c for m in mapping.values() for c in m.values()))
-    classes = tuple(opts.classes or order)
-    template = ClassTemplate(classes, mapping)  # refuses names outside the template
-    modalities = {volume_preprocessing(ds).modality for ds in loaded}
-    if len(modalities) > 1 and opts.modality == "auto":
-        raise MedadaptError(f"the datasets mix modalities ({', '.join(sorted(modalities))}); one "
-                            "intensity preprocessing is used for all.", fix="--set modality=MR (or CT)")
-    spacing = spec.preprocessing.spacing if opts.spacing is None else (tuple(opts.spacing) or None)
-    prep = volume_preprocessing(loaded[0], VolumePreprocessing(spacing=spacing))
-    roi = tuple(opts.roi or spec.roi_size)
-    arch = {k: getattr(opts, k) for k in ("feature_size", "depths", "num_heads", "filters", "strides")
-            if getattr(opts, k) is not None}
-    seed_everything(opts.seed)
-    model = build_volumetric(opts.model, len(classes), checkpoint=opts.checkpoint, **arch)
-    model.check_input(roi)
-    if opts.head == "text":
-        emb = embed_class_names(classes, opts.text_encoder, seed=opts.seed)
-        model.head = TextConditionedHead(model.feature_channels, model.bottleneck_channels, emb)
 
-    records = {name: volume_records(ds, splits[name].train) for name, ds in zip(mapping, loaded, strict=True)}
-    task = PartialLabelTask(model, template, records, prep, roi, batch_size=opts.batch_size,
-                            num_samples=opts.num_samples, pos=opts.pos, neg=opts.neg, seed=opts.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, split in splits.items():
-        save_split(out / "splits" / f"{name}.json", split)
-    train_config = TrainConfig(
-        optimizer="adamw", lr=opts.lr, weight_decay=opts.weight_decay, schedule="cosine",
-        warmup_steps=opts.warmup_steps, epochs=opts.epochs,
-        max_steps=opts.max_steps if (opts.max_steps or opts.epochs) else 200,
-        clip_grad_norm=opts.clip_grad_norm, precision=opts.precision, seed=opts.seed,
-        batch_size=opts.batch_size, progress=opts.progress,
-    )
-    result = Trainer(train_config, task, out).fit(resume=resume)
-    wall = result.wall_time_s  # summed over resumed sessions
+class Pretrain(FitHooks):
+    """The steps of ``medadapt pretrain`` in :func:`~medadapt.engine.fit_template.run_task_fit`: the datasets
+    and their class template, the backbone with one sigmoid channel per class, the partial-label task; the
+    run's product is the published checkpoint and its ``model.json`` (no validation, no adapter)."""
 
-    meta = {
-        "format": "medadapt.pretrain",
-        "model": opts.model,
-        "arch": arch,
-        "classes": list(classes),
-        "sigmoid": True,
-        "head": opts.head,
-        "roi": list(roi),
-        "preprocessing": {"spacing": list(spacing) if spacing else None, "modality": prep.modality},
-        "datasets": [{"name": n, "data": resolve_spec(d.data), "labels": {str(k): v for k, v in mapping[n].items()},
-                      "cases": len(records[n]), "held_out": len(splits[n].test)}
-                     for n, d in zip(mapping, opts.datasets, strict=True)],
-        "options": opts.model_dump(mode="json"),
-        "steps": result.steps,
-        "fit_seconds": wall,
-        "peak_rss_mb": result.peak_rss_mb,
-    }
-    checkpoint = out / "model.pt"
-    if PartialState().is_main_process:
-        state = _published_state_dict(model, opts.head)
-        with atomic_path(checkpoint) as tmp:
-            torch.save(state, tmp)
-        write_json(out / "model.json", meta)
-    n = sum(p.numel() for p in model.parameters())
-    meta["message"] = (
-        f"pretrain done: {opts.model} ({n:,} parameters, {opts.head} head) on "
-        f"{', '.join(f'{k} ({len(v)} vol.)' for k, v in records.items())} for classes {', '.join(classes)}, "
-        f"{result.steps} steps, {wall:.0f} s; checkpoint: {checkpoint} (use fit --task volumetric --checkpoint {checkpoint})"
-    )
-    return meta
+    what = "pretraining run"
+
+    def prepare(self) -> None:
+        opts = self.opts
+        if opts.checkpoint:
+            read_checkpoint(opts.checkpoint)
+        spec = get_volumetric_spec(opts.model)
+        # datasets, class template, cases (every check before anything is written)
+        loaded, mapping, splits = [], {}, {}
+        for i, entry in enumerate(opts.datasets):
+            ds = load_volume_dataset(entry.data, modality=opts.modality)
+            name = entry.name or (ds.name if all(d.name != ds.name for d in loaded) else f"{ds.name}_{i}")
+            labels = entry.labels if entry.labels is not None else dict(ds.classes)
+            unknown = [v for v in labels if v not in ds.classes]
+            if unknown:
+                raise MedadaptError(f"dataset '{name}' has no label value(s) {unknown} (its classes: "
+                                    f"{dict(sorted(ds.classes.items()))}).", path=entry.data,
+                                    fix="map label values the dataset has, e.g. --labels 1=anterior")
+            mapping[name] = {int(v): str(c) for v, c in labels.items()}
+            split = make_split(ds, n_val=0) if opts.exclude_test else make_split(ds, n_val=0, test=None)
+            splits[name] = split
+            loaded.append(ds)
+        order = list(dict.fromkeys(c for m in mapping.values() for c in m.values()))
+        self.classes = classes = tuple(opts.classes or order)
+        self.template = ClassTemplate(classes, mapping)  # refuses names outside the template
+        modalities = {volume_preprocessing(ds).modality for ds in loaded}
+        if len(modalities) > 1 and opts.modality == "auto":
+            raise MedadaptError(f"the datasets mix modalities ({', '.join(sorted(modalities))}); one "
+                                "intensity preprocessing is used for all.", fix="--set modality=MR (or CT)")
+        self.spacing = spec.preprocessing.spacing if opts.spacing is None else (tuple(opts.spacing) or None)
+        self.prep = volume_preprocessing(loaded[0], VolumePreprocessing(spacing=self.spacing))
+        self.roi = tuple(opts.roi or spec.roi_size)
+        self.arch = {k: getattr(opts, k) for k in ("feature_size", "depths", "num_heads", "filters", "strides")
+                     if getattr(opts, k) is not None}
+        self.mapping, self.splits, self.loaded = mapping, splits, loaded
+
+    def train_config(self) -> TrainConfig:
+        opts = self.opts
+        return loop_config(opts, seed=opts.seed, default_steps=200, optimizer="adamw", schedule="cosine",
+                           warmup_steps=opts.warmup_steps, device="auto")
+
+    def build_model(self) -> nn.Module:
+        opts = self.opts
+        model = build_volumetric(opts.model, len(self.classes), checkpoint=opts.checkpoint, **self.arch)
+        model.check_input(self.roi)
+        if opts.head == "text":
+            emb = embed_class_names(self.classes, opts.text_encoder, seed=opts.seed)
+            model.head = TextConditionedHead(model.feature_channels, model.bottleneck_channels, emb)
+        self.model = model
+        return model
+
+    def build_task(self, model: nn.Module, config: TrainConfig) -> PartialLabelTask:
+        opts = self.opts
+        self.records = {name: volume_records(ds, self.splits[name].train)
+                        for name, ds in zip(self.mapping, self.loaded, strict=True)}
+        return PartialLabelTask(model, self.template, self.records, self.prep, self.roi, batch_size=opts.batch_size,
+                                num_samples=opts.num_samples, pos=opts.pos, neg=opts.neg, seed=opts.seed)
+
+    def write_inputs(self, task: PartialLabelTask) -> None:
+        for name, split in self.splits.items():
+            save_split(self.out / "splits" / f"{name}.json", split)
+
+    def summarise(self, task: PartialLabelTask, result: TrainResult, session_seconds: float) -> dict:
+        """``model.json``: what ``fit --task volumetric --checkpoint`` needs to rebuild the model."""
+        opts, mapping = self.opts, self.mapping
+        return {
+            "format": "medadapt.pretrain",
+            "model": opts.model,
+            "arch": self.arch,
+            "classes": list(self.classes),
+            "sigmoid": True,
+            "head": opts.head,
+            "roi": list(self.roi),
+            "preprocessing": {"spacing": list(self.spacing) if self.spacing else None, "modality": self.prep.modality},
+            "datasets": [{"name": n, "data": resolve_spec(d.data), "labels": {str(k): v for k, v in mapping[n].items()},
+                          "cases": len(self.records[n]), "held_out": len(self.splits[n].test)}
+                         for n, d in zip(mapping, opts.datasets, strict=True)],
+            "options": opts.model_dump(mode="json"),
+            "steps": result.steps,
+            "fit_seconds": result.wall_time_s,  # summed over resumed sessions
+            "peak_rss_mb": result.peak_rss_mb,
+        }
+
+    def save(self, summary: dict) -> None:
+        """The published checkpoint ``model.pt`` and ``model.json`` (the main process of several)."""
+        if PartialState().is_main_process:
+            state = _published_state_dict(self.model, self.opts.head)
+            with atomic_path(self.out / "model.pt") as tmp:
+                torch.save(state, tmp)
+            write_json(self.out / "model.json", summary)
+
+    def message(self, summary: dict) -> str:
+        opts, checkpoint = self.opts, self.out / "model.pt"
+        n = sum(p.numel() for p in self.model.parameters())
+        return (
+            f"pretrain done: {opts.model} ({n:,} parameters, {opts.head} head) on "
+            f"{', '.join(f'{k} ({len(v)} vol.)' for k, v in self.records.items())} for classes "
+            f"{', '.join(self.classes)}, {summary['steps']} steps, {summary['fit_seconds']:.0f} s; checkpoint: "
+            f"{checkpoint} (use fit --task volumetric --checkpoint {checkpoint})"
+        )
 
 
 def _published_state_dict(model: nn.Module, head: str) -> dict[str, dict[str, Tensor]]:

@@ -8,7 +8,6 @@ safetensors + JSON: the artifact), ``checkpoint/`` (resume state), ``metrics.csv
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -16,25 +15,32 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import ConfigDict, Field, field_validator
+from torch import nn
 
 from medadapt.adapt.class_prompts import attach_class_prompts
 from medadapt.adapt.recipes import RecipeConfig, apply_recipe
 from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.slices import iter_slices, with_empty_slices
 from medadapt.engine.config import TrainConfig
-from medadapt.engine.options import LayoutOptions, OptimOptions, SplitOptions, build_options, merge_options
+from medadapt.engine.fit_template import FitHooks, loop_config, run_task_fit
+from medadapt.engine.options import (
+    LayoutOptions,
+    LoraOptions,
+    OptimOptions,
+    SplitOptions,
+    build_options,
+    merge_options,
+)
 from medadapt.engine.sam_task import SamSegmentationTask, SamTaskSettings
-from medadapt.engine.seed import seed_everything
-from medadapt.engine.trainer import Trainer
+from medadapt.engine.trainer import TrainResult
 from medadapt.errors import MedadaptError
 from medadapt.io.discovery import resolve_spec
 from medadapt.models.registry import build_model, get_sam_spec
-from medadapt.run import RunFolder
 
 DEFAULT_STEPS = 200
 
 
-class FitOptions(SplitOptions, LayoutOptions, OptimOptions):
+class FitOptions(SplitOptions, LayoutOptions, LoraOptions, OptimOptions):
     """Every option of ``medadapt fit`` (also readable from a YAML config): the shared parts
     (:mod:`medadapt.engine.options`) plus the model, recipe, prompt and SAM training settings."""
 
@@ -51,11 +57,8 @@ class FitOptions(SplitOptions, LayoutOptions, OptimOptions):
     # records it so that predict / evaluate slice the same way
     slice_axis: int | None = Field(None, ge=0, le=2)
     binary: bool | None = None
-    # recipe
-    lora_rank: int = Field(4, ge=1)
-    lora_alpha: float | None = None
+    # recipe (beyond LoraOptions)
     lora_dropout: float = 0.0
-    target_modules: list[str] | None = None
     adapter_ratio: float = 0.25
     adapter_scale: float = 0.5
     lora_blocks: list[int] | None = None
@@ -115,101 +118,117 @@ def run_fit(opts: FitOptions, *, resume: bool = False, frozen_encoder: FrozenEnc
     when ``opts.encoder_engine`` is not torch and the recipe leaves the encoder frozen (None: torch; the
     command line passes :func:`medadapt.deploy.backend.frozen_encoder`; the engine layer cannot import deploy).
     """
+    return run_task_fit(SamFit(opts, frozen_encoder), resume=resume)
 
-    out = Path(opts.out)
-    run = RunFolder(out)
-    run.guard_new(resume)
-    seed_everything(opts.seed)
-    dataset = load_fit_dataset(opts)
-    split = run.fit_split(dataset, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
-                          seed=opts.seed, n_val=opts.n_val, test=opts.test)
-    classes = opts.classes or sorted(dataset.classes)
 
-    spec = get_sam_spec(opts.model)
-    model = build_model(opts.model, checkpoint=opts.checkpoint)
-    also_train = []
-    if opts.prompt == "auto":
-        attach_class_prompts(model, len(classes), opts.class_tokens)
-        also_train.append("class_prompts")
-    recipe = RecipeConfig(
-        name=opts.method, lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-        target_modules=opts.target_modules, adapter_ratio=opts.adapter_ratio, adapter_scale=opts.adapter_scale,
-        lora_blocks=opts.lora_blocks, adapter_blocks=opts.adapter_blocks, frozen_stages=opts.frozen_stages,
-        train_prompt_encoder=opts.train_prompt_encoder, also_train=also_train,
-    )
-    applied = apply_recipe(model, recipe)
-    if opts.augment_stem and not (applied.encoder_trainable and opts.frozen_stages):
-        raise MedadaptError(
-            f"augment_stem applies to recipes that train the encoder after frozen stages; '{opts.method}' "
-            f"with frozen_stages={opts.frozen_stages} has no frozen stem to run on augmented slices.",
-            fix="add --frozen-stages N to an encoder-side recipe (adapter, lora, bias, ...), or drop augment_stem "
-                "(recipes that train the whole encoder augment anyway; frozen-encoder ones jitter the prompts only).",
+class SamFit(FitHooks):
+    """The SAM-family steps of :func:`~medadapt.engine.fit_template.run_task_fit`: slices of the split's
+    cases, the model with its recipe (and class prompts in automatic mode), the segmentation task."""
+
+    def __init__(self, opts: FitOptions, frozen_encoder: FrozenEncoderFactory | None = None):
+        super().__init__(opts)
+        self.frozen_encoder = frozen_encoder
+
+    def prepare(self) -> None:
+        opts = self.opts
+        dataset = load_fit_dataset(opts)
+        self.split = self.run.fit_split(dataset, split=opts.split, resume=self.resume, shots=opts.shots,
+                                        fraction=opts.fraction, seed=opts.seed, n_val=opts.n_val, test=opts.test)
+        self.classes = classes = opts.classes or sorted(dataset.classes)
+        auto = opts.prompt == "auto"  # prompt-free inference sees every slice, so training sees empty ones too
+        train = list(iter_slices(dataset, self.split.train, axis=opts.slice_axis, classes=classes, include_empty=auto))
+        val = list(iter_slices(dataset, self.split.val, axis=opts.slice_axis, classes=classes, include_empty=auto))
+        if auto:
+            train, val = (with_empty_slices(s, opts.empty_slice_ratio) for s in (train, val))
+        if not any(np.any(s.label) for s in train):
+            raise MedadaptError("the training cases hold no labelled slice of the chosen classes.", path=opts.data)
+        if len(val) > opts.max_val_slices:  # evenly spaced, deterministic
+            pick = np.linspace(0, len(val) - 1, opts.max_val_slices).round().astype(int)
+            val = [val[i] for i in pick]
+        self.train, self.val = train, val
+
+    def train_config(self) -> TrainConfig:
+        opts, val = self.opts, self.val
+        return loop_config(
+            opts, seed=opts.seed, default_steps=DEFAULT_STEPS, optimizer=opts.optimizer, schedule=opts.schedule,
+            warmup_steps=opts.warmup_steps, grad_accum=opts.grad_accum, val_every=opts.val_every if val else None,
+            monitor="val_dsc" if val else None, mode="max", patience=opts.patience,
         )
 
-    auto = opts.prompt == "auto"  # prompt-free inference sees every slice, so training sees empty ones too
-    train = list(iter_slices(dataset, split.train, axis=opts.slice_axis, classes=classes, include_empty=auto))
-    val = list(iter_slices(dataset, split.val, axis=opts.slice_axis, classes=classes, include_empty=auto))
-    if auto:
-        train, val = (with_empty_slices(s, opts.empty_slice_ratio) for s in (train, val))
-    if not any(np.any(s.label) for s in train):
-        raise MedadaptError("the training cases hold no labelled slice of the chosen classes.", path=opts.data)
-    # Only now, with every option checked, does the run folder get written.
-    out.mkdir(parents=True, exist_ok=True)
-    run.write_split(split)
-    run.write_fit_config({**opts.model_dump(mode="json"), "data": resolve_spec(opts.data)})
-    if len(val) > opts.max_val_slices:  # evenly spaced, deterministic
-        pick = np.linspace(0, len(val) - 1, opts.max_val_slices).round().astype(int)
-        val = [val[i] for i in pick]
-    base = {"model": opts.model, "image_size": spec.image_size}
-    if opts.checkpoint:
-        base["checkpoint"] = str(Path(opts.checkpoint).resolve())
-    settings = SamTaskSettings(
-        prompt=opts.prompt, classes=classes, batch_size=opts.batch_size, box_jitter=opts.box_jitter,
-        n_pos=opts.n_pos, n_neg=opts.n_neg, max_clicks=opts.max_clicks, iou_weight=opts.iou_weight, augment=opts.augment,
-        augment_stem=opts.augment_stem, augment_flips=opts.augment_flips, augment_translate=opts.augment_translate,
-        cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, seed=opts.seed, base=base,
-        class_token_lr_scale=opts.class_token_lr_scale, slice_axis=opts.slice_axis,
-    )
-    if opts.encoder_engine != "torch" and not applied.encoder_trainable:
-        if frozen_encoder is None and opts.encoder_engine != "auto":
-            raise MedadaptError(f"encoder_engine '{opts.encoder_engine}' needs a frozen-encoder factory.",
-                                fix="run through `medadapt fit` (medadapt.pipeline.fit.fit_segment).")
-        settings.frozen_encoder = frozen_encoder(opts) if frozen_encoder is not None else None  # None: torch
-    task = SamSegmentationTask(model, spec, recipe, applied.encoder_trainable, train, val, settings)
-    config = TrainConfig(
-        optimizer=opts.optimizer, lr=opts.lr, weight_decay=opts.weight_decay, schedule=opts.schedule,
-        warmup_steps=opts.warmup_steps, epochs=opts.epochs,
-        max_steps=opts.max_steps if (opts.max_steps or opts.epochs) else DEFAULT_STEPS, grad_accum=opts.grad_accum,
-        clip_grad_norm=opts.clip_grad_norm, precision=opts.precision, val_every=opts.val_every if val else None,
-        monitor="val_dsc" if val else None, mode="max", patience=opts.patience, seed=opts.seed,
-        batch_size=opts.batch_size, progress=opts.progress, device="cpu" if not torch.cuda.is_available() else "auto",
-    )
-    result = Trainer(config, task, out).fit(resume=resume)
-    summary = {
-        "model": opts.model,
-        "method": opts.method,
-        "prompt": opts.prompt,
-        "shots": opts.shots if not opts.fraction else None,
-        "fraction": opts.fraction,
-        "seed": opts.seed,
-        "classes": classes,
-        "train_cases": list(split.train),
-        "val_cases": list(split.val),
-        "test_cases": list(split.test),
-        "train_slices": len(train),
-        "val_slices": len(val),
-        "trainable_params": applied.trainable,
-        "total_params": applied.total,
-        "encoder_trainable": applied.encoder_trainable,
-        "embedding_cache": task.cache.stats() if task.cache is not None else None,
-        "stem_cache": task.stem_cache.stats() if task.stem_cache is not None else None,
-        "encoder_engine": settings.frozen_encoder[0] if settings.frozen_encoder else "torch",
-        "adapter_bytes": run.adapter_bytes(),
-        "fit_seconds": result.wall_time_s,  # summed over resumed sessions
-        # a fit repeats bitwise only at the same thread count and torch version (bench_determinism.py)
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        **{k: v for k, v in result.to_dict().items() if k != "history"},
-    }
-    run.write_result(summary)
-    return json.loads(json.dumps(summary, default=str))
+    def build_model(self) -> nn.Module:
+        opts = self.opts
+        model = build_model(opts.model, checkpoint=opts.checkpoint)
+        also_train = []
+        if opts.prompt == "auto":
+            attach_class_prompts(model, len(self.classes), opts.class_tokens)
+            also_train.append("class_prompts")
+        self.recipe = RecipeConfig(
+            name=opts.method, lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+            target_modules=opts.target_modules, adapter_ratio=opts.adapter_ratio, adapter_scale=opts.adapter_scale,
+            lora_blocks=opts.lora_blocks, adapter_blocks=opts.adapter_blocks, frozen_stages=opts.frozen_stages,
+            train_prompt_encoder=opts.train_prompt_encoder, also_train=also_train,
+        )
+        self.applied = applied = apply_recipe(model, self.recipe)
+        if opts.augment_stem and not (applied.encoder_trainable and opts.frozen_stages):
+            raise MedadaptError(
+                f"augment_stem applies to recipes that train the encoder after frozen stages; '{opts.method}' "
+                f"with frozen_stages={opts.frozen_stages} has no frozen stem to run on augmented slices.",
+                fix="add --frozen-stages N to an encoder-side recipe (adapter, lora, bias, ...), or drop augment_stem "
+                    "(recipes that train the whole encoder augment anyway; frozen-encoder ones jitter the prompts only).",
+            )
+        return model
+
+    def build_task(self, model: nn.Module, config: TrainConfig) -> SamSegmentationTask:
+        opts = self.opts
+        base = {"model": opts.model, "image_size": get_sam_spec(opts.model).image_size}
+        if opts.checkpoint:
+            base["checkpoint"] = str(Path(opts.checkpoint).resolve())
+        settings = SamTaskSettings(
+            prompt=opts.prompt, classes=self.classes, batch_size=opts.batch_size, box_jitter=opts.box_jitter,
+            n_pos=opts.n_pos, n_neg=opts.n_neg, max_clicks=opts.max_clicks, iou_weight=opts.iou_weight,
+            augment=opts.augment,
+            augment_stem=opts.augment_stem, augment_flips=opts.augment_flips, augment_translate=opts.augment_translate,
+            cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, seed=opts.seed, base=base,
+            class_token_lr_scale=opts.class_token_lr_scale, slice_axis=opts.slice_axis,
+        )
+        if opts.encoder_engine != "torch" and not self.applied.encoder_trainable:
+            if self.frozen_encoder is None and opts.encoder_engine != "auto":
+                raise MedadaptError(f"encoder_engine '{opts.encoder_engine}' needs a frozen-encoder factory.",
+                                    fix="run through `medadapt fit` (medadapt.pipeline.fit.fit_segment).")
+            # None: torch
+            settings.frozen_encoder = self.frozen_encoder(opts) if self.frozen_encoder is not None else None
+        return SamSegmentationTask(model, get_sam_spec(opts.model), self.recipe, self.applied.encoder_trainable,
+                                   self.train, self.val, settings)
+
+    def write_inputs(self, task: SamSegmentationTask) -> None:
+        self.run.write_split(self.split)
+        self.run.write_fit_config({**self.opts.model_dump(mode="json"), "data": resolve_spec(self.opts.data)})
+
+    def summarise(self, task: SamSegmentationTask, result: TrainResult, session_seconds: float) -> dict:
+        opts, split, applied = self.opts, self.split, self.applied
+        return {
+            "model": opts.model,
+            "method": opts.method,
+            "prompt": opts.prompt,
+            "shots": opts.shots if not opts.fraction else None,
+            "fraction": opts.fraction,
+            "seed": opts.seed,
+            "classes": self.classes,
+            "train_cases": list(split.train),
+            "val_cases": list(split.val),
+            "test_cases": list(split.test),
+            "train_slices": len(self.train),
+            "val_slices": len(self.val),
+            "trainable_params": applied.trainable,
+            "total_params": applied.total,
+            "encoder_trainable": applied.encoder_trainable,
+            "embedding_cache": task.cache.stats() if task.cache is not None else None,
+            "stem_cache": task.stem_cache.stats() if task.stem_cache is not None else None,
+            "encoder_engine": task.settings.frozen_encoder[0] if task.settings.frozen_encoder else "torch",
+            "adapter_bytes": self.run.adapter_bytes(),
+            "fit_seconds": result.wall_time_s,  # summed over resumed sessions
+            # a fit repeats bitwise only at the same thread count and torch version (bench_determinism.py)
+            "torch_threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
+            **{k: v for k, v in result.to_dict().items() if k != "history"},
+        }

@@ -29,17 +29,24 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import ConfigDict, Field, field_validator
+from torch import nn
 
 from medadapt.adapt.recipes import RecipeConfig
 from medadapt.data.transforms3d import VolumePreprocessing, preprocess_transforms
 from medadapt.data.volume_dataset import load_volume_dataset, volume_preprocessing, volume_records
 from medadapt.engine.config import TrainConfig
+from medadapt.engine.fit_template import FitHooks, loop_config, run_task_fit
 from medadapt.engine.fitted import build_head_model, prep_from_fields
-from medadapt.engine.options import SplitOptions, VolumeArchOptions, build_options, merge_options
-from medadapt.engine.seed import seed_everything
-from medadapt.engine.trainer import Trainer
+from medadapt.engine.options import (
+    LoraOptions,
+    OptimOptions,
+    SplitOptions,
+    VolumeArchOptions,
+    build_options,
+    merge_options,
+)
+from medadapt.engine.trainer import TrainResult
 from medadapt.engine.transductive import ConstraintConfig, per_class_constraints
 from medadapt.engine.volumetric_task import VolumetricTask
 from medadapt.errors import MedadaptError
@@ -49,7 +56,6 @@ from medadapt.io.hashing import file_sha256
 from medadapt.models.volumetric import (
     get_volumetric_spec,
 )
-from medadapt.run import RunFolder
 
 __all__ = [
     "VolumetricFitOptions",
@@ -77,7 +83,7 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-class VolumetricFitOptions(SplitOptions, VolumeArchOptions):
+class VolumetricFitOptions(SplitOptions, VolumeArchOptions, LoraOptions, OptimOptions):
     """Every option of ``medadapt fit --task volumetric`` (CLI, ``--set key=value`` or a YAML config)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -105,9 +111,7 @@ class VolumetricFitOptions(SplitOptions, VolumeArchOptions):
     neg: float = Field(1.0, ge=0)
     overlap: float = Field(0.5, ge=0, lt=1)
     largest_component: bool = False
-    # recipe
-    lora_rank: int = Field(4, ge=1)
-    lora_alpha: float | None = None
+    # recipe (LoraOptions; target_modules may be one regular expression)
     target_modules: list[str] | str | None = None
     # transductive
     transductive: bool = False
@@ -115,18 +119,11 @@ class VolumetricFitOptions(SplitOptions, VolumeArchOptions):
     margin: float = Field(0.3, ge=0)
     warmup_epochs: int = Field(50, ge=0)
     queries_per_step: int | None = Field(None, ge=1)  # random query volumes per step (None: all)
-    # optimisation
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    # optimisation: the 3D fit's own defaults (the rest: OptimOptions)
     batch_size: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    clip_grad_norm: float | None = 1.0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    val_every: int | None = Field(50, ge=1)
-    patience: int | None = Field(None, ge=1)
-    progress: bool = True
 
     @field_validator(*_LIST_FIELDS, mode="before")
     @classmethod
@@ -257,113 +254,120 @@ def _prep_fields(prep) -> dict[str, Any]:
 
 def run_volumetric_fit(values: dict, config: Path | None = None, resume: bool = False) -> dict:
     """Train one 3D adapter; returns the result dict (also ``result.json``) with a one-line ``message``."""
+    return run_task_fit(VolumetricFit(VolumetricFitOptions.build(values, config)), resume=resume)
 
-    opts = VolumetricFitOptions.build(values, config)
-    # --- every check that can fail on user input, before anything is written
-    out = Path(opts.out)
-    run = RunFolder(out)
-    run.guard_new(resume)
-    if opts.checkpoint:
-        read_checkpoint(opts.checkpoint)  # exists and is a state dict
-    dataset = load_volume_dataset(opts.data, modality=opts.modality)
-    meta = read_pretrain_meta(opts.checkpoint)
-    resolved = _resolve(opts, dataset, meta)
-    split = run.fit_split(dataset, split=opts.split, resume=resume, shots=opts.shots, fraction=opts.fraction,
-                          seed=opts.seed, n_val=opts.n_val, test=opts.test)
-    if not split.train:
-        raise MedadaptError("the split has no training volume.", path=opts.split or opts.data)
-    if opts.transductive and not split.test:
-        raise MedadaptError("transductive inference needs held-out (query) volumes; the split has none.")
-    max_steps = opts.max_steps if (opts.max_steps or opts.epochs) else DEFAULT_STEPS
-    recipe = RecipeConfig(name=resolved["recipe"], lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha,
-                          target_modules=resolved["target_modules"])
-    seed_everything(opts.seed)
-    checkpoint = str(Path(opts.checkpoint).resolve()) if opts.checkpoint else None
-    model = build_head_model(resolved, checkpoint)
-    if resolved["head"] == "text":  # the size of the class codes, to rebuild the head for evaluation
-        resolved["embedding_dim"] = int(model.head.organ_embedding.shape[1])
-    base = {"model": resolved["model"], "arch": resolved["arch"], "checkpoint": checkpoint,
-            "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None}
-    label_map = {c: i + 1 for i, c in enumerate(resolved["classes"])}
-    prep = prep_from_fields(resolved["preprocessing"])
-    task = VolumetricTask(
-        model, volume_records(dataset, split.train), volume_records(dataset, split.val), prep,
-        recipe=recipe, roi_size=resolved["roi"], sigmoid=opts.sigmoid, label_map=label_map,
-        class_names=resolved["class_names"], batch_size=opts.batch_size, num_samples=opts.num_samples,
-        pos=opts.pos, neg=opts.neg, overlap=opts.overlap, seed=opts.seed, fixed_crops=opts.fixed_crops,
-        base=base, extra={"label_values": resolved["classes"], "largest_component": opts.largest_component},
-    )
-    epochs_total = _epochs_total(task, opts, max_steps)
-    if opts.transductive:
-        if not task.frozen_backbone:
-            raise MedadaptError(f"transductive inference needs a frozen backbone; recipe {recipe.name!r} trains it.",
-                                fix="use method=linear-probe with head=linear or head=spatial.")
-        if opts.warmup_epochs >= epochs_total:
-            raise MedadaptError(
-                f"the proportion constraint starts after warmup_epochs={opts.warmup_epochs} epochs, but this run "
-                f"has {epochs_total} epoch(s).", fix=f"--set warmup_epochs={max(0, epochs_total // 2)} or train longer.",
-            )
-        pre_image = preprocess_transforms(prep, keys=("image",))
-        queries = [pre_image({"image": r["image"]})["image"].as_tensor()[None]
-                   for r in volume_records(dataset, split.test)]
-        pre_label = preprocess_transforms(prep, label_map=label_map)
-        support = [pre_label(r)["label"][0].numpy() for r in volume_records(dataset, split.train)]
-        cfg = ConstraintConfig(weight=opts.lambda_, margin=opts.margin, warmup_epochs=opts.warmup_epochs,
-                               queries_per_step=opts.queries_per_step)
-        task.set_transductive(per_class_constraints(
-            model, queries, support, list(range(1, len(resolved["classes"]) + 1)), resolved["roi"],
-            sigmoid=opts.sigmoid, config=cfg,
-        ))
 
-    # --- outputs
-    out.mkdir(parents=True, exist_ok=True)
-    run.write_split(split)
-    run.write_fit_config({**opts.model_dump(mode="json"), "data": resolve_spec(opts.data),
-                          "checkpoint": checkpoint, "resolved": resolved})
-    train_config = TrainConfig(
-        optimizer="adamw", lr=opts.lr, weight_decay=opts.weight_decay, schedule="cosine",
-        warmup_steps=opts.warmup_steps, epochs=opts.epochs, max_steps=max_steps,
-        clip_grad_norm=opts.clip_grad_norm, precision=opts.precision,
-        val_every=opts.val_every if split.val else None, monitor="dice" if split.val else None, mode="max",
-        patience=opts.patience, seed=opts.seed, batch_size=opts.batch_size, progress=opts.progress,
-        device="cpu" if not torch.cuda.is_available() else "auto",
-    )
-    result = Trainer(train_config, task, out).fit(resume=resume)
-    wall = result.wall_time_s  # summed over resumed sessions
-    summary = {
-        "task": "volumetric",
-        "model": resolved["model"],
-        "method": opts.method,
-        "recipe": recipe.name,
-        "head": opts.head,
-        "transductive": opts.transductive,
-        "shots": opts.shots if not opts.fraction else None,
-        "fraction": opts.fraction,
-        "seed": opts.seed,
-        "classes": resolved["classes"],
-        "class_names": resolved["class_names"],
-        "train_cases": list(split.train),
-        "val_cases": list(split.val),
-        "test_cases": list(split.test),
-        "trainable_params": task.applied.trainable,
-        "total_params": task.applied.total,
-        "encoder_trainable": task.applied.encoder_trainable,
-        "cached_features": task.cache_features,
-        "load_report": model.load_report.summary() if model.load_report else None,
-        "adapter_bytes": run.adapter_bytes(),
-        "fit_seconds": wall,
-        **{k: v for k, v in result.to_dict().items() if k != "history"},
-    }
-    run.write_result(summary)
-    summary = json.loads(json.dumps(summary, default=str))
-    best = summary.get("best_metric")
-    summary["message"] = (
-        f"fit done: {recipe.name} / {opts.head} head{' + transductive' if opts.transductive else ''} on "
-        f"k={len(split.train)} volume(s), {task.applied.trainable:,} trainable parameters, best val DSC "
-        f"{'n/a' if best is None else f'{best:.4f}'}, {wall:.0f} s; adapter: {run.adapter_dir} "
-        f"({(summary['adapter_bytes'] or 0) / 1024:.0f} KiB)"
-    )
-    return summary
+class VolumetricFit(FitHooks):
+    """The 3D steps of :func:`~medadapt.engine.fit_template.run_task_fit`: the resolved model, classes, ROI
+    and preprocessing, the head model, the volumetric task (with the transductive constraint when asked)."""
+
+    def prepare(self) -> None:
+        opts = self.opts
+        if opts.checkpoint:
+            read_checkpoint(opts.checkpoint)  # exists and is a state dict
+        self.dataset = dataset = load_volume_dataset(opts.data, modality=opts.modality)
+        self.resolved = _resolve(opts, dataset, read_pretrain_meta(opts.checkpoint))
+        self.split = split = self.run.fit_split(dataset, split=opts.split, resume=self.resume, shots=opts.shots,
+                                                fraction=opts.fraction, seed=opts.seed, n_val=opts.n_val, test=opts.test)
+        if not split.train:
+            raise MedadaptError("the split has no training volume.", path=opts.split or opts.data)
+        if opts.transductive and not split.test:
+            raise MedadaptError("transductive inference needs held-out (query) volumes; the split has none.")
+        self.recipe = RecipeConfig(name=self.resolved["recipe"], lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha,
+                                   target_modules=self.resolved["target_modules"])
+        self.checkpoint = str(Path(opts.checkpoint).resolve()) if opts.checkpoint else None
+
+    def train_config(self) -> TrainConfig:
+        opts, val = self.opts, self.split.val
+        return loop_config(opts, seed=opts.seed, default_steps=DEFAULT_STEPS, optimizer="adamw", schedule="cosine",
+                           warmup_steps=opts.warmup_steps, val_every=opts.val_every if val else None,
+                           monitor="dice" if val else None, mode="max", patience=opts.patience)
+
+    def build_model(self) -> nn.Module:
+        resolved = self.resolved
+        model = build_head_model(resolved, self.checkpoint)
+        if resolved["head"] == "text":  # the size of the class codes, to rebuild the head for evaluation
+            resolved["embedding_dim"] = int(model.head.organ_embedding.shape[1])
+        self.model = model
+        return model
+
+    def build_task(self, model: nn.Module, config: TrainConfig) -> VolumetricTask:
+        opts, resolved, dataset, split, checkpoint = self.opts, self.resolved, self.dataset, self.split, self.checkpoint
+        base = {"model": resolved["model"], "arch": resolved["arch"], "checkpoint": checkpoint,
+                "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None}
+        label_map = {c: i + 1 for i, c in enumerate(resolved["classes"])}
+        prep = prep_from_fields(resolved["preprocessing"])
+        task = VolumetricTask(
+            model, volume_records(dataset, split.train), volume_records(dataset, split.val), prep,
+            recipe=self.recipe, roi_size=resolved["roi"], sigmoid=opts.sigmoid, label_map=label_map,
+            class_names=resolved["class_names"], batch_size=opts.batch_size, num_samples=opts.num_samples,
+            pos=opts.pos, neg=opts.neg, overlap=opts.overlap, seed=opts.seed, fixed_crops=opts.fixed_crops,
+            base=base, extra={"label_values": resolved["classes"], "largest_component": opts.largest_component},
+        )
+        if opts.transductive:
+            epochs_total = _epochs_total(task, opts, config.max_steps)
+            if not task.frozen_backbone:
+                raise MedadaptError(
+                    f"transductive inference needs a frozen backbone; recipe {self.recipe.name!r} trains it.",
+                    fix="use method=linear-probe with head=linear or head=spatial.")
+            if opts.warmup_epochs >= epochs_total:
+                raise MedadaptError(
+                    f"the proportion constraint starts after warmup_epochs={opts.warmup_epochs} epochs, but this run "
+                    f"has {epochs_total} epoch(s).", fix=f"--set warmup_epochs={max(0, epochs_total // 2)} or train longer.",
+                )
+            pre_image = preprocess_transforms(prep, keys=("image",))
+            queries = [pre_image({"image": r["image"]})["image"].as_tensor()[None]
+                       for r in volume_records(dataset, split.test)]
+            pre_label = preprocess_transforms(prep, label_map=label_map)
+            support = [pre_label(r)["label"][0].numpy() for r in volume_records(dataset, split.train)]
+            cfg = ConstraintConfig(weight=opts.lambda_, margin=opts.margin, warmup_epochs=opts.warmup_epochs,
+                                   queries_per_step=opts.queries_per_step)
+            task.set_transductive(per_class_constraints(
+                model, queries, support, list(range(1, len(resolved["classes"]) + 1)), resolved["roi"],
+                sigmoid=opts.sigmoid, config=cfg,
+            ))
+        return task
+
+    def write_inputs(self, task: VolumetricTask) -> None:
+        self.run.write_split(self.split)
+        self.run.write_fit_config({**self.opts.model_dump(mode="json"), "data": resolve_spec(self.opts.data),
+                                   "checkpoint": self.checkpoint, "resolved": self.resolved})
+
+    def summarise(self, task: VolumetricTask, result: TrainResult, session_seconds: float) -> dict:
+        opts, resolved, split = self.opts, self.resolved, self.split
+        return {
+            "task": "volumetric",
+            "model": resolved["model"],
+            "method": opts.method,
+            "recipe": self.recipe.name,
+            "head": opts.head,
+            "transductive": opts.transductive,
+            "shots": opts.shots if not opts.fraction else None,
+            "fraction": opts.fraction,
+            "seed": opts.seed,
+            "classes": resolved["classes"],
+            "class_names": resolved["class_names"],
+            "train_cases": list(split.train),
+            "val_cases": list(split.val),
+            "test_cases": list(split.test),
+            "trainable_params": task.applied.trainable,
+            "total_params": task.applied.total,
+            "encoder_trainable": task.applied.encoder_trainable,
+            "cached_features": task.cache_features,
+            "load_report": self.model.load_report.summary() if self.model.load_report else None,
+            "adapter_bytes": self.run.adapter_bytes(),
+            "fit_seconds": result.wall_time_s,  # summed over resumed sessions
+            **{k: v for k, v in result.to_dict().items() if k != "history"},
+        }
+
+    def message(self, summary: dict) -> str:
+        best = summary.get("best_metric")
+        return (
+            f"fit done: {summary['recipe']} / {self.opts.head} head{' + transductive' if self.opts.transductive else ''} "
+            f"on k={len(summary['train_cases'])} volume(s), {summary['trainable_params']:,} trainable parameters, "
+            f"best val DSC {'n/a' if best is None else f'{best:.4f}'}, {summary['fit_seconds']:.0f} s; adapter: "
+            f"{self.run.adapter_dir} ({(summary['adapter_bytes'] or 0) / 1024:.0f} KiB)"
+        )
 
 
 def _epochs_total(task, opts: VolumetricFitOptions, max_steps: int | None) -> int:

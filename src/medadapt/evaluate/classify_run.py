@@ -38,7 +38,7 @@ from medadapt.evaluate.classification import (
     write_scores_csv,
     write_summary,
 )
-from medadapt.precision import autocast
+from medadapt.precision import TORCH_PRECISIONS, autocast, parse_precision
 from medadapt.run import SUMMARY, RunFolder
 
 
@@ -88,8 +88,7 @@ def evaluate_classifier_run(*, data: str, adapter: Path, split: str | None, out:
     """Score the run ``adapter`` on ``split`` of ``data``; ``tolerance_mm`` / ``save_predictions`` are
     segmentation options and are ignored. Returns the summary plus ``message``."""
     del tolerance_mm, save_predictions
-    if precision not in ("fp32", "bf16"):
-        raise MedadaptError(f"--precision {precision!r} is not fp32 or bf16")
+    precision = parse_precision(precision, allowed=TORCH_PRECISIONS).value
     if batch_size < 1 or n_boot < 0:
         raise MedadaptError("--batch-size must be >= 1 and --bootstrap >= 0")
     run = RunFolder.resolve(adapter)

@@ -25,7 +25,7 @@ from medadapt.infer.sliding_window import segment_volume
 from medadapt.io.discovery import resolve_spec
 from medadapt.io.volumes import read_volume, write_like
 from medadapt.metrics import case_metrics
-from medadapt.precision import autocast
+from medadapt.precision import TORCH_PRECISIONS, autocast, parse_precision
 from medadapt.run import SUMMARY, RunFolder
 
 __all__ = ["evaluate_volumetric_run"]
@@ -44,8 +44,7 @@ def evaluate_volumetric_run(
     save_predictions: bool = False,
 ) -> dict:
     """Write ``per_case.csv`` + ``summary.json`` (and ``pred/*.nii.gz``) under ``out``; returns the summary."""
-    if precision not in ("fp32", "bf16"):
-        raise MedadaptError(f"--precision '{precision}' is not fp32 or bf16.", fix="use --precision fp32")
+    precision = parse_precision(precision, allowed=TORCH_PRECISIONS).value
     if batch_size < 1:
         raise MedadaptError(f"--batch-size must be >= 1, got {batch_size}.")
     model, fit_config, _ = load_fitted(adapter)

@@ -48,6 +48,8 @@ class PredictorSpec:
     (their ensemble). ``backend`` is ``torch`` here; :func:`medadapt.deploy.backend.load_predictor`
     also runs ``onnxruntime`` / ``openvino`` exports (``export``, ``threads``, ``ov_cache``).
     ``encoder`` replaces the torch image encoder (an exported frozen encoder after ``fit --encoder-engine``).
+    ``keep_largest``: the classes of an automatic-mode run whose largest component alone is kept; None
+    takes the run's own choice (``postprocess.json``), ``()`` predicts without post-processing.
     """
 
     model: str | None = None
@@ -63,6 +65,7 @@ class PredictorSpec:
     ov_cache: Path | None = None
     mirror: bool = False
     encoder: Callable | None = None
+    keep_largest: tuple[int, ...] | None = None
 
     def member(self, adapter: Path | None) -> PredictorSpec:
         """The same settings for one adapter (an ensemble member)."""
@@ -100,13 +103,16 @@ def _torch_member(spec: PredictorSpec) -> SamPredictor:
     common = dict(batch_size=spec.batch_size, precision=spec.precision, cache_dir=spec.cache_dir,
                   use_cache=spec.use_cache, mirror=spec.mirror)
     if adapter is not None and is_bank(adapter):  # per-modality adapters, routed per case
-        return load_bank_predictor(adapter, model=spec.model, checkpoint=spec.checkpoint, **common)
+        return load_bank_predictor(adapter, model=spec.model, checkpoint=spec.checkpoint,
+                                   keep_largest=spec.keep_largest, **common)
     if adapter is None:
         model = spec.model or "litemedsam"
         net = build_model(model, checkpoint=spec.checkpoint).eval()
         return SamPredictor(net, get_sam_spec(model), encoder=spec.encoder, **common)
     net, model, meta = load_adapted_model(adapter, model=spec.model, checkpoint=spec.checkpoint)
     classes, keep_largest = RunFolder.resolve(adapter).automatic_mode()
+    if spec.keep_largest is not None:
+        keep_largest = list(spec.keep_largest)
     return SamPredictor(
         net, get_sam_spec(model), classes=classes, frozen_stages=int((meta.get("recipe") or {}).get("frozen_stages", 0)),
         keep_largest=keep_largest, slice_axis=trained_slice_axis(meta), encoder=spec.encoder, **common,

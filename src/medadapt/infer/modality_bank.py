@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +203,11 @@ class ModalityBankPredictor(SamPredictor):
 
 
 def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, checkpoint: str | Path | None = None,
-                        **kwargs) -> ModalityBankPredictor:
-    """Build the base model once and every modality's adapter on it."""
+                        keep_largest: Sequence[int] | None = None, **kwargs) -> ModalityBankPredictor:
+    """Build the base model once and every modality's adapter on it.
+
+    ``keep_largest`` replaces every modality's own post-processing choice (None: each run's own).
+    """
     bank_dir = Path(bank_dir)
     bank = read_bank(bank_dir)
     runs = {mod: RunFolder.resolve(bank_dir / entry["run"]) for mod, entry in bank["modalities"].items()}
@@ -232,6 +235,8 @@ def load_bank_predictor(bank_dir: str | Path, *, model: str | None = None, check
     for mod, folder in folders.items():
         models[mod] = adapted_copy(base, folder)
         classes[mod], keep[mod] = runs[mod].automatic_mode()
+        if keep_largest is not None:
+            keep[mod] = [int(c) for c in keep_largest]
     # predict / evaluate cut volumes along the axis the adapters were trained on
     return ModalityBankPredictor(models, get_sam_spec(name), classes=classes, keep_largest=keep,
                                  default=bank.get("default"), slice_axis=next(iter(axes.values())), **kwargs)

@@ -29,22 +29,22 @@ __all__ = ["choose_keep_largest", "tune_auto_postprocessing"]
 def choose_keep_largest(predictor, dataset, keys: Sequence[str], classes: Sequence[int]) -> tuple[list[int], dict]:
     """Classes whose mean validation DSC rises when only their largest component is kept.
 
+    ``predictor`` predicts without post-processing (built with ``PredictorSpec(keep_largest=())``).
     Returns (classes, report) with the per-class mean DSC before and after on ``keys`` (a class
     absent from both the prediction and the reference of a case scores 1 there).
     """
-    saved, predictor.keep_largest = predictor.keep_largest, []
+    if predictor.keep_largest:
+        raise ValueError("choose_keep_largest needs a predictor without post-processing "
+                         "(PredictorSpec(keep_largest=())).")
     before: dict[int, list[float]] = {int(c): [] for c in classes}
     after: dict[int, list[float]] = {int(c): [] for c in classes}
-    try:
-        for key in keys:
-            image, label, _, axis = dataset.load(dataset.case(key))
-            seg = predict_loaded(predictor, image, label, axis, "auto")
-            kept = keep_largest_component(seg, classes)
-            for c in before:
-                before[c].append(dice(label == c, seg == c, empty=1.0))
-                after[c].append(dice(label == c, kept == c, empty=1.0))
-    finally:
-        predictor.keep_largest = saved
+    for key in keys:
+        image, label, _, axis = dataset.load(dataset.case(key))
+        seg = predict_loaded(predictor, image, label, axis, "auto")
+        kept = keep_largest_component(seg, classes)
+        for c in before:
+            before[c].append(dice(label == c, seg == c, empty=1.0))
+            after[c].append(dice(label == c, kept == c, empty=1.0))
     chosen = [c for c in before if before[c] and np.mean(after[c]) > np.mean(before[c])]
     report = {"cases": list(keys), "keep_largest": chosen, "classes": {
         str(c): {"dsc": float(np.mean(before[c])), "dsc_largest_component": float(np.mean(after[c])),
@@ -66,7 +66,7 @@ def tune_auto_postprocessing(run_dir: str | Path, encode: Callable | None = None
     val = list(run.read_split(dataset).val)
     if not val:
         return None
-    predictor = load_predictor(PredictorSpec(adapters=(run.root,), encoder=encode))
+    predictor = load_predictor(PredictorSpec(adapters=(run.root,), encoder=encode, keep_largest=()))
     chosen, report = choose_keep_largest(predictor, dataset, val, classes)
     run.write_postprocess(chosen, report)
     return report

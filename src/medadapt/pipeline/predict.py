@@ -28,6 +28,7 @@ from medadapt.infer.ensemble import check_mirror, check_prompt_mode
 from medadapt.infer.factory import PredictorSpec
 from medadapt.io.atomic import staged_dir
 from medadapt.io.discovery import ALL_SUFFIXES, find_files, pair_by_name
+from medadapt.precision import parse_precision
 
 __all__ = ["predict_folder"]
 
@@ -51,7 +52,7 @@ def predict_folder(
     """
     _check_choice("--modality", options.modality, ("auto", "ct", "mr", "none"))
     _check_choice("--per", options.per, ("class", "component"))
-    _check_choice("--precision", spec.precision, ("fp32", "bf16", "mixed", "int8"))
+    parse_precision(spec.precision)
     check_engine(spec.backend, spec.precision)
     options.prompts = prompts or "boxes-from-labels"
     if prompts is not None and prompts not in PROMPT_SOURCES:
