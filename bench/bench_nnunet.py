@@ -302,8 +302,8 @@ def print_table(data: dict) -> None:
         iters = r.get("iterations_per_epoch")
         budget = f"{r.get('epochs') or 'not recorded'} × {iters if iters else 'not recorded'}"
         cells = [f"`{key}`", budget, f"{r['dsc']:.3f}", *(f"{r['dsc_per_class'].get(c, float('nan')):.3f}" for c in classes),
-                 f"{r['nsd']:.3f}", f"{r['hd95']:.2f}", f"{s['train']:.0f}", f"{s['plan_and_preprocess']:.0f}",
-                 f"{s['predict']:.0f}", str(r.get("threads")), str(r.get("scored_cases"))]
+                 f"{r['nsd']:.3f}", f"{r['hd95']:.2f}", *(_seconds(s.get(k)) for k in ("train", "plan_and_preprocess", "predict")),
+                 str(r.get("threads")), str(r.get("scored_cases"))]
         print("| " + " | ".join(cells) + " |")
 
 
@@ -372,10 +372,17 @@ def _main(args) -> int:
     logs.mkdir(exist_ok=True)
     state_path = work / f"stages_{args.trainer}_{args.config}.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    resumed = bool(state)
-    prov = provenance.start(resumed=resumed)
+    resumed = bool(state.get("stage_seconds"))
+    # the record of the invocation that began this run: a resumed run keeps its start time and load
+    prov = state.setdefault("provenance_start", provenance.start())
+    prov["resumed"] = prov.get("resumed") or resumed
     stage_seconds = state.setdefault("stage_seconds", {})
     skipped = []
+
+    # raw export and preprocessing are shared by every trainer of this dataset, k and seed
+    shared_path = work / f"stages_shared_{args.config}.json"
+    shared = json.loads(shared_path.read_text()) if shared_path.is_file() else {
+        k: stage_seconds[k] for k in ("raw", "plan_and_preprocess") if k in stage_seconds}  # older state files
 
     def save_state():
         write_json(state_path, state)
@@ -389,21 +396,21 @@ def _main(args) -> int:
     else:
         t = time.perf_counter()
         write_raw_dataset(dataset, train, raw, args.dataset_id, ds_name)
-        stage_seconds["raw"] = time.perf_counter() - t
-        save_state()
+        shared["raw"] = time.perf_counter() - t
+        write_json(shared_path, shared)
     # 2. plan + preprocess
     plans = pre / ds_folder / "nnUNetPlans.json"
     if plans.is_file() and (pre / ds_folder / f".done_{args.config}").is_file():
         skipped.append("plan_and_preprocess")
     else:
-        stage_seconds["plan_and_preprocess"] = run_stage(
+        shared["plan_and_preprocess"] = run_stage(
             "plan", ["-d", str(args.dataset_id), "-c", args.config, "--verify_dataset_integrity",
                      "-np", str(args.threads), "-npfp", str(args.threads)],
             {**env, "nnUNet_n_proc_DA": str(args.threads)},  # the planner sets torch's threads from it
             logs / "plan.log",
             args.nnunet_bin, args.threads)
         (pre / ds_folder / f".done_{args.config}").write_text("done\n")
-        save_state()
+        write_json(shared_path, shared)
     # 3. train on fold "all" (every training case; nnU-Net keeps no validation split then)
     fold = _fold_dir(res, ds_folder, args.trainer, args.config)
     if (fold / "checkpoint_final.pth").is_file():
@@ -467,8 +474,9 @@ def _main(args) -> int:
         "batch_size": cfg.get("batch_size"), "patch_size": cfg.get("patch_size"), "spacing": cfg.get("spacing"),
         "shots": args.shots, "seed": args.seed, "train_cases": train, "threads": args.threads,
         "da_workers": args.da_workers, "nice": os.nice(0),
-        "stage_seconds": {k: stage_seconds.get(k) for k in ("raw", "plan_and_preprocess", "train", "predict", "score")},
-        "fit_wall_seconds": (stage_seconds.get("plan_and_preprocess") or 0) + (stage_seconds.get("train") or 0),
+        "stage_seconds": {**{k: shared.get(k) for k in ("raw", "plan_and_preprocess")},
+                          **{k: stage_seconds.get(k) for k in ("train", "predict", "score")}},
+        "fit_wall_seconds": (shared.get("plan_and_preprocess") or 0) + (stage_seconds.get("train") or 0),
         "stages_skipped_this_invocation": skipped,
         "commands": [
             f"nnUNetv2_plan_and_preprocess -d {args.dataset_id} -c {args.config} --verify_dataset_integrity "
@@ -498,6 +506,10 @@ def _main(args) -> int:
     print_table(data)
     print(f"wrote {out_json}")
     return 0
+
+
+def _seconds(value) -> str:
+    return "not recorded" if value is None else f"{value:.0f}"
 
 
 def _int(value) -> int | None:
