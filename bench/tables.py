@@ -427,7 +427,7 @@ def side_by_side_section() -> str:
 
 
 NNUNET_COMMAND = ("nice -n 15 .venv/bin/python bench/bench_nnunet.py --data ../shared/data/hippocampus --name "
-                  "hippocampus --shots 5 --seed 0 --trainer nnUNetTrainer_10epochs --threads 1 "
+                  "hippocampus --shots K --seed S --trainer TRAINER --threads 1 "
                   "--nnunet-bin NNUNET_VENV/bin")
 
 
