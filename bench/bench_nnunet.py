@@ -218,6 +218,18 @@ def write_test_inputs(dataset, test_keys, image_dir: Path, label_dir: Path) -> N
 
 # ----------------------------------------------------------------------------- nnU-Net stages
 
+def _linked_folder(folder: Path, files: list[Path]) -> Path:
+    """``folder`` holding hard links to ``files`` (made once, complete or not at all)."""
+    if not folder.is_dir():
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for src in files:
+            os.link(src, tmp / src.name)
+        os.replace(tmp, folder)
+    return folder
+
+
 def epochs_of(trainer: str) -> int | None:
     """The epoch budget a trainer's name states (nnU-Net's naming), None when it does not say."""
     if trainer == "nnUNetTrainer":
@@ -428,25 +440,9 @@ def _main(args) -> int:
     # 4. predict the held-out volumes (a folder outside nnU-Net's dataset folders)
     test_images, test_labels = work / "test_images", work / "test_labels"
     write_test_inputs(dataset, test_all, test_images, test_labels)
-    pred_in = work / f"predict_in_{len(test)}"
-    if not pred_in.is_dir():
-        tmp = work / f".{pred_in.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for key in test:
-            src = next(test_images.glob(f"{key}_0000.*"))
-            os.link(src, tmp / src.name)
-        os.replace(tmp, pred_in)
+    pred_in = _linked_folder(work / f"predict_in_{len(test)}", [next(test_images.glob(f"{k}_0000.*")) for k in test])
+    gt = _linked_folder(work / f"gt_{len(test)}", [next(test_labels.glob(f"{k}.*")) for k in test])
     pred = work / f"pred_{args.trainer}_{args.config}_{len(test)}"
-    gt = work / f"gt_{len(test)}"
-    if not gt.is_dir():
-        tmp = work / f".{gt.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for key in test:
-            src = next(test_labels.glob(f"{key}.*"))
-            os.link(src, tmp / src.name)
-        os.replace(tmp, gt)
     done = pred / ".done"
     if done.is_file() and done.read_text().strip() == str((fold / "checkpoint_final.pth").stat().st_mtime_ns):
         skipped.append("predict")

@@ -126,3 +126,13 @@ def test_trainer_budget_and_run_keys():
     assert bench_nnunet.epochs_of("nnUNetTrainerDA5") is None
     assert bench_nnunet.run_key("nnUNetTrainer_10epochs", 5, 0) == "nnunet:nnUNetTrainer_10epochs/k5/s0"
     assert bench_nnunet.run_key("nnUNetTrainer_10epochs", 5, 0, "2d") == "nnunet:nnUNetTrainer_10epochs+2d/k5/s0"
+
+
+def test_prediction_input_folder_links_only_the_chosen_volumes(tiny, tmp_path):
+    dataset, split = tiny
+    images, labels = tmp_path / "test_images", tmp_path / "test_labels"
+    bench_nnunet.write_test_inputs(dataset, list(split.test), images, labels)
+    chosen = sorted(images.iterdir())[:2]
+    folder = bench_nnunet._linked_folder(tmp_path / "predict_in_2", chosen)
+    assert sorted(p.name for p in folder.iterdir()) == [p.name for p in chosen]
+    assert all((folder / p.name).samefile(p) for p in chosen) and not list(tmp_path.glob(".predict_in_2*"))
