@@ -10,7 +10,7 @@ folders: they are copied to a separate prediction input folder. It then runs nnU
     nnUNetv2_train ID 3d_fullres all -tr TRAINER -device cpu
     nnUNetv2_predict -i TEST_IMAGES -o OUT -d ID -c 3d_fullres -f all -tr TRAINER -device cpu
 
-and scores the predictions against the test labels with medadapt's evaluation (the function behind
+(``--device cuda`` passes ``-device cuda``) and scores the predictions against the test labels with medadapt's evaluation (the function behind
 ``medadapt evaluate --pred DIR --gt DIR``), aggregated as ``bench_fewshot.py`` aggregates its runs (mean
 over cases and classes of DSC, NSD at 2 mm and HD95). Results merge into
 ``bench/results/nnunet_<name>.json`` under ``nnunet:TRAINER/k<k>/s<seed>``, with the trainer's epoch budget,
@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="3d_fullres", help="nnU-Net configuration (3d_fullres, 2d, ...)")
     ap.add_argument("--dataset-id", type=int, default=DEFAULT_ID)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="nnU-Net's -device (on cuda the standard schedule is practical; raise --da-workers)")
     ap.add_argument("--da-workers", type=int, default=0, help="nnUNet_n_proc_DA (0: augmentation in the training process)")
     ap.add_argument("--nnunet-bin", type=Path, default=Path("/work/nnunet-venv/bin"),
                     help="bin folder of the environment nnunetv2 is installed in")
@@ -432,7 +434,7 @@ def _main(args) -> int:
         skipped.append("train")
     else:
         cont = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else []
-        wall = run_stage("train", [str(args.dataset_id), args.config, "all", "-tr", args.trainer, "-device", "cpu",
+        wall = run_stage("train", [str(args.dataset_id), args.config, "all", "-tr", args.trainer, "-device", args.device,
                                    *cont], env, logs / f"train_{args.trainer}_{args.config}.log",
                          args.nnunet_bin, args.threads)
         stage_seconds["train"] = stage_seconds.get("train", 0.0) + wall  # a resumed training adds up
@@ -449,7 +451,7 @@ def _main(args) -> int:
     else:
         stage_seconds["predict"] = run_stage(
             "predict", ["-i", str(pred_in), "-o", str(pred), "-d", str(args.dataset_id), "-c", args.config,
-                        "-f", "all", "-tr", args.trainer, "-device", "cpu", "-npp", "1", "-nps", "1"],
+                        "-f", "all", "-tr", args.trainer, "-device", args.device, "-npp", "1", "-nps", "1"],
             env, logs / f"predict_{args.trainer}_{args.config}.log", args.nnunet_bin, args.threads)
         done.write_text(str((fold / "checkpoint_final.pth").stat().st_mtime_ns) + "\n")
         save_state()
@@ -468,7 +470,7 @@ def _main(args) -> int:
     cfg = plans_data.get("configurations", {}).get(args.config, {})
     epochs = _int(debug.get("num_epochs")) or epochs_of(args.trainer)
     run = {
-        "trainer": args.trainer, "configuration": args.config, "fold": "all", "device": "cpu",
+        "trainer": args.trainer, "configuration": args.config, "fold": "all", "device": args.device,
         "epochs": epochs, "iterations_per_epoch": _int(debug.get("num_iterations_per_epoch")),
         "batch_size": cfg.get("batch_size"), "patch_size": cfg.get("patch_size"), "spacing": cfg.get("spacing"),
         "shots": args.shots, "seed": args.seed, "train_cases": train, "threads": args.threads,
@@ -480,9 +482,9 @@ def _main(args) -> int:
         "commands": [
             f"nnUNetv2_plan_and_preprocess -d {args.dataset_id} -c {args.config} --verify_dataset_integrity "
             f"-np {args.threads} -npfp {args.threads}",
-            f"nnUNetv2_train {args.dataset_id} {args.config} all -tr {args.trainer} -device cpu",
+            f"nnUNetv2_train {args.dataset_id} {args.config} all -tr {args.trainer} -device {args.device}",
             f"nnUNetv2_predict -i TEST_IMAGES -o OUT -d {args.dataset_id} -c {args.config} -f all -tr {args.trainer} "
-            "-device cpu -npp 1 -nps 1",
+            f"-device {args.device} -npp 1 -nps 1",
         ],
         "versions": _versions(args.nnunet_bin), **scores,
     }
