@@ -11,8 +11,9 @@ folders: they are copied to a separate prediction input folder. It then runs nnU
     nnUNetv2_predict -i TEST_IMAGES -o OUT -d ID -c 3d_fullres -f all -tr TRAINER -device cpu
 
 (``--device cuda`` passes ``-device cuda``) and scores the predictions against the test labels with
-medadapt's evaluation (the function behind ``medadapt evaluate --pred DIR --gt DIR``), aggregated as ``bench_fewshot.py`` aggregates its runs (mean
-over cases and classes of DSC, NSD at 2 mm and HD95). Results merge into
+medadapt's evaluation (the function behind ``medadapt evaluate --pred DIR --gt DIR``), aggregated as
+``bench_fewshot.py`` aggregates its runs (mean over cases and classes of DSC, NSD at 2 mm and HD95).
+Results merge into
 ``bench/results/nnunet_<name>.json`` under ``nnunet:TRAINER/k<k>/s<seed>``, with the trainer's epoch budget,
 the wall time of every stage, the thread count and provenance (``bench/provenance.py``). Only a finished
 run (final checkpoint, every test volume predicted and scored) is written; every stage whose outputs
