@@ -426,6 +426,36 @@ def side_by_side_section() -> str:
                              "ground truth, an oracle prompt the 3D model never gets.", table)
 
 
+NNUNET_COMMAND = ("nice -n 15 .venv/bin/python bench/bench_nnunet.py --data ../shared/data/hippocampus --name "
+                  "hippocampus --shots K --seed S --trainer TRAINER --threads 1 "
+                  "--nnunet-bin NNUNET_VENV/bin")
+
+
+def nnunet_section() -> str:
+    """nnU-Net v2 trained on medadapt's k-shot training cases, scored on the fixed test volumes
+    (bench_nnunet.py), one table per ``nnunet_<name>.json``."""
+    from bench_nnunet import print_table
+
+    head = section("nnunet", "nnU-Net v2 on the same k-shot splits")
+    files = sorted(RESULTS.glob("nnunet_*.json"))
+    intro = (f"`{NNUNET_COMMAND}`: nnU-Net v2 (`nnunetv2`, in its own environment) is given only the k training "
+             "cases of medadapt's split for the seed, in its raw format; it plans and preprocesses them itself, "
+             "trains its configuration on fold `all` with the shorter-schedule trainer named in the row "
+             "(the standard `nnUNetTrainer` trains 1000 epochs × 250 iterations) on the CPU, and predicts the "
+             "fixed held-out volumes, which are scored with `medadapt evaluate`'s metrics and averaged as the "
+             "few-shot tables average (mean over volumes and classes; HD95 over finite values). Times are wall "
+             "seconds of each nnU-Net command.")
+    if not files:
+        return "\n".join([head, "", intro, "", "Not measured yet."])
+    out = [head, "", intro]
+    for path in files:
+        data = json.loads(path.read_text())
+        title = data.get("dataset") or path.stem.removeprefix("nnunet_")
+        out += ["", f"### {title}", "", conditions(path.name, data, list(data.get("runs", {}).values())), "",
+                captured(print_table, data)]
+    return "\n".join(out)
+
+
 def metrics_section() -> str:
     from bench_metrics import print_table
 
@@ -572,6 +602,8 @@ def benchmarks_md() -> str:
         volumetric_section(),
         "",
         side_by_side_section(),
+        "",
+        nnunet_section(),
         "",
         metrics_section(),
         "",

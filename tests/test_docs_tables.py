@@ -115,3 +115,22 @@ def test_every_result_file_has_a_provenance_block():
         prov = json.loads(path.read_text()).get("provenance")
         assert prov and prov["source"] in ("recorded", "git history", "not recorded"), path.name
         assert set(provenance.FIELDS) <= set(prov), path.name
+
+
+def test_nnunet_section_renders_each_result_file(tmp_path, monkeypatch):
+    res = tmp_path / "results"
+    res.mkdir()
+    monkeypatch.setattr(tables, "RESULTS", res)
+    assert "Not measured yet" in tables.nnunet_section()
+    run = {"trainer": "nnUNetTrainer_10epochs", "epochs": 10, "iterations_per_epoch": 250, "dsc": 0.8125,
+           "dsc_per_class": {"1": 0.8, "2": 0.825}, "nsd": 0.9, "hd95": 2.5, "threads": 1, "scored_cases": 20,
+           "stage_seconds": {"raw": 1.0, "plan_and_preprocess": 30.0, "train": 3600.0, "predict": 120.0, "score": 2.0},
+           "provenance": provenance.finish(provenance.start())}
+    (res / "nnunet_tiny.json").write_text(json.dumps({
+        "dataset": "Tiny", "class_names": {"1": "front", "2": "back"}, "provenance": run["provenance"],
+        "runs": {"nnunet:nnUNetTrainer_10epochs/k5/s0": run}}))
+    text = tables.nnunet_section()
+    assert "Not measured yet" not in text and "### Tiny" in text
+    row = next(line for line in text.splitlines() if "nnunet:nnUNetTrainer_10epochs/k5/s0" in line)
+    assert "| 10 × 250 | 0.812 | 0.800 | 0.825 | 0.900 | 2.50 | 3600 | 30 | 120 | 1 | 20 |" in row
+    assert "threads per run: 1 (1 runs)" in text
