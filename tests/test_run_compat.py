@@ -83,3 +83,13 @@ def test_old_runs_are_read_through_the_run_folder():
     assert isinstance(RunFolder(LEGACY / "classify").adapter_info(), ClassifyAdapterInfo)
     assert isinstance(RunFolder(LEGACY / "volumetric").adapter_info(), VolumetricAdapterInfo)
     assert RunFolder(LEGACY / "volumetric").read_split().test
+
+
+@pytest.mark.parametrize("flags, named", [(["--precision", "int8"], "int8"), (["--engine", "openvino"], "openvino")])
+def test_non_segment_runs_refuse_export_only_engines_and_precisions(synth: Path, legacy: Path, tmp_path: Path,
+                                                                     flags: list[str], named: str):
+    out = tmp_path / "pred"
+    res = runner.invoke(app, ["predict", "--adapter", str(legacy / "volumetric"), "--input", str(synth / "imagesTr"),
+                              "--out", str(out), *flags])
+    assert res.exit_code == 2, res.output
+    assert named in res.output and "PyTorch" in res.output and not out.exists()

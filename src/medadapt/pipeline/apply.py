@@ -18,6 +18,7 @@ from medadapt.infer.factory import PredictorSpec
 from medadapt.infer.run_predict import predict_classes, predict_volumes, run_task
 from medadapt.io.discovery import ALL_SUFFIXES, VOLUME_SUFFIXES, find_files
 from medadapt.pipeline.predict import predict_folder
+from medadapt.precision import TORCH_PRECISIONS, parse_precision
 from medadapt.run import RunFolder
 
 PREDICTIONS_DIR = "predictions"
@@ -50,9 +51,12 @@ def apply_run(run: Path, source: Path, out: Path | None = None, *, engine: str =
     task = run_task(run)
     out = Path(out) if out is not None else RunFolder.resolve(run).root / PREDICTIONS_DIR
     if task != "segment":
-        if engine not in ("auto", "torch") or precision not in (None, "fp32", "bf16"):
-            raise MedadaptError(f"a {task} run predicts with PyTorch (fp32 or bf16), not --engine {engine} "
-                                f"--precision {precision}.", fix="leave --engine and --precision at their defaults.")
+        if engine not in ("auto", "torch"):
+            raise MedadaptError(f"a {task} run predicts with PyTorch (fp32 or bf16), not --engine {engine}.",
+                                fix="leave --engine at its default (or pass --engine torch).")
+        if precision is not None:
+            precision = parse_precision(precision, allowed=TORCH_PRECISIONS,
+                                        fix=f"a {task} run predicts with PyTorch: use --precision fp32 or bf16").value
         if task == "classify":
             path = predict_classes(run, source, classification_csv(out), batch_size=batch_size or 64,
                                    precision=precision or "fp32")
