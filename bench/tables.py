@@ -529,8 +529,11 @@ def interactive_accuracy_section() -> str:
     out = [head, "", "`bench/bench_clicks.py`: `medadapt simulate` per configuration on the fixed test volumes: "
            "a 3D box per class, then corrective clicks at the deepest point of the largest error region (the "
            "CVPR 2025 rule); mean over objects (case × class). Clicks to the target: median over objects, "
-           "objects that never reach it counted as one click beyond the budget. Adapters were fitted on 5 "
-           "training volumes with the seed shown; none of these numbers chose a recipe."]
+           "objects that never reach it counted as one click beyond the budget. DSC-AUC / NSD-AUC are the "
+           "official trapezoid over the N predictions after the clicks (unit steps: range 0 to N-1). Objects = "
+           "test volumes scored (the first of the fixed test set) × classes. Adapters were fitted on 5 training "
+           "volumes with the seed shown; none of these numbers chose a recipe. Times are under the load shown, "
+           "not quiet-core latencies (those are in the next table)."]
     for path in files:
         data = json.loads(path.read_text())
         runs = list(data["runs"].values())
