@@ -120,6 +120,7 @@ def main() -> int:
                       "provenance": provenance.finish(prov)})
         results["runs"][name] = entry
         results["data"] = args.data
+        results["provenance"] = entry["provenance"]  # the file's last run (each run keeps its own)
         write_json(out_json, results)
         steps = " ".join(f"{v:.3f}" for v in entry["dsc_per_interaction"])
         print(f"{name}: DSC by interaction {steps} | DSC-AUC {entry['dsc_auc']:.3f} | median clicks to "
