@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -36,15 +37,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import provenance  # noqa: E402
 from bench_fewshot import write_json  # noqa: E402
+from medadapt.metrics.interactive import clicks_to_reach  # noqa: E402
 
 
-def clicks_to_reach(row: dict, clicks: int, target: float) -> int | None:
-    """First interaction index (0 = the box alone) whose DSC reaches ``target``; None if none does."""
-    for k in range(clicks + 1):
-        value = row.get(f"dsc_{k}")
-        if value not in (None, "", "nan") and float(value) >= target:
-            return k
-    return None
+def _dsc_steps(row: dict, clicks: int) -> list[float]:
+    """DSC after interactions 0..clicks of one per_case.csv row (missing values as NaN)."""
+    return [float(row[f"dsc_{k}"]) if row.get(f"dsc_{k}") not in (None, "") else math.nan for k in range(clicks + 1)]
 
 
 def summarise(out: Path, clicks: int, target: float) -> dict:
@@ -53,7 +51,7 @@ def summarise(out: Path, clicks: int, target: float) -> dict:
         rows = [r for r in csv.DictReader(f) if r.get("dsc_0") not in (None, "")]
     per_step = [statistics.fmean(float(r[f"dsc_{k}"]) for r in rows) for k in range(clicks + 1)]
     nsd_step = [statistics.fmean(float(r[f"nsd_{k}"]) for r in rows) for k in range(clicks + 1)]
-    reached = [clicks_to_reach(r, clicks, target) for r in rows]
+    reached = [clicks_to_reach(_dsc_steps(r, clicks), target) for r in rows]
     hits = sorted(k for k in reached if k is not None)
     return {
         "objects": len(rows),
