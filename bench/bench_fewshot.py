@@ -69,6 +69,8 @@ def main() -> int:
                     help="add the runs of other result files (e.g. a second queue's --name) to this one's, "
                          "then print the table; runs nothing")
     ap.add_argument("--table-only", action="store_true", help="print the table of the result file; runs nothing")
+    ap.add_argument("--no-zero-shot", action="store_true",
+                    help="skip the zero-shot box row (e.g. one file per seed of a recipe scored elsewhere beside it)")
     ap.add_argument("--ensemble", nargs="+", default=[], metavar="TAG",
                     help="fit nothing: score the ensemble of finished runs with these tags (e.g. +fs2-300 "
                          "+fs2-300-sag, one per member), per method/prompt/shots/seed, under key METHOD--tag")
@@ -115,7 +117,7 @@ def main() -> int:
     prov = provenance.start(resumed=bool(runs))
     results["provenance"] = prov
 
-    if "zero-shot/box" not in runs:
+    if "zero-shot/box" not in runs and not args.no_zero_shot:
         t = time.perf_counter()
         runs["zero-shot/box"] = {**score(build_predictor("litemedsam", cache_dir=cache), dataset, test, "box"),
                                  "wall_seconds": time.perf_counter() - t}

@@ -242,7 +242,7 @@ def selection_section(data: dict) -> str:
                   "--threads 1 \\",
                   "    --fit-set frozen_stages=2 precision=bf16 slice_axis=0 augment_stem=true "
                   "augment_flips=false augment_translate=0.15 \\",
-                  "    --tag +fs2-300-sag-aug", "```"]
+                  "    --tag +fs2-300-sag-aug --no-zero-shot", "```"]
     else:
         runs = [r for r in merged["runs"].values() if "error" not in r]
         lines += [conditions(TEST20_GLOB, merged, runs), "", fewshot_table(files[0], merged), "",
