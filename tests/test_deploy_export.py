@@ -52,7 +52,7 @@ def test_manifest_lists_graphs_and_checksums(onnx_export):
     manifest = read_manifest(onnx_export)
     assert manifest["model"] == "litemedsam" and manifest["image_size"] == 256
     assert manifest["preprocessing"]["normalization"] == "minmax"
-    for name in ("image_encoder.onnx", "prompt_encoder.onnx", "mask_decoder.onnx", "constants.npz"):
+    for name in ("image_encoder.onnx", "prompt_encoder.onnx", "mask_encoder.onnx", "mask_decoder.onnx", "constants.npz"):
         assert len(manifest["files"][name]) == 64
 
 
@@ -82,6 +82,51 @@ def test_onnxruntime_equals_torch(litemedsam, onnx_export):
                 assert d_masks.shape == masks.shape, kind
                 assert (d_masks - masks).abs().max() <= 1e-4 * masks.abs().max(), kind
                 torch.testing.assert_close(d_iou, iou, rtol=0, atol=1e-4)
+
+
+def _mask_prompt_cases(litemedsam, emb):
+    """(prompts, mask logits) pairs: one shared embedding with B prompts, and one embedding per prompt."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        low, _ = litemedsam.decode(emb[:1], boxes=BOXES)  # [2, 1, 256, 256] logits to feed back
+    return [({"boxes": BOXES, "masks": low}, emb[:1]), ({"points": POINTS, "masks": low}, emb[:1]),
+            ({"points": POINTS, "boxes": BOXES, "masks": low}, emb[:2]), ({"boxes": BOXES[:1], "masks": low[:1]}, emb[:1])]
+
+
+def _check_mask_prompts(litemedsam, deployed):
+    emb = torch.randn(2, 256, 64, 64)
+    with torch.no_grad():
+        for prompts, e in _mask_prompt_cases(litemedsam, emb):
+            ref, ref_iou = litemedsam.decode(e, **prompts)
+            without, _ = litemedsam.decode(e, **{k: v for k, v in prompts.items() if k != "masks"})
+            got, got_iou = deployed.decode(e, **prompts)
+            assert (ref - without).abs().max() > 1e-2  # the mask prompt changes the result
+            assert got.shape == ref.shape
+            assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+            torch.testing.assert_close(got_iou, ref_iou, rtol=0, atol=1e-4)
+
+
+def test_mask_prompt_on_export_equals_torch(litemedsam, onnx_export):
+    """The previous low-res mask fed back as the dense prompt (interactive sessions): exported == torch.
+
+    OpenVINO: in ``test_openvino_fp32_and_bf16_equal_torch`` (slow), which has an OpenVINO export."""
+    assert "mask_encoder" in read_manifest(onnx_export)["graphs"]
+    _check_mask_prompts(litemedsam, DeployedSam(onnx_export, engine="onnxruntime", threads=2))
+
+
+def test_export_without_mask_encoder_refuses_mask_prompts(onnx_export, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(onnx_export, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["graphs"]["mask_encoder"]  # as written before mask prompts were exported
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    deployed = DeployedSam(old, engine="onnxruntime", threads=1)
+    emb = torch.zeros(1, 256, 64, 64)
+    deployed.decode(emb, boxes=BOXES[:1])  # box prompts still work
+    with pytest.raises(MedadaptError, match="no mask encoder"):
+        deployed.decode(emb, boxes=BOXES[:1], masks=torch.zeros(1, 1, 256, 256))
 
 
 def test_lora_is_merged_before_export(tmp_path):
@@ -180,6 +225,7 @@ def test_openvino_fp32_and_bf16_equal_torch(litemedsam, tmp_path):
     d_masks, _ = fp32.decode(ref[:1], boxes=BOXES)
     assert (d_masks - masks).abs().max() <= 1e-4 * masks.abs().max()
     assert any((tmp_path / "cache").iterdir())  # compiled-model cache written
+    _check_mask_prompts(litemedsam, fp32)
     # The two halves of the mixed-precision encoder, both at fp32, chain to the full encoder.
     manifest = json.loads((tmp_path / "ov" / "manifest.json").read_text())
     assert "mixed" in manifest["precisions"] and manifest["mixed_fp32_stages"] == 2

@@ -54,13 +54,17 @@ def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=No
     """The export folder of this model for ``engine``, created on first use.
 
     The split encoder of the ``mixed`` precision is only exported when that precision is asked
-    for; a cached export without it is exported again then.
+    for; a cached export without it is exported again then, as is one without a mask encoder.
     """
     net, spec, source, classes = load_for_export(model, checkpoint=checkpoint, adapter=adapter)
     fmt = "onnx" if engine == "onnxruntime" else "openvino"
     folder = (cache_root or default_cache_root()) / "exports" / f"{spec.name}-{fmt}-{_weights_digest(net)}"
     manifest = folder / MANIFEST
-    stale = precision == "mixed" and manifest.is_file() and "mixed" not in read_manifest(folder, verify=False)["precisions"]
+    stale = False
+    if manifest.is_file():
+        cached = read_manifest(folder, verify=False)
+        stale = ((precision == "mixed" and "mixed" not in cached["precisions"])
+                 or "mask_encoder" not in cached.get("graphs", {}))  # written before mask prompts were exported
     if not manifest.is_file() or stale:
         export_model(net, spec, folder, fmt=fmt, source=source, classes=classes, overwrite=True,
                      split_encoder=precision == "mixed")

@@ -2,7 +2,8 @@
 
 finetune-SAM cannot export adapted models; medadapt folds LoRA into the base weights first
 (``adapt.artifact.merge_adapter``; bottleneck adapters are non-linear and stay in the graph), then
-writes ``image_encoder``, ``prompt_encoder`` and ``mask_decoder`` with a dynamic batch axis, the
+writes ``image_encoder``, ``prompt_encoder``, ``mask_encoder`` (mask prompts) and ``mask_decoder``
+with a dynamic batch axis, the
 never-changing decoder inputs once in ``constants.npz`` (dense positional encoding, the no-mask
 dense prompt, learned class tokens of an automatic-mode adapter), and ``manifest.json`` with the
 preprocessing, input size, graph I/O and a sha256 per file.
@@ -42,6 +43,7 @@ from medadapt.deploy.graphs import (
     EncoderGraph,
     EncoderStemGraph,
     EncoderTrunkGraph,
+    MaskGraph,
     PromptGraph,
     graph_file,
     prompt_constants,
@@ -57,7 +59,7 @@ from medadapt.optional import require
 FORMATS = ("onnx", "openvino")
 MANIFEST = "manifest.json"
 CONSTANTS = "constants.npz"
-GRAPHS = ("image_encoder", "prompt_encoder", "mask_decoder")
+GRAPHS = ("image_encoder", "prompt_encoder", "mask_encoder", "mask_decoder")
 MIXED_GRAPHS = ("image_encoder_stem", "image_encoder_trunk")
 # Stages of a staged (TinyViT-family) encoder kept in fp32 by the ``mixed`` precision.
 MIXED_FP32_STAGES = 2
@@ -69,6 +71,7 @@ def _examples(model: nn.Module, image_size: int, consts: dict[str, np.ndarray]) 
     return {
         "image_encoder": (torch.zeros(2, 3, image_size, image_size),),
         "prompt_encoder": (torch.tensor([[[10.0, 12.0], [80.0, 90.0]]] * 2), torch.tensor([[2, 3]] * 2)),
+        "mask_encoder": (torch.zeros(2, 1, 4 * grid[0], 4 * grid[1]),),
         "mask_decoder": (
             torch.zeros(1, 256, *grid), torch.from_numpy(consts["image_pe"]), torch.zeros(2, 2, 256),
             torch.from_numpy(consts["no_mask_dense"]),
@@ -79,6 +82,7 @@ def _examples(model: nn.Module, image_size: int, consts: dict[str, np.ndarray]) 
 IO_NAMES = {
     "image_encoder": (["images"], ["embeddings"]),
     "prompt_encoder": (["coords", "labels"], ["sparse"]),
+    "mask_encoder": (["masks"], ["dense"]),
     "mask_decoder": (["embeddings", "image_pe", "sparse", "dense"], ["masks", "iou"]),
     "image_encoder_stem": (["images"], ["tokens"]),
     "image_encoder_trunk": (["tokens"], ["embeddings"]),
@@ -87,6 +91,7 @@ DYNAMIC_AXES = {
     "image_encoder": {"images": {0: "batch"}, "embeddings": {0: "batch"}},
     "prompt_encoder": {"coords": {0: "batch", 1: "points"}, "labels": {0: "batch", 1: "points"},
                        "sparse": {0: "batch", 1: "points"}},
+    "mask_encoder": {"masks": {0: "batch"}, "dense": {0: "batch"}},
     "mask_decoder": {"embeddings": {0: "image_batch"}, "sparse": {0: "batch", 1: "points"},
                      "dense": {0: "image_batch"}, "masks": {0: "batch"}, "iou": {0: "batch"}},
     "image_encoder_stem": {"images": {0: "batch"}, "tokens": {0: "batch"}},
@@ -98,6 +103,7 @@ def _modules(model: nn.Module) -> dict[str, nn.Module]:
     return {
         "image_encoder": EncoderGraph(model.image_encoder).eval(),
         "prompt_encoder": PromptGraph(model.prompt_encoder).eval(),
+        "mask_encoder": MaskGraph(model.prompt_encoder).eval(),
         "mask_decoder": DecoderGraph(model.mask_decoder).eval(),
     }
 

@@ -1,12 +1,15 @@
-"""The three exportable graphs of a SAM-family model: image encoder, prompt encoder, mask decoder.
+"""The exportable graphs of a SAM-family model: image encoder, prompt encoder, mask encoder, mask decoder.
 
 ``Sam.decode`` branches in Python on which prompts are present (points? box? both?), which a
 static graph cannot do. As in segment-anything's ONNX export, every prompt becomes a *labelled
 point*: label 0/1 are negative/positive clicks, 2/3 a box's top-left/bottom-right corner, -1 the
 "not a point" padding SAM appends when there is no box. :class:`PromptGraph` embeds that one form
-and equals ``PromptEncoder.forward`` for points, boxes and both (tests check it). Mask prompts are
-not exported (no medadapt workflow feeds them at inference); the dense prompt is SAM's learned
-"no mask" embedding, stored once with the dense positional encoding in ``constants.npz``.
+and equals ``PromptEncoder.forward`` for points, boxes and both (tests check it). The dense prompt
+is a graph input of the decoder: without a mask prompt it is SAM's learned "no mask" embedding,
+stored once with the dense positional encoding in ``constants.npz``; a mask prompt (the previous
+low-res logits an interactive session feeds back) goes through :class:`MaskGraph`, the prompt
+encoder's mask-downscaling convolutions, exported as its own small graph so that a decoder call
+without a mask pays nothing for it.
 
 :class:`DecoderGraph` returns all 1 + 3 mask logits and IoUs; the runtime takes the first (single-
 mask output) or the other three (multimask), as ``MaskDecoder.forward`` does.
@@ -71,6 +74,17 @@ class PromptGraph(nn.Module):
         for value, table in enumerate(self.pe.point_embeddings):  # 0 neg, 1 pos, 2/3 box corners
             emb = emb + (lab == value).to(emb.dtype) * table.weight
         return emb
+
+
+class MaskGraph(nn.Module):
+    """``masks [B, 1, 4h, 4w]`` (low-res logits) → dense prompt ``[B, 256, h, w]`` (``PromptEncoder``'s mask path)."""
+
+    def __init__(self, prompt_encoder: PromptEncoder):
+        super().__init__()
+        self.mask_downscaling = prompt_encoder.mask_downscaling
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        return self.mask_downscaling(masks)
 
 
 class DecoderGraph(nn.Module):

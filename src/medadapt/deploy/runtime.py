@@ -163,6 +163,8 @@ class DeployedSam:
             encoder_files = [graph_file("image_encoder", fmt, "int8" if precision == "int8" else "fp32")]
         self.prompt = graph("prompt_encoder")
         self.decoder = graph("mask_decoder")
+        # exports written before mask prompts were exported have no mask encoder: they decode without one
+        self.mask_encoder = graph("mask_encoder") if "mask_encoder" in self.manifest.get("graphs", {}) else None
         consts = np.load(self.folder / CONSTANTS)
         self.image_pe = consts["image_pe"]
         self.no_mask_dense = consts["no_mask_dense"]
@@ -182,15 +184,31 @@ class DeployedSam:
 
     def decode(self, image_embeddings: torch.Tensor, points=None, boxes=None, masks=None,
                multimask_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        if masks is not None:
-            raise MedadaptError("mask prompts are not part of an exported model.", fix="use box or point prompts.")
         coords, labels = labelled_points(points, boxes)
         sparse = self.prompt(coords, labels)[0]
         emb = np.ascontiguousarray(image_embeddings.float().numpy())
-        dense = self.no_mask_dense if emb.shape[0] == 1 else np.repeat(self.no_mask_dense, emb.shape[0], axis=0)
+        if masks is not None:
+            dense = self._mask_prompt(masks, sparse.shape[0])
+            if emb.shape[0] == 1 and dense.shape[0] > 1:  # one image, several prompts: one batch for both
+                emb = np.repeat(emb, dense.shape[0], axis=0)
+        else:
+            dense = self.no_mask_dense if emb.shape[0] == 1 else np.repeat(self.no_mask_dense, emb.shape[0], axis=0)
         all_masks, all_iou = self.decoder(emb, self.image_pe, sparse, dense)
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return torch.from_numpy(all_masks[:, sl]), torch.from_numpy(all_iou[:, sl])
+
+
+    def _mask_prompt(self, masks: torch.Tensor, batch: int) -> np.ndarray:
+        """Low-res mask logits ``[B, 1, 4h, 4w]`` → the decoder's dense prompt ``[B, 256, h, w]``."""
+        if self.mask_encoder is None:
+            raise MedadaptError("this export has no mask encoder, so it cannot take a mask prompt (it was "
+                                "written before mask prompts were exported).", path=self.folder,
+                                fix="re-run `medadapt export` (exports cached by medadapt are renewed on their own).")
+        arr = np.ascontiguousarray(masks.float().numpy())
+        if arr.ndim != 4 or arr.shape[1] != 1 or arr.shape[0] not in (1, batch):
+            raise MedadaptError(f"a mask prompt must be [B, 1, H, W] logits with B = 1 or {batch}; got {list(arr.shape)}.",
+                                fix="pass the low-res logits of an earlier decode as the mask prompt.")
+        return self.mask_encoder(arr)[0]
 
 
 def default_cache_root() -> Path:
