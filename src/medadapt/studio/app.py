@@ -34,6 +34,7 @@ from medadapt.errors import MedadaptError
 from medadapt.io.volumes import write_like
 from medadapt.studio.adaptation import AdaptationLoop
 from medadapt.studio.state import Studio
+from medadapt.studio.suggest import Suggester
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 TOKEN_COOKIE = "medadapt_studio_token"
@@ -80,6 +81,7 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
     if not local_only and not token:
         raise MedadaptError("a studio reachable from other machines needs an access token.")
     app = FastAPI(title="medadapt studio", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.suggester = suggester = Suggester(studio)
 
     @app.exception_handler(MedadaptError)
     async def _user_error(_request: Request, err: MedadaptError):
@@ -117,6 +119,12 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
             raise HTTPException(404, "this studio runs without adaptation (--no-adapt).")
         loop.select(body.adapter, pin=body.pin)
         return adapter_status()
+
+    @app.get("/api/suggest")
+    def suggest():
+        """The next case to label: the unlabelled case the model in use is least certain about (scored in the
+        background; see medadapt.studio.suggest)."""
+        return suggester.suggest()
 
     @app.get("/api/cases")
     def cases():

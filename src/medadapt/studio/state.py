@@ -80,6 +80,11 @@ class Studio:
 
     # -- model and cases ----------------------------------------------------------------------
     @property
+    def model_lock(self) -> threading.RLock:
+        """Held for every model call (interactions, and background work such as the case suggestion)."""
+        return self._model_lock
+
+    @property
     def predictor(self):
         with self._model_lock:
             if self._predictor is None:

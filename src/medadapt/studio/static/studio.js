@@ -231,6 +231,10 @@ async function showAdapter() {
   else if (a.last) text += ` · fit ${a.last.adapter}: ${a.last.cases} cases, ${a.last.seconds} s` +
     (a.last.val_dsc != null ? `, validation DSC ${a.last.val_dsc.toFixed(3)}` : "");
   $("adapter").textContent = text;
+  if (a.adapter !== state.adapter) {  // another model: its own suggestion
+    state.adapter = a.adapter;
+    showSuggestion().catch(() => {});
+  }
   if (a.state !== "off") {  // the finished adapters, to go back to one (or to the zero-shot model) and pin it
     $("model-pick").hidden = false;
     const options = [new Option("zero-shot", ""), ...a.adapters.map((x) => new Option(
@@ -243,6 +247,22 @@ async function showAdapter() {
   if (active && !polling) polling = setInterval(() => showAdapter().catch(() => {}), 2000);
   if (!active && polling) { clearInterval(polling); polling = null; }
 }
+
+// The "next case" suggestion (least certain unlabelled case), polled while its scores are computed.
+let suggestPolling = null;
+async function showSuggestion() {
+  const s = await (await api("/api/suggest")).json();
+  state.suggestion = s;
+  $("next").disabled = !s.case;
+  let text = s.case ? `${s.case}` : "every case is labelled";
+  if (s.method === "entropy") text += ` (entropy ${s.score.toFixed(3)})`;
+  else if (s.case) text += " (list order)";
+  if (!s.complete) text += ` · scoring ${s.scored}/${s.total}…`;
+  $("suggestion").textContent = text;
+  if (!s.complete && !suggestPolling) suggestPolling = setInterval(() => showSuggestion().catch(() => {}), 2000);
+  if (s.complete && suggestPolling) { clearInterval(suggestPolling); suggestPolling = null; }
+}
+$("next").addEventListener("click", () => { if (state.suggestion?.case) openCase(state.suggestion.case); });
 
 async function selectModel() {
   await busy("switching the model…", async () => {
@@ -264,6 +284,7 @@ $("save").addEventListener("click", () => busy("saving…", async () => {
   await refreshCases();
   say(`saved ${res.saved} (${res.voxels} labelled voxels)` + (res.warning ? `: ${res.warning}` : ""), Boolean(res.warning));
   await showAdapter();
+  await showSuggestion();
 }));
 for (const input of document.querySelectorAll("input[name=tool]")) input.addEventListener("change", applyTool);
 $("layout").addEventListener("change", applyLayout);
@@ -291,7 +312,9 @@ async function start() {
   $("dataset").textContent = `${about.name} · ${about.cases} cases` + (about.adapter ? ` · adapter ${about.adapter}` : "");
   $("class").replaceChildren(...Object.entries(about.classes).map(([v, name]) => new Option(`${v} ${name}`, v)));
   await refreshCases();
+  state.adapter = about.adapter;
   await showAdapter();
+  await showSuggestion();
   say("pick a case");
   state.ready = true;
 }
