@@ -8,9 +8,11 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from medadapt.data.synthetic import SPACING, make_synthetic_dataset, synthetic_case
+from medadapt.errors import MedadaptError
 from medadapt.run import RunFolder
 from medadapt.studio.app import create_app
 from medadapt.studio.server import build_studio
@@ -66,6 +68,10 @@ def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
     assert loop.wait(600)
     status = c.get("/api/adapter").json()
     assert [a["adapter"] for a in status["adapters"]] == ["001", "002"] and status["adapters"][1]["cases"] == 3
+    # warm start: the first fit started from the base model, the second from the adapter in use (001)
+    assert [a["from"] for a in status["adapters"]] == [None, "001"]
+    assert RunFolder(root / ".medadapt-studio/adapters/002").read_fit_config()["init_adapter"] == str(run)
+    assert_starts_from(root / ".medadapt-studio/adapters/002", run)
     assert status["current"] == "001" and studio.predictor is first and studio.adapter == "studio adapter 001"
     # roll forward / back: any finished adapter, or the zero-shot model; bad names are refused
     assert c.post("/api/adapter", json={"adapter": "002"}).json()["current"] == "002"
@@ -82,6 +88,26 @@ def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
     assert studio.adapter is None
     again, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
     assert again.adapter is None and loop.pinned  # zero-shot, pinned
+
+
+def assert_starts_from(run, previous) -> None:
+    """The weights a fit's first step starts from (its model after the recipe and the warm start) equal the
+    previous adapter's tensors, and differ from the base model's."""
+    from safetensors.torch import load_file
+
+    from medadapt.adapt.artifact import adapter_state_dict
+    from medadapt.engine.sam_fit import FitOptions, SamFit
+
+    opts = FitOptions.build(RunFolder(run).read_fit_config(required=True))
+    start = adapter_state_dict(SamFit(opts).build_model())
+    saved = load_file(str(RunFolder(previous).adapter_tensors))
+    assert sorted(start) == sorted(saved)
+    for name, tensor in saved.items():
+        assert torch.equal(start[name], tensor), name
+    base = adapter_state_dict(SamFit(opts.model_copy(update={"init_adapter": None})).build_model())
+    assert any(not torch.equal(base[n], saved[n]) for n in saved)
+    with pytest.raises(MedadaptError, match="recipe 'decoder'"):  # another recipe cannot start from it
+        SamFit(opts.model_copy(update={"method": "lora"})).build_model()
 
 
 @pytest.mark.slow  # an automatic-mode fit, then every slice of a case decoded on opening

@@ -4,8 +4,10 @@ Each fit is a normal ``medadapt fit`` run (the default ``decoder`` recipe with b
 budget, every labelled case trains: ``--test 0``) in ``DATA_DIR/.medadapt-studio/adapters/NNN``, usable
 with ``predict``, ``evaluate`` and ``export``. Its case list is a CSV beside it (the folder may hold
 unlabelled images, which no dataset layout accepts as training cases). The slice embeddings go to one
-cache folder shared by all fits, so a refit encodes only the newly saved cases. Fits start from the base
-model: the fit library has no warm start from a previous adapter.
+cache folder shared by all fits, so a refit encodes only the newly saved cases. A fit is warm-started from
+the adapter in use (its trainable weights start from that adapter's: ``init_adapter`` in the run's
+``fit_config.json`` and ``result.json`` names it); with the zero-shot model in use it starts from the base
+model.
 
 When a fit ends, the studio loads its adapter and switches to it between two interactions (cases that
 are open keep their session until they are saved), unless the user pinned an adapter; the user can also
@@ -97,8 +99,10 @@ class AdaptationLoop:
         out = []
         for run in self.finished():
             r = RunFolder(run).read_result() or {}
+            start = r.get("init_adapter")
             out.append({"adapter": run.name, "cases": len(r.get("train_cases") or []) + len(r.get("val_cases") or []),
-                        "seconds": r.get("fit_seconds"), "val_dsc": r.get("best_metric")})
+                        "seconds": r.get("fit_seconds"), "val_dsc": r.get("best_metric"),
+                        "from": Path(start).name if start else None})
         return out
 
     # -- fitting ------------------------------------------------------------------------------------
@@ -145,13 +149,16 @@ class AdaptationLoop:
         out = self.adapters_dir / f"{number:03d}"
         listing = self.adapters_dir / f"{number:03d}-cases.csv"
         started = time.time()
-        self.state, self.running = "fitting", {"adapter": out.name, "cases": len(cases), "started": started}
+        previous = self.current()
+        self.state, self.running = "fitting", {"adapter": out.name, "cases": len(cases), "started": started,
+                                               "from": previous.name if previous else None}
         try:
             write_text(listing, _case_csv(cases, self.folder.modality))
             opts = FitOptions.build({
                 "data": str(listing), "out": str(out), "model": self.model, "method": "decoder", "prompt": "box",
                 "test": 0, "shots": len(cases), "max_steps": self.steps, "progress": False,
                 "cache_dir": str(self.folder.state_dir / "cache"),
+                "init_adapter": str(previous) if previous else None,
             })
             result = fit_segment(opts, report=False).result
             if not self.pinned:
