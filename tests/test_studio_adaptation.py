@@ -135,3 +135,47 @@ def test_an_automatic_mode_adapter_opens_cases_with_its_prediction(tmp_path):
     assert c.get("/api/cases/synth_002/mask").content == start  # undo restarts from the same prediction
     # a labelled case opens with its saved label, not the prediction
     assert c.get("/api/cases/synth_000").json()["objects"] == []
+
+
+def test_a_fit_stopped_before_its_adapter_was_saved_is_continued_on_restart(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    root = small_dataset(tmp_path / "data")
+    label = (root / "labelsTr/synth_002.nii.gz").read_bytes()
+    (root / "labelsTr/synth_002.nii.gz").unlink()
+    _, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
+    loop.request()
+    assert loop.wait(600) and loop.last["error"] is None
+    run = RunFolder(root / ".medadapt-studio/adapters/001")
+    finished = load_file(str(run.adapter_tensors))
+    # killed after its last checkpoint, before the adapter was saved
+    shutil.rmtree(run.adapter_dir)
+    run.result_path.unlink()
+    assert run.last_checkpoint.is_file() and loop.unfinished() == run.root
+    lines = []
+    studio, loop = build_studio(root, fit_steps=2, echo=lines.append)
+    assert any("continuing the unfinished fit" in line for line in lines), lines
+    assert loop.wait(600)
+    assert loop.last["error"] is None and loop.last["resumed"] and loop.last["adapter"] == "001", loop.last
+    assert [a["adapter"] for a in loop.adapters()] == ["001"]  # no case saved since: no further fit
+    resumed = load_file(str(run.adapter_tensors))
+    assert sorted(resumed) == sorted(finished)
+    assert all(torch.equal(resumed[k], finished[k]) for k in finished)  # the checkpoint's weights
+    assert studio.adapter == "studio adapter 001" and loop.current() == run.root
+    # killed before its first checkpoint, and a case saved meanwhile: started again in its folder, then a
+    # fit of every saved case
+    shutil.rmtree(run.adapter_dir)
+    shutil.rmtree(run.checkpoint_dir)
+    run.result_path.unlink()
+    (root / "labelsTr/synth_002.nii.gz").write_bytes(label)
+    studio, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
+    assert loop.wait(600)
+    adapters = loop.adapters()
+    assert [(a["adapter"], a["cases"]) for a in adapters] == [("001", 2), ("002", 3)], adapters
+    assert loop.last["adapter"] == "002" and not loop.last["resumed"] and adapters[1]["from"] == "001"
+    assert studio.adapter == "studio adapter 002"
+    # nothing unfinished: a restart starts no fit
+    _, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
+    assert loop.unfinished() is None and loop.state == "idle"

@@ -13,7 +13,8 @@ When a fit ends, the studio loads its adapter and switches to it between two int
 are open keep their session until they are saved), unless the user pinned an adapter; the user can also
 go back to any earlier adapter, or to the zero-shot model. ``current.json`` names the adapter in use and
 whether it is pinned, so a restarted studio resumes it. Saves during a fit ask for one more fit, started
-when the running one ends.
+when the running one ends. A fit that a stopped (or killed) studio left without its adapter is continued
+by the restarted studio from its last checkpoint, as ``medadapt fit --resume`` would.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class AdaptationLoop:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._wanted = False
+        self._resume: Path | None = None  # an unfinished fit to continue before any new one
         self._active = False  # a worker thread runs (set and cleared under the lock)
         self.state = "idle"  # idle | fitting | failed
         self.running: dict | None = None
@@ -106,6 +108,25 @@ class AdaptationLoop:
         return out
 
     # -- fitting ------------------------------------------------------------------------------------
+    def unfinished(self) -> Path | None:
+        """The newest in-loop fit if it never saved its adapter (the studio was stopped during it)."""
+        if not self.adapters_dir.is_dir():
+            return None
+        runs = [p for p in sorted(self.adapters_dir.iterdir()) if p.is_dir() and p.name.isdigit()]
+        if not runs or runs[-1] in self.finished() or not RunFolder(runs[-1]).fit_config_path.is_file():
+            return None
+        return runs[-1]
+
+    def resume_unfinished(self) -> Path | None:
+        """Continue the fit a stopped studio left unfinished, in the background, from its last checkpoint (as
+        ``medadapt fit --resume``; without a checkpoint yet, from its start, in the same folder); a fit of
+        every saved case follows when cases were saved after it began. Returns its folder, or None."""
+        run = self.unfinished()
+        if run is not None:
+            self._resume = run
+            self.request()
+        return run
+
     def request(self) -> None:
         """Ask for a fit (after a save); runs now, or when the running fit ends."""
         with self._lock:
@@ -139,38 +160,50 @@ class AdaptationLoop:
         return [c for c in self.folder.cases.values() if self.folder.has_label(c)]
 
     def _fit_once(self) -> None:
-        from medadapt.engine.sam_fit import FitOptions
-        from medadapt.pipeline.fit import fit_segment
-
+        resumed, self._resume = self._resume, None
+        if resumed is not None:
+            values = RunFolder(resumed).read_fit_config(required=True)
+            self._fit(resumed, values, resume=RunFolder(resumed).last_checkpoint.is_file())
+            if len(self._labelled()) > int(values.get("shots") or 0):  # saved while the studio was down
+                with self._lock:
+                    self._wanted = True
+            return
         cases = self._labelled()
         if len(cases) < self.min_cases:
             return
         number = max((int(p.name) for p in self.adapters_dir.glob("[0-9]*") if p.name.isdigit()), default=0) + 1
         out = self.adapters_dir / f"{number:03d}"
         listing = self.adapters_dir / f"{number:03d}-cases.csv"
-        started = time.time()
         previous = self.current()
-        self.state, self.running = "fitting", {"adapter": out.name, "cases": len(cases), "started": started,
-                                               "from": previous.name if previous else None}
+        write_text(listing, _case_csv(cases, self.folder.modality))
+        self._fit(out, {
+            "data": str(listing), "out": str(out), "model": self.model, "method": "decoder", "prompt": "box",
+            "test": 0, "shots": len(cases), "max_steps": self.steps, "progress": False,
+            "cache_dir": str(self.folder.state_dir / "cache"), "init_adapter": str(previous) if previous else None,
+        })
+
+    def _fit(self, out: Path, values: dict, *, resume: bool = False) -> None:
+        """Run (or, ``resume``, continue) the fit of ``values`` into ``out``; switch to it unless pinned."""
+        from medadapt.engine.sam_fit import FitOptions
+        from medadapt.pipeline.fit import fit_segment
+
+        started = time.time()
+        n = int(values.get("shots") or 0)
+        start = values.get("init_adapter")
+        self.state, self.running = "fitting", {"adapter": out.name, "cases": n, "started": started,
+                                               "from": Path(start).name if start else None, "resumed": resume}
         try:
-            write_text(listing, _case_csv(cases, self.folder.modality))
-            opts = FitOptions.build({
-                "data": str(listing), "out": str(out), "model": self.model, "method": "decoder", "prompt": "box",
-                "test": 0, "shots": len(cases), "max_steps": self.steps, "progress": False,
-                "cache_dir": str(self.folder.state_dir / "cache"),
-                "init_adapter": str(previous) if previous else None,
-            })
-            result = fit_segment(opts, report=False).result
+            result = fit_segment(FitOptions.build(values), resume=resume, report=False).result
             if not self.pinned:
                 self.on_adapter(out)
                 self.set_current(out)
-            self.last = {"adapter": out.name, "cases": len(cases), "seconds": round(time.time() - started, 1),
+            self.last = {"adapter": out.name, "cases": n, "seconds": round(time.time() - started, 1),
                          "val_dsc": result.get("best_metric"), "val_cases": len(result.get("val_cases") or []),
-                         "error": None}
+                         "resumed": resume, "error": None}
         except Exception as err:  # the studio keeps running with its current adapter; the page shows why
             message = str(err) if isinstance(err, MedadaptError) else f"{type(err).__name__}: {err}"
-            self.last = {"adapter": out.name, "cases": len(cases), "seconds": round(time.time() - started, 1),
-                         "val_dsc": None, "error": message}
+            self.last = {"adapter": out.name, "cases": n, "seconds": round(time.time() - started, 1),
+                         "val_dsc": None, "resumed": resume, "error": message}
         finally:
             self.running = None
             with self._lock:

@@ -59,6 +59,8 @@ def build_studio(data_dir: Path, *, adapter: Path | None = None, model: str | No
         name = None
     echo(f"loading the model{f' with the adapter {adapter}' if adapter else ''}…")
     studio.switch(build_predictor(model, adapter=adapter, use_cache=True), name)
+    if loop is not None and (unfinished := loop.resume_unfinished()) is not None:
+        echo(f"continuing the unfinished fit {unfinished} in the background")
     return studio, loop
 
 
