@@ -3,6 +3,7 @@ normal run folder, the studio switches to it between interactions, and a restart
 
 from __future__ import annotations
 
+import gzip
 import time
 
 import nibabel as nib
@@ -77,17 +78,42 @@ def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
     assert c.post("/api/adapter", json={"adapter": "002"}).json()["current"] == "002"
     assert studio.predictor is not first and studio.adapter == "studio adapter 002"
     assert c.post("/api/adapter", json={"adapter": "999"}).status_code == 400
+
+    # compare: the open case as another adapter shows it, its interactions replayed on that model
+    box = {"corner0": [12, 12, 6], "corner1": [32, 30, 6], "space": "voxel", "depth": 1}
+    assert c.post("/api/cases/synth_002/box", json=box).status_code == 200  # its session: adapter 001's model
+    shown = c.get("/api/cases/synth_002/mask").content
+    same = c.get("/api/cases/synth_002/compare", params={"adapter": "001"})
+    assert same.status_code == 200, same.text
+    assert same.headers["X-Agreement-Dice"] == "1.0000" and volume_of(same.content).tobytes() == volume_of(shown).tobytes()
+    other = c.get("/api/cases/synth_002/compare", params={"adapter": "zero-shot"})
+    assert other.headers["X-Compare-Adapter"] == "zero-shot"
+    expected = studio.compare("synth_002", zero_shot)[0]
+    np.testing.assert_array_equal(volume_of(other.content), expected)
+    assert not np.array_equal(expected, volume_of(shown))  # the box's mask differs between the two models
+    assert float(other.headers["X-Agreement-Dice"]) < 1
+    assert c.get("/api/cases/synth_002/mask").content == shown  # the case's own session is unchanged
+    assert c.get("/api/cases/synth_002/compare", params={"adapter": "999"}).status_code == 400
+    assert c.get("/api/cases/synth_002/compare", params={"adapter": "../001"}).status_code == 422
+    assert c.get("/api/cases/nope/compare", params={"adapter": "001"}).status_code == 404
+    assert c.post("/api/cases/synth_002/undo").status_code == 200
     assert c.post("/api/adapter", json={"adapter": "../001"}).status_code == 422
     assert c.get("/api/adapter").json()["current"] == "002"
 
     # a restarted studio resumes the adapter in use
     again, _ = build_studio(root, fit_steps=2, echo=lambda _: None)
     assert again.adapter == "studio adapter 002"
-    assert TestClient(create_app(again), base_url=BASE).get("/api/adapter").json()["state"] == "off"
+    without = TestClient(create_app(again), base_url=BASE)
+    assert without.get("/api/adapter").json()["state"] == "off"
+    assert without.get("/api/cases/synth_002/compare", params={"adapter": "001"}).status_code == 404
     c.post("/api/adapter", json={"adapter": None, "pin": True})
     assert studio.adapter is None
     again, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
     assert again.adapter is None and loop.pinned  # zero-shot, pinned
+
+
+def volume_of(nifti: bytes) -> np.ndarray:
+    return np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(nifti)).dataobj)
 
 
 def assert_starts_from(run, previous) -> None:

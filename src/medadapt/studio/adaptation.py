@@ -23,6 +23,7 @@ import csv
 import io
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,9 +40,11 @@ class AdaptationLoop:
     (None: the zero-shot model)."""
 
     def __init__(self, folder: CaseFolder, on_adapter: Callable[[Path | None], None], *, steps: int = DEFAULT_STEPS,
-                 model: str = "litemedsam", min_cases: int = 1):
+                 model: str = "litemedsam", min_cases: int = 1, build: Callable[[Path | None], object] | None = None):
         self.folder = folder
         self.on_adapter = on_adapter
+        self.build = build  # run folder (None: zero-shot) -> predictor, for the compare view
+        self._models: OrderedDict[str | None, object] = OrderedDict()  # the last few compared models
         self.steps = steps
         self.model = model
         self.min_cases = min_cases
@@ -86,15 +89,36 @@ class AdaptationLoop:
     def select(self, name: str | None, *, pin: bool) -> None:
         """Switch to the finished adapter ``name`` (None: the zero-shot model); ``pin`` keeps it when later
         fits end (they still run, and can be selected)."""
-        run = None
-        if name is not None:
-            run = self.adapters_dir / str(name)
-            if not str(name).isdigit() or run not in self.finished():
-                raise MedadaptError(f"the studio has no finished adapter '{name}'.",
-                                    fix=f"pick one of: {', '.join(p.name for p in self.finished()) or 'none yet'}.")
+        run = self.run_of(name)
         self.on_adapter(run)
         self.pinned = pin
         self.set_current(run)
+
+    def run_of(self, name: str | None) -> Path | None:
+        """The finished adapter ``name`` (None: the zero-shot model); refuses any other name."""
+        if name is None:
+            return None
+        run = self.adapters_dir / str(name)
+        if not str(name).isdigit() or run not in self.finished():
+            raise MedadaptError(f"the studio has no finished adapter '{name}'.",
+                                fix=f"pick one of: {', '.join(p.name for p in self.finished()) or 'none yet'}.")
+        return run
+
+    def predictor_for(self, name: str | None):
+        """The model of adapter ``name`` (None: zero-shot), built on first use; the last two stay loaded."""
+        run = self.run_of(name)
+        if self.build is None:
+            raise MedadaptError("this studio cannot load other adapters.")
+        with self._lock:
+            if name in self._models:
+                self._models.move_to_end(name)
+                return self._models[name]
+        model = self.build(run)
+        with self._lock:
+            self._models[name] = model
+            while len(self._models) > 2:
+                self._models.popitem(last=False)
+        return model
 
     def adapters(self) -> list[dict]:
         """Every finished adapter with its cases, fit time and validation DSC (from its result.json)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -155,6 +155,23 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
         labels, oc = studio.labels(key)
         return Response(nifti_bytes(labels, oc.volume), media_type="application/octet-stream",
                         headers={"X-Mask-Version": str(oc.version), "X-Mask-Voxels": str(int(np.count_nonzero(labels))),
+                                 "Cache-Control": "no-store"})
+
+    @app.get("/api/cases/{key}/compare")
+    def compare(key: str, adapter: str = Query(pattern=r"^([0-9]{1,6}|zero-shot)$")):
+        """The case as another studio adapter (or the zero-shot model) would show it: the same boxes, clicks
+        and strokes replayed on that model; the headers give its agreement (Dice) with the masks shown now."""
+        if loop is None:
+            raise HTTPException(404, "this studio runs without adaptation (--no-adapt): no other adapter to compare.")
+        studio.folder.case(key)
+        other = loop.predictor_for(None if adapter == "zero-shot" else adapter)
+        labels, oc = studio.compare(key, other)
+        shown, _ = studio.labels(key)
+        both = int(np.count_nonzero((labels == shown) & (labels > 0)))
+        total = int(np.count_nonzero(labels) + np.count_nonzero(shown))
+        return Response(nifti_bytes(labels, oc.volume), media_type="application/octet-stream",
+                        headers={"X-Compare-Adapter": adapter, "X-Mask-Voxels": str(int(np.count_nonzero(labels))),
+                                 "X-Agreement-Dice": f"{2 * both / total:.4f}" if total else "1.0000",
                                  "Cache-Control": "no-store"})
 
     @app.post("/api/cases/{key}/box")

@@ -45,10 +45,13 @@ def build_studio(data_dir: Path, *, adapter: Path | None = None, model: str | No
     studio = Studio(folder, lambda: None)
     loop = None
     if adapt:
-        def use(run: Path | None) -> None:
-            studio.switch(build_predictor(model, adapter=run, use_cache=True), run and f"studio adapter {run.name}")
+        def build(run: Path | None):
+            return build_predictor(model, adapter=run, use_cache=True)
 
-        loop = AdaptationLoop(folder, use, steps=fit_steps, model=model or "litemedsam")
+        def use(run: Path | None) -> None:
+            studio.switch(build(run), run and f"studio adapter {run.name}")
+
+        loop = AdaptationLoop(folder, use, steps=fit_steps, model=model or "litemedsam", build=build)
     if adapter is not None:
         RunFolder.resolve(adapter)  # a wrong --adapter fails now, not at the first click
         name = str(adapter)
