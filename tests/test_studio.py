@@ -20,6 +20,7 @@ from medadapt.models.registry import build_model, get_sam_spec
 from medadapt.studio.app import create_app
 from medadapt.studio.cases import CaseFolder
 from medadapt.studio.state import Studio
+from test_io_images import _dicom
 
 BASE = "http://127.0.0.1"
 
@@ -389,26 +390,6 @@ def test_unsaved_cases_stay_open_and_an_outside_change_is_reported(folder, predi
     assert "warning" not in c.put("/api/cases/synth_001/label").json()
 
 
-def write_dicom(path: Path, hu: np.ndarray) -> None:
-    """A single-frame CT DICOM of ``hu`` (stored values + a rescale intercept, as scanners write them)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
-    ds.Rows, ds.Columns = hu.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.PixelData = (hu + 1024).astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_a_folder_of_2d_dicom_images_gets_png_labels(tmp_path, predictor):
     from medadapt.io.images import read_label_2d
     from medadapt.studio.cases import to_display
@@ -419,7 +400,7 @@ def test_a_folder_of_2d_dicom_images_gets_png_labels(tmp_path, predictor):
     h, w = 64, 80
     hu = rng.integers(-100, 0, (h, w)).astype(np.int16)  # soft tissue around a bright (bone-like) rectangle
     hu[30:52, 35:70] = 900
-    write_dicom(root / "slice.dcm", hu)
+    _dicom(root / "slice.dcm", hu + 1024, RescaleSlope=1, RescaleIntercept=-1024)  # stored values + rescale, as CT
     before = sha(root / "slice.dcm")
     c = client_for(root, predictor)
     assert c.get("/api/cases").json() == [{"key": "slice", "folder": ".", "image": "slice.dcm", "status": "untouched",

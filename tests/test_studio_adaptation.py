@@ -4,6 +4,8 @@ normal run folder, the studio switches to it between interactions, and a restart
 from __future__ import annotations
 
 import gzip
+import json
+import shutil
 import time
 
 import nibabel as nib
@@ -13,10 +15,11 @@ import torch
 from fastapi.testclient import TestClient
 
 from medadapt.data.synthetic import SPACING, make_synthetic_dataset, synthetic_case
+from medadapt.deploy.auto import fit_encoder_engine
 from medadapt.errors import MedadaptError
 from medadapt.run import RunFolder
 from medadapt.studio.app import create_app
-from medadapt.studio.server import build_studio
+from medadapt.studio.server import build_studio, frozen_base
 
 BASE = "http://127.0.0.1"
 
@@ -58,6 +61,16 @@ def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
     run = root / ".medadapt-studio/adapters/001"
     folder = RunFolder.resolve(run)  # a normal run folder: predict / evaluate / export take it
     assert folder.adapter_tensors.is_file() and folder.read_result()["train_cases"] == ["synth_000", "synth_001"]
+    engine = fit_encoder_engine("auto")[0]
+    assert studio.encoder_engine == engine and folder.read_result()["encoder_engine"].split(":")[0] == engine
+    # the decoder recipe leaves the image encoder as the base model's: the exported base encoder serves it
+    assert frozen_base(run, None) == "litemedsam"
+    trains_encoder = tmp_path / "encoder_run"
+    shutil.copytree(folder.adapter_dir, trains_encoder / "adapter")
+    meta = json.loads((trains_encoder / "adapter/adapter.json").read_text())
+    meta["tensors"]["image_encoder.neck.0.weight"] = {"shape": [1], "dtype": "float32", "kind": "parameter"}
+    (trains_encoder / "adapter/adapter.json").write_text(json.dumps(meta))
+    assert frozen_base(trains_encoder, None) is None
     assert studio.predictor is not zero_shot
     assert studio.open("synth_002").session.predictor is zero_shot  # not switched in the middle of its work
     # pinned: the next fit runs but the studio keeps the pinned adapter
@@ -205,3 +218,27 @@ def test_a_fit_stopped_before_its_adapter_was_saved_is_continued_on_restart(tmp_
     # nothing unfinished: a restart starts no fit
     _, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
     assert loop.unfinished() is None and loop.state == "idle"
+
+
+def test_the_encoder_engine_option(tmp_path):
+    from medadapt.deploy.auto import openvino_available
+    from medadapt.deploy.backend import base_encoder
+
+    root = small_dataset(tmp_path / "data", n=2)
+    studio, _ = build_studio(root, adapt=False, encoder_engine="torch", echo=lambda _: None)
+    assert studio.encoder_engine == "torch" and studio.predictor.encoder is None
+    c = TestClient(create_app(studio), base_url=BASE)
+    assert c.get("/api/studio").json()["encoder_engine"] == "torch"
+    with pytest.raises(MedadaptError, match="--encoder-engine 'fast'"):
+        build_studio(root, adapt=False, encoder_engine="fast", echo=lambda _: None)
+    if not openvino_available():
+        return
+    lines = []
+    studio, loop = build_studio(root, encoder_engine="auto", echo=lines.append)  # as `medadapt fit` chooses
+    assert studio.encoder_engine == "openvino" == loop.encoder_engine and "(encoder: openvino)" in lines[-1]
+    assert studio.predictor.encoder is not None
+    assert studio.predictor.encoder.__self__.fingerprint == base_encoder("litemedsam", "openvino")[0]
+    image = studio.open("synth_001").session.volume[6]
+    x = studio.predictor.prepare(np.repeat(image[..., None], 3, -1)).tensor[None]
+    with torch.no_grad():  # the same embeddings within float32 rounding
+        assert torch.allclose(studio.predictor.encoder(x), studio.predictor.model.encode(x), atol=1e-3)

@@ -40,8 +40,10 @@ class AdaptationLoop:
     (None: the zero-shot model)."""
 
     def __init__(self, folder: CaseFolder, on_adapter: Callable[[Path | None], None], *, steps: int = DEFAULT_STEPS,
-                 model: str = "litemedsam", min_cases: int = 1, build: Callable[[Path | None], object] | None = None):
+                 model: str = "litemedsam", min_cases: int = 1, build: Callable[[Path | None], object] | None = None,
+                 encoder_engine: str = "auto"):
         self.folder = folder
+        self.encoder_engine = encoder_engine  # fills the fits' embedding cache (fit's --encoder-engine)
         self.on_adapter = on_adapter
         self.build = build  # run folder (None: zero-shot) -> predictor, for the compare view
         self._models: OrderedDict[str | None, object] = OrderedDict()  # the last few compared models
@@ -204,6 +206,7 @@ class AdaptationLoop:
             "data": str(listing), "out": str(out), "model": self.model, "method": "decoder", "prompt": "box",
             "test": 0, "shots": len(cases), "max_steps": self.steps, "progress": False,
             "cache_dir": str(self.folder.state_dir / "cache"), "init_adapter": str(previous) if previous else None,
+            "encoder_engine": self.encoder_engine,
         })
 
     def _fit(self, out: Path, values: dict, *, resume: bool = False) -> None:

@@ -106,7 +106,8 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
     def about():
         f = studio.folder
         return {"name": f.name, "modality": f.modality, "classes": {str(k): v for k, v in f.classes.items()},
-                "adapter": studio.adapter, "cases": len(f.cases), "adaptation": loop is not None}
+                "adapter": studio.adapter, "cases": len(f.cases), "adaptation": loop is not None,
+                "encoder_engine": studio.encoder_engine}
 
     @app.get("/api/adapter")
     def adapter_status():

@@ -72,6 +72,7 @@ class Studio:
         self._factory = predictor_factory
         self._predictor = None
         self.adapter = adapter  # the name of the adapter in use (None: the zero-shot model)
+        self.encoder_engine = "torch"  # what encodes the slices (set by whoever builds the predictors)
         self.max_open = max_open
         self._open: OrderedDict[str, OpenCase] = OrderedDict()
         self._model_lock = threading.RLock()

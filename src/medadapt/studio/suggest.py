@@ -89,13 +89,6 @@ class Suggester:
         return {**out, "case": best, "method": "entropy", "score": round(scored[best], 4), "scored": len(scored),
                 "complete": not missing}
 
-    def wait(self, timeout: float | None = None) -> bool:
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
-
     # -- scoring ----------------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
