@@ -92,7 +92,7 @@ def run_mode(adapt: bool, cases: list, dataset, args) -> list[dict]:
         for i, ref in enumerate(cases, start=1):
             key = next(k for k, c in studio.folder.cases.items() if c.image.name == ref.image.name)
             gt = dataset.load(ref.key).label
-            row = {"case": i, "key": ref.key, "adapter": studio.adapter,
+            row = {"case": i, "key": ref.key, "adapter": studio.adapter, "encoder_engine": studio.encoder_engine,
                    **label_case(studio, key, np.asarray(gt), classes, args.target, args.max_clicks)}
             studio.save(key)
             if loop is not None:

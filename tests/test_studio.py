@@ -20,6 +20,7 @@ from medadapt.models.registry import build_model, get_sam_spec
 from medadapt.studio.app import create_app
 from medadapt.studio.cases import CaseFolder
 from medadapt.studio.state import Studio
+from test_io_images import _dicom
 
 BASE = "http://127.0.0.1"
 
@@ -387,3 +388,46 @@ def test_unsaved_cases_stay_open_and_an_outside_change_is_reported(folder, predi
     r = c.put("/api/cases/synth_001/label").json()
     assert "changed by another program" in r["warning"]
     assert "warning" not in c.put("/api/cases/synth_001/label").json()
+
+
+def test_a_folder_of_2d_dicom_images_gets_png_labels(tmp_path, predictor):
+    from medadapt.io.images import read_label_2d
+    from medadapt.studio.cases import to_display
+
+    root = tmp_path / "dicom"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    h, w = 64, 80
+    hu = rng.integers(-100, 0, (h, w)).astype(np.int16)  # soft tissue around a bright (bone-like) rectangle
+    hu[30:52, 35:70] = 900
+    _dicom(root / "slice.dcm", hu + 1024, RescaleSlope=1, RescaleIntercept=-1024)  # stored values + rescale, as CT
+    before = sha(root / "slice.dcm")
+    c = client_for(root, predictor)
+    assert c.get("/api/cases").json() == [{"key": "slice", "folder": ".", "image": "slice.dcm", "status": "untouched",
+                                          "unsaved": False}]
+    info = c.get("/api/cases/slice").json()
+    assert info["is_2d"] and info["shape"] == [w, h, 1] and info["image"] == "slice.nii.gz"
+    shown = np.asarray(read_mask(c.get("/api/cases/slice/image")).dataobj)
+    np.testing.assert_array_equal(shown, to_display(hu))  # the viewer gets Hounsfield units
+    r0, r1, c0, c1 = 30, 52, 35, 70
+    corner0, corner1 = [c0 - 2, h - 1 - (r1 + 1), 0], [c1 + 1, h - 1 - (r0 - 2), 0]
+    r = c.post("/api/cases/slice/box", json={"corner0": corner0, "corner1": corner1, "space": "voxel"})
+    assert r.status_code == 200, r.text
+    saved = c.put("/api/cases/slice/label").json()
+    assert saved["saved"] == "labelsTr/slice.png"
+    label = read_label_2d(root / "labelsTr/slice.png")
+    truth = np.zeros((h, w), np.uint8)
+    truth[r0:r1, c0:c1] = 1
+    assert label.shape == (h, w)
+    assert (label & truth).sum() > 0.95 * label.sum() and label.sum() > 0.5 * truth.sum()  # in the right place
+    assert sha(root / "slice.dcm") == before  # the image is never modified
+    assert {x["key"]: x["status"] for x in c.get("/api/cases").json()} == {"slice": "labelled"}
+    # a multi-frame DICOM is refused with a message when opened
+    import pydicom
+
+    ds = pydicom.dcmread(root / "slice.dcm")
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(root / "frames.dcm")
+    r = client_for(root, predictor).get("/api/cases/frames")
+    assert r.status_code == 400 and "multi-frame" in r.json()["error"]

@@ -47,6 +47,7 @@ __all__ = [
     "merged_state_dict",
     "read_adapter_meta",
     "save_adapter",
+    "warm_start",
 ]
 
 ADAPTER_TENSORS = "adapter.safetensors"
@@ -145,6 +146,28 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, *, base: dict[str, A
     both have. Returns ``model``, adapted in place.
     """
     adapter_dir = Path(adapter_dir)
+    meta, recipe, tensors = _read_adapter(adapter_dir, base)
+    apply_recipe(model, recipe)
+    _copy_tensors(model, tensors, meta, adapter_dir / ADAPTER_TENSORS)
+    return model
+
+
+def warm_start(model: nn.Module, adapter_dir: str | Path, recipe: RecipeConfig, *,
+               base: dict[str, Any] | None = None) -> nn.Module:
+    """Copy a saved adapter's tensors into ``model``, which has ``recipe`` applied already: a fit that goes
+    on from an earlier adapter (the same recipe) instead of from the base model. Returns ``model``."""
+    adapter_dir = Path(adapter_dir)
+    meta, saved, tensors = _read_adapter(adapter_dir, base)
+    if saved.name != recipe.name:
+        raise MedadaptError(f"the adapter to start from was trained with the recipe '{saved.name}', this fit "
+                            f"uses '{recipe.name}'.", path=adapter_dir,
+                            fix="start from an adapter of the same recipe, or from the base model.")
+    _copy_tensors(model, tensors, meta, adapter_dir / ADAPTER_TENSORS)
+    return model
+
+
+def _read_adapter(adapter_dir: Path, base: dict[str, Any] | None) -> tuple[dict, RecipeConfig, dict[str, torch.Tensor]]:
+    """(adapter.json, its recipe, the tensors) of an adapter folder, checked against ``base``."""
     meta = read_adapter_meta(adapter_dir)
     if base is not None:
         _check_base(meta.get("base") or {}, base, adapter_dir / ADAPTER_JSON)
@@ -163,8 +186,11 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, *, base: dict[str, A
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError) as err:
         raise MedadaptError(f"cannot read {ADAPTER_TENSORS} ({err})", path=tensor_path) from None
+    return meta, recipe, tensors
 
-    apply_recipe(model, recipe)
+
+def _copy_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], meta: dict, tensor_path: Path) -> None:
+    """Copy the adapter tensors into the recipe's tensors of ``model``, strictly (names and shapes)."""
     expected = adapter_state_dict(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -185,7 +211,6 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, *, base: dict[str, A
         for k, t in expected.items():
             t.copy_(tensors[k])
     model.train(model.training)  # refresh caches derived from weights (e.g. attention-bias tables)
-    return model
 
 
 def merge_adapter(model: nn.Module) -> nn.Module:

@@ -78,9 +78,14 @@ def frozen_encoder(opts) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
     per slice, and fp32 OpenVINO computes them about twice as fast as eager PyTorch on a CPU, equal to
     it within float32 rounding (the cache stores them as float16 anyway).
     """
-    engine = opts.encoder_engine
+    return base_encoder(opts.model, opts.encoder_engine, Path(opts.checkpoint) if opts.checkpoint else None)
+
+
+def base_encoder(model: str, engine: str, checkpoint: Path | None = None) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """(fingerprint, encode) of the base ``model``'s image encoder exported (once, into the cache) to
+    ``engine`` at fp32: the encoder of every adapter whose recipe leaves it frozen."""
     check_engine(engine, "fp32")
-    folder = cached_export(opts.model, engine=engine, checkpoint=Path(opts.checkpoint) if opts.checkpoint else None)
+    folder = cached_export(model, engine=engine, checkpoint=checkpoint)
     deployed = DeployedSam(folder, engine=engine, precision="fp32")
     return deployed.fingerprint, deployed.encode
 

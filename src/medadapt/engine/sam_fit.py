@@ -17,6 +17,7 @@ import torch
 from pydantic import ConfigDict, Field, field_validator
 from torch import nn
 
+from medadapt.adapt.artifact import warm_start
 from medadapt.adapt.class_prompts import attach_class_prompts
 from medadapt.adapt.recipes import RecipeConfig, apply_recipe
 from medadapt.data.datasets import load_segmentation_dataset
@@ -36,6 +37,7 @@ from medadapt.engine.trainer import TrainResult
 from medadapt.errors import MedadaptError
 from medadapt.io.discovery import resolve_spec
 from medadapt.models.registry import build_model, get_sam_spec
+from medadapt.run import RunFolder
 
 DEFAULT_STEPS = 200
 
@@ -84,6 +86,8 @@ class FitOptions(SplitOptions, LayoutOptions, LoraOptions, OptimOptions):
     augment_flips: bool = True  # off where classes are told apart by position (e.g. hippocampus head/body)
     augment_translate: float = Field(0.0, ge=0, le=0.5)  # shift up to this fraction of the slice size
     cache_dir: str | None = None
+    # warm start: a run folder whose adapter (the same recipe) gives the trainable weights their start
+    init_adapter: str | None = None
     # auto: OpenVINO fp32 when installed (the command line's factory decides; without one, torch)
     encoder_engine: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     max_val_slices: int = Field(64, ge=1)
@@ -169,6 +173,8 @@ class SamFit(FitHooks):
             train_prompt_encoder=opts.train_prompt_encoder, also_train=also_train,
         )
         self.applied = applied = apply_recipe(model, self.recipe)
+        if opts.init_adapter:
+            warm_start(model, RunFolder.resolve(opts.init_adapter).adapter_dir, self.recipe, base={"model": opts.model})
         if opts.augment_stem and not (applied.encoder_trainable and opts.frozen_stages):
             raise MedadaptError(
                 f"augment_stem applies to recipes that train the encoder after frozen stages; '{opts.method}' "
@@ -213,6 +219,7 @@ class SamFit(FitHooks):
             "shots": opts.shots if not opts.fraction else None,
             "fraction": opts.fraction,
             "seed": opts.seed,
+            "init_adapter": opts.init_adapter,
             "classes": self.classes,
             "train_cases": list(split.train),
             "val_cases": list(split.val),

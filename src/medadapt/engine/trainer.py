@@ -14,8 +14,10 @@ Counting: a *step* is one optimiser update (``grad_accum`` micro-batches). ``val
 Resume: ``checkpoint/last.pt`` is written after every epoch and at every validation. A resumed run
 restores the weights, optimiser, scheduler, task state and RNGs, and (for a checkpoint taken
 mid-epoch) replays the epoch's data iterator up to the checkpoint, so with the same seed it ends
-with the same weights as an uninterrupted run. The scheduler is not passed through
-``accelerator.prepare``: accelerate's wrapper steps it once per process, we step it once per update.
+with the same weights as an uninterrupted run, and writes the task's artifact again at its end (from
+``best.pt``): a kill between a checkpoint and the artifact leaves none missing or stale. The scheduler
+is not passed through ``accelerator.prepare``: accelerate's wrapper steps it once per process, we step
+it once per update.
 """
 
 from __future__ import annotations
@@ -164,6 +166,7 @@ class Trainer:
         if state is not None:
             self._warn_config_changes(state.get("config", {}))
         run = self._run = _RunState.from_checkpoint(state) if state else _RunState()
+        self._resumed = state is not None
         if self._main:
             if state is None:
                 for stale in (self.last_path, self.best_path):
@@ -341,9 +344,14 @@ class Trainer:
                 with self._plain_model():
                     self.task.save_best(self.out_dir)  # nothing to select on: keep the final weights
         acc.wait_for_everyone()
-        if self.config.restore_best and self.best_path.is_file():
+        restored = self.config.restore_best and self.best_path.is_file()
+        if restored:
             best = load_checkpoint(self.best_path)
             load_trainable_state_dict(self._model, best["model"], path=self.best_path)
+        if self._resumed and (restored or run.monitor is None) and self._main and hasattr(self.task, "save_best"):
+            # a kill may have come between a checkpoint and the task's artifact: write it again from them
+            with self._plain_model():
+                self.task.save_best(self.out_dir)
 
     # ================================================================== validation
     def _validate(self) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -34,6 +34,7 @@ from medadapt.errors import MedadaptError
 from medadapt.io.volumes import write_like
 from medadapt.studio.adaptation import AdaptationLoop
 from medadapt.studio.state import Studio
+from medadapt.studio.suggest import Suggester
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 TOKEN_COOKIE = "medadapt_studio_token"
@@ -80,6 +81,7 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
     if not local_only and not token:
         raise MedadaptError("a studio reachable from other machines needs an access token.")
     app = FastAPI(title="medadapt studio", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.suggester = suggester = Suggester(studio)
 
     @app.exception_handler(MedadaptError)
     async def _user_error(_request: Request, err: MedadaptError):
@@ -104,7 +106,8 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
     def about():
         f = studio.folder
         return {"name": f.name, "modality": f.modality, "classes": {str(k): v for k, v in f.classes.items()},
-                "adapter": studio.adapter, "cases": len(f.cases), "adaptation": loop is not None}
+                "adapter": studio.adapter, "cases": len(f.cases), "adaptation": loop is not None,
+                "encoder_engine": studio.encoder_engine}
 
     @app.get("/api/adapter")
     def adapter_status():
@@ -117,6 +120,12 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
             raise HTTPException(404, "this studio runs without adaptation (--no-adapt).")
         loop.select(body.adapter, pin=body.pin)
         return adapter_status()
+
+    @app.get("/api/suggest")
+    def suggest():
+        """The next case to label: the unlabelled case the model in use is least certain about (scored in the
+        background; see medadapt.studio.suggest)."""
+        return suggester.suggest()
 
     @app.get("/api/cases")
     def cases():
@@ -147,6 +156,23 @@ def create_app(studio: Studio, *, token: str | None = None, local_only: bool = T
         labels, oc = studio.labels(key)
         return Response(nifti_bytes(labels, oc.volume), media_type="application/octet-stream",
                         headers={"X-Mask-Version": str(oc.version), "X-Mask-Voxels": str(int(np.count_nonzero(labels))),
+                                 "Cache-Control": "no-store"})
+
+    @app.get("/api/cases/{key}/compare")
+    def compare(key: str, adapter: str = Query(pattern=r"^([0-9]{1,6}|zero-shot)$")):
+        """The case as another studio adapter (or the zero-shot model) would show it: the same boxes, clicks
+        and strokes replayed on that model; the headers give its agreement (Dice) with the masks shown now."""
+        if loop is None:
+            raise HTTPException(404, "this studio runs without adaptation (--no-adapt): no other adapter to compare.")
+        studio.folder.case(key)
+        other = loop.predictor_for(None if adapter == "zero-shot" else adapter)
+        labels, oc = studio.compare(key, other)
+        shown, _ = studio.labels(key)
+        both = int(np.count_nonzero((labels == shown) & (labels > 0)))
+        total = int(np.count_nonzero(labels) + np.count_nonzero(shown))
+        return Response(nifti_bytes(labels, oc.volume), media_type="application/octet-stream",
+                        headers={"X-Compare-Adapter": adapter, "X-Mask-Voxels": str(int(np.count_nonzero(labels))),
+                                 "X-Agreement-Dice": f"{2 * both / total:.4f}" if total else "1.0000",
                                  "Cache-Control": "no-store"})
 
     @app.post("/api/cases/{key}/box")

@@ -8,8 +8,9 @@ needs the images nobody has labelled yet, so it lists images and looks for their
 - ``images/`` → ``labels/`` (or ``masks/`` where that folder exists);
 - a folder of NIfTI volumes or 2D images → ``labelsTr/`` inside it.
 
-Volumes are NIfTI; labels are written as NIfTI with the image's header. 2D images (PNG, TIFF, BMP, JPEG)
-get PNG labels of class indices; the viewer shows them as a one-slice volume (columns along ``i``, rows
+Volumes are NIfTI; labels are written as NIfTI with the image's header. 2D images (PNG, TIFF, BMP, JPEG,
+and single-frame DICOM ``.dcm`` files, read with pydicom with their modality rescale, e.g. HU) get PNG
+labels of class indices; the viewer shows them as a one-slice volume (columns along ``i``, rows
 upwards along ``j``, the identity affine), which :func:`to_display` / :func:`from_display` convert.
 
 Only files inside the folder are listed (a link that leads out of it is skipped), labels are written only
@@ -33,7 +34,7 @@ from medadapt.io.volumes import Volume, VolumeMeta, default_slice_axis, read_vol
 STUDIO_DIR = ".medadapt-studio"  # the studio's own files inside DATA_DIR (embedding cache, adapters)
 _FOLDERS = (("imagesTr", ("labelsTr",)), ("imagesTs", ("labelsTs",)), ("images", ("labels", "masks")))
 _NIFTI = (".nii.gz", ".nii")
-_IMAGES_2D = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+_IMAGES_2D = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class CaseFolder:
         if not self.cases:
             raise MedadaptError("no NIfTI volumes or 2D images found in this folder.", path=self.root,
                                 fix="give an MSD / nnU-Net folder (imagesTr/), or a folder of NIfTI volumes "
-                                "(.nii.gz, .nii) or 2D images (PNG, TIFF, BMP, JPEG).")
+                                "(.nii.gz, .nii) or 2D images (PNG, TIFF, BMP, JPEG, DICOM .dcm).")
         self._images = {c.image.resolve() for c in self.cases.values()}
 
     @property

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -72,6 +72,7 @@ class Studio:
         self._factory = predictor_factory
         self._predictor = None
         self.adapter = adapter  # the name of the adapter in use (None: the zero-shot model)
+        self.encoder_engine = "torch"  # what encodes the slices (set by whoever builds the predictors)
         self.max_open = max_open
         self._open: OrderedDict[str, OpenCase] = OrderedDict()
         self._model_lock = threading.RLock()
@@ -79,6 +80,11 @@ class Studio:
         self._save_locks: dict[str, threading.Lock] = {}
 
     # -- model and cases ----------------------------------------------------------------------
+    @property
+    def model_lock(self) -> threading.RLock:
+        """Held for every model call (interactions, and background work such as the case suggestion)."""
+        return self._model_lock
+
     @property
     def predictor(self):
         with self._model_lock:
@@ -295,6 +301,38 @@ class Studio:
         with self._model_lock:
             oc = self.open(key)
             return oc.labels(), oc
+
+    def compare(self, key: str, predictor) -> tuple[np.ndarray, OpenCase]:
+        """What the page would show for the case under another model (``predictor``): the case's interactions
+        replayed on a session of that model (an automatic-mode model starts from its prediction), with the
+        same saved label and brush strokes around them. The case's own session is left as it is."""
+        with self._model_lock:
+            oc = self.open(key)
+            session = InteractiveSession(predictor, oc.image, slice_axis=oc.slice_axis, name=key)
+            if predictor is oc.session.predictor:
+                session.embeddings = oc.session.embeddings
+            if getattr(predictor, "is_automatic", False) and oc.saved is None:
+                session.start_auto()
+            self._replay(session, oc)
+            return replace(oc, session=session).labels(), oc
+
+    @staticmethod
+    def _replay(session: InteractiveSession, oc: OpenCase) -> None:
+        """``oc``'s boxes and clicks on a session of another model. Objects are matched by their start: the
+        n-th box's object, or the automatic object of the same class (a click on an automatic object the
+        other model lacks is left out)."""
+        objects = list(oc.session.objects.values())
+        boxed = iter([o.object_id for o in objects if o.start != "auto"])
+        auto_class = {o.object_id: o.value for o in objects if o.start == "auto"}
+        auto_ids = {o.value: o.object_id for o in session.objects.values() if o.start == "auto"}
+        ids: dict[int, int] = {}
+        for op in oc.ops:
+            if op["op"] == "box":
+                ids[next(boxed)] = session.add_box(op["box"], value=op["value"])
+            elif op["op"] == "click":
+                oid = ids.get(op["object"], auto_ids.get(auto_class.get(op["object"], -1)))
+                if oid is not None:
+                    session.click(oid, op["x"], op["y"], op["z"], positive=op["positive"])
 
     def save(self, key: str, labels: np.ndarray | None = None) -> dict:
         """Write the case's label (``labels``, else what the session shows) beside its image, atomically."""

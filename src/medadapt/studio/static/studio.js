@@ -107,18 +107,47 @@ function labelColormap() {
 // The label volume the studio holds for the case (saved label + this session's masks) as the overlay.
 async function loadMask() {
   const res = await api(caseUrl("/mask"));
-  const url = URL.createObjectURL(new Blob([await res.arrayBuffer()]));
+  await showOverlay(await res.arrayBuffer());
+  state.mask = { version: Number(res.headers.get("X-Mask-Version")), voxels: Number(res.headers.get("X-Mask-Voxels")) };
+  state.compare = null;
+  $("compare").value = "";
+}
+
+async function showOverlay(bytes) {
+  const url = URL.createObjectURL(new Blob([bytes]));
   try {
     const mask = await NVImage.loadFromUrl({ url, name: "mask.nii.gz" });
     mask.setColormapLabel(labelColormap());
     mask.opacity = Number($("opacity").value);
     while (nv.volumes.length > 1) nv.removeVolumeByIndex(1);
     nv.addVolume(mask);
-    state.mask = { version: Number(res.headers.get("X-Mask-Version")), voxels: Number(res.headers.get("X-Mask-Voxels")) };
   } finally {
     URL.revokeObjectURL(url);
   }
 }
+
+// Compare: the overlay shows another adapter's answer to the same interactions instead of the case's masks.
+async function showCompare() {
+  const adapter = $("compare").value;
+  if (!adapter || !state.key) { state.compare = null; if (state.key) await loadMask(); return; }
+  await busy(`${adapter === "zero-shot" ? "the zero-shot model" : `adapter ${adapter}`} on this case…`, async () => {
+    const res = await api(caseUrl(`/compare?adapter=${encodeURIComponent(adapter)}`));
+    await showOverlay(await res.arrayBuffer());
+    state.compare = { adapter, voxels: Number(res.headers.get("X-Mask-Voxels")),
+      dice: Number(res.headers.get("X-Agreement-Dice")) };
+    say(`showing ${adapter === "zero-shot" ? "the zero-shot model" : `adapter ${adapter}`}: agreement with the ` +
+      `current masks DSC ${state.compare.dice.toFixed(3)} (compare: off to edit)`);
+  });
+}
+$("compare").addEventListener("change", () => showCompare().catch((err) => say(err.message, true)));
+let lastCompare = "";
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "c" || e.ctrlKey || e.metaKey || e.target.tagName === "INPUT" || $("compare-pick").hidden) return;
+  const now = $("compare").value;
+  if (now) lastCompare = now;
+  $("compare").value = now ? "" : lastCompare || $("compare").options[1]?.value || "";
+  showCompare().catch((err) => say(err.message, true));
+});
 
 async function openCase(key) {
   await busy(`opening ${key}…`, async () => {
@@ -231,11 +260,20 @@ async function showAdapter() {
   else if (a.last) text += ` · fit ${a.last.adapter}: ${a.last.cases} cases, ${a.last.seconds} s` +
     (a.last.val_dsc != null ? `, validation DSC ${a.last.val_dsc.toFixed(3)}` : "");
   $("adapter").textContent = text;
+  if (a.adapter !== state.adapter) {  // another model: its own suggestion
+    state.adapter = a.adapter;
+    showSuggestion().catch(() => {});
+  }
   if (a.state !== "off") {  // the finished adapters, to go back to one (or to the zero-shot model) and pin it
     $("model-pick").hidden = false;
     const options = [new Option("zero-shot", ""), ...a.adapters.map((x) => new Option(
       `adapter ${x.adapter} (${x.cases} cases${x.val_dsc != null ? `, DSC ${x.val_dsc.toFixed(3)}` : ""})`, x.adapter))];
     $("model").replaceChildren(...options);
+    $("compare-pick").hidden = false;
+    const keep = $("compare").value;
+    $("compare").replaceChildren(new Option("off", ""), new Option("zero-shot", "zero-shot"),
+      ...a.adapters.map((x) => new Option(`adapter ${x.adapter}`, x.adapter)));
+    $("compare").value = [...$("compare").options].some((o) => o.value === keep) ? keep : "";
     $("model").value = a.current ?? "";
     $("pin").checked = a.pinned;
   }
@@ -243,6 +281,22 @@ async function showAdapter() {
   if (active && !polling) polling = setInterval(() => showAdapter().catch(() => {}), 2000);
   if (!active && polling) { clearInterval(polling); polling = null; }
 }
+
+// The "next case" suggestion (least certain unlabelled case), polled while its scores are computed.
+let suggestPolling = null;
+async function showSuggestion() {
+  const s = await (await api("/api/suggest")).json();
+  state.suggestion = s;
+  $("next").disabled = !s.case;
+  let text = s.case ? `${s.case}` : "every case is labelled";
+  if (s.method === "entropy") text += ` (entropy ${s.score.toFixed(3)})`;
+  else if (s.case) text += " (list order)";
+  if (!s.complete) text += ` · scoring ${s.scored}/${s.total}…`;
+  $("suggestion").textContent = text;
+  if (!s.complete && !suggestPolling) suggestPolling = setInterval(() => showSuggestion().catch(() => {}), 2000);
+  if (s.complete && suggestPolling) { clearInterval(suggestPolling); suggestPolling = null; }
+}
+$("next").addEventListener("click", () => { if (state.suggestion?.case) openCase(state.suggestion.case); });
 
 async function selectModel() {
   await busy("switching the model…", async () => {
@@ -264,6 +318,7 @@ $("save").addEventListener("click", () => busy("saving…", async () => {
   await refreshCases();
   say(`saved ${res.saved} (${res.voxels} labelled voxels)` + (res.warning ? `: ${res.warning}` : ""), Boolean(res.warning));
   await showAdapter();
+  await showSuggestion();
 }));
 for (const input of document.querySelectorAll("input[name=tool]")) input.addEventListener("change", applyTool);
 $("layout").addEventListener("change", applyLayout);
@@ -291,7 +346,9 @@ async function start() {
   $("dataset").textContent = `${about.name} · ${about.cases} cases` + (about.adapter ? ` · adapter ${about.adapter}` : "");
   $("class").replaceChildren(...Object.entries(about.classes).map(([v, name]) => new Option(`${v} ${name}`, v)));
   await refreshCases();
+  state.adapter = about.adapter;
   await showAdapter();
+  await showSuggestion();
   say("pick a case");
   state.ready = true;
 }
