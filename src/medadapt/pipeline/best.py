@@ -8,7 +8,8 @@ the winner is then fitted on all k cases into one normal run folder.
 - **Portfolio** (cheapest first): ``unet3d-scratch`` (the benchmark's 3D U-Net recipe, every weight
   from scratch), ``unet3d-pretrained`` (the same network from ``--checkpoint``, every weight trained;
   only with a checkpoint), ``sam-decoder-auto`` (LiteMedSAM, mask decoder + learned class tokens, no
-  prompt), ``sam-adapter-auto`` (LiteMedSAM encoder adapters on the frozen first two stages, bf16),
+  prompt), ``sam-adapter-auto`` (LiteMedSAM encoder adapters on the frozen first two stages, bf16,
+  the README's automatic-mode recipe on the through-plane slice axis),
   and ``ensemble-2d3d``: the best scored SAM-family (2D) candidate and the best scored 3D one, their
   class probabilities averaged in the volume frame (:class:`medadapt.infer.ensemble.EnsemblePredictor`).
   The ensemble costs no extra training in the selection: its CV score averages the two members'
@@ -105,8 +106,10 @@ PORTFOLIO: tuple[Candidate, ...] = (
     Candidate("sam-decoder-auto", "segment", {"method": "decoder", "prompt": "auto", "lr": 3e-4}, 400, 1.3,
               "LiteMedSAM mask decoder + learned class tokens, no prompt, lr 3e-4"),
     Candidate("sam-adapter-auto", "segment",
-              {"method": "adapter", "prompt": "auto", "lr": 1e-3, "frozen_stages": 2, "precision": "bf16"}, 300, 10.0,
-              "LiteMedSAM encoder adapters (first two stages frozen and cached, bf16) + class tokens, lr 1e-3"),
+              {"method": "adapter", "prompt": "auto", "lr": 1e-3, "frozen_stages": 2, "precision": "bf16",
+               "augment_stem": True, "augment_flips": False, "augment_translate": 0.15}, 300, 10.0,
+              "LiteMedSAM encoder + decoder adapters (first two stages frozen and cached, bf16, images augmented "
+              "without flips) + class tokens, lr 1e-3"),
 )
 ENSEMBLE_CANDIDATE = "ensemble-2d3d"
 #: k = 1: (with --checkpoint, without) the candidate fitted without cross-validation.
