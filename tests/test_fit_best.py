@@ -174,6 +174,7 @@ def test_cross_family_ensemble_averages_probabilities(monkeypatch):
     (["--shots", "4", "--set", "roi=16"], "name the family or candidate"),
     (["--shots", "4", "--candidates", "nnunet"], "unknown candidate"),
     (["--shots", "4", "--budget", "soon"], "is not a duration"),
+    (["--shots", "4", "--lr", "1e-3"], "--lr: not options of --method best"),
 ])
 def test_bad_input_exits_2_and_leaves_no_run_folder(data, tmp_path, extra, needle):
     out = tmp_path / "run"

@@ -106,6 +106,20 @@ def fit(
 
     set_threads(threads)
     if method == "best":
+        per_candidate = dict(model=model, prompt=prompt, epochs=epochs, batch_size=batch_size, lr=lr,
+                             lora_rank=lora_rank, target_modules=target_modules, frozen_stages=frozen_stages,
+                             slice_axis=slice_axis, val_every=val_every, patience=patience, precision=precision,
+                             encoder_engine=encoder_engine, label_dir=label_dir, config=config, split=split)
+        given = [k for k, v in per_candidate.items() if v is not None] + (["resume"] if resume else [])
+        if given:
+            from medadapt.errors import MedadaptError
+
+            flag = "--" + given[0].replace("_", "-")
+            raise MedadaptError(
+                f"{', '.join('--' + g.replace('_', '-') for g in given)}: not options of --method best (each candidate "
+                "has its own recipe, and a killed selection starts again).",
+                fix=f"drop {flag}, or give it to one family or candidate, e.g. --set volumetric.{given[0]}=VALUE "
+                    f"or --set sam-decoder-auto.{given[0]}=VALUE (docs/best.md).")
         _fit_best(task=task, data=data, out=out, checkpoint=checkpoint, shots=shots, fraction=fraction, seed=seed,
                   test=test, folds=folds, budget=budget, candidates=candidates, classes=classes, max_steps=max_steps,
                   cache_dir=cache_dir, image_suffix=image_suffix, label_suffix=label_suffix, settings=settings,
