@@ -38,7 +38,8 @@ def fit(
     folds: int | None = typer.Option(
         None, "--folds",
         help="K-fold cross-validation over the training cases: K fits, the cross-validated DSC (AUROC) reported, "
-             "then the adapter trained on all of them for the step count chosen by CV (fold runs in RUN/folds).",
+             "then the adapter trained on all of them for the step count chosen by CV (fold runs in RUN/folds). "
+             "With --method best: the folds that score the candidates (default min(k, 5)).",
     ),
     budget: str | None = typer.Option(
         None, "--budget",
@@ -97,7 +98,8 @@ def fit(
     """Adapt a foundation model from k labelled cases (or a label fraction); stores only the adapter.
 
     --task segment (default) adapts a SAM-family model; --task classify a ViT / SAM encoder classifier;
-    --task volumetric a 3D SwinUNETR / U-Net.
+    --task volumetric a 3D SwinUNETR / U-Net. --method best chooses among prompt-free 3D U-Net and
+    SAM-family recipes and their ensemble by cross-validation on the training volumes, within --budget.
     """
     from medadapt.cli.common import parse_int_list, with_settings
     from medadapt.pipeline.apply import apply_run, check_predict_source

@@ -396,10 +396,7 @@ def _select_and_fit(values, *, out, dataset, split, pool, group_of, n_folds, bud
         _fit(c, _candidate_values(c, values, overrides, out=out, split_file=split_file, cache_dir=cache_dir))
         base = RunFolder(out).read_result() or {}
     final_seconds = time.perf_counter() - t0
-    if not values.get("cache_dir"):
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        shutil.rmtree(work / "final_split.json", ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # fold runs, the split file, the embedding cache (unless --cache-dir)
     total = time.perf_counter() - start
     selection = {
         "method": "best",
