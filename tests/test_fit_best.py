@@ -205,6 +205,34 @@ def test_k1_fits_the_documented_fixed_choice(data, tmp_path):
     assert len(json.loads((out / "split.json").read_text())["train"]) == 1
 
 
+def test_candidate_that_cannot_finish_is_skipped_after_its_first_fold(data, tmp_path, monkeypatch):
+    """Each fit takes 1000 s more on a fake clock: the second candidate's first fold shows it cannot finish."""
+    _portfolio(monkeypatch, second_lr=3e-3)
+    offset = [0.0]
+    real_clock, real_fit = best.time.perf_counter, best._fit
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return real_clock() + offset[0]
+
+    def slow_fit(c, v):
+        offset[0] += 1000
+        return real_fit(c, v)
+
+    monkeypatch.setattr(best, "time", Clock)
+    monkeypatch.setattr(best, "_fit", slow_fit)
+    out = tmp_path / "run"
+    res = _cli(data, out, "--shots", "2", "--folds", "2", "--budget", "3500s")
+    assert res.exit_code == 0, res.output
+    sel = json.loads((out / "selection.json").read_text())
+    first, second = sel["candidates"][:2]
+    assert first["status"] == "done, chosen" and len(first["fold_dsc"]) == 2
+    assert second["status"] == "skipped" and "estimated from its first fold" in second["reason"]
+    assert len(second["fold_dsc"]) == 1 and second["cv_dsc"] is None
+    assert sel["chosen"] == first["name"] and sel["over_budget_seconds"] > 0
+
+
 def test_parse_budget():
     assert best.parse_budget("90s") == 90 and best.parse_budget("30m") == 1800
     assert best.parse_budget("1h30m") == 5400 and best.parse_budget("45") == 45
