@@ -184,6 +184,15 @@ def test_bad_input_exits_2_and_leaves_no_run_folder(data, tmp_path, extra, needl
     assert not out.exists()
 
 
+def test_an_existing_run_folder_is_refused(data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "result.json").write_text("{}")
+    res = runner.invoke(app, ["fit", "--method", "best", "--data", str(data), "--out", str(out), "--shots", "4"])
+    assert res.exit_code == 2 and "not an empty folder" in " ".join(res.output.split()), res.output
+    assert [p.name for p in out.iterdir()] == ["result.json"]  # left as it was
+
+
 def test_budget_error_names_the_minimum(data, tmp_path):
     res = runner.invoke(app, ["fit", "--method", "best", "--data", str(data), "--out", str(tmp_path / "r"),
                               "--shots", "4", "--budget", "10s", "--candidates", "unet3d-scratch"])

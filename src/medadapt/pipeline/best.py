@@ -175,8 +175,9 @@ def fit_best(
         raise MedadaptError("--method best needs --out RUN.", fix="add --out RUN")
     if not values.get("data"):
         raise MedadaptError("--method best needs --data SPEC.", fix="add --data (an MSD folder of volumes)")
-    if out.exists() and any(out.iterdir()):
-        raise MedadaptError("the run folder is not empty.", path=out, fix="choose a new --out folder.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MedadaptError("is not an empty folder: --method best writes a new run folder.", path=out,
+                            fix="choose a new --out folder.")
     seconds = parse_budget(budget if budget is not None else DEFAULT_BUDGET)
     wanted = _check_candidates(candidates)
     overrides = _check_overrides(overrides or {})
