@@ -253,7 +253,7 @@ def test_sam_and_3d_candidates_and_their_ensemble(data, tmp_path):
     out = tmp_path / "run"
     torch.set_num_threads(1)
     res = _cli(data, out, "--shots", "2", "--folds", "2", "--candidates",
-               "unet3d-scratch,sam-decoder-auto,ensemble-2d3d", "--set", "segment.batch_size=2")
+               "unet3d-scratch,sam-decoder-auto,ensemble-2d3d", "--set", "segment.batch_size=2", "--budget", "3h")
     assert res.exit_code == 0, res.output
     recs = {r["name"]: r for r in json.loads((out / "selection.json").read_text())["candidates"]}
     assert all(recs[n]["status"].startswith("done") for n in ("unet3d-scratch", "sam-decoder-auto", "ensemble-2d3d"))
