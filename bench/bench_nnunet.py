@@ -260,6 +260,12 @@ def score_predictions(pred_dir: Path, gt_dir: Path, classes: list[int], toleranc
 
     start = time.perf_counter()
     rows = evaluate_folders(pred_dir, gt_dir, classes=classes, tolerance_mm=tolerance_mm)
+    return {**aggregate_rows(rows, classes), "eval_seconds": time.perf_counter() - start}
+
+
+def aggregate_rows(rows: list[dict], classes: list[int]) -> dict:
+    """Per-(case, class) rows -> mean DSC / NSD / HD95 over finite values, overall and per class
+    (``bench_best.py`` aggregates its runs with this too)."""
     out: dict = {}
     for m in ("dsc", "nsd", "hd95"):
         vals = np.array([r[m] for r in rows], dtype=float)
@@ -272,7 +278,6 @@ def score_predictions(pred_dir: Path, gt_dir: Path, classes: list[int], toleranc
         out[f"{m}_per_class"] = per
     out["hd95_infinite"] = int(sum(1 for r in rows if not np.isfinite(r["hd95"])))
     out["scored_cases"] = len({r["case"] for r in rows})
-    out["eval_seconds"] = time.perf_counter() - start
     return out
 
 

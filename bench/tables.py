@@ -263,7 +263,8 @@ empty cache (the fit time then includes encoding every slice and the one-time ex
 `--frozen-stages 2 --precision bf16`, `-300` / `-400` / `-800` the step count, `-sag` / `-cor`
 sagittal / coronal slices (`--slice-axis 0` / `1`), `-aug` image augmentation of the frozen-stem
 input (`--set augment_stem=true --set augment_flips=false --set augment_translate=0.15`), `ax+sag`
-an ensemble of an axial and a sagittal run (`--adapter A --adapter B`). `fit s` is the wall time of
+an ensemble of an axial and a sagittal run (`--adapter A --adapter B`; scored when ensembles averaged class
+logits, before they averaged class probabilities). `fit s` is the wall time of
 the `medadapt fit` process; where several runs shared the machine (threads per run below) it
 measures throughput, not a user's wait."""
 

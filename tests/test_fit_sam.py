@@ -351,13 +351,13 @@ def test_auto_volume_logits_line_up_with_the_volume(hippo, auto_run, cache_dir: 
 
 def test_ensemble_averages_members_along_their_own_axes(hippo, auto_run, tmp_path: Path, cache_dir: Path):
     """`--adapter A --adapter B`: each member cuts the volume along its trained axis, the labels come from
-    the mean class logits; predict and evaluate use it, prompted modes are refused with exit 2."""
+    the mean class probabilities; predict and evaluate use it, prompted modes are refused with exit 2."""
     from typer.testing import CliRunner
 
     from medadapt.cli.main import app
     from medadapt.errors import MedadaptError
-    from medadapt.infer.ensemble import EnsemblePredictor
-    from medadapt.infer.predictor import class_labels, keep_largest_of
+    from medadapt.infer.ensemble import EnsemblePredictor, labels_from_probabilities
+    from medadapt.infer.predictor import keep_largest_of
     from medadapt.infer.volume import auto_volume_logits, segment_volume_auto
     from medadapt.io.volumes import read_volume
 
@@ -370,9 +370,12 @@ def test_ensemble_averages_members_along_their_own_axes(hippo, auto_run, tmp_pat
     assert isinstance(ensemble, EnsemblePredictor) and ensemble.member_axes(axis) == [axis, 0]
     axial, sag = ensemble.members
     assert ensemble.keep_largest == sorted(set(axial.keep_largest) & {2})  # only what every member chose
-    mean = (auto_volume_logits(axial, image, slice_axis=axis) + auto_volume_logits(sag, image, slice_axis=0)) / 2
+    def prob(logits):
+        return 1 / (1 + np.exp(-logits))
+
+    mean = (prob(auto_volume_logits(axial, image, slice_axis=axis)) + prob(auto_volume_logits(sag, image, slice_axis=0))) / 2
     seg = ensemble.segment_volume_auto(image, slice_axis=axis)
-    assert np.array_equal(seg, keep_largest_of(class_labels(mean, ensemble.classes), ensemble.keep_largest))
+    assert np.array_equal(seg, keep_largest_of(labels_from_probabilities(mean, ensemble.classes), ensemble.keep_largest))
     assert not np.array_equal(seg, segment_volume_auto(axial, image, slice_axis=axis))
     # An ensemble of one run with itself is that run.
     twice = build_predictor(None, adapter=[run, run], cache_dir=cache_dir)

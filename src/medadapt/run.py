@@ -11,6 +11,12 @@ A fit writes one folder (``--out``) that predict, evaluate, export, merge and re
       metrics.csv, tb/     training curves
       result.json          the fit's summary (best validation metric, wall time, ...)
       postprocess.json     post-processing chosen after the fit (automatic mode: keep_largest)
+      selection.json       ``fit --method best``: every candidate's cross-validated score, time and status
+
+An *ensemble run* (``fit --method best`` when the ensemble wins) holds, instead of ``adapter/``,
+``ensemble.json`` naming its member run folders (``members/NAME``, each a normal run); every
+command that takes ``--adapter RUN`` then uses the members' ensemble
+(:class:`medadapt.infer.ensemble.EnsemblePredictor`).
 
 Nothing outside this module spells these names. :class:`RunFolder` also resolves "a run or its adapter
 folder" (both are accepted wherever a run is), refuses to start a fit over a finished one unless it
@@ -53,11 +59,15 @@ FIT_SUBFOLDERS = (ADAPTER, CHECKPOINT, TENSORBOARD, REPORT)
 SUMMARY = "summary.json"
 #: The index of a per-modality adapter bank (``medadapt fit-modalities --out``).
 BANK = "modalities.json"
+#: The members of an ensemble run (``fit --method best``), relative to the run folder.
+ENSEMBLE = "ensemble.json"
+#: The candidates ``fit --method best`` scored, and the one it chose.
+SELECTION = "selection.json"
 
 __all__ = [
-    "ADAPTER", "BANK", "FIT_CONFIG", "FIT_FILES", "FIT_SUBFOLDERS", "METRICS", "POSTPROCESS", "RESULT", "SPLIT", "SUMMARY",
+    "ADAPTER", "BANK", "ENSEMBLE", "FIT_CONFIG", "FIT_FILES", "FIT_SUBFOLDERS", "METRICS", "POSTPROCESS", "RESULT", "SELECTION", "SPLIT", "SUMMARY",
     "AdapterInfo", "ClassifyAdapterInfo", "RunFolder", "SegmentAdapterInfo", "VolumetricAdapterInfo",
-    "adapter_dir", "adapter_info", "automatic_mode", "is_bank", "trained_slice_axis",
+    "adapter_dir", "adapter_info", "automatic_mode", "ensemble_members", "is_bank", "is_ensemble", "trained_slice_axis",
 ]
 
 
@@ -139,6 +149,24 @@ def is_bank(path: str | Path) -> bool:
     return (Path(path) / BANK).is_file()
 
 
+def is_ensemble(path: str | Path) -> bool:
+    """Whether ``path`` is an ensemble run (``ensemble.json``: member run folders)."""
+    return (Path(path) / ENSEMBLE).is_file()
+
+
+def ensemble_members(path: str | Path) -> list[Path]:
+    """The member run folders of the ensemble run at ``path`` (each checked to be a run)."""
+    data = read_json(Path(path) / ENSEMBLE) or {}
+    members = data.get("members")
+    if not isinstance(members, list) or len(members) < 2:
+        raise MedadaptError("names fewer than two member runs ('members').", path=Path(path) / ENSEMBLE,
+                            fix="re-run `medadapt fit --method best` that wrote it.")
+    folders = [Path(path) / str(m) for m in members]
+    for folder in folders:
+        RunFolder.resolve(folder)  # a clear error when a member is missing
+    return folders
+
+
 # ----------------------------------------------------------------------------- the folder
 class RunFolder:
     """Paths and files of one run folder (see the module docstring)."""
@@ -178,6 +206,14 @@ class RunFolder:
     @property
     def split_path(self) -> Path:
         return self.root / SPLIT
+
+    @property
+    def selection_path(self) -> Path:
+        return self.root / SELECTION
+
+    @property
+    def ensemble_path(self) -> Path:
+        return self.root / ENSEMBLE
 
     @property
     def postprocess_path(self) -> Path:

@@ -12,7 +12,9 @@ from medadapt.cli.common import console, set_threads, user_errors
 def _recipes_help() -> str:
     from medadapt.adapt.recipes import RECIPES
 
-    return "Recipe: " + ", ".join(RECIPES) + " (see `medadapt recipes`)."
+    return ("Recipe: " + ", ".join(RECIPES) + " (see `medadapt recipes`); or best: choose among prompt-free 3D U-Net "
+            "and SAM-family recipes (and their ensemble) by cross-validation on the training volumes within --budget "
+            "(docs/best.md).")
 
 
 @user_errors
@@ -36,7 +38,18 @@ def fit(
     folds: int | None = typer.Option(
         None, "--folds",
         help="K-fold cross-validation over the training cases: K fits, the cross-validated DSC (AUROC) reported, "
-             "then the adapter trained on all of them for the step count chosen by CV (fold runs in RUN/folds).",
+             "then the adapter trained on all of them for the step count chosen by CV (fold runs in RUN/folds). "
+             "With --method best: the folds that score the candidates (default min(k, 5)).",
+    ),
+    budget: str | None = typer.Option(
+        None, "--budget",
+        help="--method best: wall-time budget of the selection and the final fit, e.g. 90s, 30m, 2h (default 30m); "
+             "candidates whose estimated cost does not fit are skipped and recorded as such.",
+    ),
+    candidates: str | None = typer.Option(
+        None, "--candidates",
+        help="--method best: comma-separated subset of unet3d-scratch, unet3d-pretrained (needs --checkpoint), "
+             "sam-decoder-auto, sam-adapter-auto, ensemble-2d3d (default: all).",
     ),
     predict_dir: Path | None = typer.Option(
         None, "--predict",
@@ -85,7 +98,8 @@ def fit(
     """Adapt a foundation model from k labelled cases (or a label fraction); stores only the adapter.
 
     --task segment (default) adapts a SAM-family model; --task classify a ViT / SAM encoder classifier;
-    --task volumetric a 3D SwinUNETR / U-Net.
+    --task volumetric a 3D SwinUNETR / U-Net. --method best chooses among prompt-free 3D U-Net and
+    SAM-family recipes and their ensemble by cross-validation on the training volumes, within --budget.
     """
     from medadapt.cli.common import parse_int_list, with_settings
     from medadapt.pipeline.apply import apply_run, check_predict_source
@@ -93,6 +107,30 @@ def fit(
     from medadapt.run import RunFolder
 
     set_threads(threads)
+    if method == "best":
+        per_candidate = dict(model=model, prompt=prompt, epochs=epochs, batch_size=batch_size, lr=lr,
+                             lora_rank=lora_rank, target_modules=target_modules, frozen_stages=frozen_stages,
+                             slice_axis=slice_axis, val_every=val_every, patience=patience, precision=precision,
+                             encoder_engine=encoder_engine, label_dir=label_dir, config=config, split=split)
+        given = [k for k, v in per_candidate.items() if v is not None] + (["resume"] if resume else [])
+        if given:
+            from medadapt.errors import MedadaptError
+
+            flag = "--" + given[0].replace("_", "-")
+            raise MedadaptError(
+                f"{', '.join('--' + g.replace('_', '-') for g in given)}: not options of --method best (each candidate "
+                "has its own recipe, and a killed selection starts again).",
+                fix=f"drop {flag}, or give it to one family or candidate, e.g. --set volumetric.{given[0]}=VALUE "
+                    f"or --set sam-decoder-auto.{given[0]}=VALUE (docs/best.md).")
+        _fit_best(task=task, data=data, out=out, checkpoint=checkpoint, shots=shots, fraction=fraction, seed=seed,
+                  test=test, folds=folds, budget=budget, candidates=candidates, classes=classes, max_steps=max_steps,
+                  cache_dir=cache_dir, image_suffix=image_suffix, label_suffix=label_suffix, settings=settings,
+                  predict_dir=predict_dir, predict_out=predict_out, threads=threads)
+        return
+    if budget is not None or candidates is not None:
+        from medadapt.errors import MedadaptError
+
+        raise MedadaptError("--budget and --candidates belong to --method best.", fix="add --method best, or drop them.")
     if test == 0 and shots is None and fraction is None and not split:
         fraction = 1.0  # every labelled case
     if predict_dir is not None:
@@ -130,4 +168,46 @@ def fit(
         console.print(result["protocol"]["note"])
     if predict_dir is not None:
         kind, where, n = apply_run(outcome.out, predict_dir, predict_out, threads=threads)
+        console.print(f"predicted {n} image(s) of {predict_dir}: {where}")
+
+
+def _fit_best(*, task, data, out, checkpoint, shots, fraction, seed, test, folds, budget, candidates, classes,
+              max_steps, cache_dir, image_suffix, label_suffix, settings, predict_dir, predict_out, threads) -> None:
+    """``fit --method best`` (:mod:`medadapt.pipeline.best`): candidates' CV table, then the chosen run."""
+    from rich.table import Table
+
+    from medadapt.cli.common import parse_int_list, parse_settings
+    from medadapt.errors import MedadaptError
+    from medadapt.pipeline.apply import apply_run
+    from medadapt.pipeline.best import fit_best
+
+    if task not in ("segment", "volumetric"):
+        raise MedadaptError(f"--method best chooses a segmentation recipe; --task {task} has none to choose.",
+                            fix="use --task segment (or volumetric), or another --method.")
+    overrides: dict[str, dict] = {}
+    for key, value in parse_settings(settings).items():
+        scope, dot, name = key.partition(".")
+        if not dot:
+            raise MedadaptError(f"--set {key}=...: with --method best, name the family or candidate it is for.",
+                                fix=f"e.g. --set volumetric.{key}={value} or --set sam-decoder-auto.{key}={value}")
+        overrides.setdefault(scope.replace("_", "-") if scope not in ("volumetric", "segment") else scope, {})[name] = value
+    values = dict(data=data, out=out, checkpoint=checkpoint, shots=shots, fraction=fraction, seed=seed, test=test,
+                  classes=parse_int_list(classes, option="--classes"), max_steps=max_steps, cache_dir=cache_dir,
+                  image_suffix=image_suffix, label_suffix=label_suffix)
+    result = fit_best(values, folds=folds, budget=budget,
+                      candidates=[c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
+                      overrides=overrides, notify=lambda line: console.print(line))
+    table = Table(title="candidates (cross-validated on the training cases only)")
+    for col in ("candidate", "status", "CV DSC", "folds", "seconds"):
+        table.add_column(col)
+    for rec in result["candidates"]:
+        cv = rec.get("cv_dsc")
+        table.add_row(rec["name"], rec["status"] + (f": {rec['reason']}" if rec.get("reason") else ""),
+                      "–" if cv is None else f"{cv:.4f}", " ".join(f"{d:.3f}" for d in rec.get("fold_dsc", [])),
+                      f"{rec.get('seconds', 0):.0f}")
+    console.print(table)
+    console.print(f"[bold]fit done[/]: {result['selection']['note']}")
+    console.print(f"run: {out}; candidates: {result['selection_file']}")
+    if predict_dir is not None:
+        kind, where, n = apply_run(Path(out), predict_dir, predict_out, threads=threads)
         console.print(f"predicted {n} image(s) of {predict_dir}: {where}")

@@ -20,12 +20,16 @@ from medadapt.infer.factory import PredictorSpec, compose, load_adapted_model
 from medadapt.infer.factory import load_predictor as load_torch_predictor
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_sam_spec
-from medadapt.run import RunFolder, trained_slice_axis
+from medadapt.run import RunFolder, ensemble_members, is_ensemble, trained_slice_axis
 
 
 def load_for_export(model: str | None, *, checkpoint: Path | None = None, adapter: Path | None = None):
     """(Sam, spec, source info, automatic-mode classes) of a base model or a fit run."""
     classes = None
+    if adapter is not None and is_ensemble(adapter):
+        members = ", ".join(str(m) for m in ensemble_members(adapter))
+        raise MedadaptError("is an ensemble run: one exported model cannot hold its members.", path=adapter,
+                            fix=f"export each SAM-family member run on its own ({members}).")
     if adapter is not None:
         net, name, meta = load_adapted_model(adapter, model=model, checkpoint=checkpoint)
         classes, keep_largest = RunFolder.resolve(adapter).automatic_mode()

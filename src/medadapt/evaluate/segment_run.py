@@ -50,7 +50,8 @@ def evaluate_dataset(
     for key in keys:
         ref = dataset.case(key)
         image, label, spacing, axis = dataset.load(ref)
-        seg = predict_loaded(predictor, image, label, axis, mode)
+        volume = read_volume(ref.image) if getattr(predictor, "needs_volume", False) else None
+        seg = predict_loaded(predictor, image, label, axis, mode, volume=volume)
         for row in case_metrics(label, seg, spacing, classes=classes, tolerance_mm=tolerance_mm):
             rows.append({"case": key, **row})
         if save_dir is not None:
@@ -122,7 +123,7 @@ def evaluate_segment_run(
     settings = {"data": resolve_spec(data), "adapter": str(run) if len(adapters) == 1 else None,
                 **({"ensemble": [str(a) for a in adapters]} if len(adapters) > 1 else {}),
                 "label_dir": label_dir, "image_suffix": image_suffix, "label_suffix": label_suffix,
-                "model": predictor.spec.name, "prompt": mode, "split": str(split) if split else which,
+                "model": predictor.spec.name if predictor.spec is not None else None, "prompt": mode, "split": str(split) if split else which,
                 "tolerance_mm": tolerance_mm, "mirror": mirror, **info}
     return rows, settings
 

@@ -179,7 +179,8 @@ def predict_case(predictor: SamPredictor, case: Case, options: PredictOptions, p
         require_automatic(predictor, case.source)
         if case.kind in ("3d", "npz3d"):
             if isinstance(predictor, EnsemblePredictor):  # each member along its own axis
-                return predictor.segment_volume_auto(case.image, slice_axis=case.slice_axis, progress=progress)
+                return predictor.segment_volume_auto(case.image, slice_axis=case.slice_axis, volume=case.volume,
+                                                     progress=progress)
             return segment_volume_auto(predictor, case.image, slice_axis=case.slice_axis, progress=progress)
         return predictor.segment_auto(case.image)
     if case.kind in ("npz2d", "npz3d") and source in ("file-boxes", "auto-npz"):

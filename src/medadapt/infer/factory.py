@@ -11,11 +11,11 @@ from torch import nn
 from medadapt.adapt.artifact import load_adapter
 from medadapt.adapt.class_prompts import attach_auto_prompts
 from medadapt.errors import MedadaptError
-from medadapt.infer.ensemble import EnsemblePredictor
+from medadapt.infer.ensemble import EnsemblePredictor, VolumetricMember
 from medadapt.infer.modality_bank import load_bank_predictor
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.registry import build_model, get_sam_spec
-from medadapt.run import RunFolder, is_bank, trained_slice_axis
+from medadapt.run import RunFolder, adapter_info, ensemble_members, is_bank, is_ensemble, trained_slice_axis
 
 
 def load_adapted_model(
@@ -81,13 +81,31 @@ def adapters_of(adapter: str | Path | Sequence[str | Path] | None) -> tuple[Path
     return tuple(Path(a) for a in adapter)
 
 
+def expand_ensembles(adapters: Sequence[Path]) -> tuple[Path, ...]:
+    """``adapters`` with every ensemble run (``fit --method best``) replaced by its member runs."""
+    out: list[Path] = []
+    for a in adapters:
+        out.extend(ensemble_members(a) if is_ensemble(a) else [Path(a)])
+    return tuple(out)
+
+
+def is_volumetric_run(adapter: Path) -> bool:
+    """Whether ``adapter`` is a 3D run (``fit --task volumetric``): an ensemble member on torch."""
+    return not is_bank(adapter) and adapter_info(RunFolder.resolve(adapter).read_adapter_meta()).task == "volumetric"
+
+
 def compose(spec: PredictorSpec, build_one: Callable[[PredictorSpec], SamPredictor]):
-    """``build_one(spec)`` for none or one adapter; the :class:`EnsemblePredictor` of the members for several.
+    """``build_one(spec)`` for none or one adapter; the :class:`EnsemblePredictor` of the members for several
+    (an ensemble run counts as its members; 3D members run on torch whatever builds the others).
 
     The one place where predictors are combined, whatever builds each of them.
     """
-    if len(spec.adapters) > 1:
-        return EnsemblePredictor([build_one(spec.member(a)) for a in spec.adapters], spec.adapters)
+    adapters = expand_ensembles(spec.adapters)
+    spec = replace(spec, adapters=adapters)
+    if len(adapters) > 1:
+        members = [VolumetricMember(a, batch_size=spec.batch_size or 4) if is_volumetric_run(a)
+                   else build_one(spec.member(a)) for a in adapters]
+        return EnsemblePredictor(members, adapters)
     return build_one(spec)
 
 

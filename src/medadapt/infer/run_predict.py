@@ -32,14 +32,14 @@ from medadapt.io.atomic import staged_dir, write_text
 from medadapt.io.discovery import IMAGE_2D_SUFFIXES, find_files, full_suffix, is_volume_file, stem
 from medadapt.io.volumes import read_volume, write_like
 from medadapt.precision import autocast
-from medadapt.run import RunFolder, adapter_info, is_bank
+from medadapt.run import RunFolder, adapter_info, is_bank, is_ensemble
 
 TASKS = ("segment", "volumetric", "classify")
 
 
 def run_task(run: str | Path) -> str:
     """segment | volumetric | classify: what the run (or adapter folder) at ``run`` was fitted for."""
-    if is_bank(run):  # a per-modality bank of SAM-family adapters
+    if is_bank(run) or is_ensemble(run):  # SAM-family bank; an ensemble runs through the SAM-family path
         return "segment"
     return adapter_info(RunFolder.resolve(run).read_adapter_meta()).task
 

@@ -34,7 +34,7 @@ from medadapt.data.transforms3d import VolumePreprocessing, keep_largest_compone
 from medadapt.errors import MedadaptError
 from medadapt.io.volumes import Volume, read_volume, write_like
 
-__all__ = ["logits_to_labels", "segment_file", "segment_volume", "sliding_window_logits"]
+__all__ = ["logits_to_labels", "segment_file", "segment_volume", "sliding_window_logits", "volume_probabilities"]
 
 
 def sliding_window_logits(
@@ -82,6 +82,31 @@ def logits_to_labels(logits: torch.Tensor, *, sigmoid: bool = False, threshold: 
     return labels.to(torch.uint8 if logits.shape[1] < 255 else torch.int32)
 
 
+def _model_space_logits(model, volume: Volume, prep: VolumePreprocessing, roi_size, *, overlap, sw_batch_size,
+                        device):
+    """(preprocessing, its data dict, logits ``[1, C, D', H', W']``) of ``volume`` in model space."""
+    image = MetaTensor(
+        torch.as_tensor(np.asarray(volume.array, dtype=np.float32)),
+        affine=torch.as_tensor(volume.affine, dtype=torch.float64),
+    )
+    pre = preprocess_transforms(prep, keys=("image",), load=False)
+    data = pre({"image": image})
+    x = data["image"].as_tensor()[None].to(device)  # [1, 1, D', H', W'] in model space
+    return pre, data, sliding_window_logits(model, x, roi_size, overlap=overlap, sw_batch_size=sw_batch_size)
+
+
+def _to_input_grid(pre, data: dict, values: torch.Tensor, volume: Volume, *, nearest: bool) -> np.ndarray:
+    """``values`` ``[C, D', H', W']`` on the preprocessed grid, mapped back onto the input's grid ``[C, *shape]``."""
+    data["pred"] = MetaTensor(values.float(), meta=dict(data["image"].meta))  # same grid as the image
+    out = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=nearest)(data)["pred"]
+    out = np.asarray(torch.as_tensor(out))
+    if out.shape[1:] != volume.array.shape:  # cannot happen with invertible transforms; guard the contract
+        raise MedadaptError(
+            f"internal error: inverted prediction has shape {out.shape[1:]}, the input {volume.array.shape}"
+        )
+    return out
+
+
 def segment_volume(
     model: nn.Module,
     volume: Volume,
@@ -96,26 +121,36 @@ def segment_volume(
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Label map of ``volume`` with the shape and axis order of ``volume.array``."""
-    image = MetaTensor(
-        torch.as_tensor(np.asarray(volume.array, dtype=np.float32)),
-        affine=torch.as_tensor(volume.affine, dtype=torch.float64),
-    )
-    pre = preprocess_transforms(prep, keys=("image",), load=False)
-    data = pre({"image": image})
-    x = data["image"].as_tensor()[None].to(device)  # [1, 1, D', H', W'] in model space
-    logits = sliding_window_logits(model, x, roi_size, overlap=overlap, sw_batch_size=sw_batch_size)
+    pre, data, logits = _model_space_logits(model, volume, prep, roi_size, overlap=overlap,
+                                            sw_batch_size=sw_batch_size, device=device)
     labels = logits_to_labels(logits, sigmoid=sigmoid, threshold=threshold)[0].cpu()  # [1, D', H', W']
     if largest_component:
         labels = torch.from_numpy(keep_largest_component(labels.numpy()))
-    data["pred"] = MetaTensor(labels.float(), meta=dict(data["image"].meta))  # same grid as the image
-    inverse = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)
-    out = inverse(data)["pred"]
-    out = np.rint(np.asarray(torch.as_tensor(out))[0]).astype(labels.numpy().dtype)
-    if out.shape != volume.array.shape:  # cannot happen with invertible transforms; guard the contract
-        raise MedadaptError(
-            f"internal error: inverted prediction has shape {out.shape}, the input {volume.array.shape}"
-        )
-    return out
+    out = _to_input_grid(pre, data, labels, volume, nearest=True)
+    return np.rint(out[0]).astype(labels.numpy().dtype)
+
+
+def volume_probabilities(
+    model: nn.Module,
+    volume: Volume,
+    prep: VolumePreprocessing,
+    roi_size: Sequence[int],
+    *,
+    overlap: float = 0.5,
+    sw_batch_size: int = 4,
+    sigmoid: bool = False,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """float32 ``[C, *volume.array.shape]``: each class's probability (not background) on the input's grid.
+
+    Sigmoid outputs: the channel's sigmoid; softmax outputs: the class's softmax share (background
+    dropped). Mapped back with linear interpolation, so members of an ensemble
+    (:mod:`medadapt.infer.ensemble`) that see the volume differently line up voxel for voxel.
+    """
+    pre, data, logits = _model_space_logits(model, volume, prep, roi_size, overlap=overlap,
+                                            sw_batch_size=sw_batch_size, device=device)
+    prob = torch.sigmoid(logits[0].float()) if sigmoid else torch.softmax(logits[0].float(), 0)[1:]
+    return _to_input_grid(pre, data, prob.cpu(), volume, nearest=False).astype(np.float32)
 
 
 def segment_file(

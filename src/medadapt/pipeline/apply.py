@@ -19,7 +19,7 @@ from medadapt.infer.run_predict import predict_classes, predict_volumes, run_tas
 from medadapt.io.discovery import ALL_SUFFIXES, VOLUME_SUFFIXES, find_files
 from medadapt.pipeline.predict import predict_folder
 from medadapt.precision import TORCH_PRECISIONS, parse_precision
-from medadapt.run import RunFolder
+from medadapt.run import RunFolder, is_ensemble
 
 PREDICTIONS_DIR = "predictions"
 PROBABILITIES_CSV = "probabilities.csv"
@@ -49,7 +49,8 @@ def apply_run(run: Path, source: Path, out: Path | None = None, *, engine: str =
               batch_size: int | None = None, threads: int | None = None, progress=None) -> tuple[str, Path, int]:
     """Predict every image of ``source`` with the run ``run``; returns (task, where, how many)."""
     task = run_task(run)
-    out = Path(out) if out is not None else RunFolder.resolve(run).root / PREDICTIONS_DIR
+    root = Path(run) if is_ensemble(run) else RunFolder.resolve(run).root
+    out = Path(out) if out is not None else root / PREDICTIONS_DIR
     if task != "segment":
         if engine not in ("auto", "torch"):
             raise MedadaptError(f"a {task} run predicts with PyTorch (fp32 or bf16), not --engine {engine}.",

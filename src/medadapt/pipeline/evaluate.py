@@ -20,6 +20,7 @@ from medadapt.evaluate.folders import evaluate_folders
 from medadapt.evaluate.segment_run import evaluate_segment_run
 from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
 from medadapt.evaluate.volumetric_run import evaluate_volumetric_run
+from medadapt.infer.run_predict import run_task
 from medadapt.report import write_report
 from medadapt.run import SUMMARY
 
@@ -72,6 +73,8 @@ def evaluate(
     if task not in TASKS:
         raise MedadaptError(f"--task '{task}' is not one of {', '.join(TASKS)}.", fix="use --task segment")
     adapters = list(adapters)
+    if task == "segment" and len(adapters) == 1 and data is not None and run_task(adapters[0]) == "volumetric":
+        task = "volumetric"  # a 3D run (e.g. the winner of `fit --method best`) is scored as one
     if task != "segment":
         return _evaluate_run(task, data=data, adapters=adapters, split=split, out=out, precision=precision,
                              n_boot=n_boot, tolerance_mm=tolerance_mm, save_predictions=save_predictions,

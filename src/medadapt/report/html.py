@@ -51,6 +51,7 @@ h3 { font-size:15px; margin:18px 0 8px; }
 .muted { color:var(--muted); }
 .notes { background:#fff8e6; border:1px solid #f0d58a; border-radius:6px; padding:8px 14px; margin-top:16px; }
 .notes li { margin:2px 0; }
+tr.chosen td { font-weight:600; }
 .cards { display:flex; flex-wrap:wrap; gap:10px; }
 .card { border:1px solid var(--line); border-radius:8px; padding:10px 14px; min-width:150px; background:var(--bg); }
 .card .v { font-size:19px; font-weight:600; }
@@ -297,6 +298,8 @@ def build_run_report(run: Run, *, n_cases: int = 3, n_slices: int = 4) -> tuple[
     if any(overlays):
         sections.append(("overlays", "Overlays", "".join(overlays)))
 
+    if run.selection:
+        sections.append(("candidates", "Candidates (fit --method best)", _selection_section(run.selection)))
     split = _split_section(run)
     if split:
         sections.append(("split", "Data split", split))
@@ -512,6 +515,25 @@ def _overlay_block(run: Run, ev: Evaluation, datasets: DatasetCache, pngs: dict[
                       '<p class="muted">Rows: ground truth, prediction, errors (missed in cyan, extra or wrong '
                       "class in magenta); columns: slices spread over the structures.</p>" + "".join(parts))
     return shown
+
+
+def _selection_section(sel: Mapping) -> str:
+    """Every candidate of ``fit --method best`` side by side: status, CV DSC (mean and per fold), time."""
+    rows, classes = [], []
+    for rec in sel.get("candidates") or []:
+        status = str(rec.get("status", "")) + (f": {rec['reason']}" if rec.get("reason") else "")
+        folds = " ".join(fmt(d) for d in rec.get("fold_dsc") or []) or "–"
+        rows.append([rec.get("name", ""), rec.get("family", ""), status, num(rec.get("cv_dsc")), folds,
+                     (human_seconds(rec.get("seconds")), 'class="num"')])
+        classes.append("chosen" if rec.get("name") == sel.get("chosen") else "")
+    folds, n_train = sel.get("folds"), len(sel.get("train_cases") or [])
+    how = f"{folds}-fold cross-validation over the {n_train} training cases only" if folds else "no cross-validation"
+    head = (f"<p>Chosen: <strong>{esc(sel.get('chosen'))}</strong>. Rule: {esc(sel.get('rule'))}; {esc(how)}. "
+            f"The {len(sel.get('test_cases_never_used') or [])} test case(s) were never fitted on or scored during "
+            f"the selection. Budget {esc(human_seconds(sel.get('budget_seconds')))}, selection "
+            f"{esc(human_seconds(sel.get('cv_seconds')))}, final fit {esc(human_seconds(sel.get('final_fit_seconds')))}.</p>")
+    return head + table(["candidate", "family", "status", "CV DSC", "DSC per fold", "time"], rows,
+                        row_classes=classes)
 
 
 def _split_section(run: Run) -> str:

@@ -98,6 +98,7 @@ class Run:
     result: dict | None = None
     metrics: list[MetricRow] = field(default_factory=list)
     adapter: dict | None = None
+    selection: dict | None = None  # selection.json of `fit --method best`: the candidates' CV scores
     evaluations: list[Evaluation] = field(default_factory=list)
     fit_source: Path | None = None  # where the fit files came from, when not ``path`` itself
     notes: list[str] = field(default_factory=list)
@@ -235,9 +236,13 @@ def _read_fit(run: Run, folder: Path) -> None:
     run.result = read_json(files.result_path)
     run.adapter = read_json(files.adapter_json)
     run.metrics = read_metrics_csv(files.metrics_path)
+    run.selection = read_json(files.selection_path)
     note = ((run.result or {}).get("protocol") or {}).get("note")
     if note:  # e.g. no held-out test set (fit --test 0), cross-validated estimate
         run.notes.append(note)
+    chosen = ((run.result or {}).get("selection") or {}).get("note")
+    if chosen:  # fit --method best
+        run.notes.append(chosen)
 
 
 def _read_evaluation(folder: Path, name: str, notes: list[str]) -> Evaluation:
