@@ -19,7 +19,7 @@ import numpy as np
 
 from medadapt.data.clicks import ClickSequence
 from medadapt.data.prompts import boxes3d_from_label, boxes_from_label
-from medadapt.infer.interactive import InteractiveSession
+from medadapt.infer.interactive import CLICK_REACH, InteractiveSession
 from medadapt.infer.predictor import SamPredictor
 from medadapt.metrics.interactive import OFFICIAL_SEED, interactive_scores, simulate_click
 from medadapt.metrics.segmentation import case_metrics
@@ -73,13 +73,15 @@ def simulate_case(
     seed: int = OFFICIAL_SEED,
     plane: Literal["volume", "slice"] = "volume",
     mask_feedback: bool = False,
+    click_reach: int = CLICK_REACH,
 ) -> SimulationResult:
     """Box (or automatic start) + ``n_clicks`` simulated clicks on one case; metrics after each step."""
     label = np.asarray(label)
     if classes is None:
         classes = [int(c) for c in np.unique(label) if c != 0]
     t0 = time.perf_counter()
-    session = InteractiveSession(predictor, image, slice_axis=slice_axis, name=case, mask_feedback=mask_feedback)
+    session = InteractiveSession(predictor, image, slice_axis=slice_axis, name=case, mask_feedback=mask_feedback,
+                                 click_reach=click_reach)
     ids = start_session(session, label, classes, start)
     seconds, decoded = [time.perf_counter() - t0], [session.slices_decoded]
     curves = {c: ([], []) for c in classes}
