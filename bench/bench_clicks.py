@@ -12,6 +12,9 @@ point of the largest error region) and records from its summary.json / per_case.
 - clicks to reach DSC >= ``--target`` per object (case x class): the median over objects and the share of
   objects that reach it within N clicks (objects that never reach it count as not reached).
 
+``--cases-from val --click-reach R`` runs the validation cases instead, to choose the session's click
+reach (bench/results/interactive_<name>_val.json holds that sweep).
+
 Writes bench/results/interactive_<name>.json (one entry per configuration, merged into the file so that
 configurations and seeds can be run one by one) with provenance (bench/provenance.py).
 
@@ -80,6 +83,10 @@ def main() -> int:
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--plane", default="volume")
     ap.add_argument("--cases", type=int, default=None, help="only the first N test cases")
+    ap.add_argument("--cases-from", default="test", choices=("test", "val"),
+                    help="val: the split's validation cases (for choosing settings such as --click-reach)")
+    ap.add_argument("--click-reach", type=int, default=None,
+                    help="slices each click is carried to on each side (default: the session's default)")
     ap.add_argument("--target", type=float, default=0.90)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
@@ -99,6 +106,10 @@ def main() -> int:
                 cmd += ["--adapter", run]
             if args.cases:
                 cmd += ["--cases", str(args.cases)]
+            if args.cases_from != "test":
+                cmd += ["--cases-from", args.cases_from]
+            if args.click_reach is not None:
+                cmd += ["--click-reach", str(args.click_reach)]
             if args.cache_dir:
                 cmd += ["--cache-dir", str(args.cache_dir)]
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -107,13 +118,15 @@ def main() -> int:
                 print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
                 return 1
             entry = summarise(out, args.clicks, args.target)
+            settings = json.loads((out / "summary.json").read_text())["settings"]
         fit = {}
         if run:
             result = json.loads((Path(run) / "result.json").read_text())
             fit = {k: result.get(k) for k in ("method", "prompt", "shots", "seed", "steps", "best_metric",
                                              "train_cases", "fit_seconds")}
         entry.update({"config": name, "fit": fit or None, "clicks": args.clicks, "plane": args.plane,
-                      "threads": args.threads,
+                      "click_reach": settings.get("click_reach"), "cases_from": args.cases_from,
+                      "case_keys": settings.get("cases"), "threads": args.threads,
                       "command": " ".join(["medadapt", *cmd[3:]]).replace(str(out), "OUT"),
                       "provenance": provenance.finish(prov)})
         results["runs"][name] = entry
