@@ -52,6 +52,13 @@ def summarise(out: Path, clicks: int, target: float) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     with (out / "per_case.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r.get("dsc_0") not in (None, "")]
+    return {**summarise_rows(rows, clicks, target),
+            "seconds_per_interaction": summary.get("seconds_per_interaction"),
+            "ms_per_decoded_slice": summary.get("ms_per_decoded_slice")}
+
+
+def summarise_rows(rows: list[dict], clicks: int, target: float) -> dict:
+    """Means over objects (rows of per_case.csv: dsc_0..N, nsd_0..N, AUCs) and clicks to the target."""
     per_step = [statistics.fmean(float(r[f"dsc_{k}"]) for r in rows) for k in range(clicks + 1)]
     nsd_step = [statistics.fmean(float(r[f"nsd_{k}"]) for r in rows) for k in range(clicks + 1)]
     reached = [clicks_to_reach(_dsc_steps(r, clicks), target) for r in rows]
@@ -69,8 +76,6 @@ def summarise(out: Path, clicks: int, target: float) -> dict:
         # objects that never reach the target count as clicks + 1 in the median (beyond the budget)
         "median_clicks_to_target": statistics.median([k if k is not None else clicks + 1 for k in reached]),
         "share_reaching_target": len(hits) / len(reached) if reached else None,
-        "seconds_per_interaction": summary.get("seconds_per_interaction"),
-        "ms_per_decoded_slice": summary.get("ms_per_decoded_slice"),
     }
 
 
