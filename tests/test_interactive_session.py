@@ -204,3 +204,17 @@ def test_click_reach_zero_corrects_the_clicked_slice_only(predictor: SamPredicto
     assert decoded[0] == 3 and all(z >= 3 for z in decoded)  # the clicked slice, then outwards only
     with pytest.raises(MedadaptError, match="click_reach"):
         InteractiveSession(predictor, vol, slice_axis=2, click_reach=-1)
+
+
+def test_default_click_reach_is_the_one_chosen_on_validation_volumes():
+    """The session's default is the reach bench/bench_click_reach.py chose on validation volumes;
+    without that sweep, clicks correct their own slice only."""
+    from medadapt.infer.interactive import CLICK_REACH
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "results" / "interactive_hippocampus_val.json"
+    if not path.is_file():
+        assert CLICK_REACH == 0
+        return
+    selection = json.loads(path.read_text())["selection"]
+    assert selection["click_reach"] == CLICK_REACH
+    assert CLICK_REACH in selection["reaches"] and selection["cases"]
