@@ -23,8 +23,9 @@ Decoding rules:
   click corrects (background for a positive click, object for a negative one); each side stops at the
   first slice where it is not. Those slices are re-decoded with the carried click as if it had been
   made there. Only the click the user made is recorded (a replay carries it again, with the recorded
-  ``click_reach``). ``click_reach=0`` corrects the clicked slice only. The default was chosen on the
-  validation volumes of the fixed hippocampus split (docs/interactive.md).
+  ``click_reach``). ``click_reach=0`` corrects the clicked slice only. The default is the reach
+  bench/bench_click_reach.py selects on the validation volumes of the fixed hippocampus split (0 without
+  that selection; docs/interactive.md).
 - **Re-propagation (3D box only). The masks of a 3D box form a chain from the middle slice outwards.
   After a click, the chain is walked outwards from z: a slice is re-decoded only when the box derived
   from its (changed) inner neighbour differs from the box it was last decoded with; the walk stops at
@@ -57,7 +58,7 @@ from medadapt.infer.predictor import SamPredictor, class_labels
 from medadapt.infer.volume import SliceEmbeddings, box_from_previous
 from medadapt.models.preprocess import postprocess_logits
 
-CLICK_REACH = 0  # slices a click is carried to on each side; chosen on validation volumes (docs/interactive.md)
+CLICK_REACH = 0  # slices a click is carried to on each side: bench/bench_click_reach.py's selection (0 without one)
 
 
 @dataclass(frozen=True)
