@@ -35,7 +35,7 @@ def test_box_start_equals_cvpr24_propagation_and_clicks_reuse_embeddings(predict
     vol = disk_volume(background=31)  # slices no other test encodes
     box = np.array([13, 10, 0, 37, 34, 4])  # x0, y0, z0, x1, y1, z1 with z along axis 2
     calls = predictor.encoder_calls
-    session = InteractiveSession(predictor, vol, slice_axis=2, name="disk")
+    session = InteractiveSession(predictor, vol, slice_axis=2, name="disk", click_reach=0)  # the chain rule alone
     oid = session.add_box(box, value=1)
     assert predictor.encoder_calls - calls == 5  # every slice of the box encoded once (batch 1)
     assert sorted(session.decoded_slices) == [0, 1, 2, 3, 4] and session.slices_decoded == 5
@@ -140,7 +140,7 @@ def test_automatic_start_is_the_automatic_prediction_and_clicks_stay_on_their_sl
     attach_class_prompts(net, 1)  # untrained class prompt: the whole-image box token
     auto = SamPredictor(net.eval(), get_sam_spec("litemedsam"), batch_size=1, use_cache=True, classes=[2])
     vol = np.ascontiguousarray(disk_volume(background=32)[..., 1:4])  # three slices
-    session = InteractiveSession(auto, vol, slice_axis=2, name="disk")
+    session = InteractiveSession(auto, vol, slice_axis=2, name="disk", click_reach=0)
     (oid,) = session.start_auto()
     assert session.objects[oid].value == 2
     np.testing.assert_array_equal(session.labels(), segment_volume_auto(auto, vol, slice_axis=2))
