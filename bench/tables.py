@@ -560,6 +560,10 @@ def interactive_accuracy_section() -> str:
                      "validation cases of the fixed split (`--cases-from val`), used to choose the session's "
                      "default click reach (slices a click is carried to on each side, see "
                      "[interactive](interactive.md#click-reach)); not a test score")
+            sel = data.get("selection") or {}
+            if "click_reach" in sel:
+                title += (f". Selected: click reach {sel['click_reach']} ({sel.get('criterion', NR)}; "
+                          f"{len(sel.get('cases', []))} validation case(s): {', '.join(sel.get('cases', []))})")
         out += ["", title, "",
                 conditions(path.name, {"provenance": runs[-1].get("provenance"), "threads": runs[-1].get("threads")})
                 + " (the last configuration's run)", "", "\n".join(lines)]
