@@ -12,6 +12,9 @@ point of the largest error region) and records from its summary.json / per_case.
 - clicks to reach DSC >= ``--target`` per object (case x class): the median over objects and the share of
   objects that reach it within N clicks (objects that never reach it count as not reached).
 
+``--cases-from val --click-reach R`` runs the validation cases instead, to choose the session's click
+reach (bench/results/interactive_<name>_val.json holds that sweep).
+
 Writes bench/results/interactive_<name>.json (one entry per configuration, merged into the file so that
 configurations and seeds can be run one by one) with provenance (bench/provenance.py).
 
@@ -49,6 +52,13 @@ def summarise(out: Path, clicks: int, target: float) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     with (out / "per_case.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r.get("dsc_0") not in (None, "")]
+    return {**summarise_rows(rows, clicks, target),
+            "seconds_per_interaction": summary.get("seconds_per_interaction"),
+            "ms_per_decoded_slice": summary.get("ms_per_decoded_slice")}
+
+
+def summarise_rows(rows: list[dict], clicks: int, target: float) -> dict:
+    """Means over objects (rows of per_case.csv: dsc_0..N, nsd_0..N, AUCs) and clicks to the target."""
     per_step = [statistics.fmean(float(r[f"dsc_{k}"]) for r in rows) for k in range(clicks + 1)]
     nsd_step = [statistics.fmean(float(r[f"nsd_{k}"]) for r in rows) for k in range(clicks + 1)]
     reached = [clicks_to_reach(_dsc_steps(r, clicks), target) for r in rows]
@@ -66,8 +76,6 @@ def summarise(out: Path, clicks: int, target: float) -> dict:
         # objects that never reach the target count as clicks + 1 in the median (beyond the budget)
         "median_clicks_to_target": statistics.median([k if k is not None else clicks + 1 for k in reached]),
         "share_reaching_target": len(hits) / len(reached) if reached else None,
-        "seconds_per_interaction": summary.get("seconds_per_interaction"),
-        "ms_per_decoded_slice": summary.get("ms_per_decoded_slice"),
     }
 
 
@@ -80,6 +88,10 @@ def main() -> int:
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--plane", default="volume")
     ap.add_argument("--cases", type=int, default=None, help="only the first N test cases")
+    ap.add_argument("--cases-from", default="test", choices=("test", "val"),
+                    help="val: the split's validation cases (for choosing settings such as --click-reach)")
+    ap.add_argument("--click-reach", type=int, default=None,
+                    help="slices each click is carried to on each side (default: the session's default)")
     ap.add_argument("--target", type=float, default=0.90)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
@@ -99,6 +111,10 @@ def main() -> int:
                 cmd += ["--adapter", run]
             if args.cases:
                 cmd += ["--cases", str(args.cases)]
+            if args.cases_from != "test":
+                cmd += ["--cases-from", args.cases_from]
+            if args.click_reach is not None:
+                cmd += ["--click-reach", str(args.click_reach)]
             if args.cache_dir:
                 cmd += ["--cache-dir", str(args.cache_dir)]
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -107,13 +123,15 @@ def main() -> int:
                 print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
                 return 1
             entry = summarise(out, args.clicks, args.target)
+            settings = json.loads((out / "summary.json").read_text())["settings"]
         fit = {}
         if run:
             result = json.loads((Path(run) / "result.json").read_text())
             fit = {k: result.get(k) for k in ("method", "prompt", "shots", "seed", "steps", "best_metric",
                                              "train_cases", "fit_seconds")}
         entry.update({"config": name, "fit": fit or None, "clicks": args.clicks, "plane": args.plane,
-                      "threads": args.threads,
+                      "click_reach": settings.get("click_reach"), "cases_from": args.cases_from,
+                      "case_keys": settings.get("cases"), "threads": args.threads,
                       "command": " ".join(["medadapt", *cmd[3:]]).replace(str(out), "OUT"),
                       "provenance": provenance.finish(prov)})
         results["runs"][name] = entry

@@ -535,26 +535,37 @@ def interactive_accuracy_section() -> str:
            "test volumes scored (the first of the fixed test set) × classes. Adapters were fitted on 5 training "
            "volumes with the seed shown; none of these numbers chose a recipe. Times are under the load shown, "
            "not quiet-core latencies (those are in the next table)."]
-    for path in files:
+    for path in sorted(files, key=lambda f: f.stem.endswith("_val")):  # test tables first
         data = json.loads(path.read_text())
         runs = list(data["runs"].values())
         if not runs:
             continue
         n = max(r["clicks"] for r in runs)
         target = runs[0]["target"]
-        cols = ["configuration", "objects", "after box", *[f"+{k} click{'s' if k > 1 else ''}" for k in range(1, n + 1)],
+        cols = ["configuration", "click reach (slices)", "objects", "after box", *[f"+{k} click{'s' if k > 1 else ''}" for k in range(1, n + 1)],
                 "DSC-AUC", "NSD-AUC", f"median clicks to {target:.2f}", f"reach {target:.2f}", "ms / re-decoded slice"]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in runs:
             steps = [f"{v:.3f}" for v in r["dsc_per_interaction"]] + [""] * (n + 1 - len(r["dsc_per_interaction"]))
             share = r.get("share_reaching_target")
             ms = r.get("ms_per_decoded_slice")
-            lines.append("| " + " | ".join([r["config"], str(r["objects"]), *steps, f"{r['dsc_auc']:.3f}",
+            reach = r.get("click_reach", 0)  # results written before the click reach existed carried no click
+            lines.append("| " + " | ".join([r["config"], str(reach), str(r["objects"]), *steps, f"{r['dsc_auc']:.3f}",
                                              f"{r['nsd_auc']:.3f}", f"{r['median_clicks_to_target']:g}",
                                              NR if share is None else f"{share:.0%}",
                                              NR if ms is None else f"{ms:.0f}"]) + " |")
         dataset = path.stem.removeprefix("interactive_")
-        out += ["", f"**{dataset}** (`bench/results/{path.name}`)", "",
+        title = f"**{dataset}** (`bench/results/{path.name}`)"
+        if dataset.endswith("_val"):
+            title = (f"**{dataset.removesuffix('_val')}, validation volumes** (`bench/results/{path.name}`): the "
+                     "validation cases of the fixed split (`--cases-from val`), used to choose the session's "
+                     "default click reach (slices a click is carried to on each side, see "
+                     "[interactive](interactive.md#click-reach)); not a test score")
+            sel = data.get("selection") or {}
+            if "click_reach" in sel:
+                title += (f". Selected: click reach {sel['click_reach']} ({sel.get('criterion', NR)}; "
+                          f"{len(sel.get('cases', []))} validation case(s): {', '.join(sel.get('cases', []))})")
+        out += ["", title, "",
                 conditions(path.name, {"provenance": runs[-1].get("provenance"), "threads": runs[-1].get("threads")})
                 + " (the last configuration's run)", "", "\n".join(lines)]
     return "\n".join(out)

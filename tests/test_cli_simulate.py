@@ -42,7 +42,7 @@ def test_simulate_writes_curves_aucs_and_click_files(data_dir: Path, tmp_path: P
 def test_simulate_bad_options_exit_2_and_write_nothing(data_dir: Path, tmp_path: Path):
     out = tmp_path / "sim"
     for args, needle in ((("--start", "bogus"), "--start 'bogus'"), (("--plane", "xy"), "--plane 'xy'"),
-                         (("--start", "auto"), "--prompt auto")):
+                         (("--start", "auto"), "--prompt auto"), (("--cases-from", "train"), "--cases-from 'train'")):
         res = invoke("simulate", "--data", data_dir / "prostate_mri_2d", "--out", out, "--cases", 1, *args)
         assert res.exit_code == 2 and needle in res.output, res.output
         assert not out.exists()
@@ -68,3 +68,23 @@ def test_replay_gives_the_simulated_result_and_refuses_bad_click_files(data_dir:
         res = invoke("simulate", "--data", data, "--out", out, "--cases", 1, "--replay", clicks)
         assert res.exit_code == 2 and needle in res.output, res.output
         assert not out.exists()
+
+
+def test_simulate_on_validation_cases_records_them_and_the_click_reach(data_dir: Path, tmp_path: Path):
+    from medadapt.data.datasets import load_segmentation_dataset
+    from medadapt.data.fewshot import Split, make_split, save_split
+
+    data = data_dir / "prostate_mri_2d"
+    # the dataset's own split has no validation cases: a clear error, nothing written
+    res = invoke("simulate", "--data", data, "--out", tmp_path / "none", "--cases-from", "val")
+    assert res.exit_code == 2 and "no val cases" in res.output and not (tmp_path / "none").exists()
+    given = make_split(load_segmentation_dataset(data), shots=1, seed=0)
+    split = Split(given.train, given.test[:1], given.test[1:], {})  # one held-out slice as validation
+    save_split(tmp_path / "split.json", split)
+    out = tmp_path / "sim"
+    res = invoke("simulate", "--data", data, "--out", out, "--split", tmp_path / "split.json", "--clicks", 1,
+                 "--cases-from", "val", "--click-reach", 2, "--bootstrap", 0)
+    assert res.exit_code == 0, res.output
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["cases_from"] == "val" and settings["cases"] == list(split.val)
+    assert settings["click_reach"] == 2

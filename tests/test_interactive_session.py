@@ -35,7 +35,7 @@ def test_box_start_equals_cvpr24_propagation_and_clicks_reuse_embeddings(predict
     vol = disk_volume(background=31)  # slices no other test encodes
     box = np.array([13, 10, 0, 37, 34, 4])  # x0, y0, z0, x1, y1, z1 with z along axis 2
     calls = predictor.encoder_calls
-    session = InteractiveSession(predictor, vol, slice_axis=2, name="disk")
+    session = InteractiveSession(predictor, vol, slice_axis=2, name="disk", click_reach=0)  # the chain rule alone
     oid = session.add_box(box, value=1)
     assert predictor.encoder_calls - calls == 5  # every slice of the box encoded once (batch 1)
     assert sorted(session.decoded_slices) == [0, 1, 2, 3, 4] and session.slices_decoded == 5
@@ -140,7 +140,7 @@ def test_automatic_start_is_the_automatic_prediction_and_clicks_stay_on_their_sl
     attach_class_prompts(net, 1)  # untrained class prompt: the whole-image box token
     auto = SamPredictor(net.eval(), get_sam_spec("litemedsam"), batch_size=1, use_cache=True, classes=[2])
     vol = np.ascontiguousarray(disk_volume(background=32)[..., 1:4])  # three slices
-    session = InteractiveSession(auto, vol, slice_axis=2, name="disk")
+    session = InteractiveSession(auto, vol, slice_axis=2, name="disk", click_reach=0)
     (oid,) = session.start_auto()
     assert session.objects[oid].value == 2
     np.testing.assert_array_equal(session.labels(), segment_volume_auto(auto, vol, slice_axis=2))
@@ -148,3 +148,73 @@ def test_automatic_start_is_the_automatic_prediction_and_clicks_stay_on_their_sl
     assert session.click(oid, x=25, y=22, z=1, positive=False) == [1]
     after = session.labels()
     np.testing.assert_array_equal(np.delete(after, 1, axis=2), np.delete(before, 1, axis=2))
+
+
+def test_click_reach_carries_a_click_while_the_mask_is_wrong_there(predictor: SamPredictor, tmp_path: Path):
+    vol = disk_volume(background=33)
+    box = [13, 10, 0, 37, 34, 4]  # middle slice 2
+    session = InteractiveSession(predictor, vol, slice_axis=2, name="disk", click_reach=1)
+    oid = session.add_box(box, value=1)
+    obj = session.objects[oid]
+    assert obj.mask[:, 22, 25].all()  # the disk centre is object on every slice
+    # a negative click on the centre of slice 2, reach 1: carried to slices 1 and 3 only
+    decoded = session.click(oid, x=25, y=22, z=2, positive=False)
+    assert sorted((c.z, c.positive) for c in obj.carried) == [(1, False), (3, False)]
+    assert decoded[0] == 2 and {1, 3} <= set(decoded)
+    assert [(c.x, c.y, c.z) for c in obj.clicks] == [(25, 22, 2)]  # only the click made is kept as such
+    # every slice without a click of its own was decoded with the box its inner neighbour gives now
+    for z in (0, 4):
+        np.testing.assert_array_equal(obj.frame_boxes[z], session._frame_box(obj, z))
+    # the record keeps the click made and the reach; a replay carries it again and gives the same masks
+    record = session.record()
+    assert record.click_reach == 1 and len(record.objects[0].clicks) == 1
+    again = InteractiveSession(predictor, vol, slice_axis=2, name="disk", click_reach=0)
+    again.replay(record)
+    assert again.click_reach == 1
+    np.testing.assert_array_equal(again.labels(), session.labels())
+
+
+def test_click_reach_stops_at_the_first_slice_already_right_and_at_the_box_range(predictor: SamPredictor):
+    vol = disk_volume(background=33)
+    session = InteractiveSession(predictor, vol, slice_axis=2, name="disk", click_reach=3)
+    oid = session.add_box([13, 10, 0, 37, 34, 3], value=1)  # slices 0..3; slice 4 is outside the box
+    obj = session.objects[oid]
+    obj.mask[:, 22, 25] = [False, False, False, True, False]  # object at (25, 22) on slice 3 only
+    session.click(oid, x=25, y=22, z=1, positive=True)
+    # up: slice 2 wrong (carried), slice 3 already object (stop); down: slice 0, then the range ends
+    assert sorted(c.z for c in obj.carried) == [0, 2]
+    # a positive click where the mask is object already is carried nowhere
+    before = len(obj.carried)
+    obj.mask[:, 30, 25] = True
+    session.click(oid, x=25, y=30, z=1, positive=True)
+    assert len(obj.carried) == before
+    # a click far from the object (background on every slice): carried to the end of the box range only
+    session.click(oid, x=2, y=2, z=2, positive=False)  # negative on background: right already, not carried
+    assert len(obj.carried) == before
+    session.click(oid, x=2, y=2, z=2, positive=True)
+    assert sorted(c.z for c in obj.carried[before:]) == [0, 1, 3]
+
+
+def test_click_reach_zero_corrects_the_clicked_slice_only(predictor: SamPredictor):
+    vol = disk_volume(background=33)
+    session = InteractiveSession(predictor, vol, slice_axis=2, name="disk", click_reach=0)
+    oid = session.add_box([13, 10, 0, 37, 34, 4], value=1)
+    decoded = session.click(oid, x=25, y=22, z=3, positive=False)
+    assert session.objects[oid].carried == []
+    assert decoded[0] == 3 and all(z >= 3 for z in decoded)  # the clicked slice, then outwards only
+    with pytest.raises(MedadaptError, match="click_reach"):
+        InteractiveSession(predictor, vol, slice_axis=2, click_reach=-1)
+
+
+def test_default_click_reach_is_the_one_chosen_on_validation_volumes():
+    """The session's default is the reach bench/bench_click_reach.py chose on validation volumes;
+    without that sweep, clicks correct their own slice only."""
+    from medadapt.infer.interactive import CLICK_REACH
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "results" / "interactive_hippocampus_val.json"
+    if not path.is_file():
+        assert CLICK_REACH == 0
+        return
+    selection = json.loads(path.read_text())["selection"]
+    assert selection["click_reach"] == CLICK_REACH
+    assert CLICK_REACH in selection["reaches"] and selection["cases"]

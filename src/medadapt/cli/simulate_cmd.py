@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from medadapt.cli.common import console, progress_bar, set_threads, user_errors
+from medadapt.infer.interactive import CLICK_REACH
 
 
 @user_errors
@@ -23,7 +24,9 @@ def simulate(
     plane: str = typer.Option("volume", "--plane", help="volume: click at the deepest voxel of the largest 3D error (official) | slice: on the slice where that error is largest."),
     seed: int = typer.Option(42, "--seed", help="Draw among equally deep click points (42: the official clicks)."),
     mask_feedback: bool = typer.Option(False, "--mask-feedback/--no-mask-feedback", help="Feed the previous low-res mask back as the dense prompt (for models trained with mask prompts; LiteMedSAM was not)."),
+    click_reach: int = typer.Option(CLICK_REACH, "--click-reach", min=0, help="Carry each click to up to this many neighbouring slices on each side while the mask there is in the state the click corrects (0: the clicked slice only)."),
     cases: int | None = typer.Option(None, "--cases", min=1, help="Only the first N test cases."),
+    cases_from: str = typer.Option("test", "--cases-from", help="test (the split's held-out test cases) | val (its validation cases, for choosing settings)."),
     clicks_out: Path | None = typer.Option(None, "--clicks-out", help="Folder for one click JSON per case (replayable)."),
     replay: Path | None = typer.Option(None, "--replay", help="Replay the click files of this folder (CASE.json, as --clicks-out writes) instead of simulating; scores the final masks."),
     label_dir: str | None = typer.Option(None, "--label-dir", help="Label folder name."),
@@ -46,7 +49,7 @@ def simulate(
     with progress_bar() as bar:
         result = simulate_dataset(
             data, out, adapter=adapter, model=model, split=split, clicks=clicks, start=start, plane=plane, seed=seed,
-            mask_feedback=mask_feedback, cases=cases, clicks_out=clicks_out, replay=replay, label_dir=label_dir,
+            mask_feedback=mask_feedback, click_reach=click_reach, cases=cases, cases_from=cases_from, clicks_out=clicks_out, replay=replay, label_dir=label_dir,
             image_suffix=image_suffix, label_suffix=label_suffix, tolerance_mm=tolerance_mm, n_boot=n_boot,
             cache_dir=cache_dir, progress=lambda n: _advance(bar, bar.add_task("simulate", total=n)),
         )

@@ -19,7 +19,7 @@ import numpy as np
 
 from medadapt.data.clicks import ClickSequence
 from medadapt.data.prompts import boxes3d_from_label, boxes_from_label
-from medadapt.infer.interactive import InteractiveSession
+from medadapt.infer.interactive import CLICK_REACH, InteractiveSession
 from medadapt.infer.predictor import SamPredictor
 from medadapt.metrics.interactive import OFFICIAL_SEED, interactive_scores, simulate_click
 from medadapt.metrics.segmentation import case_metrics
@@ -73,15 +73,40 @@ def simulate_case(
     seed: int = OFFICIAL_SEED,
     plane: Literal["volume", "slice"] = "volume",
     mask_feedback: bool = False,
+    click_reach: int = CLICK_REACH,
 ) -> SimulationResult:
     """Box (or automatic start) + ``n_clicks`` simulated clicks on one case; metrics after each step."""
     label = np.asarray(label)
     if classes is None:
         classes = [int(c) for c in np.unique(label) if c != 0]
     t0 = time.perf_counter()
-    session = InteractiveSession(predictor, image, slice_axis=slice_axis, name=case, mask_feedback=mask_feedback)
+    session = InteractiveSession(predictor, image, slice_axis=slice_axis, name=case, mask_feedback=mask_feedback,
+                                 click_reach=click_reach)
     ids = start_session(session, label, classes, start)
-    seconds, decoded = [time.perf_counter() - t0], [session.slices_decoded]
+    return simulate_clicks(session, ids, label, spacing, case=case, n_clicks=n_clicks, classes=classes,
+                           tolerance_mm=tolerance_mm, seed=seed, plane=plane,
+                           start_seconds=time.perf_counter() - t0, start_decoded=session.slices_decoded)
+
+
+def simulate_clicks(
+    session: InteractiveSession,
+    ids: dict[int, int],
+    label: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    case: str,
+    n_clicks: int,
+    classes: Sequence[int],
+    tolerance_mm: float = 2.0,
+    seed: int = OFFICIAL_SEED,
+    plane: Literal["volume", "slice"] = "volume",
+    start_seconds: float = 0.0,
+    start_decoded: int = 0,
+) -> SimulationResult:
+    """The clicks of :func:`simulate_case` on a started session (objects ``ids``: {class: object id})."""
+    label = np.asarray(label)
+    slice_axis = session.slice_axis
+    seconds, decoded = [start_seconds], [start_decoded]
     curves = {c: ([], []) for c in classes}
 
     def score() -> None:
@@ -121,5 +146,5 @@ def simulate_case(
         row.update({f"dsc_{k}": v for k, v in enumerate(dsc)})
         row.update({f"nsd_{k}": v for k, v in enumerate(nsd)})
         rows.append(row)
-    per_slice_boxes = start == "box2d" and slice_axis is not None  # not expressible in a click file yet
+    per_slice_boxes = any(o.start == "box2d" and o.box is None for o in session.objects.values())  # no file yet
     return SimulationResult(rows, seconds, decoded, None if per_slice_boxes else session.record())

@@ -19,16 +19,17 @@ from medadapt.errors import MedadaptError
 from medadapt.evaluate.interactive_run import simulate_case
 from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
 from medadapt.infer.factory import build_predictor
-from medadapt.infer.interactive import InteractiveSession
+from medadapt.infer.interactive import CLICK_REACH, InteractiveSession
 from medadapt.io.atomic import staged_dir
 from medadapt.io.discovery import resolve_spec
 from medadapt.metrics.segmentation import case_metrics
 from medadapt.run import SUMMARY, RunFolder
 
-__all__ = ["PLANES", "STARTS", "Simulation", "simulate_dataset"]
+__all__ = ["PLANES", "STARTS", "SUBSETS", "Simulation", "simulate_dataset"]
 
 STARTS = ("box3d", "box2d", "auto")
 PLANES = ("volume", "slice")
+SUBSETS = ("test", "val")  # val: for choosing session settings (click reach) without looking at test cases
 
 
 @dataclass
@@ -52,7 +53,9 @@ def simulate_dataset(
     plane: str = "volume",
     seed: int = 42,
     mask_feedback: bool = False,
+    click_reach: int = CLICK_REACH,
     cases: int | None = None,
+    cases_from: str = "test",
     clicks_out: Path | None = None,
     replay: Path | None = None,
     label_dir: str | None = None,
@@ -66,19 +69,26 @@ def simulate_dataset(
     """Simulate (or ``replay``) the interactions on the test cases of ``split`` (default: the run's split,
     else the dataset's fixed test set) and write ``per_case.csv`` + ``summary.json`` into ``out``.
 
+    ``cases_from="val"`` uses the split's validation cases instead (to choose settings such as
+    ``click_reach`` without the test cases).
+
     ``progress(n)`` is called once with the number of cases and returns the per-case callback.
     """
     if start not in STARTS:
         raise MedadaptError(f"--start '{start}' is not one of {', '.join(STARTS)}.", fix="use --start box3d")
     if plane not in PLANES:
         raise MedadaptError(f"--plane '{plane}' is not volume or slice.", fix="use --plane volume")
+    if cases_from not in SUBSETS:
+        raise MedadaptError(f"--cases-from '{cases_from}' is not test or val.", fix="use --cases-from test")
     dataset = load_segmentation_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
     if split is None and adapter is not None and RunFolder(adapter).split_path.is_file():
         split = RunFolder(adapter).split_path
     the_split = load_split(split, dataset) if split is not None else make_split(dataset, shots=1, seed=0)
-    keys = list(the_split.test)[:cases] if cases else list(the_split.test)
+    pool = list(the_split.val if cases_from == "val" else the_split.test)
+    keys = pool[:cases] if cases else pool
     if not keys:
-        raise MedadaptError("the split has no test cases.", path=split or dataset.root)
+        raise MedadaptError(f"the split has no {cases_from} cases.", path=split or dataset.root,
+                            fix="give a --split with such cases (`medadapt fit` writes one into its run).")
     predictor = build_predictor(model, adapter=adapter, cache_dir=cache_dir)
     if start == "auto" and not predictor.is_automatic:
         raise MedadaptError("--start auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN or --start box3d.")
@@ -101,7 +111,7 @@ def simulate_dataset(
             axis = predictor.slice_axis
         res = simulate_case(predictor, image, label, spacing, slice_axis=axis, case=key, n_clicks=clicks,
                             start=start, classes=classes, tolerance_mm=tolerance_mm, seed=seed, plane=plane,
-                            mask_feedback=mask_feedback)
+                            mask_feedback=mask_feedback, click_reach=click_reach)
         rows += res.rows
         seconds.append(res.seconds)
         decoded.append(res.decoded_slices)
@@ -119,7 +129,8 @@ def simulate_dataset(
     summary["ms_per_decoded_slice"] = 1000 * sum(s for s, _ in clicked) / max(1, sum(d for _, d in clicked))
     summary["settings"] = {
         "data": resolve_spec(data), "adapter": str(adapter) if adapter else None, "model": predictor.spec.name,
-        "split": str(split) if split else "default test set", "clicks": clicks, "start": start, "plane": plane,
+        "split": str(split) if split else "default test set", "cases_from": cases_from, "cases": keys,
+        "clicks": clicks, "click_reach": click_reach, "start": start, "plane": plane,
         "seed": seed, "mask_feedback": mask_feedback, "tolerance_mm": tolerance_mm,
         "protocol": "CVPR 2025 interactive: AUC over the predictions after clicks 1..N (trapezoid, unit step)",
         "encoder_calls": predictor.encoder_calls, "images_encoded": predictor.images_encoded,

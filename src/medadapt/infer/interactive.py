@@ -16,18 +16,31 @@ Decoding rules:
   training feeds the last prediction back the same way). It is off by default: LiteMedSAM was trained
   with box prompts only and never saw a mask prompt, and with it the clicks on prostate slices lowered
   DSC more than without it; turn it on for models trained with mask prompts.
-- **Re-propagation (3D box only).** The masks of a 3D box form a chain from the middle slice outwards.
+- **Click reach (volumes).** A slice-wise model corrects only the slice it is clicked on, while an
+  error region is 3D: a click on one slice of a ~30-slice object barely moves the 3D DSC. So a click
+  at (x, y, z) is carried to the neighbouring slices z±1, z±2, ... up to ``click_reach`` slices each way
+  (within the object's slice range), as long as the current mask at (x, y, z') is in the state the
+  click corrects (background for a positive click, object for a negative one); each side stops at the
+  first slice where it is not. Those slices are re-decoded with the carried click as if it had been
+  made there. Only the click the user made is recorded (a replay carries it again, with the recorded
+  ``click_reach``). ``click_reach=0`` corrects the clicked slice only. The default is the reach
+  bench/bench_click_reach.py selects on the validation volumes of the fixed hippocampus split (0 without
+  that selection; docs/interactive.md).
+- **Re-propagation (3D box only). The masks of a 3D box form a chain from the middle slice outwards.
   After a click, the chain is walked outwards from z: a slice is re-decoded only when the box derived
   from its (changed) inner neighbour differs from the box it was last decoded with; the walk stops at
   the first slice whose box is unchanged (every slice beyond it would get its old inputs again) or at
-  the end of the box's slice range. Slices with clicks of their own keep them and their mask prompt.
+  the end of the box's slice range; slices further out that a click was carried to are re-decoded
+  too. Slices with clicks of their own keep them and their mask prompt.
   Objects started from 2D boxes per slice, or from an automatic prediction, have independent slices:
   a click changes its slice only. On an automatic start, a slice's first click adds the box of the
   slice's automatic mask (+3 px, as the CVPR24 propagation boxes) to the clicks, so that a box-trained
   decoder keeps the object; an empty slice gets the clicks alone.
 
 Bad input raises :class:`~medadapt.errors.MedadaptError`: NaN coordinates, clicks outside the image,
-on a slice outside the object's box range, or a click file recorded on another image.
+on a slice outside the object's box range, or a click file recorded on another image. Positive clicks
+outside a 3D box's slice range are refused rather than growing the object: the CVPR 2025 protocol's
+boxes are the tight boxes of the label, so no missed voxel lies outside them.
 """
 
 from __future__ import annotations
@@ -44,6 +57,8 @@ from medadapt.errors import MedadaptError
 from medadapt.infer.predictor import SamPredictor, class_labels
 from medadapt.infer.volume import SliceEmbeddings, box_from_previous
 from medadapt.models.preprocess import postprocess_logits
+
+CLICK_REACH = 0  # slices a click is carried to on each side: bench/bench_click_reach.py's selection (0 without one)
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,7 @@ class ObjectState:
     z_range: tuple[int, int]  # slices that may be clicked, inclusive
     mask: np.ndarray  # [D, H, W] bool
     clicks: list[Click] = field(default_factory=list)
+    carried: list[Click] = field(default_factory=list)  # clicks carried to neighbouring slices (click_reach)
     frame_boxes: dict[int, np.ndarray | None] = field(default_factory=dict)  # per slice: last model-frame box
     low_res: dict[int, torch.Tensor] = field(default_factory=dict)  # per slice: [1, 1, s, s] logits
     slice_boxes: dict[int, np.ndarray] = field(default_factory=dict)  # box2d start: original-pixel box per slice
@@ -80,7 +96,7 @@ class InteractiveSession:
     """One image (``slice_axis=None``) or volume (slices along ``slice_axis``) being segmented by clicks."""
 
     def __init__(self, predictor: SamPredictor, image: np.ndarray, *, slice_axis: int | None = None,
-                 name: str = "image", mask_feedback: bool = False):
+                 name: str = "image", mask_feedback: bool = False, click_reach: int = CLICK_REACH):
         if not hasattr(predictor, "model"):
             raise MedadaptError(
                 "interactive segmentation needs a single model, not an ensemble of runs.",
@@ -91,6 +107,10 @@ class InteractiveSession:
         self.name = name
         self.slice_axis = slice_axis
         self.mask_feedback = mask_feedback
+        if int(click_reach) != click_reach or click_reach < 0:
+            raise MedadaptError(f"click_reach must be a whole number of slices >= 0, got {click_reach}.",
+                                fix="use 0 to correct the clicked slice only.")
+        self.click_reach = int(click_reach)
         if slice_axis is None:
             if self.image.ndim not in (2, 3) or (self.image.ndim == 3 and self.image.shape[2] not in (1, 3, 4)):
                 raise MedadaptError(f"'{name}' is not a 2D image (shape {self.image.shape}).",
@@ -182,13 +202,11 @@ class InteractiveSession:
         """Add a click to an object and update its masks; returns the slices re-decoded."""
         obj = self._object(object_id)
         c = self._check_click(obj, x, y, z, positive)
+        carried = self._carry(obj, c)
         obj.clicks.append(c)
+        obj.carried += carried
         self.decoded_slices = []
-        box = obj.frame_boxes.get(c.z) if c.z in obj.frame_boxes else self._frame_box(obj, c.z)
-        self._redecode(obj, c.z, box, feedback=True)
-        if obj.start == "box3d":
-            mid = obj.z_mid
-            self._propagate(obj, c.z, up=c.z >= mid, down=c.z <= mid)
+        self._update(obj, {c.z} | {k.z for k in carried})
         return list(self.decoded_slices)
 
     # -- results -----------------------------------------------------------------------------------
@@ -215,7 +233,8 @@ class InteractiveSession:
                 box=None if obj.box is None else [float(v) for v in obj.box],
                 clicks=[ClickRecord(x=c.x, y=c.y, z=c.z, positive=c.positive) for c in obj.clicks]))
         return ClickSequence(image=self.name, sha256=self.sha256, shape=list(self.image.shape),
-                             slice_axis=self.slice_axis, mask_feedback=self.mask_feedback, objects=objects)
+                             slice_axis=self.slice_axis, mask_feedback=self.mask_feedback,
+                             click_reach=self.click_reach, objects=objects)
 
     def replay(self, sequence: ClickSequence, *, path=None) -> None:
         """Apply a recorded click file to this (fresh) session: boxes first, then each object's clicks."""
@@ -225,6 +244,7 @@ class InteractiveSession:
                                 f"this session cuts along {self.slice_axis}.", path=path,
                                 fix="replay with the slice axis the clicks were recorded with.")
         self.mask_feedback = sequence.mask_feedback  # the same decoder inputs as when recorded
+        self.click_reach = sequence.click_reach
         if any(o.start == "auto" for o in sequence.objects):
             auto_ids = self.start_auto()
             by_value = {self.objects[i].value: i for i in auto_ids}
@@ -324,7 +344,7 @@ class InteractiveSession:
     @torch.no_grad()
     def _redecode(self, obj: ObjectState, z: int, frame_box: np.ndarray | None, feedback: bool = False) -> None:
         emb, tf = self.embeddings.get(z)
-        clicks = [c for c in obj.clicks if c.z == z]
+        clicks = [c for c in obj.clicks + obj.carried if c.z == z]
         points = None
         if clicks:
             coords = tf.apply_points(np.array([[c.x, c.y] for c in clicks], dtype=np.float32))[None]
@@ -342,6 +362,53 @@ class InteractiveSession:
         obj.mask[z] = (postprocess_logits(low_res, tf)[0, 0] > 0).numpy()
         self.decoded_slices.append(z)
         self.slices_decoded += 1
+
+    def _carry(self, obj: ObjectState, c: Click) -> list[Click]:
+        """The click carried to slices z±1..±click_reach while the mask there is in the state it corrects."""
+        if self.click_reach == 0 or self.slice_axis is None:
+            return []
+        z0, z1 = obj.z_range
+        col, row = min(int(round(c.x)), self.hw[1] - 1), min(int(round(c.y)), self.hw[0] - 1)
+        out = []
+        for step in (1, -1):
+            for k in range(1, self.click_reach + 1):
+                zz = c.z + step * k
+                allowed = z0 <= zz <= z1 and (obj.start != "box2d" or obj.box is not None or zz in obj.slice_boxes)
+                if not allowed or obj.mask[zz, row, col] == c.positive:  # already right there
+                    break
+                out.append(Click(c.x, c.y, zz, c.positive))
+        return out
+
+    def _update(self, obj: ObjectState, dirty: set[int]) -> None:
+        """Re-decode the slices in ``dirty`` (they have new clicks), then what their change affects.
+
+        Independent slices (2D boxes per slice, automatic starts) are each decoded with the box they were
+        last decoded with. A 3D box's chain is walked outwards from the middle slice on each side that
+        holds a dirty slice: a slice is re-decoded when it is dirty or the box its inner neighbour gives
+        has changed; past the last dirty slice the walk stops at the first unchanged box.
+        """
+        if obj.start != "box3d":
+            for z in sorted(dirty):
+                box = obj.frame_boxes.get(z) if z in obj.frame_boxes else self._frame_box(obj, z)
+                self._redecode(obj, z, box, feedback=True)
+            return
+        mid, (z0, z1) = obj.z_mid, obj.z_range
+        if mid in dirty:
+            self._redecode(obj, mid, self._frame_box(obj, mid), feedback=True)
+        for step in (1, -1):
+            side = [z for z in dirty if (z - mid) * step > 0]
+            if not side and mid not in dirty:
+                continue
+            last = max(side, key=lambda z: (z - mid) * step) if side else mid
+            zz = min(side, key=lambda z: (z - mid) * step) if mid not in dirty else mid + step
+            while z0 <= zz <= z1:
+                box = self._frame_box(obj, zz)
+                old = obj.frame_boxes.get(zz)
+                if zz in dirty or old is None or not np.array_equal(old, box):
+                    self._redecode(obj, zz, box, feedback=zz in dirty)
+                elif (zz - last) * step > 0:
+                    break  # unchanged, and no dirty slice further out: every later slice keeps its inputs
+                zz += step
 
     def _propagate(self, obj: ObjectState, z: int, *, up: bool, down: bool, force: bool = False) -> None:
         """Walk the 3D box's chain outwards from slice ``z`` (decoded already unless ``force``)."""
