@@ -92,7 +92,7 @@ def test_selection_renders_the_full_test_run_when_present(tmp_path, monkeypatch)
     assert "Pending" not in text
     assert "held-out cases: 20" in text and "0.600 ± 0.141" in text
     headline = dict((a, v) for _, v, a in tables.headlines())["selection"]
-    assert "0.600 ± 0.141 on 20 test volumes (2 seeds)" in headline
+    assert "0.600 ± 0.141 on 20 test volumes (2 seeds of 3)" in headline
 
 
 def test_conditions_show_only_what_the_json_holds():
