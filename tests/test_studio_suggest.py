@@ -108,3 +108,36 @@ def test_interactions_answer_while_cases_are_scored(tmp_path, predictor):
     r = c.post("/api/cases/synth_003/box", json={"corner0": [10, 10, 16], "corner1": [30, 30, 16], "space": "voxel"})
     assert r.status_code == 200, r.text
     assert wait_complete(c)["scored"] == 3
+
+
+def test_scores_survive_a_restart_until_the_image_changes(tmp_path, predictor):
+    root = tmp_path / "data"
+    make_synthetic_dataset(root, n_cases=3)
+    for i in (1, 2):
+        (root / f"labelsTr/synth_{i:03d}.nii.gz").unlink()
+    _, c = client(root, predictor, "studio adapter 001")
+    c.get("/api/suggest")
+    first = wait_complete(c)
+    scores = dict(c.app.state.suggester.scores["studio adapter 001"])
+    assert sorted(scores) == ["synth_001", "synth_002"]
+    assert (root / ".medadapt-studio" / "suggestions.json").is_file()
+    # a restarted studio answers from the store at once: complete, nothing to score
+    _, c2 = client(root, predictor, "studio adapter 001")
+    again = c2.get("/api/suggest").json()
+    assert again == first and again["complete"]
+    assert c2.app.state.suggester._thread is None
+    # an image replaced on disk is scored afresh; the other case keeps its stored score
+    image = root / "imagesTr" / "synth_002_0000.nii.gz"
+    if not image.exists():
+        image = next((root / "imagesTr").glob("synth_002*"))
+    nib.save(nib.load(image), image)
+    _, c3 = client(root, predictor, "studio adapter 001")
+    partial = c3.get("/api/suggest").json()
+    assert partial["scored"] == 1 and not partial["complete"]
+    assert c3.app.state.suggester.scores["studio adapter 001"] == {"synth_001": scores["synth_001"]}
+    wait_complete(c3)
+    # a damaged store is a cache: ignored, the cases are scored again
+    (root / ".medadapt-studio" / "suggestions.json").write_text("{not json")
+    _, c4 = client(root, predictor, "studio adapter 001")
+    assert c4.get("/api/suggest").json()["scored"] == 0
+    assert wait_complete(c4)["scored"] == 2

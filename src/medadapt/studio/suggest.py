@@ -16,26 +16,33 @@ to rank: the suggestion is the first unlabelled case in list order.
 
 Scores are computed lazily in a background thread (started by the first request for a suggestion under
 an adapter), one case at a time and one model call at a time under the studio's model lock, so an
-interaction waits for at most one slice's encoding. They are kept in memory per adapter; a restart
-scores again. Until every case has a score the best scored case is suggested (``complete`` false);
-before any, list order.
+interaction waits for at most one slice's encoding. They are kept per adapter, in memory and in
+``DATA_DIR/.medadapt-studio/suggestions.json`` (written atomically after each scored case), so a restarted
+studio does not score again: a stored score is used while its case's image file is unchanged (same size
+and modification time) and was scored on the same number of slices; anything else is scored afresh. An
+unreadable store is ignored (it is a cache). Until every case has a score the best scored case is
+suggested (``complete`` false); before any, list order.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from medadapt.data.intensity import normalise_for_sam
 from medadapt.infer.volume import SliceEmbeddings
+from medadapt.io.atomic import write_json
 from medadapt.models.preprocess import postprocess_logits
 from medadapt.studio.cases import slice_axis_of
 
 SLICES = 5
 REGION_P = 0.05
+STORE = "suggestions.json"  # in the studio's own folder
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:
@@ -62,6 +69,57 @@ class Suggester:
         self.errors: dict[str, str] = {}  # case key -> why it could not be scored (never retried)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stored: dict | None = None  # the store's content, read at the first use
+
+    # -- the store on disk ----------------------------------------------------------------------
+    @property
+    def store_path(self) -> Path:
+        return self.studio.folder.state_dir / STORE
+
+    def _image_stamp(self, key: str) -> list[int] | None:
+        try:
+            st = self.studio.folder.case(key).image.stat()
+        except (OSError, KeyError):
+            return None
+        return [st.st_mtime_ns, st.st_size]
+
+    def _read_store(self) -> dict:
+        if self._stored is None:
+            try:
+                stored = json.loads(self.store_path.read_text())
+                ok = isinstance(stored, dict) and isinstance(stored.get("adapters"), dict)
+            except (OSError, ValueError):
+                ok = False
+            self._stored = stored if ok else {"adapters": {}}
+        return self._stored
+
+    def _load(self, adapter: str) -> dict[str, float]:
+        """The stored scores of ``adapter`` that still hold (see the module docstring). Call with the lock."""
+        entries = self._read_store()["adapters"].get(adapter) or {}
+        out = {}
+        for key, entry in entries.items():
+            try:
+                if entry["slices"] == self.slices and entry["image"] == self._image_stamp(key):
+                    out[key] = float(entry["score"])
+            except (KeyError, TypeError, ValueError):
+                continue
+        return out
+
+    def _remember(self, adapter: str, key: str, score: float) -> None:
+        """Keep ``score`` in the store (atomic write). Call with the lock."""
+        stored = self._read_store()
+        stored["adapters"].setdefault(adapter, {})[key] = {"score": score, "slices": self.slices,
+                                                          "image": self._image_stamp(key)}
+        try:
+            write_json(self.store_path, stored)
+        except OSError:
+            pass  # a read-only folder: the scores stay in memory
+
+    def _known(self, adapter: str) -> dict[str, float]:
+        """The scores of ``adapter``, from memory or else from the store. Call with the lock."""
+        if adapter not in self.scores:
+            self.scores[adapter] = self._load(adapter)
+        return self.scores[adapter]
 
     def unlabelled(self) -> list[str]:
         folder = self.studio.folder
@@ -76,7 +134,7 @@ class Suggester:
             return {**out, "case": todo[0] if todo else None, "method": "list order", "score": None,
                     "scored": 0, "complete": True}
         with self._lock:
-            known = dict(self.scores.get(adapter, {}))
+            known = dict(self._known(adapter))
             missing = [k for k in todo if k not in known and k not in self.errors]
             if missing and (self._thread is None or not self._thread.is_alive()):
                 self._thread = threading.Thread(target=self._work, name="medadapt-studio-suggest", daemon=True)
@@ -96,7 +154,7 @@ class Suggester:
             if adapter is None:
                 return
             with self._lock:
-                known = self.scores.setdefault(adapter, {})
+                known = self._known(adapter)
                 missing = [k for k in self.unlabelled() if k not in known and k not in self.errors]
             if not missing:
                 return
@@ -111,6 +169,7 @@ class Suggester:
                     continue
                 with self._lock:
                     known[key] = score
+                    self._remember(adapter, key, score)
 
     def _label_box(self) -> np.ndarray | None:
         """The union bounding box of the saved labels as fractions ``[z0, y0, x0, z1, y1, x1]`` of each case's
