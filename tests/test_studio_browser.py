@@ -5,6 +5,8 @@ Script: open a case, draw a box on the axial view, see the mask, add a negative 
 stroke of another class, save; the label
 file on disk equals the overlay the page shows, and the page logs no console error. The screenshot goes
 to the test's folder, and to ``$MEDADAPT_SCREENSHOTS`` when set (how docs/images/studio.png is made).
+A second script, with adaptation in the loop and one finished adapter, compares the case under the
+zero-shot model with the adapter in use (the compare picker and its key).
 
 Chromium comes from Debian (``make browser``); Playwright for Python from the ``dev`` extra. Missing,
 the test fails under CI and skips on a developer machine.
@@ -27,7 +29,9 @@ from medadapt.data.synthetic import make_synthetic_dataset
 from medadapt.infer.factory import build_predictor
 from medadapt.studio.app import create_app
 from medadapt.studio.cases import CaseFolder
+from medadapt.studio.server import build_studio
 from medadapt.studio.state import Studio
+from test_studio_adaptation import small_dataset
 
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 
@@ -53,13 +57,18 @@ def chromium() -> str:
 @pytest.fixture()
 def served(tmp_path):
     """A studio over two synthetic cases (synth_001 unlabelled) on a free local port; yields (url, root, truth)."""
-    import uvicorn
-
     root = make_synthetic_dataset(tmp_path / "data", n_cases=2)
     truth = np.asarray(nib.load(root / "labelsTr/synth_001.nii.gz").dataobj)
     (root / "labelsTr/synth_001.nii.gz").unlink()
     predictor = build_predictor(None, use_cache=True)
-    app = create_app(Studio(CaseFolder(root), lambda: predictor))
+    for url in _serve(create_app(Studio(CaseFolder(root), lambda: predictor))):
+        yield url, root, truth
+
+
+def _serve(app):
+    """Serve ``app`` on a free local port; yields its URL."""
+    import uvicorn
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -70,7 +79,7 @@ def served(tmp_path):
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the studio did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", root, truth
+    yield f"http://127.0.0.1:{port}/"
     server.should_exit = True
     thread.join(10)
 
@@ -181,3 +190,84 @@ def test_box_click_save_in_chromium(chromium, served, tmp_path):
         Path(out).mkdir(parents=True, exist_ok=True)
         for name in ("studio.png", "studio_box.png"):
             shutil.copy(tmp_path / name, Path(out) / name)
+
+
+@pytest.fixture()
+def served_with_adapter(tmp_path):
+    """A studio with adaptation in the loop over three small synthetic cases (synth_002 unlabelled), whose
+    first adapter (2 steps on the two labelled cases) is in use; yields (url, studio, loop, truth)."""
+    root = small_dataset(tmp_path / "data")
+    truth = np.asarray(nib.load(root / "labelsTr/synth_002.nii.gz").dataobj)
+    (root / "labelsTr/synth_002.nii.gz").unlink()
+    studio, loop = build_studio(root, fit_steps=2, echo=lambda _: None)
+    loop.request()
+    assert loop.wait(600) and loop.last and loop.last.get("error") is None, loop.last
+    assert studio.adapter == "studio adapter 001"
+    for url in _serve(create_app(studio, loop=loop)):
+        yield url, studio, loop, truth
+
+
+def test_compare_view_in_chromium(chromium, served_with_adapter, tmp_path):
+    """The compare picker shows the zero-shot model's answer to the case's box in place of the masks (what
+    the compare endpoint gives), with its agreement; off (or key C) shows the case's masks again."""
+    from playwright.sync_api import sync_playwright
+
+    url, studio, loop, truth = served_with_adapter
+    idx = np.argwhere(truth == 1)
+    k = int(np.bincount(idx[:, 2]).argmax())
+    on_slice = np.argwhere(truth[..., k] == 1)
+    (i0, j0), (i1, j1) = on_slice.min(0), on_slice.max(0)
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(url)
+            page.wait_for_function("window.studio && studio.ready", timeout=60_000)
+            assert "studio adapter 001" in page.locator("#adapter").text_content()
+            assert not page.locator("#compare-pick").is_hidden()
+            options = page.eval_on_selector_all("#compare option", "os => os.map(o => o.value)")
+            assert options == ["", "zero-shot", "001"]
+            page.click("#case-list li[data-key=synth_002]")
+            page.wait_for_function("studio.key === 'synth_002' && studio.mask && !studio.busy", timeout=120_000)
+            page.select_option("#layout", "plane")
+            middle = page.evaluate("Array.from(studio.nv.frac2vox(studio.nv.scene.crosshairPos))")[2]
+            page.evaluate(f"studio.nv.moveCrosshairInVox(0, 0, {k - middle})")
+            page.wait_for_timeout(200)
+            version = page.evaluate("studio.mask.version")
+            (xa, ya), (xb, yb) = _screen(page, i0 - 1, j0 - 1, k), _screen(page, i1 + 1, j1 + 1, k)
+            page.mouse.move(xa, ya)
+            page.mouse.down()
+            page.mouse.move(xb, yb, steps=8)
+            page.mouse.up()
+            after_box = _wait_for_change(page, version)
+            assert after_box["voxels"] > 0
+            masks = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
+
+            page.select_option("#compare", "zero-shot")
+            page.wait_for_function("studio.compare && studio.compare.adapter === 'zero-shot' && !studio.busy",
+                                   timeout=120_000)
+            shown = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
+            expected, _ = studio.compare("synth_002", loop.predictor_for(None))
+            np.testing.assert_array_equal(shown.reshape(truth.shape, order="F"), expected)
+            both = np.count_nonzero((expected == masks.reshape(truth.shape, order="F")) & (expected > 0))
+            dice = 2 * both / (np.count_nonzero(expected) + np.count_nonzero(masks))
+            assert page.evaluate("studio.compare.dice") == pytest.approx(dice, abs=1e-4)
+            assert f"DSC {dice:.3f}" in page.locator("#status").text_content()
+            page.screenshot(path=str(tmp_path / "studio_compare.png"))
+
+            page.select_option("#compare", "")  # off: the case's masks again
+            page.wait_for_function("studio.compare === null && !studio.busy", timeout=60_000)
+            np.testing.assert_array_equal(np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)")), masks)
+            page.keyboard.press("c")  # key C: back to the last compared model
+            page.wait_for_function("studio.compare && studio.compare.adapter === 'zero-shot' && !studio.busy",
+                                   timeout=120_000)
+            np.testing.assert_array_equal(np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)")), shown)
+        finally:
+            browser.close()
+    assert not problems, problems
+    if out := os.environ.get("MEDADAPT_SCREENSHOTS"):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "studio_compare.png", Path(out) / "studio_compare.png")
