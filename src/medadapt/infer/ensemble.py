@@ -78,6 +78,20 @@ def labels_from_probabilities(prob: np.ndarray, classes: Sequence[int]) -> np.nd
     return class_labels(np.asarray(prob, dtype=np.float32) - 0.5, classes)  # p > 0.5 <=> logit > 0
 
 
+def shared_keep_largest(members: Sequence[Sequence[int]]) -> list[int]:
+    """The classes whose largest-component step every member chose (see the module docstring)."""
+    return sorted(set.intersection(*(set(m) for m in members)))
+
+
+def ensemble_labels(probs: Sequence[np.ndarray], classes: Sequence[int], keep_largest: Sequence[int]) -> np.ndarray:
+    """Labels from the mean of the members' ``[C, ...]`` class probabilities, then the shared
+    largest-component step: what :class:`EnsemblePredictor` gives, from probabilities already computed
+    (cross-validation scores a pair of candidates this way without running them again)."""
+    mean = np.mean(np.stack([np.asarray(p, np.float32) for p in probs]), axis=0)
+    return keep_largest_of(labels_from_probabilities(mean, classes), keep_largest)
+
+
+
 class EnsemblePredictor:
     """Several prompt-free segmenters with the same classes, used as one (see the module docstring)."""
 
@@ -107,7 +121,7 @@ class EnsemblePredictor:
         sam = [m for m in self.members if isinstance(m, SamPredictor)]
         self.spec = sam[0].spec if sam else None
         self.classes = list(members[0].classes)
-        self.keep_largest = sorted(set.intersection(*(set(m.keep_largest) for m in members)))
+        self.keep_largest = shared_keep_largest([m.keep_largest for m in members])
         # Members keep their own trained axes; a volume's default (or --slice-axis) is for the others.
         self.slice_axis = None
 

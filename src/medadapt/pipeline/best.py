@@ -57,9 +57,8 @@ from medadapt.data.intensity import normalise_for_sam
 from medadapt.engine.sam_fit import FitOptions
 from medadapt.engine.volumetric_fit import run_volumetric_fit
 from medadapt.errors import MedadaptError
-from medadapt.infer.ensemble import VolumetricMember, labels_from_probabilities, sam_probabilities
+from medadapt.infer.ensemble import VolumetricMember, ensemble_labels, sam_probabilities, shared_keep_largest
 from medadapt.infer.factory import PredictorSpec, load_predictor
-from medadapt.infer.predictor import keep_largest_of
 from medadapt.io.atomic import write_json
 from medadapt.io.volumes import Volume, default_slice_axis, read_volume
 from medadapt.metrics.segmentation import dice
@@ -144,7 +143,7 @@ class _Scored:
 
     candidate: Candidate | None
     record: dict[str, Any]
-    probs: dict[str, np.ndarray] = field(default_factory=dict)  # held-out case key -> [C, *shape] float16
+    probs: dict[str, np.ndarray] = field(default_factory=dict)  # held-out case key -> [C, *shape] float32
     keep_largest: list[int] = field(default_factory=list)
     fit_seconds: list[float] = field(default_factory=list)
     classes: list[int] = field(default_factory=list)  # the label values the candidate segments
@@ -474,8 +473,8 @@ def _cross_validate(c, values, overrides, fold_keys, split, cases, work, cache_d
         for key in held:
             volume, label = cases[key]
             prob = member_probabilities(member, volume)
-            entry.probs[key] = prob.astype(np.float16)
-            seg = keep_largest_of(labels_from_probabilities(prob, member.classes), entry.keep_largest)
+            entry.probs[key] = prob
+            seg = ensemble_labels([prob], member.classes, entry.keep_largest)
             dscs.append(case_dsc(label, seg, entry.classes))
         rec["fold_dsc"].append(float(np.nanmean(dscs)))
         rec["fold_seconds"].append(time.perf_counter() - t)
@@ -515,15 +514,14 @@ def _ensemble(scored, fold_keys, cases, wanted, say) -> _Scored:
     if pair[1].classes != classes:
         return _Scored(None, _record(None, "skipped", f"the members segment different classes ({classes} and "
                                                       f"{pair[1].classes})"))
-    keep = sorted(set(pair[0].keep_largest) & set(pair[1].keep_largest))
+    keep = shared_keep_largest([pair[0].keep_largest, pair[1].keep_largest])
     t = time.perf_counter()
     rec = _record(None, "done", None, members=[p.record["name"] for p in pair])
     for held in fold_keys:
         dscs = []
         for key in held:
             volume, label = cases[key]
-            prob = (pair[0].probs[key].astype(np.float32) + pair[1].probs[key].astype(np.float32)) / 2
-            seg = keep_largest_of(labels_from_probabilities(prob, classes), keep)
+            seg = ensemble_labels([pair[0].probs[key], pair[1].probs[key]], classes, keep)
             dscs.append(case_dsc(label, seg, classes))
         rec["fold_dsc"].append(float(np.nanmean(dscs)))
     rec["cv_dsc"] = float(np.nanmean(rec["fold_dsc"]))
