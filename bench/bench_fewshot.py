@@ -263,8 +263,10 @@ def print_table(results: dict) -> None:
             if not len(v):
                 return "–"
             return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
-        fit_s = np.mean([r.get("fit_wall_seconds", np.nan) for r in rs])
-        peak = np.mean([r.get("peak_rss_mb") or np.nan for r in rs])
+        # a resumed run's process did only the rest of its fit: its time and memory are not a fit's
+        whole = [r for r in rs if not (r.get("provenance") or {}).get("resumed")]
+        fit_s = np.mean([r.get("fit_wall_seconds", np.nan) for r in whole]) if whole else np.nan
+        peak = np.mean([r.get("peak_rss_mb") or np.nan for r in whole]) if whole else np.nan
         tp = rs[0].get("trainable_params", "–")
         ab = rs[0].get("adapter_bytes")
         print(f"| {g} | {len(rs)} | {rs[0].get('max_steps', '–')} | {ms('dsc')} | {ms('nsd')} | {ms('hd95')} | "

@@ -10,7 +10,8 @@ adaptation, the studio's background fit (``AdaptationLoop``, ``--steps`` steps) 
 and the annotator waits for it, so that the next case is labelled with the new adapter.
 
 Recorded per case and mode: clicks (all classes), whether every class reached the target, seconds of
-interaction (box + clicks, model time included), and the fit's wall seconds. Writes
+interaction (box + clicks, model time included), and the fit's wall and CPU seconds (the process's CPU
+time while the annotator waits for the fit: every thread of the fit). Writes
 ``bench/results/studio_loop.json`` (or ``--out``) with provenance (commit, UTC time, CPU, threads, load).
 
     .venv/bin/python bench/bench_studio_loop.py --cases 10 --steps 150 --threads 2
@@ -96,10 +97,11 @@ def run_mode(adapt: bool, cases: list, dataset, args) -> list[dict]:
                    **label_case(studio, key, np.asarray(gt), classes, args.target, args.max_clicks)}
             studio.save(key)
             if loop is not None:
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), time.process_time()
                 loop.request()
                 loop.wait()
                 row["fit_seconds"] = round(time.perf_counter() - t, 1)
+                row["fit_cpu_seconds"] = round(time.process_time() - cpu, 1)
                 row["fit"] = loop.last
             rows.append(row)
             print(f"{'adapt' if adapt else 'fixed'} case {i}: {row['clicks']} clicks, {row['seconds']:.1f} s,"

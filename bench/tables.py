@@ -76,6 +76,8 @@ def _short(commit: str | None) -> str:
 def conditions(name: str, data: dict, runs: list[dict] | None = None) -> str:
     """The conditions a result file records, one line; unknown fields say "not recorded"."""
     prov = data.get("provenance") or {}
+    if not prov and runs:
+        return _runs_conditions(name, data, runs)
     machine = data.get("machine") or {}
     sessions = data.get("sessions") or []
     smachine = (sessions[0].get("machine") or {}) if sessions else {}
@@ -127,6 +129,32 @@ def conditions(name: str, data: dict, runs: list[dict] | None = None) -> str:
                          f"({prov['file_added_utc'][:10]}), last changed in "
                          f"{_short(prov['file_last_changed_commit'])} ({prov['file_last_changed_utc'][:10]}) "
                          "(git history)")
+    return f"*Conditions recorded in `bench/results/{name}`:* " + " · ".join(parts) + "."
+
+
+def _runs_conditions(name: str, data: dict, runs: list[dict]) -> str:
+    """Conditions of runs that each carry their own provenance (merged files of one run each)."""
+    provs = [r.get("provenance") or {} for r in runs]
+
+    def values(key: str) -> str:
+        found = sorted({str(p[key]) for p in provs if p.get(key) is not None})
+        return ", ".join(found) if found else NR
+
+    threads: dict[str, int] = {}
+    for r in runs:
+        t = NR if r.get("threads") is None else str(r["threads"])
+        threads[t] = threads.get(t, 0) + 1
+    loads = "; ".join(f"{_load_avg(p.get('load_avg_start'))} → {_load_avg(p.get('load_avg_end'))}" for p in provs)
+    resumed = [p.get("resumed") for p in provs if "resumed" in p]
+    commits = sorted({_short(p["git_commit"]) + (", with uncommitted changes" if p.get("git_dirty") else "")
+                      for p in provs if p.get("git_commit")})
+    parts = [f"CPU model {values('cpu_model')}", f"CPUs {values('cpu_count')}",
+             "threads per run: " + ", ".join(f"{t} ({n} runs)" for t, n in sorted(threads.items())),
+             f"load average (1 min) at start → end per run: {loads}",
+             f"torch {values('torch')}", f"OpenVINO {values('openvino')}", f"ONNX Runtime {values('onnxruntime')}",
+             f"resumed runs {sum(bool(x) for x in resumed)} of {len(resumed)} with a record",
+             f"code {', '.join(commits) if commits else NR}",
+             "UTC " + "; ".join(f"{p.get('utc_start') or NR} → {p.get('utc_end') or NR}" for p in provs)]
     return f"*Conditions recorded in `bench/results/{name}`:* " + " · ".join(parts) + "."
 
 
@@ -266,7 +294,8 @@ input (`--set augment_stem=true --set augment_flips=false --set augment_translat
 an ensemble of an axial and a sagittal run (`--adapter A --adapter B`; scored when ensembles averaged class
 logits, before they averaged class probabilities). `fit s` is the wall time of
 the `medadapt fit` process; where several runs shared the machine (threads per run below) it
-measures throughput, not a user's wait."""
+measures throughput, not a user's wait. Runs resumed after an interruption are left out of `fit s` and
+`peak MB` (their last process did only part of the fit)."""
 
 
 def fewshot_section(anchor: str, title: str, name: str, intro: str) -> str:
@@ -571,6 +600,55 @@ def interactive_accuracy_section() -> str:
     return "\n".join(out)
 
 
+def studio_loop_section() -> str:
+    """A simulated annotator in the studio, with and without adaptation in the loop (bench_studio_loop.py)."""
+    name = "studio_loop.json"
+    head = section("studio-loop", "Studio: clicks per case with and without adaptation in the loop")
+    data = load(name)
+    if data is None:
+        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_studio_loop.py`."
+    modes = data["modes"]
+    target, budget = data["target_dsc"], data["max_clicks"]
+    cols = ["case"]
+    for mode in modes:
+        label = "adapted in the loop" if mode == "adapt" else "zero-shot throughout"
+        cols += [f"{label}: clicks", "mean DSC", "interaction s"] + (["fit wall s", "fit CPU s"] if mode == "adapt" else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for i in range(max(len(rows) for rows in modes.values())):
+        cells = [str(i + 1)]
+        for mode, rows in modes.items():
+            r = rows[i] if i < len(rows) else None
+            if r is None:
+                cells += [""] * (5 if mode == "adapt" else 3)
+                continue
+            dsc = np.mean(list(r["dsc"].values())) if r["dsc"] else float("nan")
+            cells += [str(r["clicks"]) + ("" if r["reached"] else " (not reached)"), f"{dsc:.3f}", f"{r['seconds']:.1f}"]
+            if mode == "adapt":
+                cells += [f"{r['fit_seconds']:.0f}", NR if r.get("fit_cpu_seconds") is None else f"{r['fit_cpu_seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    summary = []
+    for mode, rows in modes.items():
+        clicks = [r["clicks"] for r in rows]
+        text = f"{'adapted' if mode == 'adapt' else 'zero-shot'}: {sum(clicks)} clicks in {len(rows)} cases"
+        if len(rows) >= 5:
+            text += f", case 1 → case 5: {clicks[0]} → {clicks[4]} clicks"
+        if mode == "adapt":
+            cpu = [r.get("fit_cpu_seconds") for r in rows]
+            text += (f", in-loop fits {sum(r['fit_seconds'] for r in rows):.0f} s wall"
+                     + (f", {sum(cpu):.0f} s CPU" if all(c is not None for c in cpu) else ""))
+        summary.append(text)
+    intro = (f"`bench/bench_studio_loop.py --cases {len(data['cases'])} --steps {data['steps']}`: the training pool of "
+             f"the fixed {data['data']} split, labelled in order by a simulated annotator through the studio: a 3D box "
+             f"per class, then corrective clicks (the CVPR 2025 rule) until the class's DSC reaches {target:.2f} or "
+             f"{budget} clicks, then save. With adaptation, the studio's background fit ({data['steps']} steps, "
+             "warm-started from the previous adapter, on every saved case) runs after each save and the next case "
+             "is labelled with its adapter; without, every case is labelled by the zero-shot model. Clicks count "
+             "every class of the case; \"not reached\": a class ended at the click budget below the target. Mean "
+             "DSC: over the case's classes when the annotator stopped. Interaction seconds include encoding the "
+             "case's slices at its first box.")
+    return "\n".join([head, "", intro, "", conditions(name, data), "", "\n".join(lines), "", "; ".join(summary) + "."])
+
+
 def benchmarks_md() -> str:
     hippo = load("fewshot_hippocampus.json")
     parts = [
@@ -625,6 +703,8 @@ def benchmarks_md() -> str:
         interactive_accuracy_section(),
         "",
         interactive_latency_section(),
+        "",
+        studio_loop_section(),
         "",
     ]
     return "\n".join(parts)
