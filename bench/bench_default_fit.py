@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="smoke runs only: not a default setting")
     ap.add_argument("--test-cases", type=int, default=None, help="smoke runs only: score the first N test volumes")
     ap.add_argument("--out-json", type=Path, default=ROOT / "bench" / "results" / "default_fit.json")
+    ap.add_argument("--keep-run", type=Path, default=None, help="copy the fitted run folder here (for other benches)")
     args = ap.parse_args()
 
     import torch
@@ -74,6 +76,8 @@ def main() -> int:
         if args.test_cases:
             test = test[: args.test_cases]
         scores = score(build_predictor(None, adapter=run), dataset, test, "box")
+        if args.keep_run:
+            shutil.copytree(run, args.keep_run, dirs_exist_ok=True)
     result.update({
         "provenance": provenance.finish(prov), "threads": args.threads,
         "fit_wall_seconds": wall, "fit_seconds_training": fit.get("fit_seconds"), "cold_cache": True,
