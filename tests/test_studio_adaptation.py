@@ -18,6 +18,7 @@ from medadapt.data.synthetic import SPACING, make_synthetic_dataset, synthetic_c
 from medadapt.deploy.auto import fit_encoder_engine
 from medadapt.errors import MedadaptError
 from medadapt.run import RunFolder
+from medadapt.studio.adaptation import fit_progress
 from medadapt.studio.app import create_app
 from medadapt.studio.server import build_studio, frozen_base
 
@@ -50,8 +51,12 @@ def test_a_save_fits_an_adapter_and_the_studio_switches_to_it(tmp_path):
     body = nib.Nifti1Image(label, np.eye(4)).to_bytes()
     assert c.put("/api/cases/synth_001/label", content=body).status_code == 200
     deadline = time.monotonic() + 600
-    while c.get("/api/adapter").json()["state"] == "fitting" or loop.running or loop.last is None:
+    while (seen := c.get("/api/adapter").json())["state"] == "fitting" or loop.running or loop.last is None:
         assert time.monotonic() < deadline, "the background fit did not end"
+        if (running := seen["running"]) is not None:  # the fit's progress, as the page shows it
+            assert running["adapter"] == "001" and running["steps"] == 2
+            assert running["phase"] in ("preparing", "training") and (running["step"] is None) == (
+                running["phase"] == "preparing")
         time.sleep(0.5)
     assert loop.wait(60)
     status = c.get("/api/adapter").json()
@@ -242,3 +247,11 @@ def test_the_encoder_engine_option(tmp_path):
     x = studio.predictor.prepare(np.repeat(image[..., None], 3, -1)).tensor[None]
     with torch.no_grad():  # the same embeddings within float32 rounding
         assert torch.allclose(studio.predictor.encoder(x), studio.predictor.model.encode(x), atol=1e-3)
+
+
+def test_fit_progress_reads_the_runs_own_log(tmp_path):
+    assert fit_progress(tmp_path) == {"phase": "preparing", "step": None, "val_dsc": None}
+    (tmp_path / "metrics.csv").write_text(
+        "step,epoch,split,name,value\n10,0,train,loss,0.9\n20,0,train,loss,0.8\n20,0,val,val_dsc,0.71\n"
+        "20,0,val,val_dsc_1,0.75\n30,1,train,loss,0.7\n40,1,tr")  # the last line cut by a concurrent write
+    assert fit_progress(tmp_path) == {"phase": "training", "step": 30, "val_dsc": 0.71}

@@ -15,6 +15,11 @@ go back to any earlier adapter, or to the zero-shot model. ``current.json`` name
 whether it is pinned, so a restarted studio resumes it. Saves during a fit ask for one more fit, started
 when the running one ends. A fit that a stopped (or killed) studio left without its adapter is continued
 by the restarted studio from its last checkpoint, as ``medadapt fit --resume`` would.
+
+While a fit runs, the status names its phase: ``preparing`` (reading the cases and encoding newly saved
+slices into the cache) until its first logged step, then ``training`` with the last logged step of the
+total and its latest validation DSC, read from the run's own ``metrics.csv`` (the trainer's log; no
+second channel to keep in step with it).
 """
 
 from __future__ import annotations
@@ -33,6 +38,27 @@ from medadapt.run import RunFolder, read_json
 from medadapt.studio.cases import CaseFolder
 
 DEFAULT_STEPS = 150
+
+
+def fit_progress(run: Path) -> dict:
+    """The phase, last logged step and latest validation DSC of the fit writing ``run`` (see the module)."""
+    try:
+        lines = (run / "metrics.csv").read_text().splitlines()[1:]
+    except OSError:
+        lines = []
+    step, val = None, None
+    for line in lines:
+        parts = line.split(",")
+        if len(parts) != 5:
+            continue  # a line cut by a concurrent write
+        try:
+            at, value = int(parts[0]), float(parts[4])
+        except ValueError:
+            continue
+        step = at if step is None else max(step, at)
+        if parts[2] == "val" and parts[3] == "val_dsc":
+            val = value
+    return {"phase": "preparing" if step is None else "training", "step": step, "val_dsc": val}
 
 
 class AdaptationLoop:
@@ -57,6 +83,7 @@ class AdaptationLoop:
         self._active = False  # a worker thread runs (set and cleared under the lock)
         self.state = "idle"  # idle | fitting | failed
         self.running: dict | None = None
+        self._running_dir: Path | None = None
         self.last: dict | None = None
         self.pinned = bool(self._current_meta().get("pinned", False))
 
@@ -218,7 +245,9 @@ class AdaptationLoop:
         n = int(values.get("shots") or 0)
         start = values.get("init_adapter")
         self.state, self.running = "fitting", {"adapter": out.name, "cases": n, "started": started,
-                                               "from": Path(start).name if start else None, "resumed": resume}
+                                               "from": Path(start).name if start else None, "resumed": resume,
+                                               "steps": int(values.get("max_steps") or self.steps)}
+        self._running_dir = out
         try:
             result = fit_segment(FitOptions.build(values), resume=resume, report=False).result
             if not self.pinned:
@@ -232,14 +261,17 @@ class AdaptationLoop:
             self.last = {"adapter": out.name, "cases": n, "seconds": round(time.time() - started, 1),
                          "val_dsc": None, "resumed": resume, "error": message}
         finally:
-            self.running = None
+            self.running, self._running_dir = None, None
             with self._lock:
                 self.state = "fitting" if self._wanted else ("failed" if (self.last or {}).get("error") else "idle")
 
     def status(self) -> dict:
         current = self.current()
+        running, run_dir = self.running, self._running_dir
+        if running is not None and run_dir is not None:
+            running = {**running, **fit_progress(run_dir)}
         return {"state": self.state, "steps": self.steps, "labelled": len(self._labelled()),
-                "current": current.name if current else None, "pinned": self.pinned, "running": self.running,
+                "current": current.name if current else None, "pinned": self.pinned, "running": running,
                 "last": self.last, "queued": self._wanted, "adapters": self.adapters()}
 
 

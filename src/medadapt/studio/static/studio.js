@@ -255,7 +255,9 @@ let polling = null;
 async function showAdapter() {
   const a = await (await api("/api/adapter")).json();
   let text = `model: ${a.adapter ?? "zero-shot"}`;
-  if (a.state === "fitting") text += a.running ? ` · fitting adapter ${a.running.adapter} on ${a.running.cases} saved cases…` : " · fitting…";
+  if (a.state === "fitting") text += a.running ? ` · fitting adapter ${a.running.adapter} on ${a.running.cases} saved cases: ` +
+    (a.running.phase === "training" ? `step ${a.running.step}/${a.running.steps}` +
+      (a.running.val_dsc != null ? `, validation DSC ${a.running.val_dsc.toFixed(3)}` : "") : "preparing…") : " · fitting…";
   else if (a.last?.error) text += ` · the last fit failed: ${a.last.error}`;
   else if (a.last) text += ` · fit ${a.last.adapter}: ${a.last.cases} cases, ${a.last.seconds} s` +
     (a.last.val_dsc != null ? `, validation DSC ${a.last.val_dsc.toFixed(3)}` : "");
