@@ -14,6 +14,7 @@ the test fails under CI and skips on a developer machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -96,21 +97,40 @@ def _screen(page, i: float, j: float, k: int) -> tuple[float, float]:
     return box["x"] + pos[0], box["y"] + pos[1]
 
 
+def _show_axial_slice(page, k: int) -> None:
+    """The axial view alone, on slice ``k``."""
+    page.select_option("#layout", "plane")
+    middle = page.evaluate("Array.from(studio.nv.frac2vox(studio.nv.scene.crosshairPos))")[2]
+    page.evaluate(f"studio.nv.moveCrosshairInVox(0, 0, {k - middle})")
+    page.wait_for_timeout(200)
+
+
+def _drag_box(page, corner0: tuple[float, float], corner1: tuple[float, float], k: int) -> None:
+    """Draw a box on the axial slice ``k`` from voxel ``corner0`` to ``corner1`` (in-plane i, j)."""
+    (xa, ya), (xb, yb) = _screen(page, *corner0, k), _screen(page, *corner1, k)
+    page.mouse.move(xa, ya)
+    page.mouse.down()
+    page.mouse.move(xb, yb, steps=8)
+    page.mouse.up()
+
+
 def _wait_for_change(page, version: int) -> dict:
     page.wait_for_function(f"studio.mask && studio.mask.version > {version} && !studio.busy", timeout=120_000)
     return page.evaluate("studio.mask")
 
 
-def test_box_click_save_in_chromium(chromium, served, tmp_path):
+def _largest_slice_box(target: np.ndarray) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """The axial slice where ``target`` is largest and its in-plane bounding box corners there."""
+    k = int(np.bincount(np.argwhere(target)[:, 2]).argmax())
+    on_slice = np.argwhere(target[..., k])
+    return k, tuple(on_slice.min(0)), tuple(on_slice.max(0))
+
+
+@contextlib.contextmanager
+def _studio_page(chromium: str, url: str, problems: list[str]):
+    """A headless Chromium page on the studio at ``url``, ready; console errors go to ``problems``."""
     from playwright.sync_api import sync_playwright
 
-    url, root, truth = served
-    target = truth == 1
-    idx = np.argwhere(target)
-    k = int(np.bincount(idx[:, 2]).argmax())  # the slice where the structure is largest
-    on_slice = np.argwhere(target[..., k])
-    (i0, j0), (i1, j1) = on_slice.min(0), on_slice.max(0)
-    problems: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium)
         try:
@@ -119,69 +139,70 @@ def test_box_click_save_in_chromium(chromium, served, tmp_path):
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             page.goto(url)
             page.wait_for_function("window.studio && studio.ready", timeout=60_000)
-            assert page.locator("#case-list li").count() == 2
-            # no adapter yet: the next case is the first unlabelled one; the button opens it
-            assert page.locator("#suggestion").text_content() == "synth_001 (list order)"
-            page.click("#next")
-            page.wait_for_function("studio.mask && !studio.busy", timeout=120_000)
-            version = page.evaluate("studio.mask.version")
-            assert page.evaluate("studio.mask.voxels") == 0
-            page.select_option("#layout", "plane")  # the axial view alone
-            middle = page.evaluate("Array.from(studio.nv.frac2vox(studio.nv.scene.crosshairPos))")[2]
-            page.evaluate(f"studio.nv.moveCrosshairInVox(0, 0, {k - middle})")
-            page.wait_for_timeout(200)
-            # the screen mapping used below lands on the intended voxel
-            x, y = _screen(page, i0, j0, k)
-            gl = page.locator("#gl").bounding_box()
-            vox = page.evaluate(f"Array.from(studio.nv.frac2vox(studio.nv.canvasPos2frac([{x - gl['x']} * (studio.nv.uiData.dpr || 1), {y - gl['y']} * (studio.nv.uiData.dpr || 1)])))")
-            assert vox == [int(i0), int(j0), k]
-
-            # draw a box around the structure
-            (xa, ya), (xb, yb) = _screen(page, i0 - 1, j0 - 1, k), _screen(page, i1 + 1, j1 + 1, k)
-            page.mouse.move(xa, ya)
-            page.mouse.down()
-            page.mouse.move(xb, yb, steps=8)
-            page.mouse.up()
-            after_box = _wait_for_change(page, version)
-            assert after_box["voxels"] > 0, page.locator("#status").text_content()
-            shown = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
-            assert int((shown > 0).sum()) == after_box["voxels"]  # the overlay shows the mask
-            got = shown.reshape(truth.shape, order="F")[..., k] == 1
-            assert 2 * (got & target[..., k]).sum() / (got.sum() + target[..., k].sum()) > 0.6
-            page.screenshot(path=str(tmp_path / "studio_box.png"))
-
-            # a negative click in the middle of the mask
-            page.check("input[name=tool][value=negative]")
-            ci, cj = np.argwhere(got).mean(0)
-            page.mouse.click(*_screen(page, round(ci), round(cj), k))
-            after_click = _wait_for_change(page, after_box["version"])
-            assert after_click["voxels"] != after_box["voxels"]
-            assert page.evaluate("studio.info.objects")[0]["clicks"] == 1
-            # a brush stroke of class 2 beside the structure (painted over the model's masks)
-            page.select_option("#class", "2")
-            page.check("input[name=tool][value=brush]")
-            (xa, ya), (xb, yb) = _screen(page, i1 + 3, j0, k), _screen(page, i1 + 3, j1, k)
-            page.mouse.move(xa, ya)
-            page.mouse.down()
-            page.mouse.move(xb, yb, steps=10)
-            page.mouse.up()
-            after_brush = _wait_for_change(page, after_click["version"])
-            painted = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)")).reshape(truth.shape, order="F")
-            assert (painted[..., k] == 2).sum() >= j1 - j0 and (painted == 2).sum() == (painted[..., k] == 2).sum()
-            assert after_brush["voxels"] > after_click["voxels"]
-            page.check("input[name=tool][value=box]")
-            page.select_option("#layout", "multi")
-            page.wait_for_timeout(300)
-            page.screenshot(path=str(tmp_path / "studio.png"))
-            shown = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
-
-            page.click("#save")
-            page.wait_for_function("document.getElementById('status').textContent.startsWith('saved')", timeout=60_000)
-            assert page.locator("#case-list li[data-key=synth_001] .badge").text_content().startswith("labelled")
-            page.wait_for_function("document.getElementById('suggestion').textContent === 'every case is labelled'",
-                                   timeout=30_000)
+            yield page
         finally:
             browser.close()
+
+
+def test_box_click_save_in_chromium(chromium, served, tmp_path):
+    url, root, truth = served
+    target = truth == 1
+    k, (i0, j0), (i1, j1) = _largest_slice_box(target)
+    problems: list[str] = []
+    with _studio_page(chromium, url, problems) as page:
+        assert page.locator("#case-list li").count() == 2
+        # no adapter yet: the next case is the first unlabelled one; the button opens it
+        assert page.locator("#suggestion").text_content() == "synth_001 (list order)"
+        page.click("#next")
+        page.wait_for_function("studio.mask && !studio.busy", timeout=120_000)
+        version = page.evaluate("studio.mask.version")
+        assert page.evaluate("studio.mask.voxels") == 0
+        _show_axial_slice(page, k)
+        # the screen mapping used below lands on the intended voxel
+        x, y = _screen(page, i0, j0, k)
+        gl = page.locator("#gl").bounding_box()
+        vox = page.evaluate(f"Array.from(studio.nv.frac2vox(studio.nv.canvasPos2frac([{x - gl['x']} * (studio.nv.uiData.dpr || 1), {y - gl['y']} * (studio.nv.uiData.dpr || 1)])))")
+        assert vox == [int(i0), int(j0), k]
+
+        _drag_box(page, (i0 - 1, j0 - 1), (i1 + 1, j1 + 1), k)  # a box around the structure
+        after_box = _wait_for_change(page, version)
+        assert after_box["voxels"] > 0, page.locator("#status").text_content()
+        shown = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
+        assert int((shown > 0).sum()) == after_box["voxels"]  # the overlay shows the mask
+        got = shown.reshape(truth.shape, order="F")[..., k] == 1
+        assert 2 * (got & target[..., k]).sum() / (got.sum() + target[..., k].sum()) > 0.6
+        page.screenshot(path=str(tmp_path / "studio_box.png"))
+
+        # a negative click in the middle of the mask
+        page.check("input[name=tool][value=negative]")
+        ci, cj = np.argwhere(got).mean(0)
+        page.mouse.click(*_screen(page, round(ci), round(cj), k))
+        after_click = _wait_for_change(page, after_box["version"])
+        assert after_click["voxels"] != after_box["voxels"]
+        assert page.evaluate("studio.info.objects")[0]["clicks"] == 1
+        # a brush stroke of class 2 beside the structure (painted over the model's masks)
+        page.select_option("#class", "2")
+        page.check("input[name=tool][value=brush]")
+        (xa, ya), (xb, yb) = _screen(page, i1 + 3, j0, k), _screen(page, i1 + 3, j1, k)
+        page.mouse.move(xa, ya)
+        page.mouse.down()
+        page.mouse.move(xb, yb, steps=10)
+        page.mouse.up()
+        after_brush = _wait_for_change(page, after_click["version"])
+        painted = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)")).reshape(truth.shape, order="F")
+        assert (painted[..., k] == 2).sum() >= j1 - j0 and (painted == 2).sum() == (painted[..., k] == 2).sum()
+        assert after_brush["voxels"] > after_click["voxels"]
+        page.check("input[name=tool][value=box]")
+        page.select_option("#layout", "multi")
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(tmp_path / "studio.png"))
+        shown = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
+
+        page.click("#save")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('saved')", timeout=60_000)
+        assert page.locator("#case-list li[data-key=synth_001] .badge").text_content().startswith("labelled")
+        page.wait_for_function("document.getElementById('suggestion').textContent === 'every case is labelled'",
+                               timeout=30_000)
     saved = nib.load(root / "labelsTr/synth_001.nii.gz")
     np.testing.assert_array_equal(np.asarray(saved.dataobj).ravel(order="F"), shown)  # the file is what the page showed
     np.testing.assert_allclose(saved.affine, nib.load(root / "imagesTr/synth_001.nii.gz").affine)
@@ -210,63 +231,44 @@ def served_with_adapter(tmp_path):
 def test_compare_view_in_chromium(chromium, served_with_adapter, tmp_path):
     """The compare picker shows the zero-shot model's answer to the case's box in place of the masks (what
     the compare endpoint gives), with its agreement; off (or key C) shows the case's masks again."""
-    from playwright.sync_api import sync_playwright
-
     url, studio, loop, truth = served_with_adapter
-    idx = np.argwhere(truth == 1)
-    k = int(np.bincount(idx[:, 2]).argmax())
-    on_slice = np.argwhere(truth[..., k] == 1)
-    (i0, j0), (i1, j1) = on_slice.min(0), on_slice.max(0)
+    k, (i0, j0), (i1, j1) = _largest_slice_box(truth == 1)
     problems: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.goto(url)
-            page.wait_for_function("window.studio && studio.ready", timeout=60_000)
-            assert "studio adapter 001" in page.locator("#adapter").text_content()
-            assert not page.locator("#compare-pick").is_hidden()
-            options = page.eval_on_selector_all("#compare option", "os => os.map(o => o.value)")
-            assert options == ["", "zero-shot", "001"]
-            page.click("#case-list li[data-key=synth_002]")
-            page.wait_for_function("studio.key === 'synth_002' && studio.mask && !studio.busy", timeout=120_000)
-            page.select_option("#layout", "plane")
-            middle = page.evaluate("Array.from(studio.nv.frac2vox(studio.nv.scene.crosshairPos))")[2]
-            page.evaluate(f"studio.nv.moveCrosshairInVox(0, 0, {k - middle})")
-            page.wait_for_timeout(200)
-            version = page.evaluate("studio.mask.version")
-            (xa, ya), (xb, yb) = _screen(page, i0 - 1, j0 - 1, k), _screen(page, i1 + 1, j1 + 1, k)
-            page.mouse.move(xa, ya)
-            page.mouse.down()
-            page.mouse.move(xb, yb, steps=8)
-            page.mouse.up()
-            after_box = _wait_for_change(page, version)
-            assert after_box["voxels"] > 0
-            masks = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
+    with _studio_page(chromium, url, problems) as page:
+        assert "studio adapter 001" in page.locator("#adapter").text_content()
+        assert not page.locator("#compare-pick").is_hidden()
+        options = page.eval_on_selector_all("#compare option", "os => os.map(o => o.value)")
+        assert options == ["", "zero-shot", "001"]
+        page.click("#case-list li[data-key=synth_002]")
+        page.wait_for_function("studio.key === 'synth_002' && studio.mask && !studio.busy", timeout=120_000)
+        _show_axial_slice(page, k)
+        version = page.evaluate("studio.mask.version")
+        _drag_box(page, (i0 - 1, j0 - 1), (i1 + 1, j1 + 1), k)
+        after_box = _wait_for_change(page, version)
+        assert after_box["voxels"] > 0
+        masks = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
 
-            page.select_option("#compare", "zero-shot")
-            page.wait_for_function("studio.compare && studio.compare.adapter === 'zero-shot' && !studio.busy",
-                                   timeout=120_000)
-            shown = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
-            expected, _ = studio.compare("synth_002", loop.predictor_for(None))
-            np.testing.assert_array_equal(shown.reshape(truth.shape, order="F"), expected)
-            both = np.count_nonzero((expected == masks.reshape(truth.shape, order="F")) & (expected > 0))
-            dice = 2 * both / (np.count_nonzero(expected) + np.count_nonzero(masks))
-            assert page.evaluate("studio.compare.dice") == pytest.approx(dice, abs=1e-4)
-            assert f"DSC {dice:.3f}" in page.locator("#status").text_content()
-            page.screenshot(path=str(tmp_path / "studio_compare.png"))
+        page.select_option("#compare", "zero-shot")
+        page.wait_for_function("studio.compare && studio.compare.adapter === 'zero-shot' && !studio.busy",
+                               timeout=120_000)
+        shown = np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)"))
+        expected, _ = studio.compare("synth_002", loop.predictor_for(None))
+        np.testing.assert_array_equal(shown.reshape(truth.shape, order="F"), expected)
+        both = np.count_nonzero((expected == masks.reshape(truth.shape, order="F")) & (expected > 0))
+        dice = 2 * both / (np.count_nonzero(expected) + np.count_nonzero(masks))
+        assert page.evaluate("studio.compare.dice") == pytest.approx(dice, abs=1e-4)
+        assert f"DSC {dice:.3f}" in page.locator("#status").text_content()
+        page.screenshot(path=str(tmp_path / "studio_compare.png"))
 
-            page.select_option("#compare", "")  # off: the case's masks again
-            page.wait_for_function("studio.compare === null && !studio.busy", timeout=60_000)
-            np.testing.assert_array_equal(np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)")), masks)
-            page.keyboard.press("c")  # key C: back to the last compared model
-            page.wait_for_function("studio.compare && studio.compare.adapter === 'zero-shot' && !studio.busy",
-                                   timeout=120_000)
-            np.testing.assert_array_equal(np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)")), shown)
-        finally:
-            browser.close()
+        page.evaluate("window.maskBefore = studio.mask")
+        page.select_option("#compare", "")  # off: the case's masks again, reloaded
+        page.wait_for_function("studio.compare === null && studio.mask !== window.maskBefore && !studio.busy",
+                               timeout=60_000)
+        np.testing.assert_array_equal(np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)")), masks)
+        page.keyboard.press("c")  # key C: back to the last compared model
+        page.wait_for_function("studio.compare && studio.compare.adapter === 'zero-shot' && !studio.busy",
+                               timeout=120_000)
+        np.testing.assert_array_equal(np.asarray(page.evaluate("Array.from(studio.nv.volumes[1].img)")), shown)
     assert not problems, problems
     if out := os.environ.get("MEDADAPT_SCREENSHOTS"):
         Path(out).mkdir(parents=True, exist_ok=True)
