@@ -95,6 +95,8 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=0.90)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
+    for flag in ("--label-dir", "--image-suffix", "--label-suffix"):  # 2D image folders (DRIVE), as simulate takes them
+        ap.add_argument(flag, default=None)
     ap.add_argument("--out-json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -117,6 +119,9 @@ def main() -> int:
                 cmd += ["--click-reach", str(args.click_reach)]
             if args.cache_dir:
                 cmd += ["--cache-dir", str(args.cache_dir)]
+            for flag in ("label_dir", "image_suffix", "label_suffix"):
+                if getattr(args, flag) is not None:
+                    cmd += ["--" + flag.replace("_", "-"), getattr(args, flag)]
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
