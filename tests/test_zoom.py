@@ -263,3 +263,30 @@ def test_predict_options_and_bad_values(tmp_path: Path):
     pred = np.array(Image.open(tmp_path / "pred" / "a.png")) > 0
     dice = 2 * (pred & (label > 0)).sum() / (pred.sum() + (label > 0).sum())
     assert dice > 0.8, dice
+
+
+def test_evaluate_records_the_input_variant(tmp_path: Path):
+    import json
+
+    rng = np.random.default_rng(4)
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(3):
+        image = rng.normal(40, 4, (80, 90)).clip(0, 255).astype(np.uint8)
+        label = np.zeros((80, 90), np.uint8)
+        label[20 + i : 34 + i, 30:48] = 1
+        image[label > 0] = 190
+        Image.fromarray(image).save(tmp_path / "data" / "images" / f"c{i}.png")
+        Image.fromarray(label).save(tmp_path / "data" / "masks" / f"c{i}.png")
+    runner = CliRunner()
+    out = tmp_path / "ev"
+    res = runner.invoke(app, ["evaluate", "--data", str(tmp_path / "data"), "--model", "litemedsam", "--resize",
+                              "bilinear", "--roi-margin", "0.5", "--bootstrap", "10", "--out", str(out)],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["resize"] == "bilinear" and settings["roi_margin"] == 0.5
+    res = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "data" / "masks"), "--gt",
+                              str(tmp_path / "data" / "masks"), "--resize", "bilinear", "--out", str(tmp_path / "e2")],
+                        catch_exceptions=False)
+    assert res.exit_code == 2 and "--data" in res.output
