@@ -34,19 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 import provenance  # noqa: E402
 from bench_fewshot import write_json  # noqa: E402
-from medadapt.data.datasets import load_segmentation_dataset  # noqa: E402
-from medadapt.data.fewshot import load_split, make_split  # noqa: E402
-from medadapt.data.prompts import boxes3d_from_label  # noqa: E402
-from medadapt.infer.factory import build_predictor  # noqa: E402
-from medadapt.infer.loaded import predict_loaded  # noqa: E402
-from medadapt.infer.volume import segment_volume_boxes3d  # noqa: E402
-from medadapt.metrics import case_metrics  # noqa: E402
-from medadapt.run import RunFolder  # noqa: E402
 
 BASELINE = "official/full"
 CRITERION = ("mean DSC over the validation cases' (case, class) rows; a variant other than official/full wins "
@@ -66,6 +55,10 @@ def parse_variant(name: str) -> tuple[str, float | None]:
 
 def predict(predictor, dataset, key: str, prompts: str):
     """(label, segmentation, spacing) of one case with box prompts from its label."""
+    from medadapt.data.prompts import boxes3d_from_label
+    from medadapt.infer.loaded import predict_loaded
+    from medadapt.infer.volume import segment_volume_boxes3d
+
     image, label, spacing, axis = dataset.load(key)
     if prompts == "box3d":
         if axis is None:
@@ -96,9 +89,35 @@ def paired(rows: list[dict], base: list[dict]) -> dict:
             "rows_worse": int(sum(d < 0 for d in diffs)), "rows": len(diffs)}
 
 
+def print_table(data: dict) -> None:
+    """One markdown table per model and prompt protocol: every variant against official/full."""
+    for group, entry in data["runs"].items():
+        sel = entry.get("selection") or {}
+        print(f"{group}: {len(entry['cases'])} case(s) ({entry['cases_from']}); highest mean DSC: "
+              f"`{sel.get('best')}`")
+        print()
+        print("| variant | DSC | Δ DSC vs official/full | rows better / worse | NSD | HD95 | images encoded | s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, v in entry["variants"].items():
+            vs = v.get("vs_baseline") or {}
+            delta = "–" if name == BASELINE or not vs else f"{vs['mean_delta_dsc']:+.4f}"
+            better = "–" if name == BASELINE or not vs else f"{vs['rows_better']} / {vs['rows_worse']}"
+            print(f"| `{name}` | {v['dsc']:.4f} | {delta} | {better} | {v['nsd']:.4f} | {v['hd95']:.2f} | "
+                  f"{v['images_encoded']} | {v['seconds']:.0f} |")
+        print()
+
+
 def main() -> int:
+    import torch
+
+    from medadapt.data.datasets import load_segmentation_dataset
+    from medadapt.data.fewshot import load_split, make_split
+    from medadapt.infer.factory import build_predictor
+    from medadapt.metrics import case_metrics
+    from medadapt.run import RunFolder
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", help="dataset spec (required unless --table-only)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--label-dir", default=None)
     ap.add_argument("--image-suffix", default=None)
@@ -114,12 +133,18 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N validation cases (a smoke test)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-json", type=Path, default=None)
+    ap.add_argument("--table-only", action="store_true", help="print the table of the result file; runs nothing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if "official" not in args.resize:
         ap.error("--resize must include official (the baseline every variant is compared with)")
 
     out_json = args.out_json or ROOT / "bench" / "results" / f"zoom_{args.name}.json"
+    if args.table_only:
+        print_table(json.loads(out_json.read_text()))
+        return 0
+    if not args.data:
+        ap.error("--data is required")
     ds_kw = dict(label_dir=args.label_dir, image_suffix=args.image_suffix, label_suffix=args.label_suffix)
     dataset = load_segmentation_dataset(args.data, **{k: v for k, v in ds_kw.items() if v})
     if args.adapter is not None:
@@ -179,10 +204,10 @@ def main() -> int:
                   f"({len(keys)} case(s), {variants[name]['seconds']:.0f} s)", flush=True)
         print(f"{group}: best {entry['selection']['best']} (DSC {entry['selection']['dsc']:.4f}, "
               f"official/full {entry['selection']['baseline_dsc']:.4f})", flush=True)
+    print_table(results)
     print(f"wrote {out_json}")
     return 0
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     raise SystemExit(main())
