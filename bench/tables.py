@@ -323,6 +323,26 @@ def mirror_section() -> str:
     return "\n".join(out)
 
 
+def zoom_section() -> str | None:
+    """Image enlarging and ROI crops on validation cases (bench/results/zoom_*.json); None before any run."""
+    from bench_zoom import print_table
+
+    names = sorted(p.name for p in RESULTS.glob("zoom_*.json"))
+    if not names:
+        return None
+    out = [section("zoom", "Small structures: image enlarging and ROI crops"), "",
+           "`bench/bench_zoom.py` segments validation cases (never test cases) with box prompts from the labels, "
+           "with the official preprocessing (`official`: cv2 INTER_AREA for LiteMedSAM) or another interpolation "
+           "(`bilinear`, `cubic`) enlarging images smaller than the model input, on whole slices (`full`) or in a "
+           "crop around each box (`roiM`: `--roi-margin M`). Δ DSC and the rows better / worse are paired with "
+           "`official/full` (same case and class)."]
+    for name in names:
+        data = load(name)
+        out += ["", f"**{name.removeprefix('zoom_').removesuffix('.json')}**", "", conditions(name, data), "",
+                captured(print_table, data)]
+    return "\n".join(out)
+
+
 def determinism_section() -> str:
     from bench_determinism import print_table
 
@@ -682,6 +702,7 @@ def benchmarks_md() -> str:
         "",
         mirror_section(),
         "",
+        *([zoom, ""] if (zoom := zoom_section()) else []),
         determinism_section(),
         "",
         inference_section(),

@@ -80,6 +80,17 @@ MIRROR_HELP = (
     "bench/results/mirror_*.json)."
 )
 
+RESIZE_HELP = (
+    "How images smaller than the model input (256 px for LiteMedSAM) are enlarged: official (the model's own "
+    "preprocessing: cv2 INTER_AREA for LiteMedSAM, PIL bilinear for SAM), area, bilinear or cubic. Larger "
+    "images are always shrunk the official way; masks are not affected."
+)
+ROI_HELP = (
+    "Zoom-in for small objects: segment each box prompt in a crop around its box, grown by this fraction of "
+    "the box size on each side (at least 8 px), enlarged to the model input, and paste the mask back (e.g. "
+    "0.5). Volumes: each slice's crop follows the propagated box. Default: off (whole images)."
+)
+
 
 def parse_int_list(text: str | None, *, option: str) -> list[int] | None:
     if text is None or text == "":

@@ -11,6 +11,8 @@ from rich.table import Table
 from medadapt.cli.common import (
     ADAPTER_HELP,
     MIRROR_HELP,
+    RESIZE_HELP,
+    ROI_HELP,
     console,
     parse_int_list,
     progress_bar,
@@ -49,6 +51,8 @@ def evaluate(
     gt_suffix: str | None = typer.Option(None, "--gt-suffix", help="Suffix dropped from ground-truth names."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % CIs."),
     mirror: bool = typer.Option(False, "--mirror", help="With --data. " + MIRROR_HELP),
+    resize: str = typer.Option("official", "--resize", help="With --data. " + RESIZE_HELP),
+    roi_margin: float | None = typer.Option(None, "--roi-margin", metavar="F", help="With --data. " + ROI_HELP),
 ) -> None:
     """Score predictions against ground truth; writes per_case.csv (case,class,dsc,nsd,hd95) and summary.json.
 
@@ -64,7 +68,7 @@ def evaluate(
             prompt=prompt, save_predictions=save_predictions, label_dir=label_dir, image_suffix=image_suffix,
             label_suffix=label_suffix, batch_size=batch_size, precision=precision, tolerance_mm=tolerance_mm,
             cvpr24=cvpr24, classes=parse_int_list(classes, option="--classes"), pred_suffix=pred_suffix,
-            gt_suffix=gt_suffix, n_boot=n_boot, mirror=mirror,
+            gt_suffix=gt_suffix, n_boot=n_boot, mirror=mirror, resize=resize, roi_margin=roi_margin,
             progress=lambda n, what: _advance(bar, bar.add_task(what, total=n)),
             notify=lambda line: console.print(f"[yellow]{line}[/]"),
         )

@@ -10,6 +10,8 @@ import typer
 from medadapt.cli.common import (
     ADAPTER_HELP,
     MIRROR_HELP,
+    RESIZE_HELP,
+    ROI_HELP,
     console,
     progress_bar,
     set_threads,
@@ -65,6 +67,8 @@ def predict(
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (torch and the runtime engines)."),
     seed: int = typer.Option(0, "--seed", help="Seed for jitter and random points."),
     mirror: bool = typer.Option(False, "--mirror", help=MIRROR_HELP),
+    resize: str = typer.Option("official", "--resize", help=RESIZE_HELP),
+    roi_margin: float | None = typer.Option(None, "--roi-margin", metavar="F", help=ROI_HELP),
 ) -> None:
     """Segment images or volumes with box / point prompts; outputs keep the input names and geometry."""
     from medadapt.deploy.auto import resolve_engine
@@ -75,6 +79,9 @@ def predict(
 
     set_threads(threads)
     if adapter and len(adapter) == 1 and run_task(adapter[0]) != "segment":  # 3D U-Net / classifier runs
+        if resize != "official" or roi_margin is not None:
+            raise MedadaptError("--resize and --roi-margin apply to SAM-family models; this run has its own "
+                                "preprocessing.", path=adapter[0], fix="drop --resize / --roi-margin.")
         _apply_other_run(adapter[0], input, out, engine=engine, precision=precision, batch_size=batch_size,
                          prompts=prompts, labels=labels)
         return
@@ -84,6 +91,7 @@ def predict(
     spec = PredictorSpec(
         model=model, checkpoint=checkpoint, adapters=adapters_of(adapter), backend=engine, precision=precision,
         export=export, batch_size=batch_size, threads=threads, cache_dir=cache_dir, ov_cache=ov_cache, mirror=mirror,
+        resize=resize, roi_margin=roi_margin,
     )
     options = PredictOptions(slice_axis=slice_axis, modality=modality, window=window, per=per, jitter=jitter,
                              n_pos=n_pos, n_neg=n_neg, seed=seed)

@@ -80,6 +80,8 @@ def evaluate_segment_run(
     batch_size: int | None = None,
     precision: str = "fp32",
     mirror: bool = False,
+    resize: str = "official",
+    roi_margin: float | None = None,
     progress: Callable[[int], Callable[[], None]] | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> tuple[list[dict], dict]:
@@ -97,7 +99,8 @@ def evaluate_segment_run(
     else:
         keys, which = list(make_split(dataset, shots=1, seed=0).test), "the dataset's default test set"
     predictor = load_predictor(PredictorSpec(model=model, adapters=adapters_of(adapters), batch_size=batch_size,
-                                             precision=precision, mirror=mirror))
+                                             precision=precision, mirror=mirror, resize=resize,
+                                             roi_margin=roi_margin))
     mode = prompt or ("auto" if predictor.is_automatic else "box")
     if mode == "auto" and not predictor.is_automatic:
         raise MedadaptError("--prompt auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN.")
@@ -124,7 +127,7 @@ def evaluate_segment_run(
                 **({"ensemble": [str(a) for a in adapters]} if len(adapters) > 1 else {}),
                 "label_dir": label_dir, "image_suffix": image_suffix, "label_suffix": label_suffix,
                 "model": predictor.spec.name if predictor.spec is not None else None, "prompt": mode, "split": str(split) if split else which,
-                "tolerance_mm": tolerance_mm, "mirror": mirror, **info}
+                "tolerance_mm": tolerance_mm, "mirror": mirror, "resize": resize, "roi_margin": roi_margin, **info}
     return rows, settings
 
 

@@ -339,7 +339,7 @@ class InteractiveSession:
             return box
         if z > obj.z_mid:
             return tf.apply_boxes(mid_box[None])[0]
-        return (mid_box * (tf.image_size / max(tf.original_hw))).astype(np.float32)  # the official code's side
+        return tf.scale_boxes(mid_box[None])[0]  # the official code's side: not truncated
 
     @torch.no_grad()
     def _redecode(self, obj: ObjectState, z: int, frame_box: np.ndarray | None, feedback: bool = False) -> None:

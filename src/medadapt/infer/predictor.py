@@ -5,6 +5,12 @@ image embedding and go through the (cheap) mask decoder as one batch. Encoder ca
 images (the slices of a volume) are batched, optionally under bf16 autocast, and may go through
 an :class:`~medadapt.engine.embedding_cache.EmbeddingCache` so repeated images are never
 re-encoded. The arithmetic is the official CVPR24 LiteMedSAM pipeline (see ``models/preprocess``).
+
+Two input variants (``models/preprocess``): ``resize`` (how images smaller than the model input are
+enlarged; ``official`` by default) and ROI inference (``roi_margin``; None, the default, is off): each
+box prompt is segmented in its own crop of the image, grown by the margin around the box, and its mask
+is pasted back into the full image. Crops are encoded like any image: the embedding cache keys on the
+exact input tensor, so a crop's embedding can never be mistaken for its full slice's (or another crop's).
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ from medadapt.adapt.class_prompts import labels_from_class_logits
 from medadapt.data.prompts import Prompt
 from medadapt.data.transforms3d import keep_largest_component
 from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
-from medadapt.models.preprocess import Transform, postprocess_logits, preprocess_image
+from medadapt.models.preprocess import (
+    Transform,
+    check_resize,
+    postprocess_logits,
+    preprocess_image,
+    roi_window,
+)
 from medadapt.models.registry import ModelSpec
 from medadapt.precision import autocast
 
@@ -65,6 +77,8 @@ class SamPredictor:
         keep_largest: Sequence[int] = (),
         slice_axis: int | None = None,
         mirror: bool = False,
+        resize: str = "official",
+        roi_margin: float | None = None,
     ):
         self.model = model.eval()
         self.spec = spec
@@ -80,6 +94,12 @@ class SamPredictor:
         self.mirror = mirror
         # Volumes: the axis an adapter was trained on (``fit --slice-axis``); None: the through-plane axis.
         self.slice_axis: int | None = None if slice_axis is None else int(slice_axis)
+        # How images smaller than the model input are enlarged (models.preprocess.RESIZE_METHODS).
+        self.resize = check_resize(resize)
+        # ROI inference: box prompts are segmented in a crop grown by this fraction of the box (None: off).
+        if roi_margin is not None and roi_margin < 0:
+            raise ValueError(f"roi_margin must be >= 0, got {roi_margin}")
+        self.roi_margin = None if roi_margin is None else float(roi_margin)
         self.cache = None
         if use_cache or cache_dir is not None:
             fingerprint = getattr(model, "fingerprint", None) or module_fingerprint(model.image_encoder)
@@ -99,9 +119,17 @@ class SamPredictor:
         self.images_encoded = 0
 
     # -- encoder -----------------------------------------------------------------------------
-    def prepare(self, image: np.ndarray) -> PreparedImage:
-        tensor, transform = preprocess_image(image, self.spec)
+    def prepare(self, image: np.ndarray, *, around: np.ndarray | None = None) -> PreparedImage:
+        """Model input of ``image``; with ROI on and a box ``around`` (x0, y0, x1, y1), of the crop around it."""
+        crop = None
+        if around is not None and self.roi_margin is not None:
+            crop = roi_window(around, np.shape(image)[:2], self.roi_margin)
+        tensor, transform = preprocess_image(image, self.spec, resize=self.resize, crop=crop)
         return PreparedImage(tensor, transform)
+
+    @property
+    def uses_roi(self) -> bool:
+        return self.roi_margin is not None
 
     @torch.no_grad()
     def _encode_batch(self, batch: torch.Tensor) -> torch.Tensor:
@@ -229,10 +257,29 @@ class SamPredictor:
 
     def segment(self, image: np.ndarray, prompts: Sequence[Prompt]) -> tuple[np.ndarray, list[ObjectResult]]:
         """Label map (uint16, H×W) for one image; later prompts overwrite earlier ones, as the official code."""
-        prepared = self.prepare(image)
-        embedding = self.encode([prepared.tensor])
-        results = self.decode(embedding[0], prepared.transform, prompts)
+        results = self.segment_objects(image, prompts)
         return paint(results, image.shape[:2]), results
+
+    def segment_objects(self, image: np.ndarray, prompts: Sequence[Prompt]) -> list[ObjectResult]:
+        """One result per prompt, masks in the full image frame.
+
+        Without ROI the image is encoded once for all prompts. With ROI every box prompt gets its own
+        crop (encoded in batches of ``batch_size``); prompts without a box use the whole image.
+        """
+        if not self.uses_roi or not any(p.box is not None for p in prompts):
+            prepared = self.prepare(image)
+            return self.decode(self.encode([prepared.tensor])[0], prepared.transform, prompts)
+        boxed = [i for i, p in enumerate(prompts) if p.box is not None]
+        rest = [i for i, p in enumerate(prompts) if p.box is None]
+        prepared = [self.prepare(image, around=prompts[i].box) for i in boxed]
+        embeddings = self.encode([p.tensor for p in prepared])
+        out = {i: self.decode(e, p.transform, [prompts[i]])[0]
+               for i, p, e in zip(boxed, prepared, embeddings, strict=True)}
+        if rest:
+            whole = self.prepare(image)
+            others = self.decode(self.encode([whole.tensor])[0], whole.transform, [prompts[i] for i in rest])
+            out.update(zip(rest, others, strict=True))
+        return [out[i] for i in range(len(prompts))]
 
 
 def paint(results: Sequence[ObjectResult], shape: tuple[int, int]) -> np.ndarray:

@@ -12,6 +12,12 @@ Two procedures, both exactly as the reference code does them, but with every sli
 
 Volumes are numpy arrays; ``slice_axis`` says which axis to walk. Intensities must already be
 normalised to 0..255 (see ``medadapt.data.intensity``), as the challenge data are.
+
+With ROI inference on (``predictor.roi_margin``) every object is segmented on each slice in a crop
+around its box: the label's box, or for propagation the box of the previous slice's mask in full-slice
+pixels (the middle box when that mask is empty). Crops depend on the object and on the previous
+slice's result, so they bypass the per-volume :class:`SliceEmbeddings` and are encoded as they come
+(the predictor's embedding cache, keyed on the exact input tensor, still serves repeats).
 """
 
 from __future__ import annotations
@@ -64,6 +70,22 @@ class SliceEmbeddings:
         return self._emb[z], self._prepared[z].transform
 
 
+def _roi_slice(predictor: SamPredictor, vol: np.ndarray, z: int, box: np.ndarray,
+               progress: Progress | None) -> tuple[torch.Tensor, Transform]:
+    """Embedding and transform of the ROI crop of slice ``z`` around ``box`` (full-slice pixels)."""
+    prepared = predictor.prepare(_slice_image(vol, z), around=box)
+    emb = predictor.encode([prepared.tensor])[0]
+    if progress:
+        progress(1)
+    return emb, prepared.transform
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Tight (x0, y0, x1, y1) box of a non-empty 2D mask, x1/y1 the last pixel (the prompts' convention)."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+
+
 def box_from_previous(prev_mask: np.ndarray, value: int, tf: Transform) -> np.ndarray | None:
     """CVPR24 ``get_bbox256``: box of the previous slice's mask in the padded model frame, +3 px.
 
@@ -101,34 +123,49 @@ def segment_volume_boxes3d(
     """
     vol = np.moveaxis(volume, slice_axis, 0)
     depth = vol.shape[0]
-    size = predictor.spec.image_size
     boxes3d = np.asarray(boxes3d, dtype=np.float64).reshape(-1, 6)
     cache = SliceEmbeddings(predictor, vol, progress)
     ranges = []
     for b in boxes3d:
         z0, z1 = int(b[2]), int(b[5])
         ranges.append((z0, min(z1 + 1, depth)))
-    cache.prepare([z for z0, z1 in ranges for z in range(max(z0, 0), z1)])
+    if not predictor.uses_roi:
+        cache.prepare([z for z0, z1 in ranges for z in range(max(z0, 0), z1)])
+
+    def step(z: int, prev: np.ndarray | None, idx: int, mid_box: np.ndarray, fallback):
+        """(embedding, transform, model-frame box) of slice ``z``; ``prev``: the neighbour slice's mask."""
+        if not predictor.uses_roi:
+            emb, tf = cache.get(z)
+            frame_box = None if prev is None else box_from_previous(prev, idx, tf)
+            return emb, tf, fallback(tf) if frame_box is None else frame_box
+        if prev is not None and prev.any():
+            emb, tf = _roi_slice(predictor, vol, z, mask_box(prev), progress)
+            frame_box = box_from_previous(prev, idx, tf)
+            if frame_box is not None:
+                return emb, tf, frame_box
+        emb, tf = _roi_slice(predictor, vol, z, mid_box, progress)
+        return emb, tf, fallback(tf)
+
     segs = np.zeros(vol.shape[:3], dtype=np.uint16)
     for idx, (b, (z0, z_end)) in enumerate(zip(boxes3d, ranges, strict=True), start=1):
         temp = np.zeros(vol.shape[:3], dtype=bool)
         mid_box = np.array([b[0], b[1], b[3], b[4]], dtype=np.float64)
         z_mid = int((b[5] - b[2]) / 2 + b[2])
         prompt = Prompt(class_id=idx, box=mid_box)
+
+        def truncated(tf, mid_box=mid_box):
+            return tf.apply_boxes(mid_box[None])[0]  # official resize_box_to_256 (truncating)
+
+        def scaled(tf, mid_box=mid_box):
+            return tf.scale_boxes(mid_box[None])[0]  # the official code does not truncate on this side
+
         # middle → top
         for z in range(z_mid, z_end):
-            emb, tf = cache.get(z)
-            frame_box = None if z == z_mid else box_from_previous(temp[z - 1], idx, tf)
-            if frame_box is None:
-                frame_box = tf.apply_boxes(mid_box[None])[0]  # official resize_box_to_256 (truncating)
+            emb, tf, frame_box = step(z, None if z == z_mid else temp[z - 1], idx, mid_box, truncated)
             temp[z] = predictor.decode(emb, tf, [prompt], model_frame_boxes=frame_box[None])[0].mask
         # middle → bottom
         for z in range(z_mid - 1, max(-1, z0 - 1), -1):
-            emb, tf = cache.get(z)
-            frame_box = box_from_previous(temp[z + 1], idx, tf)
-            if frame_box is None:
-                # The official code scales without truncation on this side: kept for equality.
-                frame_box = (mid_box * (size / max(tf.original_hw))).astype(np.float32)
+            emb, tf, frame_box = step(z, temp[z + 1], idx, mid_box, scaled)
             temp[z] = predictor.decode(emb, tf, [prompt], model_frame_boxes=frame_box[None])[0].mask
         segs[temp] = idx if values is None else values[idx - 1]
     return np.moveaxis(segs, 0, slice_axis)
@@ -157,9 +194,16 @@ def segment_volume_from_labels(
         prompts = boxes_from_label(lab[z], per="class", classes=classes, jitter=jitter, rng=rng)
         if prompts:
             prompts_per_slice[z] = prompts
+    segs = np.zeros(vol.shape[:3], dtype=np.uint16)
+    if predictor.uses_roi:  # one crop per object and slice
+        for z, prompts in prompts_per_slice.items():
+            for r in predictor.segment_objects(_slice_image(vol, z), prompts):
+                segs[z][r.mask] = r.prompt.class_id
+            if progress:
+                progress(len(prompts))
+        return np.moveaxis(segs, 0, slice_axis)
     cache = SliceEmbeddings(predictor, vol, progress)
     cache.prepare(list(prompts_per_slice))
-    segs = np.zeros(vol.shape[:3], dtype=np.uint16)
     for z, prompts in prompts_per_slice.items():
         emb, tf = cache.get(z)
         for r in predictor.decode(emb, tf, prompts):

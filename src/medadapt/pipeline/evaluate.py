@@ -65,6 +65,8 @@ def evaluate(
     gt_suffix: str | None = None,
     n_boot: int = 1000,
     mirror: bool = False,
+    resize: str = "official",
+    roi_margin: float | None = None,
     progress: Progress | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> Evaluation:
@@ -79,6 +81,9 @@ def evaluate(
         return _evaluate_run(task, data=data, adapters=adapters, split=split, out=out, precision=precision,
                              n_boot=n_boot, tolerance_mm=tolerance_mm, save_predictions=save_predictions,
                              batch_size=batch_size)
+    if data is None and (resize != "official" or roi_margin is not None):
+        raise MedadaptError("--resize and --roi-margin change how images are segmented, so they need --data SPEC.",
+                            fix="add --data (with --adapter RUN or --model), or pass them to `medadapt predict`.")
     if mirror and data is None:
         raise MedadaptError("--mirror segments images, so it needs --data SPEC (with an automatic-mode --adapter RUN).",
                             fix="add --data and --adapter, or leave --mirror out when scoring --pred/--gt files.")
@@ -87,7 +92,7 @@ def evaluate(
             data, adapters=adapters, model=model, split=split, prompt=prompt, classes=classes,
             tolerance_mm=tolerance_mm, out=out, save=save_predictions, label_dir=label_dir,
             image_suffix=image_suffix, label_suffix=label_suffix, batch_size=batch_size, precision=precision,
-            mirror=mirror, notify=notify,
+            mirror=mirror, resize=resize, roi_margin=roi_margin, notify=notify,
             progress=(lambda n: progress(n, "segment + score")) if progress else None,
         )
         return _write(out, rows, settings, n_boot)
