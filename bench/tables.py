@@ -766,7 +766,8 @@ def headlines() -> list[tuple[str, str, str]]:
         if merged is not None:
             sel = [r["dsc"] for k, r in merged["runs"].items()
                    if k.startswith(f"{best['recipe']}/auto/k5/") and "error" not in r]
-            t20 = f"DSC {mean_sd(sel)} on {len(merged['test_cases'])} test volumes ({len(sel)} seed{'s' if len(sel) != 1 else ''} of 3)"
+            seeds = f"{len(sel)} seed{'s' if len(sel) != 1 else ''}" + ("" if len(sel) >= 3 else " of 3")
+            t20 = f"DSC {mean_sd(sel)} on {len(merged['test_cases'])} test volumes ({seeds})"
         rows.append((f"Hippocampus, no prompt, 5 volumes: recipe chosen on validation (`{best['recipe']}`)",
                      f"validation DSC {np.mean(best['val']):.3f}; test: {t20}", "selection"))
     if pro:

@@ -93,6 +93,10 @@ def test_selection_renders_the_full_test_run_when_present(tmp_path, monkeypatch)
     assert "held-out cases: 20" in text and "0.600 ± 0.141" in text
     headline = dict((a, v) for _, v, a in tables.headlines())["selection"]
     assert "0.600 ± 0.141 on 20 test volumes (2 seeds of 3)" in headline
+    (res / "fewshot_hippocampus_test20_s2.json").write_text(json.dumps(
+        {"test_cases": test, "runs": {f"{best}/auto/k5/s2": {**run, "dsc": 0.6}}}))
+    headline = dict((a, v) for _, v, a in tables.headlines())["selection"]
+    assert "0.600 ± 0.100 on 20 test volumes (3 seeds)" in headline
 
 
 def test_conditions_show_only_what_the_json_holds():
