@@ -138,3 +138,25 @@ def test_nnunet_section_renders_each_result_file(tmp_path, monkeypatch):
     row = next(line for line in text.splitlines() if "nnunet:nnUNetTrainer_10epochs/k5/s0" in line)
     assert "| 10 × 250 | 0.812 | 0.800 | 0.825 | 0.900 | 2.50 | 3600 | 30 | 120 | 1 | 20 |" in row
     assert "threads per run: 1 (1 runs)" in text
+
+
+def test_studio_loop_table_from_its_json(tmp_path, monkeypatch):
+    res = _results_copy(tmp_path, monkeypatch)
+    assert "Not measured yet" in tables.studio_loop_section()
+
+    def row(case, clicks, dsc, reached, fit=None):
+        r = {"case": case, "clicks": clicks, "seconds": 1.5, "dsc": {"1": dsc, "2": dsc}, "reached": reached}
+        return r if fit is None else {**r, "fit_seconds": fit, "fit_cpu_seconds": 2 * fit}
+
+    data = {"data": "hippocampus", "cases": ["a", "b"], "steps": 5, "target_dsc": 0.9, "max_clicks": 10,
+            "modes": {"adapt": [row(1, 6, 0.92, True, 10.0), row(2, 2, 0.95, True, 12.0)],
+                      "fixed": [row(1, 6, 0.92, True), row(2, 7, 0.91, True)]}}
+    (res / "studio_loop.json").write_text(json.dumps(data))
+    text = tables.studio_loop_section()
+    assert "| 2 | 2 | 0.950 | 1.5 | 12 | 24 | 7 | 0.910 | 1.5 |" in text
+    assert "adapted: 8 clicks in 2 cases, mean DSC of cases 2–2 0.950, in-loop fits 22 s wall, 44 s CPU" in text
+    assert "No case reached" not in text
+    for r in data["modes"]["adapt"] + data["modes"]["fixed"]:
+        r.update(clicks=20, reached=False)
+    (res / "studio_loop.json").write_text(json.dumps(data))
+    assert "20 (not reached)" in tables.studio_loop_section() and "No case reached" in tables.studio_loop_section()
