@@ -70,6 +70,12 @@ class Prompt:
 # --------------------------------------------------------------------------- prompts from labels
 
 
+def mask_box(mask: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """Tight (x0, y0, x1, y1) box of a non-empty 2D mask, x1/y1 the last pixel (the prompts' convention)."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=dtype)
+
+
 def _as_label(label: np.ndarray, ndim: int) -> np.ndarray:
     lab = np.asarray(label)
     if lab.ndim != ndim:

@@ -50,6 +50,7 @@ from medadapt.adapt.artifact import save_adapter
 from medadapt.adapt.class_prompts import labels_from_class_logits
 from medadapt.adapt.recipes import RecipeConfig
 from medadapt.data.augment import train_augment
+from medadapt.data.prompts import mask_box
 from medadapt.data.slices import SliceSample
 from medadapt.engine.embedding_cache import EmbeddingCache, module_fingerprint
 from medadapt.engine.losses import SegmentationLoss
@@ -108,11 +109,6 @@ def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, 
     """``fn`` over ``batch`` in chunks: TinyViT's first stage at 256×256 needs ~70 MB of activations
     per slice, so a whole validation batch at once would need gigabytes."""
     return torch.cat([fn(batch[i : i + chunk]) for i in range(0, len(batch), chunk)])
-
-
-def _box_of(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
 
 
 class SamSegmentationTask:
@@ -325,7 +321,7 @@ class SamSegmentationTask:
         return mode
 
     def _jittered_box(self, mask: np.ndarray, rng: np.random.Generator, jitter: int) -> np.ndarray:
-        box = _box_of(mask)
+        box = mask_box(mask, np.float32)
         if jitter > 0:
             # MedSAM's training jitter: each side moves outwards by 0..jitter px.
             box = box + rng.integers(0, jitter + 1, size=4) * np.array([-1, -1, 1, 1])

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from medadapt.data.prompts import Prompt, boxes_from_label
+from medadapt.data.prompts import Prompt, boxes_from_label, mask_box
 from medadapt.infer.predictor import SamPredictor
 from medadapt.models.preprocess import Transform
 
@@ -78,12 +78,6 @@ def _roi_slice(predictor: SamPredictor, vol: np.ndarray, z: int, box: np.ndarray
     if progress:
         progress(1)
     return emb, prepared.transform
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """Tight (x0, y0, x1, y1) box of a non-empty 2D mask, x1/y1 the last pixel (the prompts' convention)."""
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
 
 
 def box_from_previous(prev_mask: np.ndarray, value: int, tf: Transform) -> np.ndarray | None:
