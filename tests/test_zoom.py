@@ -112,9 +112,11 @@ def test_crop_must_lie_on_the_image():
 def test_official_and_area_are_the_default_bit_for_bit():
     rng = np.random.default_rng(1)
     small = rng.random((35, 50)).astype(np.float32) * 255
-    default, _ = preprocess_image(small, LITE)
-    for name in ("official", "area"):
-        assert torch.equal(preprocess_image(small, LITE, resize=name)[0], default)
+    small_u8 = rng.integers(0, 256, (35, 50), dtype=np.uint8)  # the official code resizes 8-bit images in uint8
+    for image in (small, small_u8):
+        default, _ = preprocess_image(image, LITE)
+        for name in ("official", "area"):
+            assert torch.equal(preprocess_image(image, LITE, resize=name)[0], default)
     assert torch.equal(preprocess_image(small, SAM, resize="official")[0], preprocess_image(small, SAM)[0])
 
 

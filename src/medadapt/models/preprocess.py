@@ -152,7 +152,7 @@ def preprocess_image(image: np.ndarray, spec: ModelSpec, image_size: int | None 
         image = image[y0:y1, x0:x1]
     h, w = image.shape[:2]
     resized_hw = resized_shape(h, w, size)
-    enlarge = _enlarge_flag(resize, (h, w), size)
+    enlarge = _enlarge_flag(resize, (h, w), size, spec.normalization)
     if spec.normalization == "minmax":
         arr = _minmax_resized(image, resized_hw, enlarge)  # [h', w', 3] float32 in [0, 1]
         tensor = torch.from_numpy(np.ascontiguousarray(_pad(arr, size))).permute(2, 0, 1)
@@ -172,10 +172,15 @@ def check_resize(resize: str) -> str:
     return resize
 
 
-def _enlarge_flag(resize: str, hw: tuple[int, int], size: int) -> int | None:
-    """The cv2 flag that enlarges an image of ``hw`` to ``size``; None: the pipeline's own resize."""
+def _enlarge_flag(resize: str, hw: tuple[int, int], size: int, normalization: str) -> int | None:
+    """The cv2 flag that enlarges an image of ``hw`` to ``size``; None: the pipeline's own resize.
+
+    ``area`` on a ``minmax`` pipeline *is* the official resize (INTER_AREA on the image's own dtype),
+    so it takes the official path: enlarging in float32 instead would differ on 8-bit images, which
+    the official code resizes (and rounds) in uint8.
+    """
     check_resize(resize)
-    if resize == "official" or max(hw) >= size:
+    if resize == "official" or max(hw) >= size or (resize == "area" and normalization == "minmax"):
         return None
     return _ENLARGE_FLAGS[resize]
 
