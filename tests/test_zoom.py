@@ -120,6 +120,16 @@ def test_official_and_area_are_the_default_bit_for_bit():
     assert torch.equal(preprocess_image(small, SAM, resize="official")[0], preprocess_image(small, SAM)[0])
 
 
+def test_zero_shot_models_enlarge_bilinearly_and_adapted_runs_keep_what_fit_trained_with():
+    from medadapt.infer.factory import PredictorSpec, build_predictor
+
+    assert PredictorSpec().resize_for(adapted=False) == "bilinear"
+    assert PredictorSpec().resize_for(adapted=True) == "official"
+    assert PredictorSpec(resize="cubic").resize_for(adapted=True) == "cubic"
+    assert build_predictor("litemedsam").resize == "bilinear"
+    assert build_predictor("litemedsam", resize="official").resize == "official"
+
+
 def test_bilinear_enlarges_smoothly_and_leaves_shrinking_alone():
     rng = np.random.default_rng(2)
     small = rng.integers(0, 256, (35, 50), dtype=np.uint8)

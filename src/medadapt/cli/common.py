@@ -83,7 +83,9 @@ MIRROR_HELP = (
 RESIZE_HELP = (
     "How images smaller than the model input (256 px for LiteMedSAM) are enlarged: official (the model's own "
     "preprocessing: cv2 INTER_AREA for LiteMedSAM, PIL bilinear for SAM), area, bilinear or cubic. Larger "
-    "images are always shrunk the official way; masks are not affected."
+    "images are always shrunk the official way; masks are not affected. Default: bilinear for a zero-shot "
+    "model (ahead of official on validation volumes: docs/benchmarks.md#zoom), official for an adapted run "
+    "(what fit trains with)."
 )
 ROI_HELP = (
     "Zoom-in for small objects: segment each box prompt in a crop around its box, grown by this fraction of "

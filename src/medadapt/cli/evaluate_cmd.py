@@ -51,7 +51,7 @@ def evaluate(
     gt_suffix: str | None = typer.Option(None, "--gt-suffix", help="Suffix dropped from ground-truth names."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % CIs."),
     mirror: bool = typer.Option(False, "--mirror", help="With --data. " + MIRROR_HELP),
-    resize: str = typer.Option("official", "--resize", help="With --data. " + RESIZE_HELP),
+    resize: str | None = typer.Option(None, "--resize", help="With --data. " + RESIZE_HELP),
     roi_margin: float | None = typer.Option(None, "--roi-margin", metavar="F", help="With --data. " + ROI_HELP),
 ) -> None:
     """Score predictions against ground truth; writes per_case.csv (case,class,dsc,nsd,hd95) and summary.json.

@@ -67,7 +67,7 @@ def predict(
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (torch and the runtime engines)."),
     seed: int = typer.Option(0, "--seed", help="Seed for jitter and random points."),
     mirror: bool = typer.Option(False, "--mirror", help=MIRROR_HELP),
-    resize: str = typer.Option("official", "--resize", help=RESIZE_HELP),
+    resize: str | None = typer.Option(None, "--resize", help=RESIZE_HELP),
     roi_margin: float | None = typer.Option(None, "--roi-margin", metavar="F", help=ROI_HELP),
 ) -> None:
     """Segment images or volumes with box / point prompts; outputs keep the input names and geometry."""
@@ -79,7 +79,7 @@ def predict(
 
     set_threads(threads)
     if adapter and len(adapter) == 1 and run_task(adapter[0]) != "segment":  # 3D U-Net / classifier runs
-        if resize != "official" or roi_margin is not None:
+        if resize is not None or roi_margin is not None:
             raise MedadaptError("--resize and --roi-margin apply to SAM-family models; this run has its own "
                                 "preprocessing.", path=adapter[0], fix="drop --resize / --roi-margin.")
         _apply_other_run(adapter[0], input, out, engine=engine, precision=precision, batch_size=batch_size,

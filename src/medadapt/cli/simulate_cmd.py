@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from medadapt.cli.common import console, progress_bar, set_threads, user_errors
+from medadapt.cli.common import RESIZE_HELP, console, progress_bar, set_threads, user_errors
 from medadapt.infer.interactive import CLICK_REACH
 
 
@@ -36,6 +36,7 @@ def simulate(
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % CIs."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Embedding cache folder (reused across runs)."),
     threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
+    resize: str | None = typer.Option(None, "--resize", help=RESIZE_HELP),
 ) -> None:
     """Box + N simulated clicks per object; DSC/NSD after every interaction, their AUCs, final DSC/NSD, seconds.
 
@@ -51,7 +52,7 @@ def simulate(
             data, out, adapter=adapter, model=model, split=split, clicks=clicks, start=start, plane=plane, seed=seed,
             mask_feedback=mask_feedback, click_reach=click_reach, cases=cases, cases_from=cases_from, clicks_out=clicks_out, replay=replay, label_dir=label_dir,
             image_suffix=image_suffix, label_suffix=label_suffix, tolerance_mm=tolerance_mm, n_boot=n_boot,
-            cache_dir=cache_dir, progress=lambda n: _advance(bar, bar.add_task("simulate", total=n)),
+            cache_dir=cache_dir, resize=resize, progress=lambda n: _advance(bar, bar.add_task("simulate", total=n)),
         )
     if not result.replayed:
         _print(result.summary, clicks)

@@ -80,7 +80,7 @@ def evaluate_segment_run(
     batch_size: int | None = None,
     precision: str = "fp32",
     mirror: bool = False,
-    resize: str = "official",
+    resize: str | None = None,
     roi_margin: float | None = None,
     progress: Callable[[int], Callable[[], None]] | None = None,
     notify: Callable[[str], None] | None = None,
@@ -127,7 +127,8 @@ def evaluate_segment_run(
                 **({"ensemble": [str(a) for a in adapters]} if len(adapters) > 1 else {}),
                 "label_dir": label_dir, "image_suffix": image_suffix, "label_suffix": label_suffix,
                 "model": predictor.spec.name if predictor.spec is not None else None, "prompt": mode, "split": str(split) if split else which,
-                "tolerance_mm": tolerance_mm, "mirror": mirror, "resize": resize, "roi_margin": roi_margin, **info}
+                "tolerance_mm": tolerance_mm, "mirror": mirror, "resize": getattr(predictor, "resize", resize),
+                "roi_margin": roi_margin, **info}
     return rows, settings
 
 

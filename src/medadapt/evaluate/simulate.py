@@ -64,6 +64,7 @@ def simulate_dataset(
     tolerance_mm: float = 2.0,
     n_boot: int = 1000,
     cache_dir: Path | None = None,
+    resize: str | None = None,
     progress: Callable[[int], Callable[[], None]] | None = None,
 ) -> Simulation:
     """Simulate (or ``replay``) the interactions on the test cases of ``split`` (default: the run's split,
@@ -89,7 +90,7 @@ def simulate_dataset(
     if not keys:
         raise MedadaptError(f"the split has no {cases_from} cases.", path=split or dataset.root,
                             fix="give a --split with such cases (`medadapt fit` writes one into its run).")
-    predictor = build_predictor(model, adapter=adapter, cache_dir=cache_dir)
+    predictor = build_predictor(model, adapter=adapter, cache_dir=cache_dir, resize=resize)
     if start == "auto" and not predictor.is_automatic:
         raise MedadaptError("--start auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN or --start box3d.")
     classes = sorted(dataset.classes)
@@ -98,7 +99,8 @@ def simulate_dataset(
         out.mkdir(parents=True, exist_ok=True)
         summary = summarize(rows, n_boot=n_boot)
         summary["settings"] = {"data": resolve_spec(data), "adapter": str(adapter) if adapter else None,
-                               "model": predictor.spec.name, "replay": str(replay), "tolerance_mm": tolerance_mm}
+                               "model": predictor.spec.name, "replay": str(replay), "tolerance_mm": tolerance_mm,
+                               "resize": getattr(predictor, "resize", resize)}
         write_per_case_csv(out / "per_case.csv", rows)
         write_summary_json(out / SUMMARY, summary)
         return Simulation(summary, True, f"replayed {len(keys)} click file(s); wrote {out / 'per_case.csv'} and "
@@ -131,7 +133,7 @@ def simulate_dataset(
         "data": resolve_spec(data), "adapter": str(adapter) if adapter else None, "model": predictor.spec.name,
         "split": str(split) if split else "default test set", "cases_from": cases_from, "cases": keys,
         "clicks": clicks, "click_reach": click_reach, "start": start, "plane": plane,
-        "seed": seed, "mask_feedback": mask_feedback, "tolerance_mm": tolerance_mm,
+        "seed": seed, "mask_feedback": mask_feedback, "tolerance_mm": tolerance_mm, "resize": getattr(predictor, "resize", resize),
         "protocol": "CVPR 2025 interactive: AUC over the predictions after clicks 1..N (trapezoid, unit step)",
         "encoder_calls": predictor.encoder_calls, "images_encoded": predictor.images_encoded,
     }

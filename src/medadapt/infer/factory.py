@@ -14,7 +14,7 @@ from medadapt.errors import MedadaptError
 from medadapt.infer.ensemble import EnsemblePredictor, VolumetricMember
 from medadapt.infer.modality_bank import load_bank_predictor
 from medadapt.infer.predictor import SamPredictor
-from medadapt.models.preprocess import RESIZE_METHODS
+from medadapt.models.preprocess import FIT_RESIZE, RESIZE_METHODS, ZERO_SHOT_RESIZE
 from medadapt.models.registry import build_model, get_sam_spec
 from medadapt.run import RunFolder, adapter_info, ensemble_members, is_bank, is_ensemble, trained_slice_axis
 
@@ -52,7 +52,8 @@ class PredictorSpec:
     ``keep_largest``: the classes of an automatic-mode run whose largest component alone is kept; None
     takes the run's own choice (``postprocess.json``), ``()`` predicts without post-processing.
     ``resize`` / ``roi_margin``: how small images are enlarged, and ROI inference of box prompts
-    (:class:`~medadapt.infer.predictor.SamPredictor`).
+    (:class:`~medadapt.infer.predictor.SamPredictor`); ``resize`` None takes the default of the model
+    (:meth:`resize_for`).
     """
 
     model: str | None = None
@@ -69,16 +70,21 @@ class PredictorSpec:
     mirror: bool = False
     encoder: Callable | None = None
     keep_largest: tuple[int, ...] | None = None
-    resize: str = "official"
+    resize: str | None = None
     roi_margin: float | None = None
 
     def __post_init__(self):
-        if self.resize not in RESIZE_METHODS:
+        if self.resize is not None and self.resize not in RESIZE_METHODS:
             raise MedadaptError(f"--resize '{self.resize}' is not one of {', '.join(RESIZE_METHODS)}.",
                                 fix="use --resize official (the model's own preprocessing) or bilinear.")
         if self.roi_margin is not None and not self.roi_margin >= 0:
             raise MedadaptError(f"--roi-margin must be 0 or more (a fraction of the box size), got {self.roi_margin}.",
                                 fix="for example --roi-margin 0.5, or leave it out to segment whole images.")
+
+    def resize_for(self, adapted: bool) -> str:
+        """``resize`` if given, else the model's default: what ``fit`` trained an adapted model with,
+        the validated zero-shot choice otherwise (:mod:`medadapt.models.preprocess`)."""
+        return self.resize or (FIT_RESIZE if adapted else ZERO_SHOT_RESIZE)
 
     def member(self, adapter: Path | None) -> PredictorSpec:
         """The same settings for one adapter (an ensemble member)."""
@@ -132,7 +138,8 @@ def load_predictor(spec: PredictorSpec):
 def _torch_member(spec: PredictorSpec) -> SamPredictor:
     adapter = spec.adapters[0] if spec.adapters else None
     common = dict(batch_size=spec.batch_size, precision=spec.precision, cache_dir=spec.cache_dir,
-                  use_cache=spec.use_cache, mirror=spec.mirror, resize=spec.resize, roi_margin=spec.roi_margin)
+                  use_cache=spec.use_cache, mirror=spec.mirror, resize=spec.resize_for(adapter is not None),
+                  roi_margin=spec.roi_margin)
     if adapter is not None and is_bank(adapter):  # per-modality adapters, routed per case
         return load_bank_predictor(adapter, model=spec.model, checkpoint=spec.checkpoint,
                                    keep_largest=spec.keep_largest, **common)
@@ -159,7 +166,7 @@ def build_predictor(
     precision: str = "fp32",
     cache_dir: Path | None = None,
     use_cache: bool = False,
-    resize: str = "official",
+    resize: str | None = None,
     roi_margin: float | None = None,
 ) -> SamPredictor:
     """The base ``model`` zero-shot, adapted by one fit run, or (several runs) their ensemble, on torch

@@ -15,7 +15,8 @@ Masks come back through :func:`postprocess_logits`: low-res logits -> S x S (if 
 crop the unpadded part -> bilinear to the original size. MONAI's ``ResizeWithPadOrCrop`` and
 friends centre-pad and resize differently, which is why this is written out here.
 
-Two variants, both off by default so that the official pipelines stay what runs unless asked:
+Two variants of the input (the functions here default to the official pipelines, which is what
+``fit`` trains with; which variant a predictor uses is :data:`ZERO_SHOT_RESIZE` / :data:`FIT_RESIZE`):
 
 - ``resize``: how an image *smaller* than the model input is enlarged. ``official`` is the
   pipeline's own resize (``INTER_AREA`` for LiteMedSAM, which is blocky when enlarging; PIL
@@ -26,7 +27,9 @@ Two variants, both off by default so that the official pipelines stay what runs 
   only the window goes through the pipeline, so a small object gets more of the model's input
   pixels. The :class:`Transform` keeps the window: prompts in full-image pixels are moved into it,
   and :func:`postprocess_logits` pastes the window's logits back into a full-size map
-  (``OUTSIDE_LOGIT``, i.e. background, elsewhere).
+  (``OUTSIDE_LOGIT``, i.e. background, elsewhere). Off unless asked: on validation cases it helped
+  per-slice boxes on hippocampus but hurt 3D boxes there and split prostate cases 2 better / 3 worse
+  (bench/results/zoom_*.json).
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ _CV2_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
 #: ``resize`` names: the pipeline's own resize, or the cv2 interpolation that enlarges small images.
 RESIZE_METHODS = ("official", "area", "bilinear", "cubic")
+#: How a zero-shot model enlarges small images unless told: bilinear beat the official INTER_AREA on
+#: every validation hippocampus case and class, with per-slice and with 3D box prompts
+#: (bench/results/zoom_hippocampus.json); on images at least as large as the input (prostate, DRIVE)
+#: the two are the same pipeline.
+ZERO_SHOT_RESIZE = "bilinear"
+#: What ``fit`` trains with (the official pipeline), hence an adapted model's default at inference:
+#: a model is only as good as the preprocessing it was trained with.
+FIT_RESIZE = "official"
 _ENLARGE_FLAGS = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 #: ROI crops grow a box by ``margin`` x its size on each side, but by at least this many pixels.
 ROI_MIN_MARGIN_PX = 8

@@ -65,7 +65,7 @@ def evaluate(
     gt_suffix: str | None = None,
     n_boot: int = 1000,
     mirror: bool = False,
-    resize: str = "official",
+    resize: str | None = None,
     roi_margin: float | None = None,
     progress: Progress | None = None,
     notify: Callable[[str], None] | None = None,
@@ -81,7 +81,7 @@ def evaluate(
         return _evaluate_run(task, data=data, adapters=adapters, split=split, out=out, precision=precision,
                              n_boot=n_boot, tolerance_mm=tolerance_mm, save_predictions=save_predictions,
                              batch_size=batch_size)
-    if data is None and (resize != "official" or roi_margin is not None):
+    if data is None and (resize is not None or roi_margin is not None):
         raise MedadaptError("--resize and --roi-margin change how images are segmented, so they need --data SPEC.",
                             fix="add --data (with --adapter RUN or --model), or pass them to `medadapt predict`.")
     if mirror and data is None:
