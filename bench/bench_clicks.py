@@ -95,6 +95,7 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=0.90)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--resize", default=None, help="simulate --resize (default: the model's own default)")
     for flag in ("--label-dir", "--image-suffix", "--label-suffix"):  # 2D image folders (DRIVE), as simulate takes them
         ap.add_argument(flag, default=None)
     ap.add_argument("--out-json", type=Path, default=None)
@@ -119,6 +120,8 @@ def main() -> int:
                 cmd += ["--click-reach", str(args.click_reach)]
             if args.cache_dir:
                 cmd += ["--cache-dir", str(args.cache_dir)]
+            if args.resize:
+                cmd += ["--resize", args.resize]
             for flag in ("label_dir", "image_suffix", "label_suffix"):
                 if getattr(args, flag) is not None:
                     cmd += ["--" + flag.replace("_", "-"), getattr(args, flag)]
@@ -135,7 +138,7 @@ def main() -> int:
             fit = {k: result.get(k) for k in ("method", "prompt", "shots", "seed", "steps", "best_metric",
                                              "train_cases", "fit_seconds")}
         entry.update({"config": name, "fit": fit or None, "clicks": args.clicks, "plane": args.plane,
-                      "click_reach": settings.get("click_reach"), "cases_from": args.cases_from,
+                      "click_reach": settings.get("click_reach"), "resize": settings.get("resize"), "cases_from": args.cases_from,
                       "case_keys": settings.get("cases"), "threads": args.threads,
                       "command": " ".join(["medadapt", *cmd[3:]]).replace(str(out), "OUT"),
                       "provenance": provenance.finish(prov)})
