@@ -123,7 +123,8 @@ def main() -> int:
     ap.add_argument("--image-suffix", default=None)
     ap.add_argument("--label-suffix", default=None)
     ap.add_argument("--resize", nargs="+", default=["official", "bilinear"])
-    ap.add_argument("--margins", nargs="+", type=float, default=[0.5], help="ROI margins (fraction of the box size)")
+    ap.add_argument("--margins", nargs="*", type=float, default=[0.5],
+                    help="ROI margins (fraction of the box size); none: whole images only")
     ap.add_argument("--prompts", nargs="+", default=["box"], choices=["box", "box3d"])
     ap.add_argument("--adapter", type=Path, default=None, metavar="RUN", help="an adapted run (default: zero-shot)")
     ap.add_argument("--tag", default=None, help="result key of this model (default: zero-shot, or the run's name)")
