@@ -335,7 +335,12 @@ def zoom_section() -> str | None:
            "with the official preprocessing (`official`: cv2 INTER_AREA for LiteMedSAM) or another interpolation "
            "(`bilinear`, `cubic`) enlarging images smaller than the model input, on whole slices (`full`) or in a "
            "crop around each box (`roiM`: `--roi-margin M`). Δ DSC and the rows better / worse are paired with "
-           "`official/full` (same case and class)."]
+           "`official/full` (same case and class). `box`: a box per class and slice; `box3d`: one 3D box per "
+           "class, propagated slice by slice (the interactive protocol's start). The defaults follow these "
+           "tables: a zero-shot model enlarges bilinearly (ahead with both prompt kinds; no change on images "
+           "as large as the input), an adapted run keeps the official preprocessing `fit` trains with (mixed "
+           "on the box-trained decoder), and ROI crops stay off (ahead with per-slice boxes, behind with 3D "
+           "boxes)."]
     for name in names:
         data = load(name)
         out += ["", f"**{name.removeprefix('zoom_').removesuffix('.json')}**", "", conditions(name, data), "",
