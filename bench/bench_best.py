@@ -80,13 +80,23 @@ def one_run(args, k: int, seed: int, test: list[str], classes: list[int]) -> dic
     }
 
 
+def candidate_note(c: dict) -> str:
+    """One candidate of a selection: its mean CV DSC, or why it was not scored."""
+    if c.get("cv_dsc") is not None:
+        return f"{c['name']} {c['cv_dsc']:.3f}"
+    reason = c.get("reason") or c.get("status") or "not run"
+    return f"{c['name']}: {reason.replace('|', '/')}"
+
+
 def print_table(data: dict) -> None:
-    print("| k | seed | chosen | CV DSC | test DSC | NSD 2 mm | HD95 mm | fit s (selection + final) | budget s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| k | seed | chosen | CV DSC | test DSC | NSD 2 mm | HD95 mm | fit s (selection + final) | budget s | "
+          "candidates (CV DSC, or why not scored) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(data.get("runs", {}).values(), key=lambda r: (r["shots"], r["seed"])):
         cv = "–" if r.get("cv_dsc") is None else f"{r['cv_dsc']:.3f}"
+        notes = "; ".join(candidate_note(c) for c in r.get("candidates") or []) or "–"
         print(f"| {r['shots']} | {r['seed']} | {r['chosen']} | {cv} | {r['dsc']:.3f} | {r['nsd']:.3f} | "
-              f"{r['hd95']:.2f} | {r['fit_wall_seconds']:.0f} | {r['budget_seconds']:.0f} |")
+              f"{r['hd95']:.2f} | {r['fit_wall_seconds']:.0f} | {r['budget_seconds']:.0f} | {notes} |")
 
 
 def main() -> int:
