@@ -304,7 +304,7 @@ def test_engine_dsc_equals_torch_on_hippocampus(engine, precision, data_dir, tmp
     assert abs(np.mean(got) - np.mean(ref)) <= DSC_TOLERANCE[precision]
 
 
-def test_automatic_mode_class_tokens_survive_export(tmp_path):
+def test_automatic_mode_class_tokens_survive_export(tmp_path, onnx_export):
     """An auto-mode model's learned class tokens go into constants.npz and decode as in PyTorch."""
     from medadapt.adapt.class_prompts import attach_class_prompts
 
@@ -319,6 +319,9 @@ def test_automatic_mode_class_tokens_survive_export(tmp_path):
     # The predictor on the export segments with no prompt and keeps the fit's post-processing.
     predictor = load_predictor(PredictorSpec(backend="onnxruntime", export=tmp_path / "auto"))
     assert predictor.is_automatic and predictor.classes == [1, 2] and predictor.keep_largest == [2]
+    assert predictor.resize == "official"  # an adapted model keeps the preprocessing fit trained it with
+    zero_shot = load_predictor(PredictorSpec(model="litemedsam", backend="onnxruntime", export=onnx_export))
+    assert zero_shot.resize == "bilinear"
     emb = torch.rand(2, 256, 64, 64)
     with torch.no_grad():
         ref, ref_iou = model.class_prompts.decode(model, emb)

@@ -136,6 +136,6 @@ def _runtime_member(spec: PredictorSpec) -> SamPredictor:
         deployed, get_sam_spec(deployed.manifest["model"]), batch_size=spec.batch_size, cache_dir=spec.cache_dir,
         use_cache=spec.use_cache, classes=deployed.manifest.get("classes") if automatic else None,
         keep_largest=keep if automatic else (), slice_axis=axis, mirror=spec.mirror,
-        resize=spec.resize_for(adapter is not None or bool(source.get("adapter"))),
+        resize=spec.resize_for(adapter is not None or automatic or bool(source.get("adapter"))),
         roi_margin=spec.roi_margin,
     )
