@@ -826,7 +826,8 @@ def headlines() -> list[tuple[str, str, str]]:
         n = len(hip["test_cases"])
         zs = hip["runs"]["zero-shot/box"]["dsc"]
         cold = _group_runs(hip, "decoder+ov-cold/box/k5")
-        rows.append((f"Hippocampus MRI, zero-shot LiteMedSAM with boxes ({n} held-out volumes)", f"DSC {zs:.3f}",
+        rows.append((f"Hippocampus MRI, zero-shot LiteMedSAM with boxes, official preprocessing ({n} held-out "
+                     "volumes)", f"DSC {zs:.3f}",
                      "fewshot-hippocampus"))
         if cold:
             fit_s = np.mean([r["fit_wall_seconds"] for r in cold])
