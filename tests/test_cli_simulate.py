@@ -34,6 +34,7 @@ def test_simulate_writes_curves_aucs_and_click_files(data_dir: Path, tmp_path: P
     assert abs(float(row["dsc_auc"]) - (dsc[1] + dsc[2]) / 2) < 1e-12  # trapezoid over the 2 clicks
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["seconds_per_interaction"]) == 3 and summary["settings"]["clicks"] == 2
+    assert summary["settings"]["resize"] == "bilinear"  # a zero-shot model's default
     assert summary["overall"]["dsc_auc"]["mean"] == float(row["dsc_auc"])
     record = load_clicks(clicks / f"{row['case']}.json")
     assert len(record.objects) == 1 and len(record.objects[0].clicks) <= 2
@@ -42,7 +43,8 @@ def test_simulate_writes_curves_aucs_and_click_files(data_dir: Path, tmp_path: P
 def test_simulate_bad_options_exit_2_and_write_nothing(data_dir: Path, tmp_path: Path):
     out = tmp_path / "sim"
     for args, needle in ((("--start", "bogus"), "--start 'bogus'"), (("--plane", "xy"), "--plane 'xy'"),
-                         (("--start", "auto"), "--prompt auto"), (("--cases-from", "train"), "--cases-from 'train'")):
+                         (("--start", "auto"), "--prompt auto"), (("--cases-from", "train"), "--cases-from 'train'"),
+                         (("--resize", "nearest"), "--resize 'nearest'")):
         res = invoke("simulate", "--data", data_dir / "prostate_mri_2d", "--out", out, "--cases", 1, *args)
         assert res.exit_code == 2 and needle in res.output, res.output
         assert not out.exists()
