@@ -521,17 +521,19 @@ def _prompt_free_rows(k: int) -> list[tuple[str, list[dict], str, str]]:
             trainers.setdefault(f"nnU-Net v2 {r['configuration']}, {r['trainer']} ({r['epochs']} × "
                                 f"{r['iterations_per_epoch']} it.)", []).append(r)
     rows += [(label, runs, "fit_wall_seconds", "nnunet_hippocampus.json") for label, runs in trainers.items()]
-    vol = (load("volumetric.json") or {}).get("runs") or {}
-    scratch = [r for key, r in vol.items() if key.startswith(f"both/k{k}/") and key.endswith("/scratch")]
+    vol = load("volumetric.json") or {}
+    vol_threads = (vol.get("settings") or {}).get("threads")  # the file records its thread count once
+    scratch = [{"threads": vol_threads, **r} for key, r in (vol.get("runs") or {}).items()
+               if key.startswith(f"both/k{k}/") and key.endswith("/scratch")]
     if scratch:
         rows.append(("medadapt 3D U-Net from scratch", scratch, "fit_seconds", "volumetric.json"))
+    merged, _ = test20()
     recipes: dict[str, list[dict]] = {}
-    for seed in (0, 1, 2):
-        for key, r in ((load(f"fewshot_hippocampus_test20_s{seed}.json") or {}).get("runs") or {}).items():
-            if f"/k{k}/" in key:
-                recipes.setdefault(key.split("/")[0], []).append(r)
+    for key, r in ((merged or {}).get("runs") or {}).items():
+        if f"/auto/k{k}/" in key:  # no prompt
+            recipes.setdefault(key.split("/")[0], []).append(r)
     rows += [(f"medadapt LiteMedSAM `{name}`, no prompt (best SAM-family recipe)", runs, "fit_wall_seconds",
-              "fewshot_hippocampus_test20_s*.json") for name, runs in recipes.items()]
+              TEST20_GLOB) for name, runs in recipes.items()]
     best = [r for r in ((load("best_hippocampus.json") or {}).get("runs") or {}).values() if r["shots"] == k]
     if best:
         chosen = ", ".join(sorted({r["chosen"] for r in best}))
@@ -561,11 +563,11 @@ def best_section() -> str:
            "|---|---|---|---|---|---|---|---|---|"]
     for k in (1, 5, 10):
         for label, runs, fit_key, source in _prompt_free_rows(k):
-            threads = sorted({r.get("threads") for r in runs if r.get("threads")}) or [2]
+            threads = ", ".join(map(str, sorted({r["threads"] for r in runs if r.get("threads")}))) or NR
             fit = [r.get(fit_key) for r in runs if not (r.get("provenance") or {}).get("resumed")]
             out.append(f"| {k} | {label} | {len(runs)} | {mean_sd([r['dsc'] for r in runs])} | "
                        f"{mean_sd([r['nsd'] for r in runs])} | {mean_sd([r['hd95'] for r in runs], 2)} | "
-                       f"{mean_sd(fit, 0)} | {', '.join(map(str, threads))} | `{source}` |")
+                       f"{mean_sd(fit, 0)} | {threads} | `{source}` |")
     return "\n".join(out)
 
 
@@ -877,14 +879,16 @@ def headlines() -> list[tuple[str, str, str]]:
                      f"DSC {mean_sd(r3['dsc'])} / {mean_sd(rs['dsc']) if rs else '–'}", "side-by-side"))
     best, nn = load("best_hippocampus.json"), load("nnunet_hippocampus.json")
     if best and nn:
-        ours = [r["dsc"] for r in best["runs"].values() if r["shots"] == 5]
+        ours = [r for r in best["runs"].values() if r["shots"] == 5]
         theirs = [r for r in nn["runs"].values() if r["shots"] == 5]
         if ours and theirs:
             trainer = theirs[0]
+            theirs = [r for r in theirs if r["trainer"] == trainer["trainer"]]  # one schedule per row
+            budget = ", ".join(sorted({f"{r['budget_seconds'] / 60:g} min" for r in ours}))
             rows.append((f"Hippocampus, no prompt, 5 volumes ({len(best['test_cases'])} test volumes): `fit --method "
-                         f"best` (30 min budget) / nnU-Net v2 `{trainer['configuration']}`, {trainer['epochs']} "
+                         f"best` ({budget} budget) / nnU-Net v2 `{trainer['configuration']}`, {trainer['epochs']} "
                          f"epoch{'s' if trainer['epochs'] != 1 else ''} on the CPU",
-                         f"DSC {mean_sd(ours)} / {mean_sd([r['dsc'] for r in theirs])}", "best"))
+                         f"DSC {mean_sd([r['dsc'] for r in ours])} / {mean_sd([r['dsc'] for r in theirs])}", "best"))
     inf = load("inference.json")
     if inf:
         s = inf["summary"]["medadapt OpenVINO mixed (cache)"]
