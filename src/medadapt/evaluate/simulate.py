@@ -91,6 +91,7 @@ def simulate_dataset(
         raise MedadaptError(f"the split has no {cases_from} cases.", path=split or dataset.root,
                             fix="give a --split with such cases (`medadapt fit` writes one into its run).")
     predictor = build_predictor(model, adapter=adapter, cache_dir=cache_dir, resize=resize)
+    resize = getattr(predictor, "resize", resize)  # the one in use (an ensemble's members each resolve their own)
     if start == "auto" and not predictor.is_automatic:
         raise MedadaptError("--start auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN or --start box3d.")
     classes = sorted(dataset.classes)
@@ -100,7 +101,7 @@ def simulate_dataset(
         summary = summarize(rows, n_boot=n_boot)
         summary["settings"] = {"data": resolve_spec(data), "adapter": str(adapter) if adapter else None,
                                "model": predictor.spec.name, "replay": str(replay), "tolerance_mm": tolerance_mm,
-                               "resize": getattr(predictor, "resize", resize)}
+                               "resize": resize}
         write_per_case_csv(out / "per_case.csv", rows)
         write_summary_json(out / SUMMARY, summary)
         return Simulation(summary, True, f"replayed {len(keys)} click file(s); wrote {out / 'per_case.csv'} and "
@@ -133,7 +134,7 @@ def simulate_dataset(
         "data": resolve_spec(data), "adapter": str(adapter) if adapter else None, "model": predictor.spec.name,
         "split": str(split) if split else "default test set", "cases_from": cases_from, "cases": keys,
         "clicks": clicks, "click_reach": click_reach, "start": start, "plane": plane,
-        "seed": seed, "mask_feedback": mask_feedback, "tolerance_mm": tolerance_mm, "resize": getattr(predictor, "resize", resize),
+        "seed": seed, "mask_feedback": mask_feedback, "tolerance_mm": tolerance_mm, "resize": resize,
         "protocol": "CVPR 2025 interactive: AUC over the predictions after clicks 1..N (trapezoid, unit step)",
         "encoder_calls": predictor.encoder_calls, "images_encoded": predictor.images_encoded,
     }
