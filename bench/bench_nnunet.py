@@ -43,8 +43,8 @@ fails to import with the CPU one, so the shim lets nnU-Net's trainer lookup pass
 nnU-Net's U-Net trainers use neither timm nor torchvision. Data augmentation runs in the training process
 (``nnUNet_n_proc_DA=0``) unless ``--da-workers`` says otherwise.
 
-Scope: single-channel volumes (NIfTI, as in MSD / nnU-Net layouts); 2D image folders are refused with a
-clear message.
+Scope: single-channel volumes (NIfTI, as in MSD / nnU-Net layouts) with ``3d_fullres`` (or ``2d``), and
+2D image folders (8-bit grey or RGB, e.g. DRIVE) with ``--config 2d``, exported as PNG.
 """
 
 from __future__ import annotations
@@ -147,12 +147,48 @@ def _check_volume(path: Path) -> None:
         raise BenchError(f"{path}: a single-channel 3D volume is expected, got shape {shape}.")
 
 
+PNG = ".png"
+
+
+def _write_png(arr: np.ndarray, dst: Path) -> None:
+    from PIL import Image
+
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, dst)
+
+
+def _image_2d(src: Path) -> np.ndarray:
+    """A 2D image as nnU-Net's NaturalImage2DIO reads it: 8-bit grey or RGB pixels."""
+    from medadapt.io.images import read_image_2d
+
+    arr = read_image_2d(src)
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise BenchError(f"{src}: nnU-Net's 2D export here takes 8-bit grey or RGB images, got "
+                         f"{arr.dtype} {arr.shape}.")
+    return arr
+
+
+def _label_2d(src: Path) -> np.ndarray:
+    """A 2D mask as class indices (0/255 viewing masks become 0/1, as medadapt reads them)."""
+    from medadapt.io.images import read_label_2d
+
+    return read_label_2d(src)
+
+
+def _raw_ending(dataset, path: Path) -> str:
+    """The file ending a case has in nnU-Net's raw folders: NIfTI as given, 2D images as PNG."""
+    return _nifti_suffix(path) if dataset.is_3d else PNG
+
+
 def write_raw_dataset(dataset, train_keys, raw_root: Path, dataset_id: int, name: str) -> Path:
     """nnU-Net raw folder ``DatasetNNN_<name>`` holding ONLY ``train_keys``; returns it.
 
-    Images are copied byte for byte as ``<key>_0000<ext>``; labels are rewritten as uint8 with the same
-    affine (nnU-Net's integrity check compares image and label geometry). Written in a temporary folder
-    and renamed, so a half-written dataset never exists.
+    Volumes are copied byte for byte as ``<key>_0000<ext>``; labels are rewritten as uint8 with the same
+    affine (nnU-Net's integrity check compares image and label geometry). 2D images (nnU-Net ``2d``)
+    become PNG files read by nnU-Net's NaturalImage2DIO: RGB as one file of three channels (R, G, B, as
+    nnU-Net's natural-image datasets), masks as class indices. Written in a temporary folder and
+    renamed, so a half-written dataset never exists.
     """
     if not 1 <= dataset_id <= 999:
         raise BenchError(f"dataset id {dataset_id}: nnU-Net ids are 1..999.")
@@ -163,24 +199,32 @@ def write_raw_dataset(dataset, train_keys, raw_root: Path, dataset_id: int, name
     refs = [dataset.case(k) for k in train_keys]
     if any(r.label is None for r in refs):
         raise BenchError(f"{dataset.root}: cases without label files cannot be exported to nnU-Net's raw format.")
-    endings = {_nifti_suffix(r.image) for r in refs} | {_nifti_suffix(r.label) for r in refs}
+    endings = {_raw_ending(dataset, r.image) for r in refs} | {_raw_ending(dataset, r.label) for r in refs}
     if len(endings) != 1:
         raise BenchError(f"{dataset.root}: images and labels must share one file ending, found {sorted(endings)}.")
     ending = endings.pop()
+    channels = {"0": _channel_name(dataset)}
     folder = raw_root / f"Dataset{dataset_id:03d}_{name}"
     tmp = raw_root / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "imagesTr").mkdir(parents=True)
     (tmp / "labelsTr").mkdir()
     for ref in refs:
-        _check_volume(ref.image)
-        _copy(ref.image, tmp / "imagesTr" / f"{ref.key}_0000{ending}")
-        _write_label(ref.label, tmp / "labelsTr" / f"{ref.key}{ending}")
+        if dataset.is_3d:
+            _check_volume(ref.image)
+            _copy(ref.image, tmp / "imagesTr" / f"{ref.key}_0000{ending}")
+            _write_label(ref.label, tmp / "labelsTr" / f"{ref.key}{ending}")
+            continue
+        image = _image_2d(ref.image)
+        if image.ndim == 3:
+            channels = {"0": "R", "1": "G", "2": "B"}
+        _write_png(image, tmp / "imagesTr" / f"{ref.key}_0000{ending}")
+        _write_png(_label_2d(ref.label), tmp / "labelsTr" / f"{ref.key}{ending}")
     classes = dict(sorted(dataset.classes.items()))
     meta = {
         "name": name,
         "description": f"{len(refs)} training case(s) of {dataset.name}: {', '.join(r.key for r in refs)}",
-        "channel_names": {"0": _channel_name(dataset)},
+        "channel_names": channels,
         "labels": {"background": 0, **{classes[c]: int(c) for c in classes}},
         "numTraining": len(refs),
         "file_ending": ending,
@@ -210,11 +254,18 @@ def write_test_inputs(dataset, test_keys, image_dir: Path, label_dir: Path) -> N
         d.mkdir(parents=True, exist_ok=True)
     for key in test_keys:
         ref = dataset.case(key)
-        ending = _nifti_suffix(ref.image)
-        if not (image_dir / f"{key}_0000{ending}").exists():
-            _copy(ref.image, image_dir / f"{key}_0000{ending}")
-        if not (label_dir / f"{key}{_nifti_suffix(ref.label)}").exists():
-            _write_label(ref.label, label_dir / f"{key}{_nifti_suffix(ref.label)}")
+        image_file = image_dir / f"{key}_0000{_raw_ending(dataset, ref.image)}"
+        label_file = label_dir / f"{key}{_raw_ending(dataset, ref.label)}"
+        if dataset.is_3d:
+            if not image_file.exists():
+                _copy(ref.image, image_file)
+            if not label_file.exists():
+                _write_label(ref.label, label_file)
+            continue
+        if not image_file.exists():
+            _write_png(_image_2d(ref.image), image_file)
+        if not label_file.exists():
+            _write_png(_label_2d(ref.label), label_file)
 
 
 # ----------------------------------------------------------------------------- nnU-Net stages
@@ -334,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hippocampus"))
     ap.add_argument("--name", default=None, help="results name (default: the data folder's name)")
+    for flag in ("--label-dir", "--image-suffix", "--label-suffix"):  # as medadapt fit's dataset options
+        ap.add_argument(flag, default=None)
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trainer", default=DEFAULT_TRAINER, help="an nnU-Net trainer class, e.g. nnUNetTrainer_5epochs")
@@ -371,9 +424,10 @@ def _main(args) -> int:
     from medadapt.data.datasets import load_segmentation_dataset
     from medadapt.data.fewshot import make_split
 
-    dataset = load_segmentation_dataset(args.data)
+    dataset = load_segmentation_dataset(args.data, label_dir=args.label_dir, image_suffix=args.image_suffix,
+                                        label_suffix=args.label_suffix)
     if not dataset.is_3d and args.config.startswith("3d"):
-        raise BenchError(f"{args.data}: 2D data; nnU-Net's raw export here handles volumes only.")
+        raise BenchError(f"{args.data}: 2D images; use --config 2d.")
     split = make_split(dataset, shots=args.shots, seed=args.seed)
     train, test_all = list(split.train), list(split.test)
     test = test_all[: args.test_cases] if args.test_cases else test_all
@@ -414,7 +468,7 @@ def _main(args) -> int:
     marker = raw / ds_folder / "dataset.json"
     if marker.is_file() and json.loads(marker.read_text()).get("numTraining") == len(train) and \
             sorted(p.name for p in (raw / ds_folder / "labelsTr").iterdir()) == sorted(
-                f"{k}{_nifti_suffix(dataset.case(k).label)}" for k in train):
+                f"{k}{_raw_ending(dataset, dataset.case(k).label)}" for k in train):
         skipped.append("raw")
     else:
         t = time.perf_counter()
@@ -461,7 +515,7 @@ def _main(args) -> int:
             env, logs / f"predict_{args.trainer}_{args.config}.log", args.nnunet_bin, args.threads)
         done.write_text(str((fold / "checkpoint_final.pth").stat().st_mtime_ns) + "\n")
         save_state()
-    missing = [k for k in test if not any(pred.glob(f"{k}.nii*"))]
+    missing = [k for k in test if not any(pred.glob(f"{k}.nii*")) and not (pred / f"{k}{PNG}").is_file()]
     if missing:
         raise BenchError(f"nnU-Net left {len(missing)} test volume(s) unpredicted ({missing[:3]}...); "
                          f"see {logs}; not written as a result.")

@@ -136,3 +136,53 @@ def test_prediction_input_folder_links_only_the_chosen_volumes(tiny, tmp_path):
     folder = bench_nnunet._linked_folder(tmp_path / "predict_in_2", chosen)
     assert sorted(p.name for p in folder.iterdir()) == [p.name for p in chosen]
     assert all((folder / p.name).samefile(p) for p in chosen) and not list(tmp_path.glob(".predict_in_2*"))
+
+
+def _drive_like(root: Path, n: int = 6) -> Path:
+    """A DRIVE-style 2D folder: RGB TIFF images, 0/255 GIF masks named by key."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    (root / "1st_manual").mkdir()
+    for i in range(n):
+        key = f"{21 + i}"
+        Image.fromarray(rng.integers(0, 255, (20, 18, 3), dtype=np.uint8)).save(root / "images" / f"{key}_training.tif")
+        mask = np.zeros((20, 18), np.uint8)
+        mask[4:12, 3 + i : 9 + i] = 255
+        Image.fromarray(mask).save(root / "1st_manual" / f"{key}_manual1.gif")
+    return root
+
+
+def test_2d_images_become_png_cases_for_nnunet_2d(tmp_path, capsys):
+    from PIL import Image
+
+    from medadapt.io.images import read_image_2d, read_label_2d
+
+    root = _drive_like(tmp_path / "drive")
+    dataset = load_segmentation_dataset(str(root), label_dir="1st_manual", image_suffix="_training",
+                                        label_suffix="_manual1")
+    assert not dataset.is_3d
+    split = make_split(dataset, shots=2, seed=0)
+    folder = bench_nnunet.write_raw_dataset(dataset, list(split.train), tmp_path / "raw", 8, "d")
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["file_ending"] == ".png" and meta["channel_names"] == {"0": "R", "1": "G", "2": "B"}
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == sorted(f"{k}_0000.png" for k in split.train)
+    for key in split.train:
+        src = dataset.case(key)
+        np.testing.assert_array_equal(np.asarray(Image.open(folder / "imagesTr" / f"{key}_0000.png")),
+                                      read_image_2d(src.image))
+        label = np.asarray(Image.open(folder / "labelsTr" / f"{key}.png"))
+        assert set(np.unique(label)) == {0, 1}  # class indices, not the 0/255 of the viewing mask
+        np.testing.assert_array_equal(label, read_label_2d(src.label))
+    images, labels = tmp_path / "ti", tmp_path / "tl"
+    bench_nnunet.write_test_inputs(dataset, list(split.test), images, labels)
+    assert sorted(p.name for p in images.iterdir()) == sorted(f"{k}_0000.png" for k in split.test)
+    scores = bench_nnunet.score_predictions(labels, labels, [1])  # a perfect prediction scores 1
+    assert scores["scored_cases"] == len(split.test) and scores["dsc"] == pytest.approx(1.0)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").touch()  # past the environment check, to the dataset's
+    rc = bench_nnunet.main(["--data", str(root), "--label-dir", "1st_manual", "--image-suffix", "_training",
+                            "--label-suffix", "_manual1", "--config", "3d_fullres", "--nnunet-bin", str(tmp_path / "bin"),
+                            "--work", str(tmp_path / "w")])
+    assert rc == 2 and "--config 2d" in capsys.readouterr().err and not (tmp_path / "w").exists()
