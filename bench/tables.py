@@ -511,63 +511,92 @@ def nnunet_section() -> str:
     return "\n".join(out)
 
 
-def _prompt_free_rows(k: int) -> list[tuple[str, list[dict], str, str]]:
-    """(row label, runs, fit-seconds key, source) of every prompt-free model with k training volumes."""
+#: Datasets of the automatic-segmentation comparison (bench_best.py / bench_nnunet.py / few-shot results).
+BEST_DATASETS = ("hippocampus", "cardiac_mri", "drive")
+#: Why a dataset has no ``fit --method best`` row (none: it simply has not been measured).
+BEST_NOT_APPLICABLE = {"drive": "`fit --method best` chooses among volume segmenters; DRIVE holds 2D images, so its "
+                                "table holds the single recipes only"}
+
+
+def _prompt_free_rows(name: str, k: int) -> list[tuple[str, list[dict], str, str]]:
+    """(row label, runs, fit-seconds key, source) of every prompt-free model of a dataset with k training cases."""
     rows = []
-    nn = load("nnunet_hippocampus.json") or {}
+    nn_file = f"nnunet_{name}.json"
     trainers: dict[str, list[dict]] = {}
-    for r in (nn.get("runs") or {}).values():
+    for r in ((load(nn_file) or {}).get("runs") or {}).values():
         if r["shots"] == k:
             trainers.setdefault(f"nnU-Net v2 {r['configuration']}, {r['trainer']} ({r['epochs']} × "
                                 f"{r['iterations_per_epoch']} it.)", []).append(r)
-    rows += [(label, runs, "fit_wall_seconds", "nnunet_hippocampus.json") for label, runs in trainers.items()]
-    vol = load("volumetric.json") or {}
-    vol_threads = (vol.get("settings") or {}).get("threads")  # the file records its thread count once
-    scratch = [{"threads": vol_threads, **r} for key, r in (vol.get("runs") or {}).items()
-               if key.startswith(f"both/k{k}/") and key.endswith("/scratch")]
-    if scratch:
-        rows.append(("medadapt 3D U-Net from scratch", scratch, "fit_seconds", "volumetric.json"))
-    merged, _ = test20()
+    rows += [(label, runs, "fit_wall_seconds", nn_file) for label, runs in trainers.items()]
+    if name == "hippocampus":
+        vol = load("volumetric.json") or {}
+        vol_threads = (vol.get("settings") or {}).get("threads")  # the file records its thread count once
+        scratch = [{"threads": vol_threads, **r} for key, r in (vol.get("runs") or {}).items()
+                   if key.startswith(f"both/k{k}/") and key.endswith("/scratch")]
+        if scratch:
+            rows.append(("medadapt 3D U-Net from scratch", scratch, "fit_seconds", "volumetric.json"))
+        few, source = test20()[0] or {}, TEST20_GLOB
+    else:
+        few, source = load(f"fewshot_{name}.json") or {}, f"fewshot_{name}.json"
     recipes: dict[str, list[dict]] = {}
-    for key, r in ((merged or {}).get("runs") or {}).items():
-        if f"/auto/k{k}/" in key:  # no prompt
-            recipes.setdefault(key.split("/")[0], []).append(r)
-    rows += [(f"medadapt LiteMedSAM `{name}`, no prompt (best SAM-family recipe)", runs, "fit_wall_seconds",
-              TEST20_GLOB) for name, runs in recipes.items()]
-    best = [r for r in ((load("best_hippocampus.json") or {}).get("runs") or {}).values() if r["shots"] == k]
+    for key, r in (few.get("runs") or {}).items():
+        if f"/auto/k{k}/" in key and "dsc" in r and "members" not in r:  # no prompt, one model
+            recipes.setdefault(key.split("/")[0], []).append({"threads": few.get("threads"), **r})
+    rows += [(f"medadapt LiteMedSAM `{recipe}`, no prompt", runs, "fit_wall_seconds", source)
+             for recipe, runs in recipes.items()]
+    best = [r for r in ((load(f"best_{name}.json") or {}).get("runs") or {}).values() if r["shots"] == k]
     if best:
         chosen = ", ".join(sorted({r["chosen"] for r in best}))
         budget = ", ".join(sorted({f"{r['budget_seconds'] / 60:g} min" for r in best}))
         rows.append((f"medadapt `fit --method best` (budget {budget}; chose {chosen})", best, "fit_wall_seconds",
-                     "best_hippocampus.json"))
+                     f"best_{name}.json"))
     return rows
 
 
+def _comparison_table(name: str) -> str | None:
+    """Every prompt-free model of one dataset beside nnU-Net, per k (None when nothing is measured)."""
+    lines = ["| k | model / recipe | seeds | DSC | NSD 2 mm | HD95 mm | fit s | threads | results file |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for k in (1, 5, 10):
+        for label, runs, fit_key, source in _prompt_free_rows(name, k):
+            threads = ", ".join(map(str, sorted({r["threads"] for r in runs if r.get("threads")}))) or NR
+            fit = [r.get(fit_key) for r in runs if not (r.get("provenance") or {}).get("resumed")]
+            lines.append(f"| {k} | {label} | {len(runs)} | {mean_sd([r['dsc'] for r in runs])} | "
+                         f"{mean_sd([r['nsd'] for r in runs])} | {mean_sd([r['hd95'] for r in runs], 2)} | "
+                         f"{mean_sd(fit, 0)} | {threads} | `{source}` |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
 def best_section() -> str:
-    """``fit --method best`` (bench_best.py), then every prompt-free model beside nnU-Net per k."""
+    """``fit --method best`` (bench_best.py), then every prompt-free model beside nnU-Net per k and dataset."""
     from bench_best import print_table
 
     head = section("best", "Automatic segmentation from k volumes, beside nnU-Net")
-    data = load("best_hippocampus.json")
     intro = ("`.venv/bin/python bench/bench_best.py --shots 1 5 10 --seeds 0 1 2 --budget 30m --threads 2`: "
              "`medadapt fit --method best` on the k training volumes of each seed's split (cross-validation over "
-             "those volumes only; k = 1 takes the documented fixed choice), scored on the 20 fixed hippocampus "
-             "test volumes. The second table puts every prompt-free model measured on those same volumes side "
-             "by side (mean ± sd over the seeds listed; fit s: wall seconds of the fit, with the threads shown, runs "
-             "resumed after an interruption left out).")
-    if data is None:
-        return "\n".join([head, "", intro, "", "Not measured yet."])
-    out = [head, "", intro, "", conditions("best_hippocampus.json", data, list(data.get("runs", {}).values())), "",
-           captured(print_table, data), "",
-           "| k | model / recipe | seeds | DSC | NSD 2 mm | HD95 mm | fit s | threads | results file |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for k in (1, 5, 10):
-        for label, runs, fit_key, source in _prompt_free_rows(k):
-            threads = ", ".join(map(str, sorted({r["threads"] for r in runs if r.get("threads")}))) or NR
-            fit = [r.get(fit_key) for r in runs if not (r.get("provenance") or {}).get("resumed")]
-            out.append(f"| {k} | {label} | {len(runs)} | {mean_sd([r['dsc'] for r in runs])} | "
-                       f"{mean_sd([r['nsd'] for r in runs])} | {mean_sd([r['hd95'] for r in runs], 2)} | "
-                       f"{mean_sd(fit, 0)} | {threads} | `{source}` |")
+             "those volumes only; k = 1 takes the documented fixed choice), scored on the dataset's fixed test "
+             "volumes (hippocampus: the 20 of every hippocampus table). Below each dataset's selection table, "
+             "every prompt-free model measured on the same test cases side by side: nnU-Net v2 ([nnunet](#nnunet)), "
+             "medadapt's single recipes and `--method best` (mean ± sd over the seeds listed; fit s: wall seconds "
+             "of the fit, with the threads shown, runs resumed after an interruption left out). A row with fewer "
+             "seeds than another is not an average over the same splits. 2D images are scored in pixels (spacing 1): "
+             "their NSD tolerance and HD95 are in pixels.")
+    out = [head, "", intro]
+    for name in BEST_DATASETS:
+        data = load(f"best_{name}.json")
+        table = _comparison_table(name)
+        if data is None and table is None:
+            continue
+        out += ["", f"### {name}"]
+        if data is not None:
+            out += ["", conditions(f"best_{name}.json", data, list(data.get("runs", {}).values())), "",
+                    captured(print_table, data)]
+        elif name in BEST_NOT_APPLICABLE:
+            out += ["", BEST_NOT_APPLICABLE[name] + "."]
+        if table is not None:
+            out += ["", table]
+    if len(out) == 3:
+        out += ["", "Not measured yet."]
     return "\n".join(out)
 
 
