@@ -368,6 +368,7 @@ def test_ensemble_averages_members_along_their_own_axes(hippo, auto_run, tmp_pat
     image, _, _, axis = ds.load(TRAIN[0])
     ensemble = build_predictor(None, adapter=[run, sagittal], cache_dir=cache_dir)
     assert isinstance(ensemble, EnsemblePredictor) and ensemble.member_axes(axis) == [axis, 0]
+    assert ensemble.resize == "official"  # adapted members keep the preprocessing fit trained with
     axial, sag = ensemble.members
     assert ensemble.keep_largest == sorted(set(axial.keep_largest) & {2})  # only what every member chose
     def prob(logits):

@@ -142,6 +142,12 @@ class EnsemblePredictor:
             member.mirror = value
 
     @property
+    def resize(self) -> str | None:
+        """How the SAM-family members enlarge small slices (each resolved its own; None without one)."""
+        values = sorted({m.resize for m in self.members if isinstance(m, SamPredictor)})
+        return ", ".join(values) if values else None
+
+    @property
     def images_encoded(self) -> int:
         return sum(m.images_encoded for m in self.members)
 
