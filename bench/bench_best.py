@@ -54,7 +54,8 @@ def one_run(args, k: int, seed: int, test: list[str], classes: list[int]) -> dic
 
     run = (args.work / f"{args.name}_k{k}_s{seed}").resolve()
     shutil.rmtree(run, ignore_errors=True)
-    values = {"data": args.data, "out": str(run), "shots": k, "seed": seed, "max_steps": args.max_steps}
+    values = {"data": args.data, "out": str(run), "shots": k, "seed": seed, "max_steps": args.max_steps,
+              **dataset_options(args)}
     t = time.perf_counter()
     result = fit_best(values, budget=args.budget, folds=args.folds, candidates=args.candidates,
                       notify=lambda line: print(f"  {line}", flush=True))
@@ -67,7 +68,7 @@ def one_run(args, k: int, seed: int, test: list[str], classes: list[int]) -> dic
     eval_split = run / "bench_eval_split.json"
     eval_split.write_text(json.dumps({**split, "test": scored}))
     t = time.perf_counter()
-    evaluate(out=run / "eval", data=args.data, adapters=[run], split=str(eval_split), n_boot=0)
+    evaluate(out=run / "eval", data=args.data, adapters=[run], split=str(eval_split), n_boot=0, **dataset_options(args))
     scores = aggregate_rows(_rows(run / "eval" / "per_case.csv"), classes)
     return {
         "shots": k, "seed": seed, "chosen": selection["chosen"], "budget_seconds": selection["budget_seconds"],
@@ -78,6 +79,11 @@ def one_run(args, k: int, seed: int, test: list[str], classes: list[int]) -> dic
         "eval_seconds": time.perf_counter() - t, "threads": args.threads, "train_cases": selection["train_cases"],
         **scores,
     }
+
+
+def dataset_options(args) -> dict:
+    """The dataset options given (``--label-dir``, ``--image-suffix``, ``--label-suffix``), as fit and evaluate take them."""
+    return {k: getattr(args, k) for k in ("label_dir", "image_suffix", "label_suffix") if getattr(args, k)}
 
 
 def candidate_note(c: dict) -> str:
@@ -103,6 +109,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hippocampus"))
     ap.add_argument("--name", default="hippocampus")
+    for flag in ("--label-dir", "--image-suffix", "--label-suffix"):  # as medadapt fit's dataset options
+        ap.add_argument(flag, default=None)
     ap.add_argument("--shots", nargs="+", type=int, default=[5])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--budget", default="30m")
@@ -128,7 +136,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     smoke = bool(args.max_steps or args.test_cases)
-    dataset = load_segmentation_dataset(args.data)
+    dataset = load_segmentation_dataset(args.data, **dataset_options(args))
     test = list(make_split(dataset, shots=1, seed=0).test)  # the fixed test set (independent of k and seed)
     if args.name == "hippocampus" and SIDE_BY_SIDE.is_file():
         assert test == json.loads(SIDE_BY_SIDE.read_text())["test"], "not the side-by-side table's test volumes"

@@ -513,9 +513,6 @@ def nnunet_section() -> str:
 
 #: Datasets of the automatic-segmentation comparison (bench_best.py / bench_nnunet.py / few-shot results).
 BEST_DATASETS = ("hippocampus", "cardiac_mri", "drive")
-#: Why a dataset has no ``fit --method best`` row (none: it simply has not been measured).
-BEST_NOT_APPLICABLE = {"drive": "`fit --method best` chooses among volume segmenters; DRIVE holds 2D images, so its "
-                                "table holds the single recipes only"}
 
 
 def _prompt_free_rows(name: str, k: int) -> list[tuple[str, list[dict], str, str]]:
@@ -591,8 +588,8 @@ def best_section() -> str:
         if data is not None:
             out += ["", conditions(f"best_{name}.json", data, list(data.get("runs", {}).values())), "",
                     captured(print_table, data)]
-        elif name in BEST_NOT_APPLICABLE:
-            out += ["", BEST_NOT_APPLICABLE[name] + "."]
+        else:
+            out += ["", f"`fit --method best` not measured on {name} yet."]
         if table is not None:
             out += ["", table]
     if len(out) == 3:

@@ -260,3 +260,48 @@ def test_sam_and_3d_candidates_and_their_ensemble(data, tmp_path):
     assert recs["ensemble-2d3d"]["members"] == ["sam-decoder-auto", "unet3d-scratch"]
     res = runner.invoke(app, ["evaluate", "--data", str(data), "--adapter", str(out), "--out", str(out / "eval")])
     assert res.exit_code == 0, res.output
+
+
+@pytest.fixture(scope="module")
+def images_2d(tmp_path_factory):
+    """Paired 2D folders (images/ + masks/): a bright disc on a noisy background, one per image."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("best2d") / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    for i in range(9):
+        cy, cx, r = rng.integers(20, 44), rng.integers(20, 44), rng.integers(8, 14)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+        image = np.clip(rng.normal(60, 10, (64, 64)) + 120 * disc, 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"c{i}.png")
+        Image.fromarray((disc * 255).astype(np.uint8)).save(root / "masks" / f"c{i}.png")
+    return root
+
+
+def test_2d_images_choose_among_the_sam_family_candidates(images_2d, tmp_path):
+    """2D images: the 3D candidates are recorded as not applicable, the SAM-family one is cross-validated
+    on the training images and fitted; the run is a normal segment run that evaluate scores."""
+    out = tmp_path / "best2d"
+    res = runner.invoke(app, ["fit", "--method", "best", "--data", str(images_2d), "--out", str(out), "--no-progress",
+                              "--shots", "2", "--max-steps", "2", "--budget", "2h",
+                              "--candidates", "unet3d-scratch,sam-decoder-auto,ensemble-2d3d"])
+    assert res.exit_code == 0, res.output
+    sel = json.loads((out / "selection.json").read_text())
+    recs = {r["name"]: r for r in sel["candidates"]}
+    assert sel["chosen"] == "sam-decoder-auto" and sel["folds"] == 2
+    assert recs["unet3d-scratch"]["status"] == "skipped" and recs["unet3d-scratch"]["reason"] == best.NOT_FOR_2D
+    assert recs["ensemble-2d3d"]["status"] == "skipped"
+    assert len(recs["sam-decoder-auto"]["fold_dsc"]) == 2 and 0 <= recs["sam-decoder-auto"]["cv_dsc"] <= 1
+    split = json.loads((out / "split.json").read_text())
+    assert not set(sum(sel["fold_cases"], [])) & set(split["test"])  # CV on training images only
+    res = runner.invoke(app, ["evaluate", "--data", str(images_2d), "--adapter", str(out), "--out", str(tmp_path / "ev"),
+                              "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ev" / "per_case.csv").is_file()
+    # only 3D candidates named: refused before anything is written
+    res = runner.invoke(app, ["fit", "--method", "best", "--data", str(images_2d), "--out", str(tmp_path / "no"),
+                              "--shots", "2", "--candidates", "unet3d-scratch"])
+    assert res.exit_code == 2 and "2D images" in " ".join(res.output.split()) and not (tmp_path / "no").exists()

@@ -13,8 +13,8 @@ def _recipes_help() -> str:
     from medadapt.adapt.recipes import RECIPES
 
     return ("Recipe: " + ", ".join(RECIPES) + " (see `medadapt recipes`); or best: choose among prompt-free 3D U-Net "
-            "and SAM-family recipes (and their ensemble) by cross-validation on the training volumes within --budget "
-            "(docs/best.md).")
+            "and SAM-family recipes (and their ensemble) by cross-validation on the training cases within --budget; "
+            "SAM-family recipes only for 2D images (docs/best.md).")
 
 
 @user_errors
@@ -99,7 +99,7 @@ def fit(
 
     --task segment (default) adapts a SAM-family model; --task classify a ViT / SAM encoder classifier;
     --task volumetric a 3D SwinUNETR / U-Net. --method best chooses among prompt-free 3D U-Net and
-    SAM-family recipes and their ensemble by cross-validation on the training volumes, within --budget.
+    SAM-family recipes and their ensemble by cross-validation on the training cases, within --budget.
     """
     from medadapt.cli.common import parse_int_list, with_settings
     from medadapt.pipeline.apply import apply_run, check_predict_source
@@ -111,7 +111,7 @@ def fit(
         per_candidate = dict(model=model, prompt=prompt, epochs=epochs, batch_size=batch_size, lr=lr,
                              lora_rank=lora_rank, target_modules=target_modules, frozen_stages=frozen_stages,
                              slice_axis=slice_axis, val_every=val_every, patience=patience, precision=precision,
-                             encoder_engine=encoder_engine, label_dir=label_dir, config=config, split=split)
+                             encoder_engine=encoder_engine, config=config, split=split)
         given = [k for k, v in per_candidate.items() if v is not None] + (["resume"] if resume else [])
         if given:
             from medadapt.errors import MedadaptError
@@ -124,8 +124,8 @@ def fit(
                     f"or --set sam-decoder-auto.{given[0]}=VALUE (docs/best.md).")
         _fit_best(task=task, data=data, out=out, checkpoint=checkpoint, shots=shots, fraction=fraction, seed=seed,
                   test=test, folds=folds, budget=budget, candidates=candidates, classes=classes, max_steps=max_steps,
-                  cache_dir=cache_dir, image_suffix=image_suffix, label_suffix=label_suffix, settings=settings,
-                  predict_dir=predict_dir, predict_out=predict_out, threads=threads)
+                  cache_dir=cache_dir, image_suffix=image_suffix, label_suffix=label_suffix, label_dir=label_dir,
+                  settings=settings, predict_dir=predict_dir, predict_out=predict_out, threads=threads)
         return
     if budget is not None or candidates is not None:
         from medadapt.errors import MedadaptError
@@ -172,7 +172,8 @@ def fit(
 
 
 def _fit_best(*, task, data, out, checkpoint, shots, fraction, seed, test, folds, budget, candidates, classes,
-              max_steps, cache_dir, image_suffix, label_suffix, settings, predict_dir, predict_out, threads) -> None:
+              max_steps, cache_dir, image_suffix, label_suffix, label_dir, settings, predict_dir, predict_out,
+              threads) -> None:
     """``fit --method best`` (:mod:`medadapt.pipeline.best`): candidates' CV table, then the chosen run."""
     from rich.table import Table
 
@@ -193,7 +194,7 @@ def _fit_best(*, task, data, out, checkpoint, shots, fraction, seed, test, folds
         overrides.setdefault(scope.replace("_", "-") if scope not in ("volumetric", "segment") else scope, {})[name] = value
     values = dict(data=data, out=out, checkpoint=checkpoint, shots=shots, fraction=fraction, seed=seed, test=test,
                   classes=parse_int_list(classes, option="--classes"), max_steps=max_steps, cache_dir=cache_dir,
-                  image_suffix=image_suffix, label_suffix=label_suffix)
+                  image_suffix=image_suffix, label_suffix=label_suffix, label_dir=label_dir)
     result = fit_best(values, folds=folds, budget=budget,
                       candidates=[c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
                       overrides=overrides, notify=lambda line: console.print(line))

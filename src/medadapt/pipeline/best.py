@@ -28,7 +28,10 @@ the winner is then fitted on all k cases into one normal run folder.
 - **k = 1**: no cross-validation is possible (a fold needs one case to train on and another to
   score). The documented fixed choice (:data:`K1_CHOICE`) is fitted: ``unet3d-pretrained`` when a
   ``--checkpoint`` is given, else ``unet3d-scratch`` (the benchmarks' best prompt-free single recipe
-  on hippocampus, ``bench/results/side_by_side.json``); the run says so.
+  on hippocampus, ``bench/results/side_by_side.json``); for 2D images :data:`K1_CHOICE_2D`, the
+  cheapest SAM-family candidate; the run says so.
+- **2D images** (PNG slices, DRIVE, ...): only the SAM-family candidates segment them; the 3D ones and
+  the ensemble are recorded as skipped with the reason, and cases are scored as 2D images.
 
 Outputs: the run folder is the winner's normal run (``fit --task volumetric`` or ``--task segment``
 layout), or for the ensemble an ensemble run (``ensemble.json`` + ``members/NAME`` runs, see
@@ -50,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import Split, make_fit_split, save_split
@@ -67,7 +71,7 @@ from medadapt.pipeline.protocol import MIN_FOLDS, deal_folds
 from medadapt.report import write_report
 from medadapt.run import ENSEMBLE, RunFolder
 
-__all__ = ["ENSEMBLE_CANDIDATE", "K1_CHOICE", "PORTFOLIO", "Candidate", "fit_best", "parse_budget"]
+__all__ = ["ENSEMBLE_CANDIDATE", "K1_CHOICE", "K1_CHOICE_2D", "PORTFOLIO", "Candidate", "fit_best", "parse_budget"]
 
 DEFAULT_BUDGET = "30m"
 MAX_DEFAULT_FOLDS = 5
@@ -113,6 +117,10 @@ PORTFOLIO: tuple[Candidate, ...] = (
 ENSEMBLE_CANDIDATE = "ensemble-2d3d"
 #: k = 1: (with --checkpoint, without) the candidate fitted without cross-validation.
 K1_CHOICE = ("unet3d-pretrained", "unet3d-scratch")
+#: k = 1 on 2D images (no 3D candidate applies): the cheapest SAM-family candidate.
+K1_CHOICE_2D = "sam-decoder-auto"
+NOT_FOR_2D = "segments volumes; this dataset holds 2D images"
+
 CANDIDATE_NAMES = (*(c.name for c in PORTFOLIO), ENSEMBLE_CANDIDATE)
 
 
@@ -183,10 +191,7 @@ def fit_best(
     steps = values.get("max_steps")
 
     dataset = load_segmentation_dataset(values["data"], image_suffix=values.get("image_suffix"),
-                                        label_suffix=values.get("label_suffix"))
-    if not dataset.is_3d:
-        raise MedadaptError("--method best chooses among volume segmenters; this dataset holds 2D images.",
-                            path=dataset.root, fix="use fit --task segment --prompt auto for 2D images.")
+                                        label_suffix=values.get("label_suffix"), label_dir=values.get("label_dir"))
     split = make_fit_split(dataset, shots=values.get("shots"), fraction=values.get("fraction"),
                            seed=values.get("seed") or 0, n_val=0, test=values.get("test"))
     pool_keys = list(split.train)
@@ -194,7 +199,8 @@ def fit_best(
     pool = sorted({group_of[k] for k in pool_keys})
     k = len(pool)
     has_checkpoint = bool(values.get("checkpoint"))
-    eligible = [c for c in PORTFOLIO if c.name in wanted and (has_checkpoint or not c.needs_checkpoint)]
+    eligible = [c for c in PORTFOLIO if c.name in wanted and (has_checkpoint or not c.needs_checkpoint)
+                and (dataset.is_3d or c.task == "segment")]
 
     if k == 1:
         if folds is not None:
@@ -213,10 +219,12 @@ def fit_best(
                 f"--folds {n_folds} needs at least {n_folds} training cases (one per fold); there are {k}.",
                 path=values["data"], fix=f"use --folds {k} or fewer (at least {MIN_FOLDS}), or more --shots.")
     if not eligible:
-        raise MedadaptError("no candidate of the portfolio can run with these options.",
-                            fix="add --checkpoint for unet3d-pretrained, or name other --candidates.")
+        raise MedadaptError("no candidate of the portfolio can run with these options" + (
+            "" if dataset.is_3d else ": this dataset holds 2D images, which only the SAM-family candidates segment") + ".",
+            fix="add --checkpoint for unet3d-pretrained, or name other --candidates." if dataset.is_3d else
+                "name sam-decoder-auto or sam-adapter-auto in --candidates (or leave --candidates out).")
     if n_folds == 0:
-        name = K1_CHOICE[0] if has_checkpoint else K1_CHOICE[1]
+        name = (K1_CHOICE[0] if has_checkpoint else K1_CHOICE[1]) if dataset.is_3d else K1_CHOICE_2D
         fixed = next((c for c in eligible if c.name == name), eligible[0])
         minimum = fixed.nominal_fit_seconds(steps)
     else:
@@ -267,7 +275,7 @@ def _candidate_values(c: Candidate, values: dict[str, Any], overrides: dict[str,
     """A fit's option values: the candidate's recipe, the command's generic options, the overrides."""
     v = {**c.values, "max_steps": values.get("max_steps") or c.steps, "data": values["data"], "out": str(out),
          "split": str(split_file), "seed": values.get("seed") or 0, "progress": False}
-    for key in ("classes", "image_suffix", "label_suffix"):
+    for key in ("classes", "image_suffix", "label_suffix", "label_dir"):
         if values.get(key) is not None:
             v[key] = values[key]
     if c.needs_checkpoint:
@@ -293,9 +301,12 @@ def _member(c: Candidate, run: Path, cache_dir: str):
     return load_predictor(PredictorSpec(adapters=(run,), cache_dir=Path(cache_dir), use_cache=True))
 
 
-def member_probabilities(member, volume: Volume) -> np.ndarray:
+def member_probabilities(member, volume: Volume | np.ndarray) -> np.ndarray:
     """float32 ``[C, *shape]`` class probabilities of ``volume`` (as read) by a 3D or an automatic SAM member,
-    normalised for SAM as ``medadapt predict`` does."""
+    normalised for SAM as ``medadapt predict`` does; a 2D image (an array, as the dataset loads it for
+    ``medadapt evaluate``) gives ``[C, H, W]``."""
+    if not isinstance(volume, Volume):
+        return torch.sigmoid(member.auto_image_logits(volume)[0]).numpy()
     if isinstance(member, VolumetricMember):
         return member.probabilities(volume)
     axis = member.slice_axis if member.slice_axis is not None else default_slice_axis(volume)
@@ -309,11 +320,16 @@ def case_dsc(label: np.ndarray, seg: np.ndarray, classes: list[int]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _labels(dataset, keys: list[str]) -> dict[str, tuple[Volume, np.ndarray]]:
+def _labels(dataset, keys: list[str]) -> dict[str, tuple[Volume | np.ndarray, np.ndarray]]:
+    """Per case its input (a volume as read, or a 2D image as ``evaluate`` loads it) and its label array."""
     out = {}
     for key in keys:
         case = dataset.case(key)
-        out[key] = (read_volume(case.image), read_volume(case.label, label=True).array)
+        if dataset.is_3d:
+            out[key] = (read_volume(case.image), read_volume(case.label, label=True).array)
+        else:
+            image, label, _, _ = dataset.load(case)
+            out[key] = (image, label)
     return out
 
 
@@ -338,6 +354,9 @@ def _select_and_fit(values, *, out, dataset, split, pool, group_of, n_folds, bud
     for c in PORTFOLIO:
         if c.name not in wanted:
             scored.append(_Scored(c, _record(c, "skipped", "not among --candidates")))
+            continue
+        if not dataset.is_3d and c.task != "segment":
+            scored.append(_Scored(c, _record(c, "skipped", NOT_FOR_2D)))
             continue
         if c not in eligible:
             scored.append(_Scored(c, _record(c, "skipped", "needs --checkpoint (a pretrained 3D U-Net)")))
@@ -430,7 +449,8 @@ def _select_and_fit(values, *, out, dataset, split, pool, group_of, n_folds, bud
 
 
 def _generic(values: dict[str, Any]) -> dict[str, Any]:
-    keys = ("data", "shots", "fraction", "seed", "test", "classes", "checkpoint", "max_steps")
+    keys = ("data", "shots", "fraction", "seed", "test", "classes", "checkpoint", "max_steps", "image_suffix",
+            "label_suffix", "label_dir")
     return {k: values.get(k) for k in keys if values.get(k) is not None}
 
 
