@@ -69,6 +69,7 @@ def test_cv_sees_only_training_cases_and_the_best_cv_candidate_is_fitted(data, t
     test = set(split["test"])
     assert len(test) == 3 and len(split["train"]) == 4 and not test & set(sel["train_cases"])
     assert sel["test_cases_never_used"] == split["test"]
+    assert sel["plan"]["spacing"] == "native"  # near-isotropic volumes keep the recipe's native grid
     # every fold fit trained and was scored on training cases only; the folds partition the training cases
     assert sorted(k for f in sel["fold_cases"] for k in f) == sorted(split["train"])
     cv_fits = fits[:-1]
@@ -305,3 +306,32 @@ def test_2d_images_choose_among_the_sam_family_candidates(images_2d, tmp_path):
     res = runner.invoke(app, ["fit", "--method", "best", "--data", str(images_2d), "--out", str(tmp_path / "no"),
                               "--shots", "2", "--candidates", "unet3d-scratch"])
     assert res.exit_code == 2 and "2D images" in " ".join(res.output.split()) and not (tmp_path / "no").exists()
+
+
+def test_plan_spacing_resamples_only_anisotropic_volumes(tmp_path, data):
+    """Thick-slice volumes acquired along different axes get one isotropic grid (geometric mean of the
+    median RAS spacing); near-isotropic ones keep their native spacing, as the recipe was chosen with."""
+    import nibabel as nib
+
+    from medadapt.data.datasets import load_segmentation_dataset
+
+    root = tmp_path / "thick"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i in range(4):
+        # two volumes with the 8 mm axis along RAS x, two along RAS y (as in the cardiac MRI set)
+        zooms = (8.0, 1.25, 1.25) if i % 2 else (1.25, 8.0, 1.25)
+        affine = np.diag([*zooms, 1.0])
+        arr = np.zeros((6, 6, 6), np.float32)
+        nib.save(nib.Nifti1Image(arr, affine), root / "imagesTr" / f"v{i}.nii.gz")
+        nib.save(nib.Nifti1Image(arr, affine), root / "labelsTr" / f"v{i}.nii.gz")
+        training.append({"image": f"./imagesTr/v{i}.nii.gz", "label": f"./labelsTr/v{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"name": "Thick", "modality": {"0": "MRI"},
+                                                   "labels": {"0": "background", "1": "a"}, "training": training}))
+    thick = load_segmentation_dataset(str(root))
+    plan = best.plan_spacing(thick, [c.key for c in thick.cases])
+    iso = round(float(np.prod(np.median([[1.25, 8.0, 1.25], [8.0, 1.25, 1.25]] * 2, axis=0)) ** (1 / 3)), 3)
+    assert plan["spacing"] == f"{iso},{iso},{iso}" and plan["anisotropy"] > best.ANISOTROPY
+    synthetic = load_segmentation_dataset(str(data))
+    assert best.plan_spacing(synthetic, [c.key for c in synthetic.cases])["spacing"] == "native"

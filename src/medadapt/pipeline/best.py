@@ -30,6 +30,12 @@ the winner is then fitted on all k cases into one normal run folder.
   ``--checkpoint`` is given, else ``unet3d-scratch`` (the benchmarks' best prompt-free single recipe
   on hippocampus, ``bench/results/side_by_side.json``); for 2D images :data:`K1_CHOICE_2D`, the
   cheapest SAM-family candidate; the run says so.
+- **Voxel grid of the 3D candidates** (:func:`plan_spacing`, from the training volumes' headers): the
+  native spacing, as the recipe was chosen with, unless the median spacing along the RAS axes is
+  anisotropic by more than :data:`ANISOTROPY` (e.g. 8 mm cardiac slices at 1.25 mm in-plane): then an
+  isotropic grid at the geometric mean of the median spacing, so that the 32^3 crops cover a cube of
+  tissue and volumes acquired along different axes (their thick axis lands on different RAS axes)
+  share one grid. Recorded in ``selection.json`` (``plan``); ``--set volumetric.spacing=...`` overrides it.
 - **2D images** (PNG slices, DRIVE, ...): only the SAM-family candidates segment them; the 3D ones and
   the ensemble are recorded as skipped with the reason, and cases are scored as 2D images.
 
@@ -76,6 +82,9 @@ __all__ = ["ENSEMBLE_CANDIDATE", "K1_CHOICE", "K1_CHOICE_2D", "PORTFOLIO", "Cand
 DEFAULT_BUDGET = "30m"
 MAX_DEFAULT_FOLDS = 5
 FIT_OVERHEAD_S = 2.0  # nominal seconds per fit beyond its steps (loading, writing, predicting the fold)
+
+#: Median-spacing anisotropy (largest / smallest, RAS axes) above which 3D candidates resample isotropically.
+ANISOTROPY = 3.0
 
 _UNET = {"model": "unet3d", "method": "full", "roi": "32,32,32", "spacing": "native", "filters": "16,32,64,128",
          "strides": "1,2,2,2", "batch_size": 1, "num_samples": 2, "fixed_crops": 4, "overlap": 0.25}
@@ -140,6 +149,29 @@ def parse_budget(text: str | float | int) -> float:
     return seconds
 
 
+def plan_spacing(dataset, keys: list[str]) -> dict[str, Any]:
+    """The 3D candidates' voxel grid from the volumes' headers (see the module docstring): ``spacing`` is
+    "native" or an isotropic "s,s,s" (mm); with the median RAS spacing and shape it is based on."""
+    import nibabel as nib
+
+    spacings, shapes = [], []
+    for key in keys:
+        img = nib.load(str(dataset.case(key).image))
+        axes = nib.io_orientation(img.affine)[:, 0].astype(int)  # array axis i -> RAS axis axes[i]
+        zooms, shape = np.zeros(3), np.zeros(3)
+        zooms[axes], shape[axes] = np.asarray(img.header.get_zooms()[:3], float), img.shape[:3]
+        spacings.append(zooms)
+        shapes.append(shape)
+    median = np.median(spacings, axis=0)
+    plan: dict[str, Any] = {"median_spacing_mm": [round(float(v), 4) for v in median],
+                            "median_shape": [float(v) for v in np.median(shapes, axis=0)],
+                            "anisotropy": round(float(median.max() / median.min()), 3), "spacing": "native"}
+    if median.max() / median.min() > ANISOTROPY:
+        iso = round(float(np.prod(median) ** (1 / 3)), 3)
+        plan["spacing"] = f"{iso},{iso},{iso}"
+    return plan
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0, math.ceil(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
@@ -195,6 +227,8 @@ def fit_best(
     split = make_fit_split(dataset, shots=values.get("shots"), fraction=values.get("fraction"),
                            seed=values.get("seed") or 0, n_val=0, test=values.get("test"))
     pool_keys = list(split.train)
+    if dataset.is_3d:
+        values = {**values, "plan": plan_spacing(dataset, pool_keys)}
     group_of = {c.key: c.group for c in dataset.cases}
     pool = sorted({group_of[k] for k in pool_keys})
     k = len(pool)
@@ -280,6 +314,8 @@ def _candidate_values(c: Candidate, values: dict[str, Any], overrides: dict[str,
             v[key] = values[key]
     if c.needs_checkpoint:
         v["checkpoint"] = values["checkpoint"]
+    if c.task == "volumetric" and values.get("plan"):
+        v["spacing"] = values["plan"]["spacing"]
     if c.task == "segment":
         v.update(cache_dir=str(values.get("cache_dir") or cache_dir), val_every=None)
     return {**v, **overrides.get(c.task, {}), **overrides.get(c.name, {})}
@@ -424,6 +460,7 @@ def _select_and_fit(values, *, out, dataset, split, pool, group_of, n_folds, bud
                  else f"k = {len(pool)}: no cross-validation possible; fixed choice {chosen_name} "
                       f"({K1_CHOICE[0]} with --checkpoint, else {K1_CHOICE[1]})"),
         "folds": n_folds,
+        "plan": values.get("plan"),
         "fold_cases": fold_keys,
         "train_cases": list(split.train),
         "test_cases_never_used": list(split.test),
