@@ -13,7 +13,8 @@ point of the largest error region) and records from its summary.json / per_case.
   objects that reach it within N clicks (objects that never reach it count as not reached).
 
 ``--cases-from val --click-reach R`` runs the validation cases instead, to choose the session's click
-reach (bench/results/interactive_<name>_val.json holds that sweep).
+reach (bench/results/interactive_<name>_val.json holds that sweep); ``--click-window F`` likewise for a
+click's local window.
 
 Writes bench/results/interactive_<name>.json (one entry per configuration, merged into the file so that
 configurations and seeds can be run one by one) with provenance (bench/provenance.py).
@@ -92,6 +93,8 @@ def main() -> int:
                     help="val: the split's validation cases (for choosing settings such as --click-reach)")
     ap.add_argument("--click-reach", type=int, default=None,
                     help="slices each click is carried to on each side (default: the session's default)")
+    ap.add_argument("--click-window", type=float, default=None,
+                    help="a click's local window, x the box side (default: the session's default)")
     ap.add_argument("--target", type=float, default=0.90)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
@@ -118,6 +121,8 @@ def main() -> int:
                 cmd += ["--cases-from", args.cases_from]
             if args.click_reach is not None:
                 cmd += ["--click-reach", str(args.click_reach)]
+            if args.click_window is not None:
+                cmd += ["--click-window", str(args.click_window)]
             if args.cache_dir:
                 cmd += ["--cache-dir", str(args.cache_dir)]
             if args.resize:
@@ -138,7 +143,8 @@ def main() -> int:
             fit = {k: result.get(k) for k in ("method", "prompt", "shots", "seed", "steps", "best_metric",
                                              "train_cases", "fit_seconds")}
         entry.update({"config": name, "fit": fit or None, "clicks": args.clicks, "plane": args.plane,
-                      "click_reach": settings.get("click_reach"), "resize": settings.get("resize"), "cases_from": args.cases_from,
+                      "click_reach": settings.get("click_reach"), "click_window": settings.get("click_window"),
+                      "resize": settings.get("resize"), "cases_from": args.cases_from,
                       "case_keys": settings.get("cases"), "threads": args.threads,
                       "command": " ".join(["medadapt", *cmd[3:]]).replace(str(out), "OUT"),
                       "provenance": provenance.finish(prov)})

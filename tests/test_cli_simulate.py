@@ -44,7 +44,7 @@ def test_simulate_bad_options_exit_2_and_write_nothing(data_dir: Path, tmp_path:
     out = tmp_path / "sim"
     for args, needle in ((("--start", "bogus"), "--start 'bogus'"), (("--plane", "xy"), "--plane 'xy'"),
                          (("--start", "auto"), "--prompt auto"), (("--cases-from", "train"), "--cases-from 'train'"),
-                         (("--resize", "nearest"), "--resize 'nearest'")):
+                         (("--resize", "nearest"), "--resize 'nearest'"), (("--click-window", "0"), "click_window")):
         res = invoke("simulate", "--data", data_dir / "prostate_mri_2d", "--out", out, "--cases", 1, *args)
         assert res.exit_code == 2 and needle in res.output, res.output
         assert not out.exists()

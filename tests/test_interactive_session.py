@@ -218,3 +218,33 @@ def test_default_click_reach_is_the_one_chosen_on_validation_volumes():
     selection = json.loads(path.read_text())["selection"]
     assert selection["click_reach"] == CLICK_REACH
     assert CLICK_REACH in selection["reaches"] and selection["cases"]
+
+
+def test_click_window_changes_only_the_square_around_the_click(predictor: SamPredictor, tmp_path: Path):
+    """With click_window=f the decoder's new mask is pasted only in a square of f x the box side around
+    the click; outside it the slice keeps its mask. The setting is recorded and replayed."""
+    vol = disk_volume(background=34)
+    box = [13, 10, 0, 37, 34, 4]
+    whole = InteractiveSession(predictor, vol, slice_axis=2, name="disk")
+    local = InteractiveSession(predictor, vol, slice_axis=2, name="disk", click_window=0.5)
+    a, b = whole.add_box(box, value=1), local.add_box(box, value=1)
+    before = local.mask(b)[..., 2].copy()
+    np.testing.assert_array_equal(before, whole.mask(a)[..., 2])
+    whole.click(a, x=25, y=22, z=2, positive=False)
+    local.click(b, x=25, y=22, z=2, positive=False)
+    decoded, kept = whole.mask(a)[..., 2], local.mask(b)[..., 2]
+    half = 0.5 * 24 / 2  # box side 24 px: a 12 px square around (25, 22)
+    inside = np.zeros_like(before)
+    inside[int(np.floor(22 - half)):int(np.ceil(22 + half)) + 1, int(np.floor(25 - half)):int(np.ceil(25 + half)) + 1] = True
+    assert (decoded != before).any() and (decoded[~inside] != before[~inside]).any()  # the click redrew far pixels
+    np.testing.assert_array_equal(kept[inside], decoded[inside])
+    np.testing.assert_array_equal(kept[~inside], before[~inside])
+    path = tmp_path / "w.json"
+    save_clicks(path, local.record())
+    again = InteractiveSession(predictor, vol, slice_axis=2, name="disk")
+    again.replay(load_clicks(path), path=path)
+    assert again.click_window == 0.5
+    np.testing.assert_array_equal(again.labels(), local.labels())
+    for bad in (0, -1, float("nan"), "x"):
+        with pytest.raises(MedadaptError, match="click_window"):
+            InteractiveSession(predictor, vol, slice_axis=2, click_window=bad)

@@ -19,7 +19,7 @@ import numpy as np
 
 from medadapt.data.clicks import ClickSequence
 from medadapt.data.prompts import boxes3d_from_label, boxes_from_label
-from medadapt.infer.interactive import CLICK_REACH, InteractiveSession
+from medadapt.infer.interactive import CLICK_REACH, CLICK_WINDOW, InteractiveSession
 from medadapt.infer.predictor import SamPredictor
 from medadapt.metrics.interactive import OFFICIAL_SEED, interactive_scores, simulate_click
 from medadapt.metrics.segmentation import case_metrics
@@ -74,6 +74,7 @@ def simulate_case(
     plane: Literal["volume", "slice"] = "volume",
     mask_feedback: bool = False,
     click_reach: int = CLICK_REACH,
+    click_window: float | None = CLICK_WINDOW,
 ) -> SimulationResult:
     """Box (or automatic start) + ``n_clicks`` simulated clicks on one case; metrics after each step."""
     label = np.asarray(label)
@@ -81,7 +82,7 @@ def simulate_case(
         classes = [int(c) for c in np.unique(label) if c != 0]
     t0 = time.perf_counter()
     session = InteractiveSession(predictor, image, slice_axis=slice_axis, name=case, mask_feedback=mask_feedback,
-                                 click_reach=click_reach)
+                                 click_reach=click_reach, click_window=click_window)
     ids = start_session(session, label, classes, start)
     return simulate_clicks(session, ids, label, spacing, case=case, n_clicks=n_clicks, classes=classes,
                            tolerance_mm=tolerance_mm, seed=seed, plane=plane,

@@ -19,7 +19,7 @@ from medadapt.errors import MedadaptError
 from medadapt.evaluate.interactive_run import simulate_case
 from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
 from medadapt.infer.factory import build_predictor
-from medadapt.infer.interactive import CLICK_REACH, InteractiveSession
+from medadapt.infer.interactive import CLICK_REACH, CLICK_WINDOW, InteractiveSession, check_click_window
 from medadapt.io.atomic import staged_dir
 from medadapt.io.discovery import resolve_spec
 from medadapt.metrics.segmentation import case_metrics
@@ -54,6 +54,7 @@ def simulate_dataset(
     seed: int = 42,
     mask_feedback: bool = False,
     click_reach: int = CLICK_REACH,
+    click_window: float | None = CLICK_WINDOW,
     cases: int | None = None,
     cases_from: str = "test",
     clicks_out: Path | None = None,
@@ -71,7 +72,7 @@ def simulate_dataset(
     else the dataset's fixed test set) and write ``per_case.csv`` + ``summary.json`` into ``out``.
 
     ``cases_from="val"`` uses the split's validation cases instead (to choose settings such as
-    ``click_reach`` without the test cases).
+    ``click_reach`` or ``click_window`` without the test cases).
 
     ``progress(n)`` is called once with the number of cases and returns the per-case callback.
     """
@@ -79,6 +80,7 @@ def simulate_dataset(
         raise MedadaptError(f"--start '{start}' is not one of {', '.join(STARTS)}.", fix="use --start box3d")
     if plane not in PLANES:
         raise MedadaptError(f"--plane '{plane}' is not volume or slice.", fix="use --plane volume")
+    click_window = check_click_window(click_window)
     if cases_from not in SUBSETS:
         raise MedadaptError(f"--cases-from '{cases_from}' is not test or val.", fix="use --cases-from test")
     dataset = load_segmentation_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
@@ -114,7 +116,7 @@ def simulate_dataset(
             axis = predictor.slice_axis
         res = simulate_case(predictor, image, label, spacing, slice_axis=axis, case=key, n_clicks=clicks,
                             start=start, classes=classes, tolerance_mm=tolerance_mm, seed=seed, plane=plane,
-                            mask_feedback=mask_feedback, click_reach=click_reach)
+                            mask_feedback=mask_feedback, click_reach=click_reach, click_window=click_window)
         rows += res.rows
         seconds.append(res.seconds)
         decoded.append(res.decoded_slices)
@@ -133,7 +135,7 @@ def simulate_dataset(
     summary["settings"] = {
         "data": resolve_spec(data), "adapter": str(adapter) if adapter else None, "model": predictor.spec.name,
         "split": str(split) if split else "default test set", "cases_from": cases_from, "cases": keys,
-        "clicks": clicks, "click_reach": click_reach, "start": start, "plane": plane,
+        "clicks": clicks, "click_reach": click_reach, "click_window": click_window, "start": start, "plane": plane,
         "seed": seed, "mask_feedback": mask_feedback, "tolerance_mm": tolerance_mm, "resize": resize,
         "protocol": "CVPR 2025 interactive: AUC over the predictions after clicks 1..N (trapezoid, unit step)",
         "encoder_calls": predictor.encoder_calls, "images_encoded": predictor.images_encoded,

@@ -26,6 +26,14 @@ Decoding rules:
   ``click_reach``). ``click_reach=0`` corrects the clicked slice only. The default is the reach
   bench/bench_click_reach.py selects on the validation volumes of the fixed hippocampus split (0 without
   that selection; docs/interactive.md).
+- **Click window.** With ``click_window=f`` a click changes its slice only within a square around it
+  whose side is f times the longer side of the object's box on that slice (at least 8 pixels; an
+  automatic start uses the box of the slice's current mask, or the whole image): the decoder's new
+  mask is pasted there and the rest of the slice keeps its mask, as FocalClick's local refinement
+  does. A model trained with boxes only may answer a point by redrawing the whole object, so a click
+  meant to fix one boundary can undo the rest; the window bounds that. ``None`` (the default unless
+  bench/bench_clicks.py's validation sweep selects a window) lets the click change the whole slice.
+  Neighbouring slices re-decoded by re-propagation are decoded whole.
 - **Re-propagation (3D box only). The masks of a 3D box form a chain from the middle slice outwards.
   After a click, the chain is walked outwards from z: a slice is re-decoded only when the box derived
   from its (changed) inner neighbour differs from the box it was last decoded with; the walk stops at
@@ -59,6 +67,8 @@ from medadapt.infer.volume import SliceEmbeddings, box_from_previous
 from medadapt.models.preprocess import postprocess_logits
 
 CLICK_REACH = 0  # slices a click is carried to on each side: bench/bench_click_reach.py's selection (0 without one)
+CLICK_WINDOW: float | None = None  # a click's local window (x the box side): the validation sweep's choice
+MIN_WINDOW_PX = 8
 
 
 @dataclass(frozen=True)
@@ -92,11 +102,26 @@ class ObjectState:
         return int((self.box[5] - self.box[2]) / 2 + self.box[2])
 
 
+def check_click_window(value: float | None) -> float | None:
+    """``click_window`` as a positive number (a fraction of the box side), or None (off)."""
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = math.nan
+    if not (math.isfinite(f) and f > 0):
+        raise MedadaptError(f"click_window must be a positive number (times the box side), got {value!r}.",
+                            fix="e.g. 0.5, or leave it out to let a click change the whole slice.")
+    return f
+
+
 class InteractiveSession:
     """One image (``slice_axis=None``) or volume (slices along ``slice_axis``) being segmented by clicks."""
 
     def __init__(self, predictor: SamPredictor, image: np.ndarray, *, slice_axis: int | None = None,
-                 name: str = "image", mask_feedback: bool = False, click_reach: int = CLICK_REACH):
+                 name: str = "image", mask_feedback: bool = False, click_reach: int = CLICK_REACH,
+                 click_window: float | None = CLICK_WINDOW):
         if not hasattr(predictor, "model"):
             raise MedadaptError(
                 "interactive segmentation needs a single model, not an ensemble of runs.",
@@ -111,6 +136,7 @@ class InteractiveSession:
             raise MedadaptError(f"click_reach must be a whole number of slices >= 0, got {click_reach}.",
                                 fix="use 0 to correct the clicked slice only.")
         self.click_reach = int(click_reach)
+        self.click_window = check_click_window(click_window)
         if slice_axis is None:
             if self.image.ndim not in (2, 3) or (self.image.ndim == 3 and self.image.shape[2] not in (1, 3, 4)):
                 raise MedadaptError(f"'{name}' is not a 2D image (shape {self.image.shape}).",
@@ -234,7 +260,7 @@ class InteractiveSession:
                 clicks=[ClickRecord(x=c.x, y=c.y, z=c.z, positive=c.positive) for c in obj.clicks]))
         return ClickSequence(image=self.name, sha256=self.sha256, shape=list(self.image.shape),
                              slice_axis=self.slice_axis, mask_feedback=self.mask_feedback,
-                             click_reach=self.click_reach, objects=objects)
+                             click_reach=self.click_reach, click_window=self.click_window, objects=objects)
 
     def replay(self, sequence: ClickSequence, *, path=None) -> None:
         """Apply a recorded click file to this (fresh) session: boxes first, then each object's clicks."""
@@ -245,6 +271,7 @@ class InteractiveSession:
                                 fix="replay with the slice axis the clicks were recorded with.")
         self.mask_feedback = sequence.mask_feedback  # the same decoder inputs as when recorded
         self.click_reach = sequence.click_reach
+        self.click_window = sequence.click_window
         if any(o.start == "auto" for o in sequence.objects):
             auto_ids = self.start_auto()
             by_value = {self.objects[i].value: i for i in auto_ids}
@@ -359,9 +386,36 @@ class InteractiveSession:
         low_res = low_res.float()
         obj.low_res[z] = low_res
         obj.frame_boxes[z] = frame_box
-        obj.mask[z] = (postprocess_logits(low_res, tf)[0, 0] > 0).numpy()
+        new = (postprocess_logits(low_res, tf)[0, 0] > 0).numpy()
+        if clicks and self.click_window is not None:
+            new = self._within_windows(obj, z, clicks, new)
+        obj.mask[z] = new
         self.decoded_slices.append(z)
         self.slices_decoded += 1
+
+    def _within_windows(self, obj: ObjectState, z: int, clicks: list[Click], new: np.ndarray) -> np.ndarray:
+        """Slice ``z``'s mask with ``new`` pasted only inside each click's window (the click window rule)."""
+        x0, y0, x1, y1 = self._slice_box(obj, z)
+        half = max(MIN_WINDOW_PX, self.click_window * max(x1 - x0, y1 - y0)) / 2
+        h, w = self.hw
+        out = obj.mask[z].copy()
+        for c in clicks:
+            r0, r1 = max(0, int(math.floor(c.y - half))), min(h, int(math.ceil(c.y + half)) + 1)
+            c0, c1 = max(0, int(math.floor(c.x - half))), min(w, int(math.ceil(c.x + half)) + 1)
+            out[r0:r1, c0:c1] = new[r0:r1, c0:c1]
+        return out
+
+    def _slice_box(self, obj: ObjectState, z: int) -> tuple[float, float, float, float]:
+        """The object's box on slice ``z`` in original pixels (x0, y0, x1, y1)."""
+        if obj.start == "box2d":
+            b = obj.slice_boxes[z] if z in obj.slice_boxes else obj.box
+            return float(b[0]), float(b[1]), float(b[2]), float(b[3])
+        if obj.start == "box3d":
+            return float(obj.box[0]), float(obj.box[1]), float(obj.box[3]), float(obj.box[4])
+        rows, cols = np.nonzero(obj.mask[z])  # automatic start: the slice's current mask, else the image
+        if rows.size == 0:
+            return 0.0, 0.0, float(self.hw[1] - 1), float(self.hw[0] - 1)
+        return float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max())
 
     def _carry(self, obj: ObjectState, c: Click) -> list[Click]:
         """The click carried to slices z±1..±click_reach while the mask there is in the state it corrects."""
