@@ -1,4 +1,4 @@
-"""Choose the interactive session's click reach on validation volumes (never on the test volumes).
+"""Choose the interactive session's click reach and click window on validation cases (never on test cases).
 
 The click reach (:mod:`medadapt.infer.interactive`) carries a click to up to R neighbouring slices on
 each side while the mask there is in the state the click corrects. This script runs the CVPR 2025
@@ -6,14 +6,20 @@ protocol of ``medadapt simulate`` (a 3D box per class, then N clicks at the deep
 error) on the validation cases of the fixed split (``make_split(shots=5, seed=0)``, the cases a 5-shot
 fit validates on), for every configuration (zero-shot, or a ``medadapt fit`` run) and every R. Each case
 is encoded and box-propagated once per configuration; every R then continues from a copy of that start,
-so the sweep costs the clicks only.
+so the sweep costs the clicks only. ``--window`` sweeps the click window (``none``: a click may change its
+whole slice; a number f: only a square of f x the box side around it) the same way, for every reach.
 
 Writes bench/results/interactive_<name>_val.json after every case (entries as bench_clicks.py writes,
-one per configuration and R; ``selection`` holds the R with the highest mean DSC-AUC over all
-configurations' objects, ties to the smaller R), with provenance (bench/provenance.py).
+one per configuration, R and window; ``selection`` holds the (R, window) with the highest mean DSC-AUC
+over all configurations' objects, ties to the smaller R and then to no window / the smaller window), with
+provenance (bench/provenance.py). The session defaults are chosen from these files by the same
+criterion pooled over every dataset's validation objects (:func:`pooled_choice`).
 
     .venv/bin/python bench/bench_click_reach.py --data ../shared/data/hippocampus --name hippocampus \\
         --reach 0 1 2 4 8 --config zero-shot --config decoder-click/s0=RUN_CLICK --cache-dir CACHE
+    .venv/bin/python bench/bench_click_reach.py --data ../shared/data/drive/training --name drive \\
+        --label-dir 1st_manual --image-suffix _training --label-suffix _manual1 \\
+        --reach 0 --window none 0.25 0.5 1 --config zero-shot --config decoder-box/s0=RUN_BOX
 """
 
 from __future__ import annotations
@@ -40,14 +46,42 @@ from medadapt.infer.factory import build_predictor  # noqa: E402
 from medadapt.infer.interactive import InteractiveSession  # noqa: E402
 from medadapt.run import RunFolder  # noqa: E402
 
-CRITERION = "mean DSC-AUC over the validation objects of all configurations; ties to the smaller reach"
+CRITERION = ("mean DSC-AUC over the validation objects of all configurations; ties to the smaller reach, "
+             "then to no window or the smaller window")
 
 
-def choose(entries: dict, reaches: list[int]) -> int:
-    """The reach with the highest mean DSC-AUC over every configuration's objects (ties: smaller)."""
-    score = {r: statistics.fmean(row["dsc_auc"] for e in entries.values() if e["click_reach"] == r
-                                 for row in e["rows"]) for r in reaches}
-    return max(reaches, key=lambda r: (round(score[r], 12), -r))
+def _setting(entry: dict) -> tuple[int, float | None]:
+    return entry["click_reach"], entry.get("click_window")
+
+
+def _order(setting: tuple[int, float | None]) -> tuple:
+    reach, window = setting
+    return (-reach, 1 if window is None else 0, -(window or 0.0))  # larger is preferred on ties
+
+
+def choose(entries: dict, settings: list[tuple[int, float | None]] | None = None) -> tuple[int, float | None]:
+    """The (reach, window) with the highest mean DSC-AUC over every configuration's objects (see CRITERION)."""
+    settings = settings or sorted({_setting(e) for e in entries.values()}, key=_order)
+    score = {st: statistics.fmean(row["dsc_auc"] for e in entries.values() if _setting(e) == st
+                                  for row in e["rows"]) for st in settings}
+    return max(settings, key=lambda st: (round(score[st], 12), _order(st)))
+
+
+def pooled_choice(files: list[Path]) -> tuple[int, float | None]:
+    """The session default over several datasets' sweep files: the same criterion over all their objects,
+    among the settings every file swept."""
+    entries = {}
+    common = None
+    for f in files:
+        data = json.loads(Path(f).read_text())
+        entries.update({f"{f.name}:{k}": e for k, e in data["runs"].items()})
+        swept = {_setting(e) for e in data["runs"].values()}
+        common = swept if common is None else common & swept
+    return choose(entries, sorted(common or (), key=_order))
+
+
+def _window(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 def main() -> int:
@@ -56,6 +90,10 @@ def main() -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--config", action="append", required=True, metavar="NAME[=RUN]")
     ap.add_argument("--reach", type=int, nargs="+", required=True)
+    ap.add_argument("--window", type=_window, nargs="+", default=[None], metavar="F|none",
+                    help="click windows to sweep (none: the whole slice)")
+    for flag in ("--label-dir", "--image-suffix", "--label-suffix"):  # 2D image folders (DRIVE), as simulate takes them
+        ap.add_argument(flag, default=None)
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--plane", default="volume")
     ap.add_argument("--cases", type=int, default=None, help="only the first N validation cases")
@@ -67,7 +105,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     out_json = args.out_json or ROOT / "bench" / "results" / f"interactive_{args.name}_val.json"
-    dataset = load_segmentation_dataset(args.data)
+    dataset = load_segmentation_dataset(args.data, **{k: getattr(args, k) for k in ("label_dir", "image_suffix",
+                                                                                    "label_suffix") if getattr(args, k)})
     val = list(make_split(dataset, shots=5, seed=0).val)
     configs = []
     for config in args.config:
@@ -86,7 +125,8 @@ def main() -> int:
     keys = val[: args.cases] if args.cases else val
     classes = sorted(dataset.classes)
     prov = provenance.start()
-    rows: dict[tuple[str, int], list[dict]] = {(n, r): [] for n, *_ in configs for r in args.reach}
+    settings = [(r, w) for r in args.reach for w in args.window]
+    rows: dict[tuple[str, tuple], list[dict]] = {(n, st): [] for n, *_ in configs for st in settings}
     done = []
     for key in keys:
         image, label, spacing, axis = dataset.load(key)
@@ -95,37 +135,40 @@ def main() -> int:
             session = InteractiveSession(predictor, image, slice_axis=ax, name=key)
             ids = start_session(session, label, classes, "box3d")
             started = copy.deepcopy(session.objects)
-            for reach in args.reach:
+            for reach, window in settings:
                 session.objects = copy.deepcopy(started)
-                session.click_reach = reach
+                session.click_reach, session.click_window = reach, window
                 res = simulate_clicks(session, ids, label, spacing, case=key, n_clicks=args.clicks,
                                       classes=classes, plane=args.plane)
-                rows[(name, reach)] += res.rows
+                rows[(name, (reach, window))] += res.rows
             print(f"{key} {name}: " + " ".join(
-                f"R{r} {statistics.fmean(x['dsc_auc'] for x in rows[(name, r)]):.3f}" for r in args.reach), flush=True)
+                f"R{r}/W{w} {statistics.fmean(x['dsc_auc'] for x in rows[(name, (r, w))]):.3f}" for r, w in settings),
+                flush=True)
         done.append(key)
         entries = {}
         for name, _run, fit, _ in configs:
-            for reach in args.reach:
-                entry = summarise_rows([{k: v for k, v in r.items()} for r in rows[(name, reach)]],
+            for reach, window in settings:
+                entry = summarise_rows([{k: v for k, v in r.items()} for r in rows[(name, (reach, window))]],
                                        args.clicks, args.target)
-                entry.update({"config": f"{name}, reach {reach}", "click_reach": reach, "fit": fit,
+                label_w = "" if window is None else f", window {window:g}"
+                entry.update({"config": f"{name}, reach {reach}{label_w}", "click_reach": reach,
+                              "click_window": window, "fit": fit,
                               "clicks": args.clicks, "plane": args.plane, "cases_from": "val", "case_keys": done,
                               "threads": args.threads, "seconds_per_interaction": None,
                               "ms_per_decoded_slice": None,
                               "rows": [{k: r[k] for k in ("case", "class", "dsc_auc", "dsc_0", f"dsc_{args.clicks}")}
-                                       for r in rows[(name, reach)]]})
-                entries[f"{name}/reach{reach}"] = entry
-        chosen = choose(entries, args.reach)
+                                       for r in rows[(name, (reach, window))]]})
+                entries[f"{name}/reach{reach}" + ("" if window is None else f"/window{window:g}")] = entry
+        chosen = choose(entries, settings)
         command = "bench/bench_click_reach.py " + " ".join(sys.argv[1:])
         finished = provenance.finish(prov)
         for e in entries.values():
             e["provenance"] = finished
             e["command"] = command
         write_json(out_json, {"data": args.data, "runs": entries, "provenance": finished,
-                              "selection": {"criterion": CRITERION, "reaches": args.reach, "cases": done,
-                                            "click_reach": chosen}})
-        print(f"after {len(done)} case(s): click reach {chosen}", flush=True)
+                              "selection": {"criterion": CRITERION, "reaches": args.reach, "windows": args.window,
+                                            "cases": done, "click_reach": chosen[0], "click_window": chosen[1]}})
+        print(f"after {len(done)} case(s): click reach {chosen[0]}, click window {chosen[1]}", flush=True)
     return 0
 
 

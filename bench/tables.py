@@ -703,13 +703,18 @@ def interactive_accuracy_section() -> str:
         dataset = path.stem.removeprefix("interactive_")
         title = f"**{dataset}** (`bench/results/{path.name}`)"
         if dataset.endswith("_val"):
-            title = (f"**{dataset.removesuffix('_val')}, validation volumes** (`bench/results/{path.name}`): the "
-                     "validation cases of the fixed split (`--cases-from val`), used to choose the session's "
+            base = dataset.removesuffix("_val")
+            what = "click window" if base.endswith("_window") else "click reach"
+            title = (f"**{base.removesuffix('_window')}, validation cases, {what} sweep** (`bench/results/{path.name}`): "
+                     "the validation cases of the fixed split (`--cases-from val`), used to choose the session's "
                      "default click reach (slices a click is carried to on each side, see "
-                     "[interactive](interactive.md#click-reach)); not a test score")
+                     "[interactive](interactive.md#click-reach)) and click window (see "
+                     "[interactive](interactive.md#click-window)); not a test score")
             sel = data.get("selection") or {}
             if "click_reach" in sel:
-                title += (f". Selected: click reach {sel['click_reach']} ({sel.get('criterion', NR)}; "
+                window = sel.get("click_window")
+                title += (f". Best here: click reach {sel['click_reach']}, click window "
+                          f"{'none' if window is None else f'{window:g}'} ({sel.get('criterion', NR)}; "
                           f"{len(sel.get('cases', []))} validation case(s): {', '.join(sel.get('cases', []))})")
         out += ["", title, "",
                 conditions(path.name, {"provenance": runs[-1].get("provenance"), "threads": runs[-1].get("threads")})
