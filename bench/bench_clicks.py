@@ -93,8 +93,8 @@ def main() -> int:
                     help="val: the split's validation cases (for choosing settings such as --click-reach)")
     ap.add_argument("--click-reach", type=int, default=None,
                     help="slices each click is carried to on each side (default: the session's default)")
-    ap.add_argument("--click-window", type=float, default=None,
-                    help="a click's local window, x the box side (default: the session's default)")
+    ap.add_argument("--click-window", default=None, metavar="F|none",
+                    help="a click's local window, x the box side; none: the whole slice (default: the session's default)")
     ap.add_argument("--target", type=float, default=0.90)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
@@ -122,7 +122,7 @@ def main() -> int:
             if args.click_reach is not None:
                 cmd += ["--click-reach", str(args.click_reach)]
             if args.click_window is not None:
-                cmd += ["--click-window", str(args.click_window)]
+                cmd += ["--click-window", args.click_window]
             if args.cache_dir:
                 cmd += ["--cache-dir", str(args.cache_dir)]
             if args.resize:

@@ -98,7 +98,9 @@ def test_positive_clicks_in_the_missed_region_raise_dsc(predictor: SamPredictor,
     image, label, _, _ = load_segmentation_dataset(data_dir / "prostate_mri_2d").load("BIDMC05_32")
     gt = label == 1
     calls = predictor.encoder_calls
-    session = InteractiveSession(predictor, image, name="BIDMC05_32")
+    # the decoder's own answer to each click on the whole slice (no click window: its local square would keep
+    # most of this slice's missed gland out of reach of the first clicks)
+    session = InteractiveSession(predictor, image, name="BIDMC05_32", click_window=None)
     oid = session.add_box(boxes_from_label(label)[0].box)
     dscs = [dice(gt, session.mask(oid))]
     for _ in range(3):
@@ -225,7 +227,7 @@ def test_click_window_changes_only_the_square_around_the_click(predictor: SamPre
     the click; outside it the slice keeps its mask. The setting is recorded and replayed."""
     vol = disk_volume(background=34)
     box = [13, 10, 0, 37, 34, 4]
-    whole = InteractiveSession(predictor, vol, slice_axis=2, name="disk")
+    whole = InteractiveSession(predictor, vol, slice_axis=2, name="disk", click_window=None)
     local = InteractiveSession(predictor, vol, slice_axis=2, name="disk", click_window=0.5)
     a, b = whole.add_box(box, value=1), local.add_box(box, value=1)
     before = local.mask(b)[..., 2].copy()
@@ -248,3 +250,22 @@ def test_click_window_changes_only_the_square_around_the_click(predictor: SamPre
     for bad in (0, -1, float("nan"), "x"):
         with pytest.raises(MedadaptError, match="click_window"):
             InteractiveSession(predictor, vol, slice_axis=2, click_window=bad)
+
+
+def test_default_click_window_is_the_one_chosen_on_validation_cases():
+    """The session's default click window is bench/bench_click_reach.py's pooled choice over the
+    validation sweeps of every dataset (interactive_*_window_val.json); without them it is None."""
+    import sys
+
+    from medadapt.infer.interactive import CLICK_WINDOW
+
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    files = sorted(results.glob("interactive_*_window_val.json"))
+    if not files:
+        assert CLICK_WINDOW is None
+        return
+    sys.path.insert(0, str(results.parents[0]))
+    from bench_click_reach import pooled_choice
+
+    reach, window = pooled_choice(files)
+    assert window == CLICK_WINDOW and reach == 0  # the window sweeps keep the clicked slice only

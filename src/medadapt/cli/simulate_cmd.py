@@ -25,7 +25,7 @@ def simulate(
     seed: int = typer.Option(42, "--seed", help="Draw among equally deep click points (42: the official clicks)."),
     mask_feedback: bool = typer.Option(False, "--mask-feedback/--no-mask-feedback", help="Feed the previous low-res mask back as the dense prompt (for models trained with mask prompts; LiteMedSAM was not)."),
     click_reach: int = typer.Option(CLICK_REACH, "--click-reach", min=0, help="Carry each click to up to this many neighbouring slices on each side while the mask there is in the state the click corrects (0: the clicked slice only)."),
-    click_window: float | None = typer.Option(CLICK_WINDOW, "--click-window", metavar="F", help="A click changes its slice only within a square of F times the object's box side around it (FocalClick-style local refinement); default: the whole slice."),
+    click_window: str = typer.Option(str(CLICK_WINDOW), "--click-window", metavar="F|none", help="A click changes its slice only within a square of F times the object's box side around it (FocalClick-style local refinement; the default was chosen on validation cases); none: the whole slice."),
     cases: int | None = typer.Option(None, "--cases", min=1, help="Only the first N test cases."),
     cases_from: str = typer.Option("test", "--cases-from", help="test (the split's held-out test cases) | val (its validation cases, for choosing settings)."),
     clicks_out: Path | None = typer.Option(None, "--clicks-out", help="Folder for one click JSON per case (replayable)."),
@@ -51,7 +51,7 @@ def simulate(
     with progress_bar() as bar:
         result = simulate_dataset(
             data, out, adapter=adapter, model=model, split=split, clicks=clicks, start=start, plane=plane, seed=seed,
-            mask_feedback=mask_feedback, click_reach=click_reach, click_window=click_window, cases=cases, cases_from=cases_from, clicks_out=clicks_out, replay=replay, label_dir=label_dir,
+            mask_feedback=mask_feedback, click_reach=click_reach, click_window=None if click_window.strip().lower() == "none" else click_window, cases=cases, cases_from=cases_from, clicks_out=clicks_out, replay=replay, label_dir=label_dir,
             image_suffix=image_suffix, label_suffix=label_suffix, tolerance_mm=tolerance_mm, n_boot=n_boot,
             cache_dir=cache_dir, resize=resize, progress=lambda n: _advance(bar, bar.add_task("simulate", total=n)),
         )

@@ -31,8 +31,8 @@ Decoding rules:
   automatic start uses the box of the slice's current mask, or the whole image): the decoder's new
   mask is pasted there and the rest of the slice keeps its mask, as FocalClick's local refinement
   does. A model trained with boxes only may answer a point by redrawing the whole object, so a click
-  meant to fix one boundary can undo the rest; the window bounds that. ``None`` (the default unless
-  bench/bench_clicks.py's validation sweep selects a window) lets the click change the whole slice.
+  meant to fix one boundary can undo the rest; the window bounds that. The default is the window bench/bench_click_reach.py selects on the validation
+  cases of hippocampus, cardiac MRI and DRIVE (pooled); ``None`` lets a click change the whole slice.
   Neighbouring slices re-decoded by re-propagation are decoded whole.
 - **Re-propagation (3D box only). The masks of a 3D box form a chain from the middle slice outwards.
   After a click, the chain is walked outwards from z: a slice is re-decoded only when the box derived
@@ -67,7 +67,7 @@ from medadapt.infer.volume import SliceEmbeddings, box_from_previous
 from medadapt.models.preprocess import postprocess_logits
 
 CLICK_REACH = 0  # slices a click is carried to on each side: bench/bench_click_reach.py's selection (0 without one)
-CLICK_WINDOW: float | None = None  # a click's local window (x the box side): the validation sweep's choice
+CLICK_WINDOW: float | None = 0.25  # a click's local window (x the box side): bench_click_reach.py's pooled choice
 MIN_WINDOW_PX = 8
 
 
@@ -112,7 +112,7 @@ def check_click_window(value: float | None) -> float | None:
         f = math.nan
     if not (math.isfinite(f) and f > 0):
         raise MedadaptError(f"click_window must be a positive number (times the box side), got {value!r}.",
-                            fix="e.g. 0.5, or leave it out to let a click change the whole slice.")
+                            fix="e.g. 0.25, or none (None in Python) to let a click change the whole slice.")
     return f
 
 
