@@ -241,6 +241,9 @@ def test_candidate_that_cannot_finish_is_skipped_after_its_first_fold(data, tmp_
     assert second["status"] == "skipped" and "estimated from its first fold" in second["reason"]
     assert len(second["fold_dsc"]) == 1 and second["cv_dsc"] is None
     assert sel["chosen"] == first["name"] and sel["over_budget_seconds"] > 0
+    # the run's note tells the user which candidate the budget kept out
+    note = json.loads((out / "result.json").read_text())["selection"]["note"]
+    assert f"not tried within the budget: {second['name']}" in note and "larger --budget" in note
 
 
 def test_parse_budget():

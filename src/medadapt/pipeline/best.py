@@ -475,7 +475,7 @@ def _select_and_fit(values, *, out, dataset, split, pool, group_of, n_folds, bud
     note = (f"--method best chose {chosen_name}" + (f" (cross-validated DSC {best_cv:.4f}, {n_folds} folds over the "
             f"{len(split.train)} training cases)" if n_folds else f" without cross-validation (k = {len(pool)})")
             + f"; {len([s for s in scored if s.record['status'].startswith('done')])} candidate(s) scored in "
-            f"{_duration(cv_seconds)}, budget {_duration(budget)}")
+            f"{_duration(cv_seconds)}, budget {_duration(budget)}" + _budget_hint(scored))
     folder = RunFolder(out)
     write_json(folder.selection_path, selection)
     result = {"fit_seconds": final_seconds, **base,
@@ -483,6 +483,15 @@ def _select_and_fit(values, *, out, dataset, split, pool, group_of, n_folds, bud
     folder.write_result(result)
     write_report(out)
     return {**result, "selection_file": str(folder.selection_path), "candidates": selection["candidates"]}
+
+
+def _budget_hint(scored: list[_Scored]) -> str:
+    """The candidates the budget kept out, so the user knows a larger --budget may choose better."""
+    out = [s.record for s in scored if s.record.get("over_budget")]
+    if not out:
+        return ""
+    names = ", ".join(f"{r['name']} (about {_duration(r['needs_seconds'])})" for r in out)
+    return f"; not tried within the budget: {names}; a larger --budget lets them compete"
 
 
 def _generic(values: dict[str, Any]) -> dict[str, Any]:
@@ -508,7 +517,8 @@ def _cross_validate(c, values, overrides, fold_keys, split, cases, work, cache_d
     nominal = c.nominal_fit_seconds(steps)
     if nominal * (n + 1) > left():
         return _Scored(c, _record(c, "skipped", f"its nominal cost, about {_duration(nominal * (n + 1))} for {n} folds "
-                                                f"+ the final fit, exceeds the {_duration(left())} of budget left"))
+                                                f"+ the final fit, exceeds the {_duration(left())} of budget left",
+                                  over_budget=True, needs_seconds=nominal * (n + 1)))
     entry = _Scored(c, _record(c, "done", None, steps=steps, fold_seconds=[]))
     rec = entry.record
     t_candidate = time.perf_counter()
@@ -542,7 +552,7 @@ def _cross_validate(c, values, overrides, fold_keys, split, cases, work, cache_d
             rec["final_fit_estimate"] = entry.fit_seconds[0]
             need = per_fold * (n - 1) + max(reserve, rec["final_fit_estimate"])
             if n > 1 and need > left():
-                rec.update(status="skipped", reason=(
+                rec.update(status="skipped", over_budget=True, needs_seconds=need, reason=(
                     f"estimated from its first fold ({per_fold:.0f} s) it needs about {_duration(need)} more "
                     f"({n - 1} folds + the final fit); {_duration(left())} of budget left"))
                 break
