@@ -30,10 +30,10 @@ the winner is then fitted on all k cases into one normal run folder.
   ``--checkpoint`` is given, else ``unet3d-scratch`` (the benchmarks' best prompt-free single recipe
   on hippocampus, ``bench/results/side_by_side.json``); for 2D images :data:`K1_CHOICE_2D`, the
   cheapest SAM-family candidate; the run says so.
-- **Voxel grid of the 3D candidates** (:func:`plan_spacing`, from the training volumes' headers): the
-  native spacing, as the recipe was chosen with, unless the median spacing along the RAS axes is
-  anisotropic by more than :data:`ANISOTROPY` (e.g. 8 mm cardiac slices at 1.25 mm in-plane): then an
-  isotropic grid at the geometric mean of the median spacing, so that the 32^3 crops cover a cube of
+- **Voxel grid of the 3D candidates** (:func:`plan_spacing`, from the training volumes' spacing): the
+  native spacing, as the recipe was chosen with, unless the volumes' spacing is anisotropic by more
+  than :data:`ANISOTROPY` (median over volumes of largest / smallest; e.g. 8 mm cardiac slices at
+  1.25 mm in-plane): then an isotropic grid at the median of the volumes' geometric-mean spacing, so that the 32^3 crops cover a cube of
   tissue and volumes acquired along different axes (their thick axis lands on different RAS axes)
   share one grid. Recorded in ``selection.json`` (``plan``); ``--set volumetric.spacing=...`` overrides it.
 - **2D images** (PNG slices, DRIVE, ...): only the SAM-family candidates segment them; the 3D ones and
@@ -83,7 +83,7 @@ DEFAULT_BUDGET = "30m"
 MAX_DEFAULT_FOLDS = 5
 FIT_OVERHEAD_S = 2.0  # nominal seconds per fit beyond its steps (loading, writing, predicting the fold)
 
-#: Median-spacing anisotropy (largest / smallest, RAS axes) above which 3D candidates resample isotropically.
+#: Spacing anisotropy (largest / smallest, median over volumes) above which 3D candidates resample isotropically.
 ANISOTROPY = 3.0
 
 _UNET = {"model": "unet3d", "method": "full", "roi": "32,32,32", "spacing": "native", "filters": "16,32,64,128",
@@ -149,25 +149,33 @@ def parse_budget(text: str | float | int) -> float:
     return seconds
 
 
-def plan_spacing(dataset, keys: list[str]) -> dict[str, Any]:
-    """The 3D candidates' voxel grid from the volumes' headers (see the module docstring): ``spacing`` is
-    "native" or an isotropic "s,s,s" (mm); with the median RAS spacing and shape it is based on."""
-    import nibabel as nib
+def _voxel_spacing(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(spacing mm, shape) of a volume file: NIfTI from its header alone, other formats as read."""
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
 
-    spacings, shapes = [], []
+        img = nib.load(str(path))
+        return np.asarray(img.header.get_zooms()[:3], float), np.asarray(img.shape[:3], float)
+    vol = read_volume(path)
+    return np.asarray(vol.spacing, float), np.asarray(vol.array.shape, float)
+
+
+def plan_spacing(dataset, keys: list[str]) -> dict[str, Any]:
+    """The 3D candidates' voxel grid from the training volumes (see the module docstring): ``spacing`` is
+    "native" or an isotropic "s,s,s" (mm). Decided per volume (largest / smallest spacing, geometric mean),
+    so volumes acquired along different axes agree; the medians over the volumes are recorded."""
+    ratios, means, shapes = [], [], []
     for key in keys:
-        img = nib.load(str(dataset.case(key).image))
-        axes = nib.io_orientation(img.affine)[:, 0].astype(int)  # array axis i -> RAS axis axes[i]
-        zooms, shape = np.zeros(3), np.zeros(3)
-        zooms[axes], shape[axes] = np.asarray(img.header.get_zooms()[:3], float), img.shape[:3]
-        spacings.append(zooms)
-        shapes.append(shape)
-    median = np.median(spacings, axis=0)
-    plan: dict[str, Any] = {"median_spacing_mm": [round(float(v), 4) for v in median],
-                            "median_shape": [float(v) for v in np.median(shapes, axis=0)],
-                            "anisotropy": round(float(median.max() / median.min()), 3), "spacing": "native"}
-    if median.max() / median.min() > ANISOTROPY:
-        iso = round(float(np.prod(median) ** (1 / 3)), 3)
+        spacing, shape = _voxel_spacing(dataset.case(key).image)
+        ratios.append(float(spacing.max() / spacing.min()))
+        means.append(float(np.prod(spacing) ** (1 / 3)))
+        shapes.append(sorted(shape))
+    anisotropy = float(np.median(ratios))
+    plan: dict[str, Any] = {"anisotropy": round(anisotropy, 3), "spacing": "native",
+                            "median_voxel_mm": round(float(np.median(means)), 3),
+                            "median_shape_sorted": [float(v) for v in np.median(shapes, axis=0)]}
+    if anisotropy > ANISOTROPY:
+        iso = plan["median_voxel_mm"]
         plan["spacing"] = f"{iso},{iso},{iso}"
     return plan
 
