@@ -41,9 +41,10 @@ from bench_clicks import summarise_rows  # noqa: E402
 from bench_fewshot import write_json  # noqa: E402
 from medadapt.data.datasets import load_segmentation_dataset  # noqa: E402
 from medadapt.data.fewshot import load_split, make_split  # noqa: E402
+from medadapt.errors import MedadaptError  # noqa: E402
 from medadapt.evaluate.interactive_run import simulate_clicks, start_session  # noqa: E402
 from medadapt.infer.factory import build_predictor  # noqa: E402
-from medadapt.infer.interactive import InteractiveSession  # noqa: E402
+from medadapt.infer.interactive import InteractiveSession, check_click_window  # noqa: E402
 from medadapt.run import RunFolder  # noqa: E402
 
 CRITERION = ("mean DSC-AUC over the validation objects of all configurations; ties to the smaller reach, "
@@ -80,8 +81,14 @@ def pooled_choice(files: list[Path]) -> tuple[int, float | None]:
     return choose(entries, sorted(common or (), key=_order))
 
 
+
+
 def _window(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
+    """``--window`` values: the session's own rule (``check_click_window``), as argparse errors."""
+    try:
+        return check_click_window(text)
+    except MedadaptError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main() -> int:

@@ -247,6 +247,9 @@ def test_click_window_changes_only_the_square_around_the_click(predictor: SamPre
     again.replay(load_clicks(path), path=path)
     assert again.click_window == 0.5
     np.testing.assert_array_equal(again.labels(), local.labels())
+    from medadapt.infer.interactive import check_click_window
+
+    assert check_click_window("None") is None and check_click_window("0.5") == 0.5  # as the command line gives it
     for bad in (0, -1, float("nan"), "x"):
         with pytest.raises(MedadaptError, match="click_window"):
             InteractiveSession(predictor, vol, slice_axis=2, click_window=bad)

@@ -51,7 +51,7 @@ def simulate(
     with progress_bar() as bar:
         result = simulate_dataset(
             data, out, adapter=adapter, model=model, split=split, clicks=clicks, start=start, plane=plane, seed=seed,
-            mask_feedback=mask_feedback, click_reach=click_reach, click_window=None if click_window.strip().lower() == "none" else click_window, cases=cases, cases_from=cases_from, clicks_out=clicks_out, replay=replay, label_dir=label_dir,
+            mask_feedback=mask_feedback, click_reach=click_reach, click_window=click_window, cases=cases, cases_from=cases_from, clicks_out=clicks_out, replay=replay, label_dir=label_dir,
             image_suffix=image_suffix, label_suffix=label_suffix, tolerance_mm=tolerance_mm, n_boot=n_boot,
             cache_dir=cache_dir, resize=resize, progress=lambda n: _advance(bar, bar.add_task("simulate", total=n)),
         )

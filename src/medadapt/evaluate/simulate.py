@@ -54,7 +54,7 @@ def simulate_dataset(
     seed: int = 42,
     mask_feedback: bool = False,
     click_reach: int = CLICK_REACH,
-    click_window: float | None = CLICK_WINDOW,
+    click_window: float | str | None = CLICK_WINDOW,
     cases: int | None = None,
     cases_from: str = "test",
     clicks_out: Path | None = None,

@@ -31,8 +31,9 @@ Decoding rules:
   automatic start uses the box of the slice's current mask, or the whole image): the decoder's new
   mask is pasted there and the rest of the slice keeps its mask, as FocalClick's local refinement
   does. A model trained with boxes only may answer a point by redrawing the whole object, so a click
-  meant to fix one boundary can undo the rest; the window bounds that. The default is the window bench/bench_click_reach.py selects on the validation
-  cases of hippocampus, cardiac MRI and DRIVE (pooled); ``None`` lets a click change the whole slice.
+  meant to fix one boundary can undo the rest; the window bounds that. The default is the window
+  bench/bench_click_reach.py selects on the validation cases of hippocampus, cardiac MRI and DRIVE
+  (pooled); ``None`` lets a click change the whole slice.
   Neighbouring slices re-decoded by re-propagation are decoded whole.
 - **Re-propagation (3D box only). The masks of a 3D box form a chain from the middle slice outwards.
   After a click, the chain is walked outwards from z: a slice is re-decoded only when the box derived
@@ -102,9 +103,10 @@ class ObjectState:
         return int((self.box[5] - self.box[2]) / 2 + self.box[2])
 
 
-def check_click_window(value: float | None) -> float | None:
-    """``click_window`` as a positive number (a fraction of the box side), or None (off)."""
-    if value is None:
+def check_click_window(value: float | str | None) -> float | None:
+    """``click_window`` as a positive number (a fraction of the box side), or None (off; also the text "none",
+    as the command line writes it)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
         return None
     try:
         f = float(value)

@@ -33,9 +33,10 @@ the winner is then fitted on all k cases into one normal run folder.
 - **Voxel grid of the 3D candidates** (:func:`plan_spacing`, from the training volumes' spacing): the
   native spacing, as the recipe was chosen with, unless the volumes' spacing is anisotropic by more
   than :data:`ANISOTROPY` (median over volumes of largest / smallest; e.g. 8 mm cardiac slices at
-  1.25 mm in-plane): then an isotropic grid at the median of the volumes' geometric-mean spacing, so that the 32^3 crops cover a cube of
-  tissue and volumes acquired along different axes (their thick axis lands on different RAS axes)
-  share one grid. Recorded in ``selection.json`` (``plan``); ``--set volumetric.spacing=...`` overrides it.
+  1.25 mm in-plane): then an isotropic grid at the median of the volumes' geometric-mean spacing, so
+  that the 32^3 crops cover a cube of tissue and volumes acquired along different axes (their thick
+  axis lands on different RAS axes) share one grid. Recorded in ``selection.json`` (``plan``);
+  ``--set volumetric.spacing=...`` overrides it.
 - **2D images** (PNG slices, DRIVE, ...): only the SAM-family candidates segment them; the 3D ones and
   the ensemble are recorded as skipped with the reason, and cases are scored as 2D images.
 
