@@ -99,6 +99,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--resize", default=None, help="simulate --resize (default: the model's own default)")
+    ap.add_argument("--roi-margin", default=None, help="simulate --roi-margin (zoom-in; default: whole slices)")
     for flag in ("--label-dir", "--image-suffix", "--label-suffix"):  # 2D image folders (DRIVE), as simulate takes them
         ap.add_argument(flag, default=None)
     ap.add_argument("--out-json", type=Path, default=None)
@@ -127,6 +128,8 @@ def main() -> int:
                 cmd += ["--cache-dir", str(args.cache_dir)]
             if args.resize:
                 cmd += ["--resize", args.resize]
+            if args.roi_margin is not None:
+                cmd += ["--roi-margin", args.roi_margin]
             for flag in ("label_dir", "image_suffix", "label_suffix"):
                 if getattr(args, flag) is not None:
                     cmd += ["--" + flag.replace("_", "-"), getattr(args, flag)]
@@ -144,7 +147,8 @@ def main() -> int:
                                              "train_cases", "fit_seconds")}
         entry.update({"config": name, "fit": fit or None, "clicks": args.clicks, "plane": args.plane,
                       "click_reach": settings.get("click_reach"), "click_window": settings.get("click_window"),
-                      "resize": settings.get("resize"), "cases_from": args.cases_from,
+                      "resize": settings.get("resize"), "roi_margin": settings.get("roi_margin"),
+                      "cases_from": args.cases_from,
                       "case_keys": settings.get("cases"), "threads": args.threads,
                       "command": " ".join(["medadapt", *cmd[3:]]).replace(str(out), "OUT"),
                       "provenance": provenance.finish(prov)})

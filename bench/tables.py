@@ -674,7 +674,8 @@ def interactive_accuracy_section() -> str:
            "official trapezoid over the N predictions after the clicks (unit steps: range 0 to N-1). Objects = "
            "test volumes scored (the first of the fixed test set) × classes. Adapters were fitted on 5 training "
            "volumes with the seed shown; none of these numbers chose a recipe. `resize`: how slices smaller than "
-           "the model input were enlarged (see [zoom](#zoom)). `click window`: a click changes its slice only within a "
+           "the model input were enlarged (see [zoom](#zoom)). `zoom-in`: the ROI margin when every slice of an object was "
+           "segmented in a crop around its box (`simulate --roi-margin`; –: whole slices). `click window`: a click changes its slice only within a "
            "square of that many times the object's box side around it (–: the whole slice; see "
            "[interactive](interactive.md#click-window)). Times are under the load shown, "
            "not quiet-core latencies (those are in the next table)."]
@@ -685,7 +686,7 @@ def interactive_accuracy_section() -> str:
             continue
         n = max(r["clicks"] for r in runs)
         target = runs[0]["target"]
-        cols = ["configuration", "resize", "click reach (slices)", "click window", "objects", "after box", *[f"+{k} click{'s' if k > 1 else ''}" for k in range(1, n + 1)],
+        cols = ["configuration", "resize", "zoom-in", "click reach (slices)", "click window", "objects", "after box", *[f"+{k} click{'s' if k > 1 else ''}" for k in range(1, n + 1)],
                 "DSC-AUC", "NSD-AUC", f"median clicks to {target:.2f}", f"reach {target:.2f}", "ms / re-decoded slice"]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in runs:
@@ -695,7 +696,8 @@ def interactive_accuracy_section() -> str:
             reach = r.get("click_reach", 0)  # results written before the click reach existed carried no click
             resize = r.get("resize") or "official"  # results written before --resize existed: the official path
             window = r.get("click_window")  # none recorded: the whole slice (results before the option existed)
-            lines.append("| " + " | ".join([r["config"], f"`{resize}`", str(reach), "–" if window is None else f"{window:g}",
+            roi = r.get("roi_margin")  # none recorded: whole slices (results before sessions could zoom in)
+            lines.append("| " + " | ".join([r["config"], f"`{resize}`", "–" if roi is None else f"{float(roi):g}", str(reach), "–" if window is None else f"{window:g}",
                                              str(r["objects"]), *steps, f"{r['dsc_auc']:.3f}",
                                              f"{r['nsd_auc']:.3f}", f"{r['median_clicks_to_target']:g}",
                                              NR if share is None else f"{share:.0%}",

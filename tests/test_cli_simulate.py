@@ -44,7 +44,8 @@ def test_simulate_bad_options_exit_2_and_write_nothing(data_dir: Path, tmp_path:
     out = tmp_path / "sim"
     for args, needle in ((("--start", "bogus"), "--start 'bogus'"), (("--plane", "xy"), "--plane 'xy'"),
                          (("--start", "auto"), "--prompt auto"), (("--cases-from", "train"), "--cases-from 'train'"),
-                         (("--resize", "nearest"), "--resize 'nearest'"), (("--click-window", "0"), "click_window")):
+                         (("--resize", "nearest"), "--resize 'nearest'"), (("--click-window", "0"), "click_window"),
+                         (("--roi-margin", "-1"), "--roi-margin must be 0 or more")):
         res = invoke("simulate", "--data", data_dir / "prostate_mri_2d", "--out", out, "--cases", 1, *args)
         assert res.exit_code == 2 and needle in res.output, res.output
         assert not out.exists()
@@ -60,6 +61,9 @@ def test_replay_gives_the_simulated_result_and_refuses_bad_click_files(data_dir:
     with open(sim / "per_case.csv") as f, open(rep / "per_case.csv") as g:
         simulated, replayed = next(csv.DictReader(f)), next(csv.DictReader(g))
     assert replayed["dsc"] == simulated["dsc"] and replayed["nsd"] == simulated["nsd"]
+    res = invoke("simulate", "--data", data, "--out", tmp_path / "zoom", "--cases", 1, "--replay", clicks,
+                 "--roi-margin", 0.5)  # made on whole slices: a zoom-in model would decode other inputs
+    assert res.exit_code == 2 and "recorded with whole slices" in res.output and not (tmp_path / "zoom").exists()
     (file,) = clicks.iterdir()
     raw = json.loads(file.read_text())
     for change, needle in (({"sha256": "0" * 64}, "another image"), ({"shape": [10, 10]}, "shape"),

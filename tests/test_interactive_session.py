@@ -272,3 +272,59 @@ def test_default_click_window_is_the_one_chosen_on_validation_cases():
 
     reach, window = pooled_choice(files)
     assert window == CLICK_WINDOW and reach == 0  # the window sweeps keep the clicked slice only
+
+
+def small_object_image() -> np.ndarray:
+    """A 96x96 RGB image with an 11x9 bright ellipse near one corner (a small object on a large slice)."""
+    yy, xx = np.mgrid[:96, :96]
+    inside = ((yy - 70) / 4.5) ** 2 + ((xx - 24) / 5.5) ** 2 <= 1
+    return np.repeat(np.where(inside, 210, 25).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def test_zoom_in_session_starts_as_roi_prediction_and_clicks_reuse_the_crop(tmp_path: Path):
+    from medadapt.data.prompts import Prompt
+
+    roi = SamPredictor(build_model("litemedsam"), get_sam_spec("litemedsam"), batch_size=1, use_cache=True,
+                       roi_margin=0.5)
+    image, box = small_object_image(), np.array([17.0, 64.0, 31.0, 76.0])
+    session = InteractiveSession(roi, image, name="dot", click_window=None)
+    oid = session.add_box(box, value=1)
+    crop = session.objects[oid].embeddings.get(0)[1].crop
+    assert crop is not None and crop[2] - crop[0] < 96  # encoded in a crop around the box, not the whole image
+    expected, _ = roi.segment(image, [Prompt(class_id=1, box=box)])  # predict's ROI path: the same crop
+    np.testing.assert_array_equal(session.labels(), expected)
+    calls = roi.encoder_calls
+    session.click(oid, 24, 70, positive=True)
+    assert roi.encoder_calls == calls  # the click is decoded on the cached crop
+    x0, y0, x1, y1 = crop
+    outside = np.ones((96, 96), dtype=bool)
+    outside[y0:y1, x0:x1] = False
+    assert not session.mask(oid)[outside].any()  # background outside the crop
+    # the click file records the margin; a replay on whole slices is refused, one with the margin is equal
+    path = tmp_path / "dot.json"
+    save_clicks(path, session.record())
+    record = load_clicks(path)
+    assert record.roi_margin == 0.5
+    whole = SamPredictor(build_model("litemedsam"), get_sam_spec("litemedsam"), batch_size=1)
+    with pytest.raises(MedadaptError, match="ROI margin 0.5"):
+        InteractiveSession(whole, image, name="dot").replay(record, path=path)
+    again = InteractiveSession(roi, image, name="dot")
+    again.replay(record, path=path)
+    np.testing.assert_array_equal(again.labels(), session.labels())
+
+
+def test_zoom_in_volume_encodes_each_slice_once_per_object_in_its_crop():
+    roi = SamPredictor(build_model("litemedsam"), get_sam_spec("litemedsam"), batch_size=1, roi_margin=0.25)
+    vol = np.zeros((96, 96, 5), dtype=np.uint8) + 20
+    vol[40:52, 30:44, :] = 190  # a 14x12 block on every slice
+    session = InteractiveSession(roi, vol, slice_axis=2, name="block", click_window=None)
+    calls = roi.encoder_calls
+    oid = session.add_box([29, 39, 0, 44, 52, 4], value=1)
+    assert roi.encoder_calls - calls == 5  # each slice once, in the object's crop
+    obj = session.objects[oid]
+    assert all(obj.embeddings.get(z)[1].crop == obj.embeddings.get(0)[1].crop for z in range(5))
+    calls = roi.encoder_calls
+    session.click(oid, 36, 45, z=2, positive=True)
+    assert roi.encoder_calls == calls
+    mask = session.mask(oid)
+    assert mask[40:52, 30:44, 2].mean() > 0.5 and not mask[:20].any()

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from medadapt.cli.common import RESIZE_HELP, console, progress_bar, set_threads, user_errors
+from medadapt.cli.common import RESIZE_HELP, ROI_HELP, console, progress_bar, set_threads, user_errors
 from medadapt.infer.interactive import CLICK_REACH, CLICK_WINDOW
 
 
@@ -38,6 +38,7 @@ def simulate(
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Embedding cache folder (reused across runs)."),
     threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
     resize: str | None = typer.Option(None, "--resize", help=RESIZE_HELP),
+    roi_margin: float | None = typer.Option(None, "--roi-margin", metavar="F", help=ROI_HELP + " In a session every slice of an object is encoded in one crop around its box, so clicks reuse it."),
 ) -> None:
     """Box + N simulated clicks per object; DSC/NSD after every interaction, their AUCs, final DSC/NSD, seconds.
 
@@ -53,7 +54,7 @@ def simulate(
             data, out, adapter=adapter, model=model, split=split, clicks=clicks, start=start, plane=plane, seed=seed,
             mask_feedback=mask_feedback, click_reach=click_reach, click_window=click_window, cases=cases, cases_from=cases_from, clicks_out=clicks_out, replay=replay, label_dir=label_dir,
             image_suffix=image_suffix, label_suffix=label_suffix, tolerance_mm=tolerance_mm, n_boot=n_boot,
-            cache_dir=cache_dir, resize=resize, progress=lambda n: _advance(bar, bar.add_task("simulate", total=n)),
+            cache_dir=cache_dir, resize=resize, roi_margin=roi_margin, progress=lambda n: _advance(bar, bar.add_task("simulate", total=n)),
         )
     if not result.replayed:
         _print(result.summary, clicks)

@@ -4,7 +4,7 @@ JSON (``format: "medadapt.clicks/1"``)::
 
     {"format": "medadapt.clicks/1",
      "image": "hippocampus_001", "sha256": "<sha256 of the image array>", "shape": [35, 51, 35],
-     "slice_axis": 2, "mask_feedback": false, "click_reach": 0, "click_window": null,
+     "slice_axis": 2, "mask_feedback": false, "click_reach": 0, "click_window": null, "roi_margin": null,
      "objects": [{"object": 1, "value": 1, "box": [x0, y0, z0, x1, y1, z1],
                   "clicks": [{"x": 20, "y": 31, "z": 17, "positive": true}, ...]}]}
 
@@ -15,6 +15,8 @@ JSON (``format: "medadapt.clicks/1"``)::
   with (see :mod:`medadapt.infer.interactive`); a replay uses them again. Files without ``click_reach``
   replay with 0 (the clicked slice only), without ``click_window`` with none (a click may change its
   whole slice).
+- ``roi_margin``: the zoom-in margin of the predictor the clicks were made with (null: whole slices); its
+  decoder saw other inputs, so a replay with another margin is refused.
 - ``box``: 2D ``[x0, y0, x1, y1]`` or the CVPR24 3D box ``[x0, y0, z0, x1, y1, z1]`` (z along
   ``slice_axis``); null when the object started from an automatic-mode prediction (``"start": "auto"``).
 - ``clicks``: in the order they were made; ``x``/``y`` are pixel coordinates on the slice (column, row),
@@ -78,6 +80,7 @@ class ClickSequence(BaseModel):
     mask_feedback: bool = False  # whether the previous low-res mask was fed back (replay does the same)
     click_reach: int = Field(0, ge=0)  # slices each click was carried to on each side (replay does the same)
     click_window: float | None = Field(None, gt=0)  # a click's local window, x the box side (None: whole slice)
+    roi_margin: float | None = Field(None, ge=0)  # zoom-in crops around each object's box (None: whole slices)
     objects: list[ObjectRecord] = Field(default_factory=list)
 
     def check_image(self, image: np.ndarray, *, path: str | Path | None = None) -> None:

@@ -66,6 +66,7 @@ def simulate_dataset(
     n_boot: int = 1000,
     cache_dir: Path | None = None,
     resize: str | None = None,
+    roi_margin: float | None = None,
     progress: Callable[[int], Callable[[], None]] | None = None,
 ) -> Simulation:
     """Simulate (or ``replay``) the interactions on the test cases of ``split`` (default: the run's split,
@@ -92,7 +93,7 @@ def simulate_dataset(
     if not keys:
         raise MedadaptError(f"the split has no {cases_from} cases.", path=split or dataset.root,
                             fix="give a --split with such cases (`medadapt fit` writes one into its run).")
-    predictor = build_predictor(model, adapter=adapter, cache_dir=cache_dir, resize=resize)
+    predictor = build_predictor(model, adapter=adapter, cache_dir=cache_dir, resize=resize, roi_margin=roi_margin)
     resize = getattr(predictor, "resize", resize)  # the one in use (an ensemble's members each resolve their own)
     if start == "auto" and not predictor.is_automatic:
         raise MedadaptError("--start auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN or --start box3d.")
@@ -103,7 +104,7 @@ def simulate_dataset(
         summary = summarize(rows, n_boot=n_boot)
         summary["settings"] = {"data": resolve_spec(data), "adapter": str(adapter) if adapter else None,
                                "model": predictor.spec.name, "replay": str(replay), "tolerance_mm": tolerance_mm,
-                               "resize": resize}
+                               "resize": resize, "roi_margin": roi_margin}
         write_per_case_csv(out / "per_case.csv", rows)
         write_summary_json(out / SUMMARY, summary)
         return Simulation(summary, True, f"replayed {len(keys)} click file(s); wrote {out / 'per_case.csv'} and "
@@ -137,6 +138,7 @@ def simulate_dataset(
         "split": str(split) if split else "default test set", "cases_from": cases_from, "cases": keys,
         "clicks": clicks, "click_reach": click_reach, "click_window": click_window, "start": start, "plane": plane,
         "seed": seed, "mask_feedback": mask_feedback, "tolerance_mm": tolerance_mm, "resize": resize,
+        "roi_margin": roi_margin,
         "protocol": "CVPR 2025 interactive: AUC over the predictions after clicks 1..N (trapezoid, unit step)",
         "encoder_calls": predictor.encoder_calls, "images_encoded": predictor.images_encoded,
     }

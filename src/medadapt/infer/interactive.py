@@ -35,6 +35,12 @@ Decoding rules:
   bench/bench_click_reach.py selects on the validation cases of hippocampus, cardiac MRI and DRIVE
   (pooled); ``None`` lets a click change the whole slice.
   Neighbouring slices re-decoded by re-propagation are decoded whole.
+- **Zoom-in.** With a ROI predictor (``roi_margin``, as ``predict --roi-margin``), every slice of an
+  object started from a box is encoded in one crop around that box (a 3D box's footprint; per-slice
+  boxes each crop their slice) grown by the margin, so a small object fills more of the model input.
+  The crop is fixed per object and slice, so clicks re-decode on the same cached embedding (``predict``'s
+  ROI propagation re-crops each slice around its neighbour's mask instead); the mask outside the crop is
+  background. Automatic starts decode whole slices.
 - **Re-propagation (3D box only). The masks of a 3D box form a chain from the middle slice outwards.
   After a click, the chain is walked outwards from z: a slice is re-decoded only when the box derived
   from its (changed) inner neighbour differs from the box it was last decoded with; the walk stops at
@@ -97,6 +103,7 @@ class ObjectState:
     frame_boxes: dict[int, np.ndarray | None] = field(default_factory=dict)  # per slice: last model-frame box
     low_res: dict[int, torch.Tensor] = field(default_factory=dict)  # per slice: [1, 1, s, s] logits
     slice_boxes: dict[int, np.ndarray] = field(default_factory=dict)  # box2d start: original-pixel box per slice
+    embeddings: SliceEmbeddings | None = None  # zoom-in: the object's own crops (None: the session's slices)
 
     @property
     def z_mid(self) -> int:  # CVPR24: int((z1 - z0) / 2 + z0)
@@ -173,8 +180,10 @@ class InteractiveSession:
         else:
             z0, z1 = int(box[2]), min(int(box[5]), self.depth - 1)
             obj = ObjectState(oid, value or oid, "box3d", box, (z0, z1), self._empty())
+        footprint = box if len(box) == 4 else box[[0, 1, 3, 4]]
+        obj.embeddings = self._crops(lambda z: footprint)
         self.objects[oid] = obj
-        self.embeddings.prepare(range(z0, z1 + 1))
+        self._embeddings(obj).prepare(range(z0, z1 + 1))
         if obj.start == "box2d":
             self._redecode(obj, 0, self._frame_box(obj, 0))
         else:
@@ -192,9 +201,10 @@ class InteractiveSession:
         oid = self._new_id(object_id)
         obj = ObjectState(oid, value or oid, "box2d", None, (min(checked), max(checked)), self._empty(),
                           slice_boxes=checked)
+        obj.embeddings = self._crops(checked.__getitem__)
         self.objects[oid] = obj
         self.decoded_slices = []
-        self.embeddings.prepare(sorted(checked))
+        self._embeddings(obj).prepare(sorted(checked))
         for z in sorted(checked):
             self._redecode(obj, z, self._frame_box(obj, z))
         return oid
@@ -262,7 +272,8 @@ class InteractiveSession:
                 clicks=[ClickRecord(x=c.x, y=c.y, z=c.z, positive=c.positive) for c in obj.clicks]))
         return ClickSequence(image=self.name, sha256=self.sha256, shape=list(self.image.shape),
                              slice_axis=self.slice_axis, mask_feedback=self.mask_feedback,
-                             click_reach=self.click_reach, click_window=self.click_window, objects=objects)
+                             click_reach=self.click_reach, click_window=self.click_window,
+                             roi_margin=self.predictor.roi_margin, objects=objects)
 
     def replay(self, sequence: ClickSequence, *, path=None) -> None:
         """Apply a recorded click file to this (fresh) session: boxes first, then each object's clicks."""
@@ -271,6 +282,12 @@ class InteractiveSession:
             raise MedadaptError(f"the clicks were recorded with slice axis {sequence.slice_axis}, "
                                 f"this session cuts along {self.slice_axis}.", path=path,
                                 fix="replay with the slice axis the clicks were recorded with.")
+        if sequence.roi_margin != self.predictor.roi_margin:
+            def name(m):
+                return "whole slices" if m is None else f"ROI margin {m:g}"
+            raise MedadaptError(f"the clicks were recorded with {name(sequence.roi_margin)}, this model segments "
+                                f"with {name(self.predictor.roi_margin)}.", path=path,
+                                fix="replay with the zoom-in setting the clicks were made with (--roi-margin).")
         self.mask_feedback = sequence.mask_feedback  # the same decoder inputs as when recorded
         self.click_reach = sequence.click_reach
         self.click_window = sequence.click_window
@@ -292,6 +309,13 @@ class InteractiveSession:
     # -- internals ---------------------------------------------------------------------------------
     def _empty(self) -> np.ndarray:
         return np.zeros((self.depth, *self.hw), dtype=bool)
+
+    def _crops(self, around) -> SliceEmbeddings | None:
+        """An object's own slice embeddings in crops around ``around(z)`` (None without zoom-in)."""
+        return SliceEmbeddings(self.predictor, self.volume, around=around) if self.predictor.uses_roi else None
+
+    def _embeddings(self, obj: ObjectState) -> SliceEmbeddings:
+        return self.embeddings if obj.embeddings is None else obj.embeddings
 
     def _to_image_axes(self, arr: np.ndarray) -> np.ndarray:
         return arr[0] if self.slice_axis is None else np.moveaxis(arr, 0, self.slice_axis)
@@ -354,7 +378,7 @@ class InteractiveSession:
 
     def _frame_box(self, obj: ObjectState, z: int) -> np.ndarray | None:
         """The model-frame box slice ``z`` is decoded with (None: no box)."""
-        _, tf = self.embeddings.get(z)
+        _, tf = self._embeddings(obj).get(z)
         if obj.start == "auto":  # the box of the automatic mask on this slice (None when it is empty)
             return box_from_previous(obj.mask[z], obj.value, tf)
         if obj.start == "box2d":
@@ -372,7 +396,7 @@ class InteractiveSession:
 
     @torch.no_grad()
     def _redecode(self, obj: ObjectState, z: int, frame_box: np.ndarray | None, feedback: bool = False) -> None:
-        emb, tf = self.embeddings.get(z)
+        emb, tf = self._embeddings(obj).get(z)
         clicks = [c for c in obj.clicks + obj.carried if c.z == z]
         points = None
         if clicks:

@@ -42,12 +42,18 @@ def _slice_image(volume_zyx: np.ndarray, z: int) -> np.ndarray:
 
 
 class SliceEmbeddings:
-    """Encodes the requested slices of one volume once, in batches, and hands out their embeddings."""
+    """Encodes the requested slices of one volume once, in batches, and hands out their embeddings.
 
-    def __init__(self, predictor: SamPredictor, volume_zyx: np.ndarray, progress: Progress | None = None):
+    With ``around`` (slice index -> box x0, y0, x1, y1 in full-slice pixels) and ROI inference on
+    (``predictor.roi_margin``), each slice is encoded in the ROI crop around its box instead.
+    """
+
+    def __init__(self, predictor: SamPredictor, volume_zyx: np.ndarray, progress: Progress | None = None,
+                 around: Callable[[int], np.ndarray] | None = None):
         self.predictor = predictor
         self.volume = volume_zyx
         self.progress = progress
+        self.around = around
         self._prepared: dict[int, object] = {}
         self._emb: dict[int, torch.Tensor] = {}
 
@@ -56,7 +62,9 @@ class SliceEmbeddings:
         step = self.predictor.batch_size
         for i in range(0, len(todo), step):
             chunk = todo[i : i + step]
-            prepared = [self.predictor.prepare(_slice_image(self.volume, z)) for z in chunk]
+            prepared = [self.predictor.prepare(_slice_image(self.volume, z),
+                                               around=None if self.around is None else self.around(z))
+                        for z in chunk]
             emb = self.predictor.encode([p.tensor for p in prepared])
             for z, p, e in zip(chunk, prepared, emb, strict=True):
                 self._prepared[z] = p
