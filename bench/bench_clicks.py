@@ -12,6 +12,7 @@ point of the largest error region) and records from its summary.json / per_case.
 - clicks to reach DSC >= ``--target`` per object (case x class): the median over objects and the share of
   objects that reach it within N clicks (objects that never reach it count as not reached).
 
+``--start auto`` starts each object from an automatic-mode adapter's prediction instead of the box.
 ``--cases-from val --click-reach R`` runs the validation cases instead, to choose the session's click
 reach (bench/results/interactive_<name>_val.json holds that sweep); ``--click-window F`` likewise for a
 click's local window.
@@ -88,6 +89,8 @@ def main() -> int:
                     help="zero-shot (no RUN), or NAME=RUN for a fit run; repeat for several")
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--plane", default="volume")
+    ap.add_argument("--start", default="box3d", help="simulate --start: box3d | box2d | auto (an automatic-mode "
+                    "adapter's prediction, then clicks)")
     ap.add_argument("--cases", type=int, default=None, help="only the first N test cases")
     ap.add_argument("--cases-from", default="test", choices=("test", "val"),
                     help="val: the split's validation cases (for choosing settings such as --click-reach)")
@@ -113,7 +116,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="bench_clicks_") as tmp:
             out = Path(tmp) / "sim"
             cmd = [sys.executable, "-m", "medadapt.cli.main", "simulate", "--data", args.data, "--out", str(out),
-                   "--clicks", str(args.clicks), "--plane", args.plane, "--threads", str(args.threads)]
+                   "--clicks", str(args.clicks), "--plane", args.plane, "--start", args.start, "--threads", str(args.threads)]
             if run:
                 cmd += ["--adapter", run]
             if args.cases:
@@ -145,7 +148,7 @@ def main() -> int:
             result = json.loads((Path(run) / "result.json").read_text())
             fit = {k: result.get(k) for k in ("method", "prompt", "shots", "seed", "steps", "best_metric",
                                              "train_cases", "fit_seconds")}
-        entry.update({"config": name, "fit": fit or None, "clicks": args.clicks, "plane": args.plane,
+        entry.update({"config": name, "fit": fit or None, "clicks": args.clicks, "plane": args.plane, "start": args.start,
                       "click_reach": settings.get("click_reach"), "click_window": settings.get("click_window"),
                       "resize": settings.get("resize"), "roi_margin": settings.get("roi_margin"),
                       "cases_from": args.cases_from,

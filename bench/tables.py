@@ -675,7 +675,8 @@ def interactive_accuracy_section() -> str:
            "test volumes scored (the first of the fixed test set) × classes. Adapters were fitted on 5 training "
            "volumes with the seed shown; none of these numbers chose a recipe. `resize`: how slices smaller than "
            "the model input were enlarged (see [zoom](#zoom)). `zoom-in`: the ROI margin when every slice of an object was "
-           "segmented in a crop around its box (`simulate --roi-margin`; –: whole slices). `click window`: a click changes its slice only within a "
+           "segmented in a crop around its box (`simulate --roi-margin`; –: whole slices). `start`: the first "
+           "prediction (box: the box prompt; auto: an automatic-mode adapter's prediction, no prompt). `click window`: a click changes its slice only within a "
            "square of that many times the object's box side around it (–: the whole slice; see "
            "[interactive](interactive.md#click-window)). Times are under the load shown, "
            "not quiet-core latencies (those are in the next table)."]
@@ -686,7 +687,7 @@ def interactive_accuracy_section() -> str:
             continue
         n = max(r["clicks"] for r in runs)
         target = runs[0]["target"]
-        cols = ["configuration", "resize", "zoom-in", "click reach (slices)", "click window", "objects", "after box", *[f"+{k} click{'s' if k > 1 else ''}" for k in range(1, n + 1)],
+        cols = ["configuration", "start", "resize", "zoom-in", "click reach (slices)", "click window", "objects", "after start", *[f"+{k} click{'s' if k > 1 else ''}" for k in range(1, n + 1)],
                 "DSC-AUC", "NSD-AUC", f"median clicks to {target:.2f}", f"reach {target:.2f}", "ms / re-decoded slice"]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in runs:
@@ -697,7 +698,8 @@ def interactive_accuracy_section() -> str:
             resize = r.get("resize") or "official"  # results written before --resize existed: the official path
             window = r.get("click_window")  # none recorded: the whole slice (results before the option existed)
             roi = r.get("roi_margin")  # none recorded: whole slices (results before sessions could zoom in)
-            lines.append("| " + " | ".join([r["config"], f"`{resize}`", "–" if roi is None else f"{float(roi):g}", str(reach), "–" if window is None else f"{window:g}",
+            start = "auto" if r.get("start") == "auto" else "box"  # none recorded: a box (before --start)
+            lines.append("| " + " | ".join([r["config"], start, f"`{resize}`", "–" if roi is None else f"{float(roi):g}", str(reach), "–" if window is None else f"{window:g}",
                                              str(r["objects"]), *steps, f"{r['dsc_auc']:.3f}",
                                              f"{r['nsd_auc']:.3f}", f"{r['median_clicks_to_target']:g}",
                                              NR if share is None else f"{share:.0%}",
