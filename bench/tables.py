@@ -592,6 +592,8 @@ def best_section() -> str:
             out += ["", f"`fit --method best` not measured on {name} yet."]
         if table is not None:
             out += ["", table]
+        if load(f"nnunet_{name}.json") is None:
+            out += ["", f"nnU-Net v2 not measured on {name} yet (`bench/bench_nnunet.py`)."]
     if len(out) == 3:
         out += ["", "Not measured yet."]
     return "\n".join(out)

@@ -94,3 +94,22 @@ def test_simulate_on_validation_cases_records_them_and_the_click_reach(data_dir:
     settings = json.loads((out / "summary.json").read_text())["settings"]
     assert settings["cases_from"] == "val" and settings["cases"] == list(split.val)
     assert settings["click_reach"] == 2
+
+
+def test_simulate_an_ensemble_starts_from_it_and_refuses_boxes(data_dir: Path, tmp_path: Path):
+    data = data_dir / "prostate_mri_2d"
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"auto{seed}"
+        res = invoke("fit", "--data", data, "--out", run, "--shots", 1, "--seed", seed, "--max-steps", 2,
+                     "--batch-size", 1, "--method", "decoder", "--prompt", "auto", "--no-progress", "--threads", 1)
+        assert res.exit_code == 0, res.output
+        runs += ["--adapter", run]
+    out = tmp_path / "sim"
+    res = invoke("simulate", "--data", data, "--out", out, *runs, "--start", "auto", "--clicks", 1, "--cases", 1,
+                 "--bootstrap", 0)
+    assert res.exit_code == 0, res.output
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["adapter"] == [str(tmp_path / "auto0"), str(tmp_path / "auto1")] and settings["start"] == "auto"
+    res = invoke("simulate", "--data", data, "--out", tmp_path / "boxes", *runs, "--cases", 1)
+    assert res.exit_code == 2 and "without prompts" in res.output and not (tmp_path / "boxes").exists()

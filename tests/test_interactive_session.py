@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medadapt.data.clicks import array_sha256, load_clicks, save_clicks
 from medadapt.errors import MedadaptError
@@ -328,3 +329,35 @@ def test_zoom_in_volume_encodes_each_slice_once_per_object_in_its_crop():
     assert roi.encoder_calls == calls
     mask = session.mask(oid)
     assert mask[40:52, 30:44, 2].mean() > 0.5 and not mask[:20].any()
+
+
+def test_ensemble_session_starts_from_the_ensemble_and_decodes_clicks_with_its_sam_member(tmp_path: Path):
+    from medadapt.adapt.class_prompts import attach_class_prompts
+    from medadapt.infer.ensemble import EnsemblePredictor
+    from medadapt.infer.volume import segment_volume_auto
+
+    members = []
+    for shift in (0.0, 0.3):  # two automatic-mode members whose class prompts differ
+        net = build_model("litemedsam")
+        attach_class_prompts(net, 1)
+        with torch.no_grad():
+            net.class_prompts.tokens.add_(shift)
+        members.append(SamPredictor(net.eval(), get_sam_spec("litemedsam"), batch_size=1, use_cache=True, classes=[2]))
+    ens = EnsemblePredictor(members, ["a", "b"])
+    vol = np.ascontiguousarray(disk_volume(background=34)[..., 1:4])
+    session = InteractiveSession(ens, vol, slice_axis=2, name="disk", click_window=None)
+    assert session.predictor is members[0]  # the member that takes the clicks
+    (oid,) = session.start_auto()
+    np.testing.assert_array_equal(session.labels(), ens.segment_volume_auto(vol, slice_axis=2))
+    assert (session.labels() != segment_volume_auto(members[0], vol, slice_axis=2)).any()  # not one member's
+    before = session.labels()
+    assert session.click(oid, x=25, y=22, z=1, positive=False) == [1]
+    after = session.labels()
+    np.testing.assert_array_equal(np.delete(after, 1, axis=2), np.delete(before, 1, axis=2))
+    path = tmp_path / "disk.json"
+    save_clicks(path, session.record())
+    again = InteractiveSession(ens, vol, slice_axis=2, name="disk")
+    again.replay(load_clicks(path), path=path)
+    np.testing.assert_array_equal(again.labels(), after)
+    with pytest.raises(MedadaptError, match="without prompts"):
+        InteractiveSession(ens, vol, slice_axis=2).add_box([13, 10, 0, 37, 34, 2])

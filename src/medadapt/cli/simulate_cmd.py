@@ -16,7 +16,7 @@ from medadapt.infer.interactive import CLICK_REACH, CLICK_WINDOW
 def simulate(
     data: str = typer.Option(..., "--data", help="Dataset spec; its fixed held-out test cases are used."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for per_case.csv and summary.json."),
-    adapter: Path | None = typer.Option(None, "--adapter", metavar="RUN", help="A `medadapt fit` run (default: zero-shot)."),
+    adapter: list[Path] | None = typer.Option(None, "--adapter", metavar="RUN", help="A `medadapt fit` run (default: zero-shot); several automatic-mode runs: their ensemble starts the objects (--start auto) and its first SAM-family member decodes the clicks."),
     model: str | None = typer.Option(None, "--model", help="Zero-shot model when no --adapter (litemedsam)."),
     split: Path | None = typer.Option(None, "--split", help="A split.json whose test cases to use (default: the run's, else the fixed test set)."),
     clicks: int = typer.Option(5, "--clicks", min=0, help="Corrective clicks per object after the initial prompt."),

@@ -75,14 +75,17 @@ def simulate_case(
     mask_feedback: bool = False,
     click_reach: int = CLICK_REACH,
     click_window: float | None = CLICK_WINDOW,
+    volume=None,
 ) -> SimulationResult:
-    """Box (or automatic start) + ``n_clicks`` simulated clicks on one case; metrics after each step."""
+    """Box (or automatic start) + ``n_clicks`` simulated clicks on one case; metrics after each step.
+
+    ``volume``: the volume as loaded, for an ensemble with a 3D member."""
     label = np.asarray(label)
     if classes is None:
         classes = [int(c) for c in np.unique(label) if c != 0]
     t0 = time.perf_counter()
     session = InteractiveSession(predictor, image, slice_axis=slice_axis, name=case, mask_feedback=mask_feedback,
-                                 click_reach=click_reach, click_window=click_window)
+                                 click_reach=click_reach, click_window=click_window, volume=volume)
     ids = start_session(session, label, classes, start)
     return simulate_clicks(session, ids, label, spacing, case=case, n_clicks=n_clicks, classes=classes,
                            tolerance_mm=tolerance_mm, seed=seed, plane=plane,

@@ -8,7 +8,7 @@ are applied instead and the final masks scored.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from medadapt.infer.factory import build_predictor
 from medadapt.infer.interactive import CLICK_REACH, CLICK_WINDOW, InteractiveSession, check_click_window
 from medadapt.io.atomic import staged_dir
 from medadapt.io.discovery import resolve_spec
+from medadapt.io.volumes import read_volume
 from medadapt.metrics.segmentation import case_metrics
 from medadapt.run import SUMMARY, RunFolder
 
@@ -45,7 +46,7 @@ def simulate_dataset(
     data: str,
     out: Path,
     *,
-    adapter: Path | None = None,
+    adapter: Path | Sequence[Path] | None = None,
     model: str | None = None,
     split: Path | None = None,
     clicks: int = 5,
@@ -85,15 +86,16 @@ def simulate_dataset(
     if cases_from not in SUBSETS:
         raise MedadaptError(f"--cases-from '{cases_from}' is not test or val.", fix="use --cases-from test")
     dataset = load_segmentation_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
-    if split is None and adapter is not None and RunFolder(adapter).split_path.is_file():
-        split = RunFolder(adapter).split_path
+    runs = [Path(adapter)] if isinstance(adapter, (str, Path)) else list(adapter or [])  # several: an ensemble
+    if split is None and runs and RunFolder(runs[0]).split_path.is_file():
+        split = RunFolder(runs[0]).split_path
     the_split = load_split(split, dataset) if split is not None else make_split(dataset, shots=1, seed=0)
     pool = list(the_split.val if cases_from == "val" else the_split.test)
     keys = pool[:cases] if cases else pool
     if not keys:
         raise MedadaptError(f"the split has no {cases_from} cases.", path=split or dataset.root,
                             fix="give a --split with such cases (`medadapt fit` writes one into its run).")
-    predictor = build_predictor(model, adapter=adapter, cache_dir=cache_dir, resize=resize, roi_margin=roi_margin)
+    predictor = build_predictor(model, adapter=runs or None, cache_dir=cache_dir, resize=resize, roi_margin=roi_margin)
     resize = getattr(predictor, "resize", resize)  # the one in use (an ensemble's members each resolve their own)
     if start == "auto" and not predictor.is_automatic:
         raise MedadaptError("--start auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN or --start box3d.")
@@ -102,7 +104,7 @@ def simulate_dataset(
         rows = _replay(predictor, dataset, keys, replay, classes, tolerance_mm)
         out.mkdir(parents=True, exist_ok=True)
         summary = summarize(rows, n_boot=n_boot)
-        summary["settings"] = {"data": resolve_spec(data), "adapter": str(adapter) if adapter else None,
+        summary["settings"] = {"data": resolve_spec(data), "adapter": _runs_setting(runs),
                                "model": predictor.spec.name, "replay": str(replay), "tolerance_mm": tolerance_mm,
                                "resize": resize, "roi_margin": roi_margin}
         write_per_case_csv(out / "per_case.csv", rows)
@@ -117,7 +119,8 @@ def simulate_dataset(
             axis = predictor.slice_axis
         res = simulate_case(predictor, image, label, spacing, slice_axis=axis, case=key, n_clicks=clicks,
                             start=start, classes=classes, tolerance_mm=tolerance_mm, seed=seed, plane=plane,
-                            mask_feedback=mask_feedback, click_reach=click_reach, click_window=click_window)
+                            mask_feedback=mask_feedback, click_reach=click_reach, click_window=click_window,
+                            volume=_source(predictor, dataset, key))
         rows += res.rows
         seconds.append(res.seconds)
         decoded.append(res.decoded_slices)
@@ -134,7 +137,7 @@ def simulate_dataset(
                for s, d in zip(per_s[1:], per_d[1:], strict=True) if d]
     summary["ms_per_decoded_slice"] = 1000 * sum(s for s, _ in clicked) / max(1, sum(d for _, d in clicked))
     summary["settings"] = {
-        "data": resolve_spec(data), "adapter": str(adapter) if adapter else None, "model": predictor.spec.name,
+        "data": resolve_spec(data), "adapter": _runs_setting(runs), "model": predictor.spec.name,
         "split": str(split) if split else "default test set", "cases_from": cases_from, "cases": keys,
         "clicks": clicks, "click_reach": click_reach, "click_window": click_window, "start": start, "plane": plane,
         "seed": seed, "mask_feedback": mask_feedback, "tolerance_mm": tolerance_mm, "resize": resize,
@@ -161,11 +164,21 @@ def _replay(predictor, dataset, keys, folder: Path, classes, tolerance_mm: float
         image, label, spacing, axis = dataset.load(key)
         if axis is not None and predictor.slice_axis is not None:
             axis = predictor.slice_axis
-        session = InteractiveSession(predictor, image, slice_axis=axis, name=key)
+        session = InteractiveSession(predictor, image, slice_axis=axis, name=key, volume=_source(predictor, dataset, key))
         session.replay(record, path=path)
         rows += [{"case": key, **r} for r in case_metrics(label, session.labels(), spacing, classes=classes,
                                                           tolerance_mm=tolerance_mm, cvpr24=True)]
     return rows
+
+
+def _runs_setting(runs: list[Path]) -> str | list[str] | None:
+    """The adapter(s) as recorded in summary.json: one run's path, an ensemble's list, or None (zero-shot)."""
+    return None if not runs else str(runs[0]) if len(runs) == 1 else [str(r) for r in runs]
+
+
+def _source(predictor, dataset, key: str):
+    """The volume as read, for an ensemble with a 3D member (it sees intensities and geometry); else None."""
+    return read_volume(dataset.case(key).image) if getattr(predictor, "needs_volume", False) else None
 
 
 def _per_interaction(values: list[list[float]]) -> list[float]:

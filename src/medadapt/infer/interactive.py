@@ -11,6 +11,10 @@ Decoding rules:
   CVPR24 box propagation of :func:`medadapt.infer.volume.segment_volume_boxes3d` (middle slice with the
   box, then outwards, each slice prompted with the box of its inner neighbour's mask), with the same
   masks. ``start_auto`` takes an automatic-mode adapter's prediction (per class) as the starting masks.
+- **Ensembles** (several ``fit --prompt auto`` / 3D runs, :class:`~medadapt.infer.ensemble.EnsemblePredictor`)
+  start from their averaged automatic prediction (``start_auto``; boxes are refused, as ``predict``
+  refuses prompts for an ensemble), and the clicks are decoded by the first SAM-family member, the
+  only kind of member that takes points. A 3D member reads the volume as loaded (``volume=``).
 - **A click** on slice z re-decodes slice z with its box (if any), all clicks on slice z, and, as the
   dense mask prompt, the slice's previous low-res logits when ``mask_feedback=True`` (SAM's interactive
   training feeds the last prediction back the same way). It is off by default: LiteMedSAM was trained
@@ -69,8 +73,10 @@ import torch
 
 from medadapt.data.clicks import ClickRecord, ClickSequence, ObjectRecord, array_sha256
 from medadapt.errors import MedadaptError
+from medadapt.infer.ensemble import EnsemblePredictor
 from medadapt.infer.predictor import SamPredictor, class_labels
 from medadapt.infer.volume import SliceEmbeddings, box_from_previous
+from medadapt.io.volumes import Volume
 from medadapt.models.preprocess import postprocess_logits
 
 CLICK_REACH = 0  # slices a click is carried to on each side: bench/bench_click_reach.py's selection (0 without one)
@@ -130,13 +136,19 @@ class InteractiveSession:
 
     def __init__(self, predictor: SamPredictor, image: np.ndarray, *, slice_axis: int | None = None,
                  name: str = "image", mask_feedback: bool = False, click_reach: int = CLICK_REACH,
-                 click_window: float | None = CLICK_WINDOW):
-        if not hasattr(predictor, "model"):
-            raise MedadaptError(
-                "interactive segmentation needs a single model, not an ensemble of runs.",
-                fix="pass one --adapter RUN (or none for the zero-shot model).",
-            )
+                 click_window: float | None = CLICK_WINDOW, volume: Volume | None = None):
+        self.ensemble: EnsemblePredictor | None = None
+        if isinstance(predictor, EnsemblePredictor):
+            sam = [m for m in predictor.members if isinstance(m, SamPredictor)]
+            if not sam:
+                raise MedadaptError("this ensemble has no SAM-family member, so nothing can decode clicks.",
+                                    fix="add a `fit --prompt auto` run to the ensemble, or pass one --adapter.")
+            self.ensemble, predictor = predictor, sam[0]
+        elif not hasattr(predictor, "model"):
+            raise MedadaptError("interactive segmentation needs a SAM-family model.",
+                                fix="pass --adapter RUN of a SAM-family fit (or none for the zero-shot model).")
         self.predictor = predictor
+        self.source = volume  # the volume as loaded, for an ensemble's 3D members
         self.image = np.asarray(image)
         self.name = name
         self.slice_axis = slice_axis
@@ -167,6 +179,7 @@ class InteractiveSession:
     # -- starting masks --------------------------------------------------------------------------
     def add_box(self, box: Sequence[float], *, value: int | None = None, object_id: int | None = None) -> int:
         """Start an object from a box (2D ``x0, y0, x1, y1``; volumes: the 3D box); returns its id."""
+        self._refuse_boxes_for_ensemble()
         box = self._check_box(box)
         oid = self._new_id(object_id)
         self.decoded_slices = []
@@ -193,6 +206,7 @@ class InteractiveSession:
     def add_slice_boxes(self, boxes: dict[int, Sequence[float]], *, value: int | None = None,
                         object_id: int | None = None) -> int:
         """Start an object from a 2D box on each of some slices (``{z: [x0, y0, x1, y1]}``)."""
+        self._refuse_boxes_for_ensemble()
         if not boxes:
             raise MedadaptError(f"no slice boxes were given for an object of '{self.name}'.")
         checked = {int(z): self._check_box(b, dims=4) for z, b in boxes.items()}
@@ -211,24 +225,28 @@ class InteractiveSession:
 
     def start_auto(self) -> list[int]:
         """Automatic mode: every class of the adapter becomes an object, its prediction the starting mask."""
-        p = self.predictor
+        p = self.ensemble or self.predictor
         if not p.is_automatic:
             raise MedadaptError("start_auto needs an adapter trained with --prompt auto.",
                                 fix="pass --adapter RUN of a `medadapt fit --prompt auto` run, or start from boxes.")
-        self.embeddings.prepare(range(self.depth))
-        low_res, labels = [], np.zeros((self.depth, *self.hw), dtype=np.uint16)
-        for z in range(self.depth):
-            emb, tf = self.embeddings.get(z)
-            with torch.no_grad():
-                lr, _ = p.model.class_prompts.decode(p.model, emb[None])
-            low_res.append(lr.float())
-            labels[z] = class_labels(postprocess_logits(lr.float(), tf)[0], p.classes)
-        labels = p.postprocess_auto(labels)
+        if self.ensemble is not None:
+            labels, low_res = self._ensemble_labels(), None  # no single low-res mask to feed back
+        else:
+            self.embeddings.prepare(range(self.depth))
+            low_res, labels = [], np.zeros((self.depth, *self.hw), dtype=np.uint16)
+            for z in range(self.depth):
+                emb, tf = self.embeddings.get(z)
+                with torch.no_grad():
+                    lr, _ = p.model.class_prompts.decode(p.model, emb[None])
+                low_res.append(lr.float())
+                labels[z] = class_labels(postprocess_logits(lr.float(), tf)[0], p.classes)
+            labels = p.postprocess_auto(labels)
         ids = []
         for i, c in enumerate(p.classes):
             oid = self._new_id(None)
             obj = ObjectState(oid, int(c), "auto", None, (0, self.depth - 1), labels == c)
-            obj.low_res = {z: low_res[z][:, i : i + 1] for z in range(self.depth)}
+            if low_res is not None:
+                obj.low_res = {z: low_res[z][:, i : i + 1] for z in range(self.depth)}
             self.objects[oid] = obj
             ids.append(oid)
         self.decoded_slices = list(range(self.depth))
@@ -307,6 +325,18 @@ class InteractiveSession:
                 self.click(oid, c.x, c.y, c.z, c.positive)
 
     # -- internals ---------------------------------------------------------------------------------
+    def _ensemble_labels(self) -> np.ndarray:
+        """The ensemble's automatic label map, slices first."""
+        if self.slice_axis is None:
+            return self.ensemble.segment_auto(self.image)[None]
+        labels = self.ensemble.segment_volume_auto(self.image, slice_axis=self.slice_axis, volume=self.source)
+        return np.moveaxis(labels, self.slice_axis, 0)
+
+    def _refuse_boxes_for_ensemble(self) -> None:
+        if self.ensemble is not None:
+            raise MedadaptError("an ensemble segments without prompts: its session starts from its automatic "
+                                "prediction, then takes clicks.", fix="use start_auto (simulate --start auto).")
+
     def _empty(self) -> np.ndarray:
         return np.zeros((self.depth, *self.hw), dtype=bool)
 
