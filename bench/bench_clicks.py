@@ -155,6 +155,7 @@ def main() -> int:
                       "case_keys": settings.get("cases"), "threads": args.threads,
                       "command": " ".join(["medadapt", *cmd[3:]]).replace(str(out), "OUT"),
                       "provenance": provenance.finish(prov)})
+        results = json.loads(out_json.read_text()) if out_json.is_file() else {"runs": {}}  # another run may have written
         results["runs"][name] = entry
         results["data"] = args.data
         results["provenance"] = entry["provenance"]  # the file's last run (each run keeps its own)

@@ -678,7 +678,8 @@ def interactive_accuracy_section() -> str:
            "volumes with the seed shown; none of these numbers chose a recipe. `resize`: how slices smaller than "
            "the model input were enlarged (see [zoom](#zoom)). `zoom-in`: the ROI margin when every slice of an object was "
            "segmented in a crop around its box (`simulate --roi-margin`; –: whole slices). `start`: the first "
-           "prediction (box: the box prompt; auto: an automatic-mode adapter's prediction, no prompt). `click window`: a click changes its slice only within a "
+           "prediction (box: the box prompt, a 3D box on volumes; box per slice: a 2D box on every slice of the label, "
+           "the protocol's option; auto: an automatic-mode adapter's prediction, no prompt). `click window`: a click changes its slice only within a "
            "square of that many times the object's box side around it (–: the whole slice; see "
            "[interactive](interactive.md#click-window)). Times are under the load shown, "
            "not quiet-core latencies (those are in the next table)."]
@@ -700,7 +701,7 @@ def interactive_accuracy_section() -> str:
             resize = r.get("resize") or "official"  # results written before --resize existed: the official path
             window = r.get("click_window")  # none recorded: the whole slice (results before the option existed)
             roi = r.get("roi_margin")  # none recorded: whole slices (results before sessions could zoom in)
-            start = "auto" if r.get("start") == "auto" else "box"  # none recorded: a box (before --start)
+            start = {"auto": "auto", "box2d": "box per slice"}.get(r.get("start"), "box")  # none recorded: a box
             lines.append("| " + " | ".join([r["config"], start, f"`{resize}`", "–" if roi is None else f"{float(roi):g}", str(reach), "–" if window is None else f"{window:g}",
                                              str(r["objects"]), *steps, f"{r['dsc_auc']:.3f}",
                                              f"{r['nsd_auc']:.3f}", f"{r['median_clicks_to_target']:g}",
