@@ -726,7 +726,31 @@ def interactive_accuracy_section() -> str:
         out += ["", title, "",
                 conditions(path.name, {"provenance": runs[-1].get("provenance"), "threads": runs[-1].get("threads")})
                 + " (the last configuration's run)", "", "\n".join(lines)]
+        seeds = _click_seed_table(runs) if not dataset.endswith("_val") else None
+        if seeds:
+            out += ["", f"{dataset}, configurations fitted with several seeds (mean ± sd over the seeds, each on the "
+                    "same test objects):", "", seeds]
     return "\n".join(out)
+
+
+def _click_seed_table(runs: list[dict]) -> str | None:
+    """Rows of the click table that differ only in the fit seed (``.../s<N>/...``), as mean ± sd over the seeds."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        key = re.sub(r"/s\d+(?=/|$)", "", r["config"])
+        if key != r["config"]:
+            groups.setdefault(key, []).append(r)
+    groups = {k: v for k, v in groups.items() if len(v) > 1 and len({r["objects"] for r in v}) == 1}
+    if not groups:
+        return None
+    lines = ["| configuration | seeds | objects | after start | +last click | DSC-AUC | NSD-AUC | median clicks to target |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, rs in groups.items():
+        lines.append(f"| {key} | {len(rs)} | {rs[0]['objects']} | {mean_sd([r['dsc_per_interaction'][0] for r in rs])} | "
+                     f"{mean_sd([r['dsc_per_interaction'][-1] for r in rs])} | {mean_sd([r['dsc_auc'] for r in rs])} | "
+                     f"{mean_sd([r['nsd_auc'] for r in rs])} | "
+                     f"{mean_sd([r['median_clicks_to_target'] for r in rs], 1)} (target {rs[0]['target']:.2f}) |")
+    return "\n".join(lines)
 
 
 def studio_loop_section() -> str:

@@ -160,3 +160,17 @@ def test_studio_loop_table_from_its_json(tmp_path, monkeypatch):
         r.update(clicks=20, reached=False)
     (res / "studio_loop.json").write_text(json.dumps(data))
     assert "20 (not reached)" in tables.studio_loop_section() and "No case reached" in tables.studio_loop_section()
+
+
+def test_click_seed_table_averages_only_rows_that_differ_by_the_seed():
+    def run(config, auc, objects=5):
+        return {"config": config, "objects": objects, "dsc_per_interaction": [0.5, auc / 4], "dsc_auc": auc,
+                "nsd_auc": auc, "median_clicks_to_target": 1, "target": 0.9}
+
+    runs = [run("zero-shot", 1.0), run("decoder-box/k5/s0/w0.25", 2.0), run("decoder-box/k5/s1/w0.25", 3.0),
+            run("decoder-click/k5/s0", 2.5), run("decoder-click/k5/s1", 2.5, objects=7)]
+    table = tables._click_seed_table(runs)
+    rows = table.splitlines()[2:]
+    assert len(rows) == 1 and rows[0].startswith("| decoder-box/k5/w0.25 | 2 | 5 |")  # other objects: not pooled
+    assert "2.500 ± 0.707" in rows[0]
+    assert tables._click_seed_table(runs[:2]) is None
