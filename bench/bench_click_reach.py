@@ -82,7 +82,6 @@ def pooled_choice(files: list[Path]) -> tuple[int, float | None]:
 
 
 
-
 def _window(text: str) -> float | None:
     """``--window`` values: the session's own rule (``check_click_window``), as argparse errors."""
     try:

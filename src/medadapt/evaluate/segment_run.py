@@ -24,11 +24,16 @@ from medadapt.infer.predictor import SamPredictor
 from medadapt.io.cvpr24 import write_cvpr24_segs
 from medadapt.io.discovery import full_suffix, resolve_spec, stem
 from medadapt.io.images import write_mask_png
-from medadapt.io.volumes import read_volume, write_like
+from medadapt.io.volumes import Volume, read_volume, write_like
 from medadapt.metrics import case_metrics
 from medadapt.run import RunFolder, read_split_file
 
 __all__ = ["evaluate_dataset", "evaluate_segment_run"]
+
+
+def source_volume(predictor, ref) -> Volume | None:
+    """The case's volume as read, for a predictor with a 3D member (it sees intensities and geometry); else None."""
+    return read_volume(ref.image) if getattr(predictor, "needs_volume", False) else None
 
 
 def evaluate_dataset(
@@ -50,7 +55,7 @@ def evaluate_dataset(
     for key in keys:
         ref = dataset.case(key)
         image, label, spacing, axis = dataset.load(ref)
-        volume = read_volume(ref.image) if getattr(predictor, "needs_volume", False) else None
+        volume = source_volume(predictor, ref)
         seg = predict_loaded(predictor, image, label, axis, mode, volume=volume)
         for row in case_metrics(label, seg, spacing, classes=classes, tolerance_mm=tolerance_mm):
             rows.append({"case": key, **row})

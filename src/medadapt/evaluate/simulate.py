@@ -17,12 +17,12 @@ from medadapt.data.datasets import load_segmentation_dataset
 from medadapt.data.fewshot import load_split, make_split
 from medadapt.errors import MedadaptError
 from medadapt.evaluate.interactive_run import simulate_case
+from medadapt.evaluate.segment_run import source_volume
 from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
-from medadapt.infer.factory import build_predictor
+from medadapt.infer.factory import adapters_of, build_predictor
 from medadapt.infer.interactive import CLICK_REACH, CLICK_WINDOW, InteractiveSession, check_click_window
 from medadapt.io.atomic import staged_dir
 from medadapt.io.discovery import resolve_spec
-from medadapt.io.volumes import read_volume
 from medadapt.metrics.segmentation import case_metrics
 from medadapt.run import SUMMARY, RunFolder
 
@@ -86,7 +86,7 @@ def simulate_dataset(
     if cases_from not in SUBSETS:
         raise MedadaptError(f"--cases-from '{cases_from}' is not test or val.", fix="use --cases-from test")
     dataset = load_segmentation_dataset(data, label_dir=label_dir, image_suffix=image_suffix, label_suffix=label_suffix)
-    runs = [Path(adapter)] if isinstance(adapter, (str, Path)) else list(adapter or [])  # several: an ensemble
+    runs = adapters_of(adapter)  # several: an ensemble
     if split is None and runs and RunFolder(runs[0]).split_path.is_file():
         split = RunFolder(runs[0]).split_path
     the_split = load_split(split, dataset) if split is not None else make_split(dataset, shots=1, seed=0)
@@ -120,7 +120,7 @@ def simulate_dataset(
         res = simulate_case(predictor, image, label, spacing, slice_axis=axis, case=key, n_clicks=clicks,
                             start=start, classes=classes, tolerance_mm=tolerance_mm, seed=seed, plane=plane,
                             mask_feedback=mask_feedback, click_reach=click_reach, click_window=click_window,
-                            volume=_source(predictor, dataset, key))
+                            volume=source_volume(predictor, dataset.case(key)))
         rows += res.rows
         seconds.append(res.seconds)
         decoded.append(res.decoded_slices)
@@ -164,21 +164,16 @@ def _replay(predictor, dataset, keys, folder: Path, classes, tolerance_mm: float
         image, label, spacing, axis = dataset.load(key)
         if axis is not None and predictor.slice_axis is not None:
             axis = predictor.slice_axis
-        session = InteractiveSession(predictor, image, slice_axis=axis, name=key, volume=_source(predictor, dataset, key))
+        session = InteractiveSession(predictor, image, slice_axis=axis, name=key, volume=source_volume(predictor, dataset.case(key)))
         session.replay(record, path=path)
         rows += [{"case": key, **r} for r in case_metrics(label, session.labels(), spacing, classes=classes,
                                                           tolerance_mm=tolerance_mm, cvpr24=True)]
     return rows
 
 
-def _runs_setting(runs: list[Path]) -> str | list[str] | None:
+def _runs_setting(runs: Sequence[Path]) -> str | list[str] | None:
     """The adapter(s) as recorded in summary.json: one run's path, an ensemble's list, or None (zero-shot)."""
     return None if not runs else str(runs[0]) if len(runs) == 1 else [str(r) for r in runs]
-
-
-def _source(predictor, dataset, key: str):
-    """The volume as read, for an ensemble with a 3D member (it sees intensities and geometry); else None."""
-    return read_volume(dataset.case(key).image) if getattr(predictor, "needs_volume", False) else None
 
 
 def _per_interaction(values: list[list[float]]) -> list[float]:
