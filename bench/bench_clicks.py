@@ -109,7 +109,6 @@ def main() -> int:
     args = ap.parse_args()
 
     out_json = args.out_json or ROOT / "bench" / "results" / f"interactive_{args.name}.json"
-    results = json.loads(out_json.read_text()) if out_json.is_file() else {"runs": {}}
     for config in args.config:
         name, _, run = config.partition("=")
         prov = provenance.start()
