@@ -11,7 +11,9 @@ the 3D box chain where a slice's box changed). Reported per engine and thread co
 - ``decoder_ms``: median of one bare decoder call (box + 1 point) on a cached embedding, ``--repeats`` times.
 
 Engines: ``torch`` (the eager model), ``onnxruntime`` and ``openvino`` (the exported prompt encoder +
-mask decoder graphs, exported into the medadapt cache on first use). Writes
+mask decoder graphs, exported into the medadapt cache on first use), and their faster, not equal,
+mask decoders ``onnxruntime:int8`` (dynamic int8) and ``openvino:bf16``; each run also records the
+final DSC per object and its mean difference from the torch run (``dsc_vs_torch``). Writes
 bench/results/interactive_latency.json with provenance (commit, UTC time, CPU, threads, load averages).
 
     .venv/bin/python bench/bench_interactive.py --volumes 2 --clicks 5 --threads 2
@@ -38,15 +40,19 @@ SHARED = Path(os.environ.get("MEDADAPT_SHARED", ROOT.parent / "shared"))
 OUT = ROOT / "bench" / "results" / "interactive_latency.json"
 
 
-def engine_predictor(engine: str, torch_pred, threads: int):
-    """A predictor decoding on ``engine`` whose embeddings come from ``torch_pred`` (cached)."""
+def engine_predictor(name: str, torch_pred, threads: int):
+    """A predictor decoding on ``name`` (``engine`` or ``engine:decoder precision``, e.g. ``onnxruntime:int8``)
+    whose embeddings come from ``torch_pred`` (cached)."""
+    engine, _, decoder = name.partition(":")
     if engine == "torch":
         return torch_pred
     from medadapt.deploy.backend import cached_export
     from medadapt.deploy.runtime import DeployedSam
     from medadapt.infer.predictor import SamPredictor
 
-    deployed = DeployedSam(cached_export("litemedsam", engine=engine), engine=engine, threads=threads)
+    decoder = decoder or "fp32"
+    folder = cached_export("litemedsam", engine=engine, decoder_precision=decoder)
+    deployed = DeployedSam(folder, engine=engine, threads=threads, decoder_precision=decoder)
     return SamPredictor(deployed, torch_pred.spec, batch_size=1,
                         encoder=lambda batch: torch_pred.encode(list(batch)))
 
@@ -70,7 +76,8 @@ def main() -> int:
     ap.add_argument("--volumes", type=int, default=2)
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[2])
-    ap.add_argument("--engines", nargs="+", default=["torch", "onnxruntime", "openvino"])
+    ap.add_argument("--engines", nargs="+",
+                    default=["torch", "onnxruntime", "openvino", "onnxruntime:int8", "openvino:bf16"])
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
 
@@ -91,6 +98,12 @@ def main() -> int:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for engine in args.engines:
+            if engine.endswith(":bf16"):
+                from medadapt.deploy.runtime import cpu_has_bf16
+
+                if not cpu_has_bf16():
+                    print(f"{engine}: skipped, this CPU has no bf16")
+                    continue
             pred = engine_predictor(engine, torch_pred, threads)
             secs, slices, clicks, dsc_final = 0.0, 0, 0, []
             emb = None
@@ -108,6 +121,9 @@ def main() -> int:
                    "click_seconds": secs, "ms_per_click": 1000 * secs / max(clicks, 1),
                    "ms_per_decoded_slice": 1000 * secs / max(slices, 1),
                    "decoder_ms": decoder_ms(pred, emb, args.repeats), "dsc_final": dsc_final}
+            ref = next((r for r in result["runs"] if r["engine"] == "torch" and r["threads"] == threads), None)
+            if ref is not None:  # the clicks follow each engine's own masks, so this is the whole protocol's drift
+                run["dsc_vs_torch"] = statistics.fmean(dsc_final) - statistics.fmean(ref["dsc_final"])
             result["runs"].append(run)
             print(f"{engine:12s} threads {threads}: {run['ms_per_decoded_slice']:.1f} ms / re-decoded slice, "
                   f"{run['ms_per_click']:.1f} ms / click ({clicks} clicks, {slices} slices), "

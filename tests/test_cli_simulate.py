@@ -40,12 +40,35 @@ def test_simulate_writes_curves_aucs_and_click_files(data_dir: Path, tmp_path: P
     assert len(record.objects) == 1 and len(record.objects[0].clicks) <= 2
 
 
+def test_simulate_on_an_exported_decoder(data_dir: Path, tmp_path: Path, monkeypatch):
+    """`--engine onnxruntime`: the model is exported once into the cache and the protocol runs on it; the fp32
+    graphs give torch's result, the int8 decoder a close one; the summary records engine and decoder."""
+    monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "cache"))
+    data = data_dir / "prostate_mri_2d"
+    dsc = {}
+    for name, args in (("torch", ()), ("ort", ("--engine", "onnxruntime")),
+                       ("int8", ("--engine", "onnxruntime", "--decoder-precision", "int8"))):
+        out = tmp_path / name
+        res = invoke("simulate", "--data", data, "--out", out, "--clicks", 2, "--cases", 1, "--bootstrap", 0, *args)
+        assert res.exit_code == 0, res.output
+        summary = json.loads((out / "summary.json").read_text())
+        dsc[name] = [summary["overall"][f"dsc_{k}"]["mean"] for k in range(3)]
+        assert summary["settings"]["engine"] == (args[1] if args else "torch")
+        assert summary["settings"]["decoder_precision"] == ("int8" if name == "int8" else "fp32")
+    assert len(list((tmp_path / "cache" / "exports").iterdir())) == 1  # one export, both decoders in it
+    assert max(abs(a - b) for a, b in zip(dsc["ort"], dsc["torch"], strict=True)) < 2e-3
+    assert max(abs(a - b) for a, b in zip(dsc["int8"], dsc["torch"], strict=True)) < 0.03
+
+
 def test_simulate_bad_options_exit_2_and_write_nothing(data_dir: Path, tmp_path: Path):
     out = tmp_path / "sim"
     for args, needle in ((("--start", "bogus"), "--start 'bogus'"), (("--plane", "xy"), "--plane 'xy'"),
                          (("--start", "auto"), "--prompt auto"), (("--cases-from", "train"), "--cases-from 'train'"),
                          (("--resize", "nearest"), "--resize 'nearest'"), (("--click-window", "0"), "click_window"),
-                         (("--roi-margin", "-1"), "--roi-margin must be 0 or more")):
+                         (("--roi-margin", "-1"), "--roi-margin must be 0 or more"),
+                         (("--engine", "tensorrt"), "--engine 'tensorrt'"),
+                         (("--decoder-precision", "int8"), "--engine torch has no --decoder-precision int8"),
+                         (("--engine", "openvino", "--decoder-precision", "int8"), "no --decoder-precision int8")):
         res = invoke("simulate", "--data", data_dir / "prostate_mri_2d", "--out", out, "--cases", 1, *args)
         assert res.exit_code == 2 and needle in res.output, res.output
         assert not out.exists()

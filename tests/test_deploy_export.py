@@ -52,8 +52,10 @@ def test_manifest_lists_graphs_and_checksums(onnx_export):
     manifest = read_manifest(onnx_export)
     assert manifest["model"] == "litemedsam" and manifest["image_size"] == 256
     assert manifest["preprocessing"]["normalization"] == "minmax"
-    for name in ("image_encoder.onnx", "prompt_encoder.onnx", "mask_encoder.onnx", "mask_decoder.onnx", "constants.npz"):
+    for name in ("image_encoder.onnx", "prompt_encoder.onnx", "mask_encoder.onnx", "mask_decoder.onnx",
+                 "mask_decoder.int8.onnx", "constants.npz"):
         assert len(manifest["files"][name]) == 64
+    assert manifest["decoder_precisions"] == ["fp32", "int8"]
 
 
 def test_corrupt_export_is_refused(onnx_export, tmp_path):
@@ -82,6 +84,44 @@ def test_onnxruntime_equals_torch(litemedsam, onnx_export):
                 assert d_masks.shape == masks.shape, kind
                 assert (d_masks - masks).abs().max() <= 1e-4 * masks.abs().max(), kind
                 torch.testing.assert_close(d_iou, iou, rtol=0, atol=1e-4)
+
+
+def test_int8_mask_decoder_is_close_to_fp32_but_not_equal(litemedsam, onnx_export):
+    """``decoder_precision="int8"`` runs the dynamically quantised decoder graph: masks agree with fp32 on
+    all but a sliver of pixels (a real image's embedding), and the logits differ (it is the int8 graph)."""
+    fp32 = DeployedSam(onnx_export, engine="onnxruntime", threads=2)
+    int8 = DeployedSam(onnx_export, engine="onnxruntime", threads=2, decoder_precision="int8")
+    yy, xx = np.mgrid[:256, :256]
+    image = np.where((yy - 120) ** 2 + (xx - 100) ** 2 < 40**2, 0.8, 0.2).astype(np.float32)  # a bright disc
+    x = torch.from_numpy(np.repeat(image[None, None], 3, axis=1))
+    emb = fp32.encode(x)
+    box = torch.tensor([[55.0, 75.0, 145.0, 165.0]])
+    for prompts in ({"boxes": box}, {"boxes": box, "points": (torch.tensor([[[100.0, 120.0]]]), torch.tensor([[1]]))}):
+        ref, ref_iou = fp32.decode(emb, **prompts)
+        got, got_iou = int8.decode(emb, **prompts)
+        assert got.shape == ref.shape and (got - ref).abs().max() > 1e-4
+        fg = (ref > 0).sum()
+        assert fg > 1000 and ((got > 0) != (ref > 0)).sum() <= 0.02 * fg
+        torch.testing.assert_close(got_iou, ref_iou, rtol=0, atol=0.05)
+
+
+def test_decoder_precision_errors(onnx_export, tmp_path):
+    import shutil
+
+    with pytest.raises(MedadaptError, match="no --decoder-precision bf16"):
+        DeployedSam(onnx_export, engine="onnxruntime", decoder_precision="bf16")
+    with pytest.raises(MedadaptError, match="no --decoder-precision int8"):
+        load_predictor(PredictorSpec(model="litemedsam", decoder_precision="int8"))  # torch
+    with pytest.raises(MedadaptError, match="--decoder-precision 'fp16' is not one of"):
+        PredictorSpec(decoder_precision="fp16")
+    old = tmp_path / "old"
+    shutil.copytree(onnx_export, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["decoder_precisions"]  # as written before ONNX exports held an int8 decoder
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    DeployedSam(old, engine="onnxruntime")  # fp32 still runs
+    with pytest.raises(MedadaptError, match="no int8 mask decoder"):
+        DeployedSam(old, engine="onnxruntime", decoder_precision="int8")
 
 
 def _mask_prompt_cases(litemedsam, emb):

@@ -36,7 +36,9 @@ def simulate(
     tolerance_mm: float = typer.Option(2.0, "--tolerance-mm", help="NSD tolerance in mm."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % CIs."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Embedding cache folder (reused across runs)."),
-    threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (torch and the runtime engines)."),
+    engine: str = typer.Option("torch", "--engine", help="torch | onnxruntime | openvino: the base model (+ adapter) exported once into the medadapt cache and run there."),
+    decoder_precision: str = typer.Option("fp32", "--decoder-precision", help="Mask decoder precision: fp32 | int8 (--engine onnxruntime) | bf16 (--engine openvino, a bf16 CPU). Faster clicks, not equal to fp32 (docs/interactive.md#latency)."),
     resize: str | None = typer.Option(None, "--resize", help=RESIZE_HELP),
     roi_margin: float | None = typer.Option(None, "--roi-margin", metavar="F", help=ROI_HELP + " In a session every slice of an object is encoded in one crop around its box, so clicks reuse it."),
 ) -> None:
@@ -46,6 +48,7 @@ def simulate(
     CVPR 2025 interactive challenge. Writes per_case.csv (per case and class: dsc_0..N, nsd_0..N, dsc_auc,
     nsd_auc, final dsc/nsd/hd95) and summary.json.
     """
+    from medadapt.deploy.backend import load_predictor
     from medadapt.evaluate.simulate import simulate_dataset
 
     set_threads(threads)
@@ -54,7 +57,8 @@ def simulate(
             data, out, adapter=adapter, model=model, split=split, clicks=clicks, start=start, plane=plane, seed=seed,
             mask_feedback=mask_feedback, click_reach=click_reach, click_window=click_window, cases=cases, cases_from=cases_from, clicks_out=clicks_out, replay=replay, label_dir=label_dir,
             image_suffix=image_suffix, label_suffix=label_suffix, tolerance_mm=tolerance_mm, n_boot=n_boot,
-            cache_dir=cache_dir, resize=resize, roi_margin=roi_margin, progress=lambda n: _advance(bar, bar.add_task("simulate", total=n)),
+            cache_dir=cache_dir, resize=resize, roi_margin=roi_margin, engine=engine, decoder_precision=decoder_precision,
+            threads=threads, load=load_predictor, progress=lambda n: _advance(bar, bar.add_task("simulate", total=n)),
         )
     if not result.replayed:
         _print(result.summary, clicks)

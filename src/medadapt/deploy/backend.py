@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from medadapt.deploy.export import MANIFEST, export_model, read_manifest
-from medadapt.deploy.runtime import DeployedSam, check_engine, default_cache_root
+from medadapt.deploy.runtime import DeployedSam, check_decoder_precision, check_engine, default_cache_root
 from medadapt.errors import MedadaptError
 from medadapt.infer.factory import PredictorSpec, compose, load_adapted_model
 from medadapt.infer.factory import load_predictor as load_torch_predictor
@@ -54,11 +54,12 @@ def _weights_digest(net: torch.nn.Module) -> str:
 
 
 def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=None,
-                  cache_root: Path | None = None, precision: str = "fp32") -> Path:
+                  cache_root: Path | None = None, precision: str = "fp32", decoder_precision: str = "fp32") -> Path:
     """The export folder of this model for ``engine``, created on first use.
 
     The split encoder of the ``mixed`` precision is only exported when that precision is asked
-    for; a cached export without it is exported again then, as is one without a mask encoder.
+    for; a cached export without it is exported again then, as is one without a mask encoder or,
+    when the int8 mask decoder is asked for, one written before ONNX exports held it.
     """
     net, spec, source, classes = load_for_export(model, checkpoint=checkpoint, adapter=adapter)
     fmt = "onnx" if engine == "onnxruntime" else "openvino"
@@ -68,6 +69,7 @@ def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=No
     if manifest.is_file():
         cached = read_manifest(folder, verify=False)
         stale = ((precision == "mixed" and "mixed" not in cached["precisions"])
+                 or (decoder_precision == "int8" and "int8" not in cached.get("decoder_precisions", []))
                  or "mask_encoder" not in cached.get("graphs", {}))  # written before mask prompts were exported
     if not manifest.is_file() or stale:
         export_model(net, spec, folder, fmt=fmt, source=source, classes=classes, overwrite=True,
@@ -102,6 +104,7 @@ def load_predictor(spec: PredictorSpec):
     constructor; an adapter run's current post-processing choice wins over the one recorded at export time.
     """
     check_engine(spec.backend, spec.precision)
+    check_decoder_precision(spec.backend, spec.decoder_precision)
     if spec.export is not None and len(spec.adapters) > 1:
         raise MedadaptError("--export is the folder of one exported model; an ensemble has one per --adapter.",
                             fix="drop --export (each member is exported once into the cache), or pass one --adapter.")
@@ -121,9 +124,9 @@ def _runtime_member(spec: PredictorSpec) -> SamPredictor:
             raise MedadaptError("--precision int8 needs an export quantised on calibration images.",
                                 fix="run `medadapt export ... --int8-calibration DATA --out DIR`, then pass --export DIR.")
         export = cached_export(spec.model, engine=spec.backend, checkpoint=spec.checkpoint, adapter=adapter,
-                               precision=spec.precision)
+                               precision=spec.precision, decoder_precision=spec.decoder_precision)
     deployed = DeployedSam(export, engine=spec.backend, precision=spec.precision, threads=spec.threads,
-                           cache_dir=spec.ov_cache)
+                           cache_dir=spec.ov_cache, decoder_precision=spec.decoder_precision)
     automatic = deployed.class_prompts is not None
     run = RunFolder.resolve(adapter) if adapter is not None else None
     source = deployed.manifest.get("source", {})

@@ -11,7 +11,8 @@ preprocessing, input size, graph I/O and a sha256 per file.
 ONNX uses the TorchScript exporter (opset 17: one ``LayerNormalization`` node per norm). OpenVINO
 IR is converted from the PyTorch modules directly (``openvino.convert_model``), which gave a faster
 CPU graph than converting the ONNX file in our measurements. ``int8`` graphs are added by
-``deploy.quantize`` (post-training quantisation calibrated on a few images).
+``deploy.quantize`` (post-training quantisation calibrated on a few images); ONNX exports also
+hold a dynamically quantised int8 mask decoder for fast interactive clicks (``decoder_precisions``).
 
 OpenVINO exports of TinyViT-family encoders (LiteMedSAM, MobileSAM, the distilled students) also
 hold the encoder split in two, ``image_encoder_stem`` (patch stem + the first
@@ -48,7 +49,7 @@ from medadapt.deploy.graphs import (
     graph_file,
     prompt_constants,
 )
-from medadapt.deploy.quantize import quantize_encoder
+from medadapt.deploy.quantize import quantize_decoder, quantize_encoder
 from medadapt.errors import MedadaptError
 from medadapt.io.atomic import write_json
 from medadapt.io.hashing import file_sha256
@@ -64,6 +65,9 @@ MIXED_GRAPHS = ("image_encoder_stem", "image_encoder_trunk")
 # Stages of a staged (TinyViT-family) encoder kept in fp32 by the ``mixed`` precision.
 MIXED_FP32_STAGES = 2
 OPSET = 17
+# Precisions the mask decoder can run at, per format: ONNX holds an int8 graph (``deploy.quantize``),
+# OpenVINO compiles the fp32 graph with a bf16 inference-precision hint.
+DECODER_PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16")}
 
 
 def _examples(model: nn.Module, image_size: int, consts: dict[str, np.ndarray]) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -199,6 +203,8 @@ def export_model(
         if getattr(merged, "class_prompts", None) is not None:
             consts["class_tokens"] = merged.class_prompts.tokens.detach().float().numpy()
         np.savez(tmp / CONSTANTS, **consts)
+        if fmt == "onnx":
+            quantize_decoder(tmp)
         if calibration is not None:
             quantize_encoder(tmp, fmt, calibration)
             precisions.append("int8")
@@ -212,6 +218,7 @@ def export_model(
             "preprocessing": {"normalization": spec.normalization, "box_rounding": spec.box_rounding,
                               "resize": "longest side to image_size, pad bottom/right"},
             "precisions": precisions,
+            "decoder_precisions": list(DECODER_PRECISIONS[fmt]),
             "opset": OPSET if fmt == "onnx" else None,
             "graphs": {name: {"inputs": IO_NAMES[name][0], "outputs": IO_NAMES[name][1]}
                        for name in GRAPHS + (MIXED_GRAPHS if "mixed" in precisions else ())},

@@ -1,16 +1,24 @@
-"""Post-training int8 quantisation of an exported image encoder, calibrated on a few images.
+"""Post-training int8 quantisation of exported graphs, from ONNX Runtime's and NNCF's own tools.
 
-Only the image encoder is quantised: it is >95 % of the compute, while the mask decoder is cheap
-and its logits decide the mask boundary. ONNX graphs use ONNX Runtime's static QDQ quantisation
+The image encoder (>95 % of a prediction's compute) is quantised statically, calibrated on a few
+images, on request (``medadapt export --int8-calibration``). ONNX graphs use ONNX Runtime's static QDQ quantisation
 (per-channel int8 weights, uint8 activations: the fast VNNI path on x86) of the linear layers
 only: quantising TinyViT's convolutions too (per-channel or per-tensor, with or without depthwise
 ones, reduced range or u8u8) wrecked the embedding in our tests (0.7-0.9 relative error vs 0.14 for
 the linear layers alone). OpenVINO IR uses NNCF with the transformer preset (keeps softmax / layer
 norm in float). Both come from their own libraries; nothing here re-implements quantisation.
+
+The mask decoder is what an interactive click waits for. Every ONNX export also holds
+``mask_decoder.int8.onnx``: ONNX Runtime's dynamic quantisation (int8 weights, activation scales
+computed per call, so no calibration data) of its MatMul / Gemm nodes, the projections of the
+two-way transformer that hold most of its arithmetic; the upscaling convolutions stay float. It is
+used only when asked for (``--decoder-precision int8``): it is faster, not equal (benchmarked in
+``bench/bench_interactive.py``).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +58,23 @@ def quantize_encoder(folder: Path, fmt: str, calibration: np.ndarray) -> Path:
         _quantize_onnx(src, dst, calibration)
     else:
         _quantize_openvino(src, dst, calibration)
+    return dst
+
+
+def quantize_decoder(folder: Path) -> Path:
+    """Write ``mask_decoder.int8.onnx`` (dynamic int8 MatMul / Gemm) next to the fp32 ONNX decoder."""
+    require("onnxruntime", extra="deploy", purpose="the int8 mask decoder of an ONNX export")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = folder / graph_file("mask_decoder", "onnx")
+    dst = folder / graph_file("mask_decoder", "onnx", "int8")
+    root = logging.getLogger()  # quantize_dynamic advises shape pre-processing on the root logger; not needed here
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
     return dst
 
 

@@ -10,7 +10,9 @@ run unchanged on either engine. Precision applies to the image encoder, >95 % of
   or AMX), ``mixed`` (TinyViT-family encoders: the high-resolution stem and first stages in fp32,
   the rest in bf16; nearly bf16's speed at fp32's DSC, see ``deploy.export``), ``int8`` (NNCF graph
   from export). Compiled models are kept in a cache directory so later runs skip compilation.
-The prompt encoder and mask decoder always run in fp32.
+The prompt encoder runs in fp32. The mask decoder (what an interactive click waits for) runs in fp32
+unless ``decoder_precision`` asks for ONNX Runtime's int8 decoder graph (every ONNX export holds one,
+see ``deploy.quantize``) or OpenVINO's bf16 hint: faster, not equal (bench/bench_interactive.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medadapt.deploy.export import CONSTANTS, read_manifest
+from medadapt.deploy.export import CONSTANTS, DECODER_PRECISIONS, read_manifest
 from medadapt.deploy.graphs import graph_file, labelled_points
 from medadapt.errors import MedadaptError
 from medadapt.io.hashing import file_sha256
@@ -46,6 +48,17 @@ def check_engine(engine: str, precision: str) -> None:
         raise MedadaptError(
             f"--engine {engine} has no --precision {precision} (it supports {', '.join(SUPPORTED[engine])}).",
             fix=hint,
+        )
+
+
+def check_decoder_precision(engine: str, precision: str) -> None:
+    """Refuse a mask-decoder precision ``engine`` has no graph or hint for (torch: fp32 only)."""
+    supported = ("fp32",) if engine == "torch" else DECODER_PRECISIONS["onnx" if engine == "onnxruntime" else "openvino"]
+    if precision not in supported:
+        other = {"int8": "--engine onnxruntime", "bf16": "--engine openvino"}.get(precision)
+        raise MedadaptError(
+            f"--engine {engine} has no --decoder-precision {precision} (it supports {', '.join(supported)}).",
+            fix=f"use {other} for a {precision} mask decoder" if other else "use --decoder-precision fp32",
         )
 
 
@@ -120,8 +133,9 @@ class DeployedSam:
     """An export folder on an engine, with ``Sam``'s ``encode`` / ``decode`` signatures."""
 
     def __init__(self, folder: str | Path, *, engine: str = "openvino", precision: str = "fp32",
-                 threads: int | None = None, cache_dir: str | Path | None = None):
+                 threads: int | None = None, cache_dir: str | Path | None = None, decoder_precision: str = "fp32"):
         check_engine(engine, precision)
+        check_decoder_precision(engine, decoder_precision)
         if engine == "torch":
             raise MedadaptError("--engine torch runs the PyTorch model itself, not an export folder.",
                                 fix="use --engine onnxruntime or openvino with --export DIR.")
@@ -142,10 +156,14 @@ class DeployedSam:
                                 "TinyViT-family encoders have one, unless made before the mixed precision existed).",
                                 path=self.folder,
                                 fix="re-run `medadapt export --format openvino`, or use --precision bf16 or fp32.")
-        if precision in ("bf16", "mixed") and not cpu_has_bf16():
+        if decoder_precision == "int8" and "int8" not in self.manifest.get("decoder_precisions", []):
+            raise MedadaptError("this export has no int8 mask decoder (it was written before ONNX exports held one).",
+                                path=self.folder,
+                                fix="re-run `medadapt export` (exports cached by medadapt are renewed on their own).")
+        if (precision in ("bf16", "mixed") or decoder_precision == "bf16") and not cpu_has_bf16():
             raise MedadaptError("this CPU has no bf16 support (OpenVINO reports no BF16 capability).",
-                                fix="use --precision fp32 or int8.")
-        self.engine, self.precision = engine, precision
+                                fix="use --precision fp32 or int8, and --decoder-precision fp32.")
+        self.engine, self.precision, self.decoder_precision = engine, precision, decoder_precision
         threads = threads or torch.get_num_threads()
         cache = Path(cache_dir) if cache_dir is not None else self.folder / "ov_cache"
 
@@ -162,7 +180,7 @@ class DeployedSam:
             self.encoder = graph("image_encoder", precision)
             encoder_files = [graph_file("image_encoder", fmt, "int8" if precision == "int8" else "fp32")]
         self.prompt = graph("prompt_encoder")
-        self.decoder = graph("mask_decoder")
+        self.decoder = graph("mask_decoder", decoder_precision)
         # exports written before mask prompts were exported have no mask encoder: they decode without one
         self.mask_encoder = graph("mask_encoder") if "mask_encoder" in self.manifest.get("graphs", {}) else None
         consts = np.load(self.folder / CONSTANTS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medadapt.data.clicks import load_clicks, save_clicks
 from medadapt.data.datasets import load_segmentation_dataset
@@ -19,7 +20,7 @@ from medadapt.errors import MedadaptError
 from medadapt.evaluate.interactive_run import simulate_case
 from medadapt.evaluate.segment_run import source_volume
 from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
-from medadapt.infer.factory import adapters_of, build_predictor
+from medadapt.infer.factory import PredictorSpec, adapters_of, load_predictor
 from medadapt.infer.interactive import CLICK_REACH, CLICK_WINDOW, InteractiveSession, check_click_window
 from medadapt.io.atomic import staged_dir
 from medadapt.io.discovery import resolve_spec
@@ -68,6 +69,10 @@ def simulate_dataset(
     cache_dir: Path | None = None,
     resize: str | None = None,
     roi_margin: float | None = None,
+    engine: str = "torch",
+    decoder_precision: str = "fp32",
+    threads: int | None = None,
+    load: Callable[[PredictorSpec], Any] = load_predictor,
     progress: Callable[[int], Callable[[], None]] | None = None,
 ) -> Simulation:
     """Simulate (or ``replay``) the interactions on the test cases of ``split`` (default: the run's split,
@@ -75,6 +80,10 @@ def simulate_dataset(
 
     ``cases_from="val"`` uses the split's validation cases instead (to choose settings such as
     ``click_reach`` or ``click_window`` without the test cases).
+
+    ``engine`` / ``decoder_precision`` / ``threads`` pick the back-end of the :class:`PredictorSpec` that
+    ``load`` turns into a predictor: the torch one here; the CLI passes
+    :func:`medadapt.deploy.backend.load_predictor`, which also runs ONNX Runtime / OpenVINO exports.
 
     ``progress(n)`` is called once with the number of cases and returns the per-case callback.
     """
@@ -95,7 +104,8 @@ def simulate_dataset(
     if not keys:
         raise MedadaptError(f"the split has no {cases_from} cases.", path=split or dataset.root,
                             fix="give a --split with such cases (`medadapt fit` writes one into its run).")
-    predictor = build_predictor(model, adapter=runs or None, cache_dir=cache_dir, resize=resize, roi_margin=roi_margin)
+    predictor = load(PredictorSpec(model=model, adapters=runs, backend=engine, decoder_precision=decoder_precision,
+                                   threads=threads, cache_dir=cache_dir, resize=resize, roi_margin=roi_margin))
     resize = getattr(predictor, "resize", resize)  # the one in use (an ensemble's members each resolve their own)
     if start == "auto" and not predictor.is_automatic:
         raise MedadaptError("--start auto needs an adapter trained with --prompt auto.", fix="pass --adapter RUN or --start box3d.")
@@ -141,7 +151,7 @@ def simulate_dataset(
         "split": str(split) if split else "default test set", "cases_from": cases_from, "cases": keys,
         "clicks": clicks, "click_reach": click_reach, "click_window": click_window, "start": start, "plane": plane,
         "seed": seed, "mask_feedback": mask_feedback, "tolerance_mm": tolerance_mm, "resize": resize,
-        "roi_margin": roi_margin,
+        "roi_margin": roi_margin, "engine": engine, "decoder_precision": decoder_precision,
         "protocol": "CVPR 2025 interactive: AUC over the predictions after clicks 1..N (trapezoid, unit step)",
         "encoder_calls": predictor.encoder_calls, "images_encoded": predictor.images_encoded,
     }

@@ -41,13 +41,17 @@ def load_adapted_model(
     return net.eval(), name, meta
 
 
+DECODER_PRECISION_NAMES = ("fp32", "int8", "bf16")  # which engine runs which: deploy.runtime.check_decoder_precision
+
+
 @dataclass(frozen=True)
 class PredictorSpec:
     """Everything that picks and sets up a predictor; every setting goes to the predictor's constructor.
 
     ``adapters``: none (the base ``model`` zero-shot), one fit run or modality bank, or several runs
     (their ensemble). ``backend`` is ``torch`` here; :func:`medadapt.deploy.backend.load_predictor`
-    also runs ``onnxruntime`` / ``openvino`` exports (``export``, ``threads``, ``ov_cache``).
+    also runs ``onnxruntime`` / ``openvino`` exports (``export``, ``threads``, ``ov_cache``; ``decoder_precision``:
+    ``int8`` / ``bf16`` mask decoders there, for fast interactive clicks).
     ``encoder`` replaces the torch image encoder (an exported frozen encoder after ``fit --encoder-engine``).
     ``keep_largest``: the classes of an automatic-mode run whose largest component alone is kept; None
     takes the run's own choice (``postprocess.json``), ``()`` predicts without post-processing.
@@ -61,6 +65,7 @@ class PredictorSpec:
     adapters: tuple[Path, ...] = ()
     backend: str = "torch"
     precision: str = "fp32"
+    decoder_precision: str = "fp32"
     export: Path | None = None
     batch_size: int | None = None
     threads: int | None = None
@@ -77,6 +82,9 @@ class PredictorSpec:
         if self.resize is not None and self.resize not in RESIZE_METHODS:
             raise MedadaptError(f"--resize '{self.resize}' is not one of {', '.join(RESIZE_METHODS)}.",
                                 fix="use --resize official (the model's own preprocessing) or bilinear.")
+        if self.decoder_precision not in DECODER_PRECISION_NAMES:
+            raise MedadaptError(f"--decoder-precision '{self.decoder_precision}' is not one of "
+                                f"{', '.join(DECODER_PRECISION_NAMES)}.", fix="use --decoder-precision fp32")
         if self.roi_margin is not None and not self.roi_margin >= 0:
             raise MedadaptError(f"--roi-margin must be 0 or more (a fraction of the box size), got {self.roi_margin}.",
                                 fix="for example --roi-margin 0.5, or leave it out to segment whole images.")
