@@ -133,3 +133,24 @@ def test_get_dense_pe_shape():
     assert model.prompt_encoder.image_embedding_size == (64, 64)
     pe = build_model("litemedsam", pretrained=False, image_size=S).get_dense_pe()
     assert pe.shape == (1, 256, E, E)
+
+
+def test_dense_pe_is_computed_once_and_follows_its_buffer():
+    """The cached grid encoding equals a fresh one, is reused, follows a loaded / changed buffer, and one
+    cached inside inference_mode still serves a training step."""
+    model = build_model("litemedsam", pretrained=False, image_size=S)
+    pe = model.prompt_encoder
+    with torch.inference_mode():
+        first = model.get_dense_pe()
+    assert not first.is_inference() and model.get_dense_pe() is first
+    torch.testing.assert_close(first, pe.pe_layer(pe.image_embedding_size).unsqueeze(0), rtol=0, atol=0)
+    other = build_model("litemedsam", pretrained=False, image_size=S)
+    other.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.normal_()
+    pe.load_state_dict(other.prompt_encoder.state_dict())  # copy_ into the buffer: a new version
+    second = model.get_dense_pe()
+    assert second is not first
+    torch.testing.assert_close(second, other.get_dense_pe(), rtol=0, atol=0)
+    emb = torch.randn(1, 256, E, E, requires_grad=True)
+    masks, _ = model.decode(emb, boxes=torch.tensor([[4.0, 4.0, 40.0, 40.0]]))
+    masks.sum().backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0

@@ -1,4 +1,9 @@
-"""SAM prompt encoder: points and boxes -> sparse tokens, masks -> dense embedding."""
+"""SAM prompt encoder: points and boxes -> sparse tokens, masks -> dense embedding.
+
+The dense positional encoding of the embedding grid depends only on a fixed random buffer, so
+``get_dense_pe`` computes it once and reuses it (an interactive click decodes many times on one
+embedding); it is recomputed when that buffer is replaced or changed (a loaded checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -60,10 +65,17 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe: tuple[tuple, torch.Tensor] | None = None  # (key of the buffer it came from, encoding)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image-embedding grid: ``[1, C, h, w]``."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """Positional encoding of the image-embedding grid: ``[1, C, h, w]`` (cached, see the module docstring)."""
+        gauss = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (gauss.data_ptr(), gauss._version, gauss.device, gauss.dtype, tuple(self.image_embedding_size))
+        if self._dense_pe is None or self._dense_pe[0] != key:
+            # a normal tensor even inside inference_mode, so later training steps may use it too
+            with torch.inference_mode(False), torch.no_grad():
+                self._dense_pe = key, self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        return self._dense_pe[1]
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # pixel centre

@@ -1,7 +1,9 @@
 """SAM's two-way transformer: prompt tokens and image tokens attend to each other.
 
 ``Attention`` keeps separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` linears (the names
-PEFT methods target) and computes attention with ``F.scaled_dot_product_attention``.
+PEFT methods target) and computes attention with ``F.scaled_dot_product_attention``. The image
+tokens are made contiguous once (``[B, h*w, C]``) rather than left as a permuted view, which every
+linear layer and addition would otherwise copy or stride through on each of the decoder's passes.
 """
 
 from __future__ import annotations
@@ -96,8 +98,8 @@ class TwoWayTransformer(nn.Module):
 
         Returns the processed tokens ``[B, N, C]`` and image tokens ``[B, h*w, C]``.
         """
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, query_pe=point_embedding, key_pe=key_pe)
