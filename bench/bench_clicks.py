@@ -12,6 +12,8 @@ point of the largest error region) and records from its summary.json / per_case.
 - clicks to reach DSC >= ``--target`` per object (case x class): the median over objects and the share of
   objects that reach it within N clicks (objects that never reach it count as not reached).
 
+``--engine onnxruntime --decoder-precision int8`` (or ``openvino`` / ``bf16``) runs a configuration on an
+exported model's faster mask decoder, to measure what it costs in DSC.
 ``--start auto`` starts each object from an automatic-mode adapter's prediction instead of the box.
 ``--cases-from val --click-reach R`` runs the validation cases instead, to choose the session's click
 reach (bench/results/interactive_<name>_val.json holds that sweep); ``--click-window F`` likewise for a
@@ -105,6 +107,8 @@ def main() -> int:
     ap.add_argument("--roi-margin", default=None, help="simulate --roi-margin (zoom-in; default: whole slices)")
     for flag in ("--label-dir", "--image-suffix", "--label-suffix"):  # 2D image folders (DRIVE), as simulate takes them
         ap.add_argument(flag, default=None)
+    ap.add_argument("--engine", default=None, help="simulate --engine (default: torch)")
+    ap.add_argument("--decoder-precision", default=None, help="simulate --decoder-precision (default: fp32)")
     ap.add_argument("--out-json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -132,6 +136,10 @@ def main() -> int:
                 cmd += ["--resize", args.resize]
             if args.roi_margin is not None:
                 cmd += ["--roi-margin", args.roi_margin]
+            if args.engine:
+                cmd += ["--engine", args.engine]
+            if args.decoder_precision:
+                cmd += ["--decoder-precision", args.decoder_precision]
             for flag in ("label_dir", "image_suffix", "label_suffix"):
                 if getattr(args, flag) is not None:
                     cmd += ["--" + flag.replace("_", "-"), getattr(args, flag)]
@@ -150,6 +158,7 @@ def main() -> int:
         entry.update({"config": name, "fit": fit or None, "clicks": args.clicks, "plane": args.plane, "start": args.start,
                       "click_reach": settings.get("click_reach"), "click_window": settings.get("click_window"),
                       "resize": settings.get("resize"), "roi_margin": settings.get("roi_margin"),
+                      "engine": settings.get("engine", "torch"), "decoder_precision": settings.get("decoder_precision", "fp32"),
                       "cases_from": args.cases_from,
                       "case_keys": settings.get("cases"), "threads": args.threads,
                       "command": " ".join(["medadapt", *cmd[3:]]).replace(str(out), "OUT"),

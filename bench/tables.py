@@ -688,7 +688,9 @@ def interactive_accuracy_section() -> str:
            "the model input were enlarged (see [zoom](#zoom)). `zoom-in`: the ROI margin when every slice of an object was "
            "segmented in a crop around its box (`simulate --roi-margin`; –: whole slices). `start`: the first "
            "prediction (box: the box prompt, a 3D box on volumes; box per slice: a 2D box on every slice of the label, "
-           "the protocol's option; auto: an automatic-mode adapter's prediction, no prompt). `click window`: a click changes its slice only within a "
+           "the protocol's option; auto: an automatic-mode adapter's prediction, no prompt). `decoder`: the engine that ran "
+           "the model (torch, or an export: `simulate --engine`) and a mask decoder faster than fp32 if one was asked for "
+           "(`--decoder-precision`, see [interactive](interactive.md#latency)). `click window`: a click changes its slice only within a "
            "square of that many times the object's box side around it (–: the whole slice; see "
            "[interactive](interactive.md#click-window)). Times are under the load shown, "
            "not quiet-core latencies (those are in the next table)."]
@@ -699,7 +701,7 @@ def interactive_accuracy_section() -> str:
             continue
         n = max(r["clicks"] for r in runs)
         target = runs[0]["target"]
-        cols = ["configuration", "start", "resize", "zoom-in", "click reach (slices)", "click window", "objects", "after start", *[f"+{k} click{'s' if k > 1 else ''}" for k in range(1, n + 1)],
+        cols = ["configuration", "start", "resize", "zoom-in", "decoder", "click reach (slices)", "click window", "objects", "after start", *[f"+{k} click{'s' if k > 1 else ''}" for k in range(1, n + 1)],
                 "DSC-AUC", "NSD-AUC", f"median clicks to {target:.2f}", f"reach {target:.2f}", "ms / re-decoded slice"]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in runs:
@@ -711,7 +713,8 @@ def interactive_accuracy_section() -> str:
             window = r.get("click_window")  # none recorded: the whole slice (results before the option existed)
             roi = r.get("roi_margin")  # none recorded: whole slices (results before sessions could zoom in)
             start = {"auto": "auto", "box2d": "box per slice"}.get(r.get("start"), "box")  # none recorded: a box
-            lines.append("| " + " | ".join([r["config"], start, f"`{resize}`", "–" if roi is None else f"{float(roi):g}", str(reach), "–" if window is None else f"{window:g}",
+            decoder = r.get("engine", "torch") + ("" if r.get("decoder_precision", "fp32") == "fp32" else f" {r['decoder_precision']}")
+            lines.append("| " + " | ".join([r["config"], start, f"`{resize}`", "–" if roi is None else f"{float(roi):g}", decoder, str(reach), "–" if window is None else f"{window:g}",
                                              str(r["objects"]), *steps, f"{r['dsc_auc']:.3f}",
                                              f"{r['nsd_auc']:.3f}", f"{r['median_clicks_to_target']:g}",
                                              NR if share is None else f"{share:.0%}",
