@@ -133,6 +133,7 @@ def test_simulate_an_ensemble_starts_from_it_and_refuses_boxes(data_dir: Path, t
                  "--bootstrap", 0)
     assert res.exit_code == 0, res.output
     settings = json.loads((out / "summary.json").read_text())["settings"]
-    assert settings["adapter"] == [str(tmp_path / "auto0"), str(tmp_path / "auto1")] and settings["start"] == "auto"
+    assert settings["adapter"] is None and settings["start"] == "auto"  # recorded as `evaluate` records an ensemble
+    assert settings["ensemble"] == [str(tmp_path / "auto0"), str(tmp_path / "auto1")]
     res = invoke("simulate", "--data", data, "--out", tmp_path / "boxes", *runs, "--cases", 1)
     assert res.exit_code == 2 and "without prompts" in res.output and not (tmp_path / "boxes").exists()

@@ -17,6 +17,7 @@ import numpy as np
 from medadapt.data.datasets import Dataset, load_segmentation_dataset
 from medadapt.data.fewshot import cases_to_score, make_split
 from medadapt.errors import MedadaptError
+from medadapt.evaluate.summary import adapter_settings
 from medadapt.infer.ensemble import check_mirror, check_prompt_mode
 from medadapt.infer.factory import PredictorSpec, adapters_of, load_predictor
 from medadapt.infer.loaded import predict_loaded
@@ -128,8 +129,7 @@ def evaluate_segment_run(
         predictor, dataset, keys, mode=mode, classes=classes, tolerance_mm=tolerance_mm,
         save_dir=(out / "pred") if save else None, progress=progress(len(keys)) if progress else None,
     )
-    settings = {"data": resolve_spec(data), "adapter": str(run) if len(adapters) == 1 else None,
-                **({"ensemble": [str(a) for a in adapters]} if len(adapters) > 1 else {}),
+    settings = {"data": resolve_spec(data), **adapter_settings(adapters),
                 "label_dir": label_dir, "image_suffix": image_suffix, "label_suffix": label_suffix,
                 "model": predictor.spec.name if predictor.spec is not None else None, "prompt": mode, "split": str(split) if split else which,
                 "tolerance_mm": tolerance_mm, "mirror": mirror, "resize": getattr(predictor, "resize", resize),

@@ -19,7 +19,7 @@ from medadapt.data.fewshot import load_split, make_split
 from medadapt.errors import MedadaptError
 from medadapt.evaluate.interactive_run import simulate_case
 from medadapt.evaluate.segment_run import source_volume
-from medadapt.evaluate.summary import summarize, write_per_case_csv, write_summary_json
+from medadapt.evaluate.summary import adapter_settings, summarize, write_per_case_csv, write_summary_json
 from medadapt.infer.factory import PredictorSpec, adapters_of, load_predictor
 from medadapt.infer.interactive import CLICK_REACH, CLICK_WINDOW, InteractiveSession, check_click_window
 from medadapt.io.atomic import staged_dir
@@ -114,7 +114,7 @@ def simulate_dataset(
         rows = _replay(predictor, dataset, keys, replay, classes, tolerance_mm)
         out.mkdir(parents=True, exist_ok=True)
         summary = summarize(rows, n_boot=n_boot)
-        summary["settings"] = {"data": resolve_spec(data), "adapter": _runs_setting(runs),
+        summary["settings"] = {"data": resolve_spec(data), **adapter_settings(runs),
                                "model": predictor.spec.name, "replay": str(replay), "tolerance_mm": tolerance_mm,
                                "resize": resize, "roi_margin": roi_margin}
         write_per_case_csv(out / "per_case.csv", rows)
@@ -147,7 +147,7 @@ def simulate_dataset(
                for s, d in zip(per_s[1:], per_d[1:], strict=True) if d]
     summary["ms_per_decoded_slice"] = 1000 * sum(s for s, _ in clicked) / max(1, sum(d for _, d in clicked))
     summary["settings"] = {
-        "data": resolve_spec(data), "adapter": _runs_setting(runs), "model": predictor.spec.name,
+        "data": resolve_spec(data), **adapter_settings(runs), "model": predictor.spec.name,
         "split": str(split) if split else "default test set", "cases_from": cases_from, "cases": keys,
         "clicks": clicks, "click_reach": click_reach, "click_window": click_window, "start": start, "plane": plane,
         "seed": seed, "mask_feedback": mask_feedback, "tolerance_mm": tolerance_mm, "resize": resize,
@@ -179,11 +179,6 @@ def _replay(predictor, dataset, keys, folder: Path, classes, tolerance_mm: float
         rows += [{"case": key, **r} for r in case_metrics(label, session.labels(), spacing, classes=classes,
                                                           tolerance_mm=tolerance_mm, cvpr24=True)]
     return rows
-
-
-def _runs_setting(runs: Sequence[Path]) -> str | list[str] | None:
-    """The adapter(s) as recorded in summary.json: one run's path, an ensemble's list, or None (zero-shot)."""
-    return None if not runs else str(runs[0]) if len(runs) == 1 else [str(r) for r in runs]
 
 
 def _per_interaction(values: list[list[float]]) -> list[float]:

@@ -157,6 +157,13 @@ def write_per_case_csv(path: str | Path, rows: list[dict]) -> None:
             writer.writerow([_cell(row.get(k)) for k in columns])
 
 
+def adapter_settings(adapters: Sequence[str | Path]) -> dict[str, Any]:
+    """How summary.json records the model's adapters: ``adapter`` (one run's path, else None) and, for
+    several runs, ``ensemble`` (their paths); ``evaluate`` and ``simulate`` alike."""
+    return {"adapter": str(adapters[0]) if len(adapters) == 1 else None,
+            **({"ensemble": [str(a) for a in adapters]} if len(adapters) > 1 else {})}
+
+
 def write_summary_json(path: str | Path, summary: dict) -> None:
     """Write a :func:`summarize` result as JSON, atomically (NaN / Infinity spelled as in Python's json)."""
     write_json(path, summary)
