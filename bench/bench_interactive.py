@@ -13,7 +13,8 @@ the 3D box chain where a slice's box changed). Reported per engine and thread co
 Engines: ``torch`` (the eager model), ``onnxruntime`` and ``openvino`` (the exported prompt encoder +
 mask decoder graphs, exported into the medadapt cache on first use), and their faster, not equal,
 mask decoders ``onnxruntime:int8`` (dynamic int8) and ``openvino:bf16``; each run also records the
-final DSC per object and its mean difference from the torch run (``dsc_vs_torch``). Writes
+final DSC per object and its mean difference from a reference run (``dsc_vs_reference``: the same engine's
+fp32 decoder for a faster decoder, torch for an fp32 export). Writes
 bench/results/interactive_latency.json with provenance (commit, UTC time, CPU, threads, load averages).
 
     .venv/bin/python bench/bench_interactive.py --volumes 2 --clicks 5 --threads 2
@@ -121,9 +122,13 @@ def main() -> int:
                    "click_seconds": secs, "ms_per_click": 1000 * secs / max(clicks, 1),
                    "ms_per_decoded_slice": 1000 * secs / max(slices, 1),
                    "decoder_ms": decoder_ms(pred, emb, args.repeats), "dsc_final": dsc_final}
-            ref = next((r for r in result["runs"] if r["engine"] == "torch" and r["threads"] == threads), None)
-            if ref is not None:  # the clicks follow each engine's own masks, so this is the whole protocol's drift
-                run["dsc_vs_torch"] = statistics.fmean(dsc_final) - statistics.fmean(ref["dsc_final"])
+            # reference: the same engine's fp32 decoder for a faster decoder, else torch; the clicks follow each
+            # run's own masks, so this is the whole protocol's drift
+            ref_name = engine.partition(":")[0] if ":" in engine else "torch"
+            ref = next((r for r in result["runs"] if r["engine"] == ref_name and r["threads"] == threads), None)
+            if ref is not None and ref_name != engine:
+                run["dsc_reference"] = ref_name
+                run["dsc_vs_reference"] = statistics.fmean(dsc_final) - statistics.fmean(ref["dsc_final"])
             result["runs"].append(run)
             print(f"{engine:12s} threads {threads}: {run['ms_per_decoded_slice']:.1f} ms / re-decoded slice, "
                   f"{run['ms_per_click']:.1f} ms / click ({clicks} clicks, {slices} slices), "

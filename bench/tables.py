@@ -652,12 +652,12 @@ def interactive_latency_section() -> str:
         return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_interactive.py`."
     cols = (("engine", "decoder"), ("threads", "threads"), ("ms_per_decoded_slice", "ms per re-decoded slice"),
             ("ms_per_click", "ms per click"), ("decoder_ms", "ms per bare decoder call"),
-            ("decoded_slices", "slices re-decoded"), ("clicks", "clicks"), ("dsc_vs_torch", "final DSC vs torch"))
+            ("decoded_slices", "slices re-decoded"), ("clicks", "clicks"), ("dsc_vs_reference", "final DSC vs reference"))
 
     def cell(r: dict, k: str) -> str:
         v = r.get(k)
-        if k == "dsc_vs_torch":
-            return "reference" if r["engine"] == "torch" else NR if v is None else f"{v:+.3f}"
+        if k == "dsc_vs_reference":
+            return "–" if v is None else f"{v:+.3f} (vs {r['dsc_reference']})"
         return f"{v:.0f}" if isinstance(v, float) else str(r.get(k, NR))
 
     lines = ["| " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * len(cols)]
@@ -666,8 +666,9 @@ def interactive_latency_section() -> str:
     return "\n".join([head, "", "`bench/bench_interactive.py`: zero-shot LiteMedSAM on cached hippocampus test "
                        "volumes, simulated clicks; every click re-decodes the clicked slice and the neighbours "
                        "its change reaches. `engine:int8` / `engine:bf16`: the int8 (dynamic) or bf16 mask decoder "
-                       "(`--decoder-precision`), faster and not equal to fp32; \"final DSC vs torch\" is the change "
-                       "in mean final DSC over the objects, whose clicks follow each engine's own masks.", "",
+                       "(`--decoder-precision`), faster and not equal to fp32; \"final DSC vs reference\" is the change "
+                       "in mean final DSC over the objects against the same engine's fp32 decoder (or torch, for an fp32 "
+                       "export); the clicks follow each run's own masks.", "",
                        conditions(name, data), "", "\n".join(lines)])
 
 
