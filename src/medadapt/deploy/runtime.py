@@ -58,7 +58,7 @@ def check_decoder_precision(engine: str, precision: str) -> None:
         other = {"int8": "--engine onnxruntime", "bf16": "--engine openvino"}.get(precision)
         raise MedadaptError(
             f"--engine {engine} has no --decoder-precision {precision} (it supports {', '.join(supported)}).",
-            fix=f"use {other} for a {precision} mask decoder" if other else "use --decoder-precision fp32",
+            fix=f"use {other} for the {precision} mask decoder" if other else "use --decoder-precision fp32",
         )
 
 
