@@ -361,3 +361,21 @@ def test_ensemble_session_starts_from_the_ensemble_and_decodes_clicks_with_its_s
     np.testing.assert_array_equal(again.labels(), after)
     with pytest.raises(MedadaptError, match="without prompts"):
         InteractiveSession(ens, vol, slice_axis=2).add_box([13, 10, 0, 37, 34, 2])
+
+
+def test_clicks_reuse_each_slices_decoder_image(predictor: SamPredictor, monkeypatch):
+    """Every slice's prompt-free decoder work is done once (at the start) and reused by the clicks that re-decode
+    it; the session keeps it for a bounded number of slices."""
+    vol = disk_volume(background=33)
+    session = InteractiveSession(predictor, vol, slice_axis=2, name="disk", click_reach=0)
+    made = []
+    orig = predictor.model.decoder_image
+    monkeypatch.setattr(predictor.model, "decoder_image", lambda emb: made.append(1) or orig(emb))
+    oid = session.add_box(np.array([13, 10, 0, 37, 34, 4]), value=1)
+    assert len(made) == 5 and set(session.embeddings._decoder_images) == set(range(5))
+    decoded = session.click(oid, x=25, y=22, z=2, positive=True) + session.click(oid, x=25, y=23, z=3, positive=False)
+    assert decoded and len(made) == 5  # clicks re-decode on the kept work
+    monkeypatch.setattr(type(session.embeddings), "DECODER_IMAGES", 2)
+    session.embeddings._decoder_images.clear()
+    decoded = session.click(oid, x=26, y=22, z=2, positive=True)
+    assert len(made) == 5 + len(set(decoded)) and len(session.embeddings._decoder_images) <= 2

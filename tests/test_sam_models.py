@@ -154,3 +154,45 @@ def test_dense_pe_is_computed_once_and_follows_its_buffer():
     masks, _ = model.decode(emb, boxes=torch.tensor([[4.0, 4.0, 40.0, 40.0]]))
     masks.sum().backward()
     assert emb.grad is not None and emb.grad.abs().sum() > 0
+
+
+def test_decoder_image_gives_the_same_masks_and_is_used_only_while_current(lite):
+    """Decoding with an embedding's prompt-free decoder work (``decoder_image``) is bitwise the plain decode, skips
+    that work, and is ignored for another embedding, a mask prompt, autograd, or changed weights."""
+    torch.manual_seed(5)
+    emb, other = torch.randn(1, 256, E, E), torch.randn(1, 256, E, E)
+    boxes = torch.tensor([[2.0, 5.0, 30.0, 50.0], [12.0, 15.0, 22.0, 25.0]])
+    points = (torch.tensor([[[20.0, 20.0]], [[14.0, 18.0]]]), torch.tensor([[1], [0]]))
+    block = lite.mask_decoder.transformer.layers[0]
+    calls = []
+    orig = block.image_projections
+    block.image_projections = lambda *a: calls.append(1) or orig(*a)
+    try:
+        with torch.no_grad():
+            image = lite.decoder_image(emb)
+            assert calls == [1] and lite.is_current(image, emb[:])  # a view of the same embedding
+            for kw in ({"boxes": boxes}, {"points": points}, {"boxes": boxes, "points": points}):
+                plain, plain_iou = lite.decode(emb, **kw)
+                n = len(calls)
+                fast, fast_iou = lite.decode(emb, decoder_image=image, **kw)
+                assert len(calls) == n  # the image side was not recomputed
+                assert torch.equal(plain, fast) and torch.equal(plain_iou, fast_iou)
+            # another embedding or a mask prompt: decoded as if no decoder_image were given
+            assert not lite.is_current(image, other)
+            assert torch.equal(lite.decode(other, boxes=boxes[:1], decoder_image=image)[0],
+                               lite.decode(other, boxes=boxes[:1])[0])
+            prior = torch.randn(1, 1, S, S)
+            assert torch.equal(lite.decode(emb, boxes=boxes[:1], masks=prior, decoder_image=image)[0],
+                               lite.decode(emb, boxes=boxes[:1], masks=prior)[0])
+        assert not lite.is_current(image, emb)  # autograd on: the training path never takes it
+        with torch.no_grad():
+            k_proj = block.cross_attn_token_to_image.k_proj
+            saved = k_proj.weight.clone()
+            k_proj.weight.mul_(1.5)  # weights changed in place (an optimiser step)
+            try:
+                assert not lite.is_current(image, emb)
+                assert torch.equal(lite.decode(emb, boxes=boxes, decoder_image=image)[0], lite.decode(emb, boxes=boxes)[0])
+            finally:
+                k_proj.weight.copy_(saved)
+    finally:
+        del block.image_projections

@@ -437,8 +437,10 @@ class InteractiveSession:
         masks = obj.low_res.get(z) if (feedback or clicks) and self.mask_feedback else None
         if points is None and boxes is None and masks is None:
             return
+        image = None if masks is not None else self._embeddings(obj).decoder_image(z)
+        extra = {} if image is None else {"decoder_image": image}  # the same masks, sooner on the next click
         low_res, _ = self.predictor.model.decode(emb[None], points=points, boxes=boxes, masks=masks,
-                                                 multimask_output=False)
+                                                 multimask_output=False, **extra)
         low_res = low_res.float()
         obj.low_res[z] = low_res
         obj.frame_boxes[z] = frame_box

@@ -22,6 +22,7 @@ slice's result, so they bypass the per-volume :class:`SliceEmbeddings` and are e
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -46,7 +47,12 @@ class SliceEmbeddings:
 
     With ``around`` (slice index -> box x0, y0, x1, y1 in full-slice pixels) and ROI inference on
     (``predictor.roi_margin``), each slice is encoded in the ROI crop around its box instead.
+
+    ``decoder_image(z)`` also keeps the prompt-free decoder work of the last ``DECODER_IMAGES`` slices it
+    was asked for (about 10 MB each for LiteMedSAM), for callers that decode a slice again and again.
     """
+
+    DECODER_IMAGES = 16
 
     def __init__(self, predictor: SamPredictor, volume_zyx: np.ndarray, progress: Progress | None = None,
                  around: Callable[[int], np.ndarray] | None = None):
@@ -56,6 +62,7 @@ class SliceEmbeddings:
         self.around = around
         self._prepared: dict[int, object] = {}
         self._emb: dict[int, torch.Tensor] = {}
+        self._decoder_images: OrderedDict[int, object] = OrderedDict()
 
     def prepare(self, zs: Sequence[int]) -> None:
         todo = [z for z in sorted(set(zs)) if z not in self._emb]
@@ -76,6 +83,23 @@ class SliceEmbeddings:
         if z not in self._emb:
             self.prepare([z])
         return self._emb[z], self._prepared[z].transform
+
+    @torch.no_grad()
+    def decoder_image(self, z: int):
+        """Slice ``z``'s :meth:`~medadapt.models.sam.sam.Sam.decoder_image` for ``decode(self.get(z)[0][None],
+        ..., decoder_image=...)``; None for a model without one (an exported model)."""
+        model = self.predictor.model
+        if not hasattr(model, "decoder_image"):
+            return None
+        emb = self.get(z)[0][None]
+        if z in self._decoder_images and model.is_current(self._decoder_images[z], emb):
+            self._decoder_images.move_to_end(z)
+        else:  # new, or the weights changed since (a model adapted in place)
+            self._decoder_images.pop(z, None)
+            self._decoder_images[z] = model.decoder_image(emb)
+            if len(self._decoder_images) > self.DECODER_IMAGES:
+                self._decoder_images.popitem(last=False)
+        return self._decoder_images[z]
 
 
 def _roi_slice(predictor: SamPredictor, vol: np.ndarray, z: int, box: np.ndarray,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medadapt.models.sam.common import LayerNorm2d
-from medadapt.models.sam.transformer import TwoWayTransformer
+from medadapt.models.sam.transformer import ImageSide, TwoWayTransformer
 
 
 class MLP(nn.Module):
@@ -51,35 +51,40 @@ class MaskDecoder(nn.Module):
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
                 sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
-                multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                multimask_output: bool, image_side: ImageSide | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks ``[B, M, 4h, 4w]`` and predicted IoU ``[B, M]``; M = 3 if multimask else 1.
 
-        ``image_embeddings`` has batch 1 (one image, B prompts) or B (one prompt per image).
+        ``image_embeddings`` has batch 1 (one image, B prompts) or B (one prompt per image). ``image_side``
+        (``transformer.image_side`` of ``image_embeddings + dense_prompt_embeddings``) replaces both.
         """
         masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                             dense_prompt_embeddings)
+                                             dense_prompt_embeddings, image_side)
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sl], iou_pred[:, sl]
 
     def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
                       sparse_prompt_embeddings: torch.Tensor,
-                      dense_prompt_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      dense_prompt_embeddings: torch.Tensor,
+                      image_side: ImageSide | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
 
-        if image_embeddings.shape[0] not in (1, b):
-            raise ValueError(
-                f"image embeddings have batch {image_embeddings.shape[0]} but the prompts have batch {b}; "
-                "pass one embedding shared by all prompts or one per prompt"
-            )
-        src = image_embeddings + dense_prompt_embeddings  # broadcasts a shared embedding to B
-        src = src.expand(b, -1, -1, -1)
         pos_src = image_pe.expand(b, -1, -1, -1)
-        _, c, h, w = src.shape
+        if image_side is None:
+            if image_embeddings.shape[0] not in (1, b):
+                raise ValueError(
+                    f"image embeddings have batch {image_embeddings.shape[0]} but the prompts have batch {b}; "
+                    "pass one embedding shared by all prompts or one per prompt"
+                )
+            src = image_embeddings + dense_prompt_embeddings  # broadcasts a shared embedding to B
+            src = src.expand(b, -1, -1, -1)
+            _, c, h, w = src.shape
+        else:
+            src, c, (h, w) = None, image_side.keys.shape[-1], image_side.hw
 
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer(src, pos_src, tokens, image_side)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
