@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from medadapt.adapt import RecipeConfig, apply_recipe
 from medadapt.cli.main import app
 from medadapt.deploy.backend import load_predictor
-from medadapt.deploy.export import export_model, read_manifest
-from medadapt.deploy.graphs import PromptGraph, labelled_points
+from medadapt.deploy.export import INT8_DECODER, export_model, read_manifest
+from medadapt.deploy.graphs import DecoderGraph, PromptGraph, TokenDecoderGraph, labelled_points
 from medadapt.deploy.runtime import DeployedSam, OvGraph
 from medadapt.errors import MedadaptError
 from medadapt.infer.factory import PredictorSpec
@@ -56,6 +56,30 @@ def test_manifest_lists_graphs_and_checksums(onnx_export):
                  "mask_decoder.int8.onnx", "constants.npz"):
         assert len(manifest["files"][name]) == 64
     assert manifest["decoder_precisions"] == ["fp32", "int8"]
+    assert manifest["int8_decoder"] == INT8_DECODER and ".mask_decoder.tokens.onnx" not in manifest["files"]
+
+
+def test_token_order_decoder_graph_equals_the_decoder(litemedsam):
+    """The int8 decoder's source graph (upscaling as matmuls in token order) is the decoder's function."""
+    torch.manual_seed(4)
+    emb = torch.randn(1, 256, 64, 64)
+    image_pe, dense = litemedsam.get_dense_pe(), litemedsam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    for kind, prompts in PROMPTS.items():
+        with torch.no_grad():
+            sparse, _ = litemedsam.prompt_encoder(masks=None, **{"points": None, "boxes": None, **prompts})
+            ref, ref_iou = DecoderGraph(litemedsam.mask_decoder)(emb, image_pe, sparse, dense)
+            got, got_iou = TokenDecoderGraph(litemedsam.mask_decoder)(emb, image_pe, sparse, dense)
+        assert got.shape == ref.shape == (sparse.shape[0], 4, 256, 256), kind
+        assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), kind
+        torch.testing.assert_close(got_iou, ref_iou, rtol=0, atol=1e-5)
+
+
+def test_int8_decoder_quantises_the_upscaling_too(onnx_export):
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(onnx_export / "mask_decoder.int8.onnx")).graph.node}
+    assert "ConvTranspose" not in ops and "MatMulInteger" in ops
+    assert "ConvTranspose" in {n.op_type for n in onnx.load(str(onnx_export / "mask_decoder.onnx")).graph.node}
 
 
 def test_corrupt_export_is_refused(onnx_export, tmp_path):
@@ -369,3 +393,21 @@ def test_automatic_mode_class_tokens_survive_export(tmp_path, onnx_export):
     assert got.shape == ref.shape == (2, 2, 256, 256)
     assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
     torch.testing.assert_close(got_iou, ref_iou, rtol=0, atol=1e-4)
+
+
+def test_cached_export_renews_an_int8_decoder_made_another_way(litemedsam, onnx_export, tmp_path):
+    """An export in the cache whose int8 decoder predates the token-order graph is exported again when the int8
+    decoder is asked for, and left alone otherwise."""
+    import shutil
+
+    from medadapt.deploy.backend import _weights_digest, cached_export
+
+    folder = tmp_path / "exports" / f"litemedsam-onnx-{_weights_digest(litemedsam)}"
+    shutil.copytree(onnx_export, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["int8_decoder"]  # written before the int8 decoder quantised the upscaling
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert cached_export("litemedsam", engine="onnxruntime", cache_root=tmp_path) == folder
+    assert "int8_decoder" not in read_manifest(folder)  # fp32 asked for: kept as it is
+    cached_export("litemedsam", engine="onnxruntime", cache_root=tmp_path, decoder_precision="int8")
+    assert read_manifest(folder)["int8_decoder"] == INT8_DECODER

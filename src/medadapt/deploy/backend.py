@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from medadapt.deploy.export import MANIFEST, export_model, read_manifest
+from medadapt.deploy.export import INT8_DECODER, MANIFEST, export_model, read_manifest
 from medadapt.deploy.runtime import DeployedSam, check_decoder_precision, check_engine, default_cache_root
 from medadapt.errors import MedadaptError
 from medadapt.infer.factory import PredictorSpec, compose, load_adapted_model
@@ -59,7 +59,7 @@ def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=No
 
     The split encoder of the ``mixed`` precision is only exported when that precision is asked
     for; a cached export without it is exported again then, as is one without a mask encoder or,
-    when the int8 mask decoder is asked for, one written before ONNX exports held it.
+    when the int8 mask decoder is asked for, one whose int8 decoder was made another way (or is missing).
     """
     net, spec, source, classes = load_for_export(model, checkpoint=checkpoint, adapter=adapter)
     fmt = "onnx" if engine == "onnxruntime" else "openvino"
@@ -69,7 +69,7 @@ def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=No
     if manifest.is_file():
         cached = read_manifest(folder, verify=False)
         stale = ((precision == "mixed" and "mixed" not in cached["precisions"])
-                 or (decoder_precision == "int8" and "int8" not in cached.get("decoder_precisions", []))
+                 or (decoder_precision == "int8" and cached.get("int8_decoder") != INT8_DECODER)
                  or "mask_encoder" not in cached.get("graphs", {}))  # written before mask prompts were exported
     if not manifest.is_file() or stale:
         export_model(net, spec, folder, fmt=fmt, source=source, classes=classes, overwrite=True,

@@ -46,6 +46,7 @@ from medadapt.deploy.graphs import (
     EncoderTrunkGraph,
     MaskGraph,
     PromptGraph,
+    TokenDecoderGraph,
     graph_file,
     prompt_constants,
 )
@@ -68,6 +69,7 @@ OPSET = 17
 # Precisions the mask decoder can run at, per format: ONNX holds an int8 graph (``deploy.quantize``),
 # OpenVINO compiles the fp32 graph with a bf16 inference-precision hint.
 DECODER_PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16")}
+INT8_DECODER = "token-order upscaling"  # how the int8 decoder was made; cached exports made otherwise are renewed
 
 
 def _examples(model: nn.Module, image_size: int, consts: dict[str, np.ndarray]) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -203,8 +205,12 @@ def export_model(
         if getattr(merged, "class_prompts", None) is not None:
             consts["class_tokens"] = merged.class_prompts.tokens.detach().float().numpy()
         np.savez(tmp / CONSTANTS, **consts)
-        if fmt == "onnx":
-            quantize_decoder(tmp)
+        if fmt == "onnx":  # the int8 decoder, quantised from the token-order layout of the same decoder
+            token_order = tmp / ".mask_decoder.tokens.onnx"
+            _export_onnx(TokenDecoderGraph(merged.mask_decoder).eval(), examples["mask_decoder"], token_order,
+                         "mask_decoder")
+            quantize_decoder(tmp, token_order)
+            token_order.unlink()
         if calibration is not None:
             quantize_encoder(tmp, fmt, calibration)
             precisions.append("int8")
@@ -219,6 +225,7 @@ def export_model(
                               "resize": "longest side to image_size, pad bottom/right"},
             "precisions": precisions,
             "decoder_precisions": list(DECODER_PRECISIONS[fmt]),
+            "int8_decoder": INT8_DECODER if fmt == "onnx" else None,
             "opset": OPSET if fmt == "onnx" else None,
             "graphs": {name: {"inputs": IO_NAMES[name][0], "outputs": IO_NAMES[name][1]}
                        for name in GRAPHS + (MIXED_GRAPHS if "mixed" in precisions else ())},

@@ -13,12 +13,21 @@ without a mask pays nothing for it.
 
 :class:`DecoderGraph` returns all 1 + 3 mask logits and IoUs; the runtime takes the first (single-
 mask output) or the other three (multimask), as ``MaskDecoder.forward`` does.
+
+:class:`TokenDecoderGraph` is the same function laid out for the int8 decoder (``deploy.quantize``):
+ONNX Runtime's dynamic quantisation covers MatMul, not ConvTranspose, and the output upscaling (two
+2x2, stride-2 transposed convolutions) is a third of the decoder's work. A 2x2 stride-2 transposed
+convolution is one matmul per image token followed by a depth-to-space, so the graph keeps the image
+tokens in token order, runs both upscaling steps as matmuls (LayerNorm over the last axis, no
+transposes), takes the hypernetwork product there, and rearranges only the 4 mask channels into pixels
+at the end instead of the 32 upscaled channels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medadapt.models.sam.prompt_encoder import PromptEncoder
@@ -97,6 +106,34 @@ class DecoderGraph(nn.Module):
 
     def forward(self, embeddings, image_pe, sparse, dense):
         return self.mask_decoder.predict_masks(embeddings, image_pe, sparse, dense)
+
+
+class TokenDecoderGraph(nn.Module):
+    """:class:`DecoderGraph` with the output upscaling as matmuls in token order (see the module docstring);
+    equal to it within float32 rounding."""
+
+    def __init__(self, mask_decoder: nn.Module):
+        super().__init__()
+        self.mask_decoder = mask_decoder
+        up = mask_decoder.output_upscaling
+        self.norm = up[1]
+        with torch.no_grad():  # [C_in, (ky, kx, C_out)] weights, stored as constants so they quantise
+            for i, conv in (("0", up[0]), ("1", up[3])):
+                self.register_buffer(f"weight{i}", conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1).clone())
+                self.register_buffer(f"bias{i}", conv.bias.repeat(4).clone())
+
+    def forward(self, embeddings, image_pe, sparse, dense):
+        d = self.mask_decoder
+        iou_token, mask_tokens, src, (h, w) = d.attend(embeddings, image_pe, sparse, dense)
+        b = src.shape[0]
+        x = (src @ self.weight0 + self.bias0).reshape(b, h * w * 4, -1)  # token (y, x), sub-pixel (ky, kx)
+        x = F.gelu(F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps))
+        x = F.gelu((x @ self.weight1 + self.bias1).reshape(b, h * w * 16, -1))  # + second sub-pixel [B, 16hw, C/8]
+        masks = x @ d.hypernetwork(mask_tokens).transpose(1, 2)  # [B, 16hw, M]
+        m = masks.shape[-1]
+        # (y, x, ky1, kx1, ky2, kx2) -> row 4y + 2ky1 + ky2, column 4x + 2kx1 + kx2
+        masks = masks.reshape(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, m, 4 * h, 4 * w)
+        return masks, d.iou_prediction_head(iou_token)
 
 
 def labelled_points(

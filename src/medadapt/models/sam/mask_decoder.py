@@ -66,6 +66,21 @@ class MaskDecoder(nn.Module):
                       sparse_prompt_embeddings: torch.Tensor,
                       dense_prompt_embeddings: torch.Tensor,
                       image_side: ImageSide | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        iou_token_out, mask_tokens_out, src, (h, w) = self.attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_side)
+        b, _, c = src.shape
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        upscaled = self.output_upscaling(src)  # [B, C/8, 4h, 4w]
+        hyper_in = self.hypernetwork(mask_tokens_out)  # [B, M, C/8]
+        _, c8, h4, w4 = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, c8, h4 * w4)).reshape(b, -1, h4, w4)
+        return masks, self.iou_prediction_head(iou_token_out)
+
+    def attend(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
+               dense_prompt_embeddings: torch.Tensor, image_side: ImageSide | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """The two-way transformer on the output tokens + prompts and the image: (IoU token ``[B, C]``,
+        mask tokens ``[B, M, C]``, image tokens ``[B, h*w, C]``, (h, w))."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
@@ -80,19 +95,14 @@ class MaskDecoder(nn.Module):
                 )
             src = image_embeddings + dense_prompt_embeddings  # broadcasts a shared embedding to B
             src = src.expand(b, -1, -1, -1)
-            _, c, h, w = src.shape
+            hw = tuple(src.shape[-2:])
         else:
-            src, c, (h, w) = None, image_side.keys.shape[-1], image_side.hw
+            src, hw = None, image_side.hw
 
         hs, src = self.transformer(src, pos_src, tokens, image_side)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        return hs[:, 0, :], hs[:, 1 : 1 + self.num_mask_tokens, :], src, hw
 
-        src = src.transpose(1, 2).reshape(b, c, h, w)
-        upscaled = self.output_upscaling(src)  # [B, C/8, 4h, 4w]
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )  # [B, M, C/8]
-        _, c8, h4, w4 = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c8, h4 * w4)).reshape(b, -1, h4, w4)
-        return masks, self.iou_prediction_head(iou_token_out)
+    def hypernetwork(self, mask_tokens_out: torch.Tensor) -> torch.Tensor:
+        """Mask tokens ``[B, M, C]`` -> per-mask weights over the upscaled channels ``[B, M, C/8]``."""
+        return torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+                           dim=1)
