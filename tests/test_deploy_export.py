@@ -129,6 +129,15 @@ def test_int8_mask_decoder_is_close_to_fp32_but_not_equal(litemedsam, onnx_expor
         torch.testing.assert_close(got_iou, ref_iou, rtol=0, atol=0.05)
 
 
+def test_decoder_precision_names_are_the_ones_the_formats_run():
+    """A PredictorSpec accepts exactly the decoder precisions some export format runs (the spec cannot import
+    deploy, so it lists the names itself)."""
+    from medadapt.deploy.export import DECODER_PRECISIONS
+    from medadapt.infer.factory import DECODER_PRECISION_NAMES
+
+    assert set(DECODER_PRECISION_NAMES) == {p for ps in DECODER_PRECISIONS.values() for p in ps}
+
+
 def test_decoder_precision_errors(onnx_export, tmp_path):
     import shutil
 
