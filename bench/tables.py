@@ -658,6 +658,9 @@ def interactive_latency_section() -> str:
         v = r.get(k)
         if k == "dsc_vs_reference":
             return "–" if v is None else f"{v:+.3f} (vs {r['dsc_reference']})"
+        if f"{k}_range" in r and len(r.get("rounds", [])) > 1:  # median over rounds (their range)
+            lo, hi = r[f"{k}_range"]
+            return f"{v:.0f} ({lo:.0f}–{hi:.0f})"
         return f"{v:.0f}" if isinstance(v, float) else str(r.get(k, NR))
 
     lines = ["| " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * len(cols)]
@@ -668,7 +671,9 @@ def interactive_latency_section() -> str:
                        "its change reaches. `engine:int8` / `engine:bf16`: the int8 (dynamic) or bf16 mask decoder "
                        "(`--decoder-precision`), faster and not equal to fp32; \"final DSC vs reference\" is the change "
                        "in mean final DSC over the objects against the same engine's fp32 decoder (or torch, for an fp32 "
-                       "export); the clicks follow each run's own masks.", "",
+                       "export); the clicks follow each run's own masks. Timings are medians over the rounds recorded in the "
+                       "file (every engine measured once per round, in a rotated order), the rounds' range in "
+                       "brackets.", "",
                        conditions(name, data), "", "\n".join(lines)])
 
 
