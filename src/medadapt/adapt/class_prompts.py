@@ -41,7 +41,7 @@ class ClassPrompts(nn.Module):
         src = embeddings.repeat_interleave(c, dim=0)  # [B*C, 256, 64, 64]
         sparse = self.tokens.to(embeddings.dtype).repeat(b, 1, 1)  # [B*C, T, 256]
         pe = model.prompt_encoder
-        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b * c, -1, *pe.image_embedding_size)
+        dense = pe.no_mask_dense(b * c)
         low_res, iou = model.mask_decoder(
             image_embeddings=src,
             image_pe=pe.get_dense_pe(),

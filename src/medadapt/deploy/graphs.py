@@ -167,8 +167,7 @@ def prompt_constants(prompt_encoder: PromptEncoder) -> dict[str, np.ndarray]:
     """Inputs that never change between calls, stored once: dense PE and the no-mask dense prompt."""
     with torch.no_grad():
         image_pe = prompt_encoder.get_dense_pe().float().numpy()  # [1, 256, h, w]
-        no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).float().numpy()
-    dense = np.ascontiguousarray(np.broadcast_to(no_mask, image_pe.shape))  # [1, 256, h, w]
+        dense = prompt_encoder.no_mask_dense().float().contiguous().numpy()  # [1, 256, h, w]
     return {"image_pe": image_pe, "no_mask_dense": dense}
 
 

@@ -67,13 +67,12 @@ def quantize_decoder(folder: Path, source: Path) -> Path:
     require("onnxruntime", extra="deploy", purpose="the int8 mask decoder of an ONNX export")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src = source
     dst = folder / graph_file("mask_decoder", "onnx", "int8")
     root = logging.getLogger()  # quantize_dynamic advises shape pre-processing on the root logger; not needed here
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_dynamic(str(source), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     finally:
         root.setLevel(level)
     return dst

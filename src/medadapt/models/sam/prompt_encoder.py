@@ -113,8 +113,13 @@ class PromptEncoder(nn.Module):
         if masks is not None:
             dense = self.mask_downscaling(masks)
         else:
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(bs, -1, *self.image_embedding_size)
+            dense = self.no_mask_dense(bs)
         return sparse_embeddings, dense
+
+    def no_mask_dense(self, batch: int = 1) -> torch.Tensor:
+        """The dense prompt without a mask: the learned no-mask embedding at every grid cell, ``[batch, C, h, w]``
+        (an expanded view)."""
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, *self.image_embedding_size)
 
 
 def _batch_size(points, boxes, masks) -> int:

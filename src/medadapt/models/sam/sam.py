@@ -82,7 +82,7 @@ class Sam(nn.Module):
         """The prompt-free decoder work for ``image_embeddings`` ``[1, C, h, w]`` without a mask prompt."""
         if image_embeddings.dim() != 4 or image_embeddings.shape[0] != 1:
             raise ValueError(f"decoder_image takes one embedding [1, C, h, w], got {tuple(image_embeddings.shape)}")
-        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)  # the dense prompt without a mask
+        dense = self.prompt_encoder.no_mask_dense()
         side = self.mask_decoder.transformer.image_side(image_embeddings + dense, self.get_dense_pe())
         return DecoderImage(side, image_embeddings, self._decoder_image_weights())
 

@@ -22,6 +22,11 @@ from torch import nn
 from medadapt.models.sam.common import MLPBlock
 
 
+def _tokens(grid: torch.Tensor) -> torch.Tensor:
+    """``[B, C, h, w]`` -> contiguous image tokens ``[B, h*w, C]``."""
+    return grid.flatten(2).transpose(1, 2).contiguous()
+
+
 class Attention(nn.Module):
     """Multi-head attention whose internal width may be downsampled (``dim // downsample_rate``)."""
 
@@ -125,8 +130,7 @@ class TwoWayTransformer(nn.Module):
 
     def image_side(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> ImageSide:
         """The prompt-free part of :meth:`forward` for ``image_embedding`` ``[1, C, h, w]`` (embedding + dense prompt)."""
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        keys, key_pe = _tokens(image_embedding), _tokens(image_pe)
         return ImageSide(keys, self.layers[0].image_projections(keys, key_pe), tuple(image_embedding.shape[-2:]))
 
     def forward(self, image_embedding: torch.Tensor | None, image_pe: torch.Tensor, point_embedding: torch.Tensor,
@@ -137,9 +141,9 @@ class TwoWayTransformer(nn.Module):
         Returns the processed tokens ``[B, N, C]`` and image tokens ``[B, h*w, C]``.
         """
         b = point_embedding.shape[0]
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        key_pe = _tokens(image_pe)
         if image_side is None:
-            keys, projected = image_embedding.flatten(2).transpose(1, 2).contiguous(), None
+            keys, projected = _tokens(image_embedding), None
         else:
             keys, projected = image_side.keys.expand(b, -1, -1), image_side.first_layer
         queries = point_embedding
