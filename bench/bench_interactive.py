@@ -8,8 +8,8 @@ the 3D box chain where a slice's box changed). Reported per engine and thread co
 
 - ``ms_per_decoded_slice``: click time / slices re-decoded (decoder + box derivation + resize to the image);
 - ``ms_per_click``: mean time of one click (all the slices it re-decoded);
-- ``decoder_ms``: median of one bare decoder call (box + 1 point) on a cached embedding (and, for torch, the
-  slice's cached prompt-free decoder work, as a click decodes), ``--repeats`` times.
+- ``decoder_ms``: median of one bare decoder call (box + 1 point) on a cached embedding and the slice's cached
+  prompt-free decoder work (``decoder_image``), as a click decodes, ``--repeats`` times.
 
 With ``--rounds R`` (default 3) the whole measurement is repeated R times, the engines in a rotated order
 each round, and every timing is the median over the rounds, with its range (``*_range``) and the rounds
@@ -64,14 +64,15 @@ def engine_predictor(name: str, torch_pred, threads: int):
 
 
 def decoder_ms(predictor, embedding: torch.Tensor, repeats: int) -> float:
-    """Median bare decoder call as a click makes it: on a slice decoded before (the torch model reuses the
-    slice's prompt-free decoder work, ``Sam.decoder_image``)."""
+    """Median bare decoder call as a click makes it: on a slice decoded before (the slice's prompt-free decoder
+    work, ``decoder_image``, is reused)."""
     box = torch.tensor([[60.0, 70.0, 160.0, 180.0]])
     pts = (torch.tensor([[[110.0, 120.0]]]), torch.tensor([[1]]))
     times = []
     with torch.no_grad():
         make = getattr(predictor.model, "decoder_image", None)
-        extra = {} if make is None else {"decoder_image": make(embedding[None])}
+        image = None if make is None else make(embedding[None])
+        extra = {} if image is None else {"decoder_image": image}
         for i in range(repeats + 2):
             t = time.perf_counter()
             predictor.model.decode(embedding[None], points=pts, boxes=box, **extra)

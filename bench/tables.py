@@ -677,6 +677,27 @@ def interactive_latency_section() -> str:
                        conditions(name, data), "", "\n".join(lines)])
 
 
+def decoder_graphs_section() -> str:
+    """Bare call of each exported decoder graph (bench_decoder_graphs.py)."""
+    name = "decoder_graphs.json"
+    data = load(name)
+    head = section("decoder-graphs", "Exported decoder graphs: one call", level=3)
+    if data is None:
+        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_decoder_graphs.py`."
+    lines = ["| graph | decoder | ONNX Runtime optimisations | threads | ms per call |", "|---|---|---|---|---|"]
+    for r in data["runs"]:
+        lo, hi = r["ms_range"]
+        lines.append(f"| {r['graph']} | {r['decoder_precision']} | {r['optimisers']} | {r['threads']} | "
+                     f"{r['ms']:.1f} ({lo:.1f}–{hi:.1f}) |")
+    return "\n".join([head, "", "`bench/bench_decoder_graphs.py`: one call of the full `mask_decoder` graph (any decode) "
+                       "and of the `cached_decoder` graph a click runs on a slice decoded before (the slice's "
+                       "`decoder_image` reused), LiteMedSAM, one hippocampus slice, a box and one click. `default`: "
+                       "the session options `DeployedSam` uses (SkipLayerNormalization fusion off for decoder graphs); "
+                       "`+SkipLayerNormFusion`: that fusion left on. Median over rounds of each round's mean call "
+                       f"({data['calls_per_round']} calls), the rounds' range in brackets.", "",
+                       conditions(name, data), "", "\n".join(lines)])
+
+
 def interactive_accuracy_section() -> str:
     """Box + simulated clicks on held-out volumes, per configuration (bench_clicks.py)."""
     head = section("interactive-accuracy", "Interactive segmentation: DSC after the box and each click")
@@ -885,6 +906,8 @@ def benchmarks_md() -> str:
         interactive_accuracy_section(),
         "",
         interactive_latency_section(),
+        "",
+        decoder_graphs_section(),
         "",
         studio_loop_section(),
         "",

@@ -13,7 +13,14 @@ from medadapt.adapt import RecipeConfig, apply_recipe
 from medadapt.cli.main import app
 from medadapt.deploy.backend import load_predictor
 from medadapt.deploy.export import INT8_DECODER, export_model, read_manifest
-from medadapt.deploy.graphs import DecoderGraph, PromptGraph, TokenDecoderGraph, labelled_points
+from medadapt.deploy.graphs import (
+    CachedDecoderGraph,
+    DecoderGraph,
+    DecoderImageGraph,
+    PromptGraph,
+    TokenDecoderGraph,
+    labelled_points,
+)
 from medadapt.deploy.runtime import DeployedSam, OvGraph
 from medadapt.errors import MedadaptError
 from medadapt.infer.factory import PredictorSpec
@@ -53,7 +60,8 @@ def test_manifest_lists_graphs_and_checksums(onnx_export):
     assert manifest["model"] == "litemedsam" and manifest["image_size"] == 256
     assert manifest["preprocessing"]["normalization"] == "minmax"
     for name in ("image_encoder.onnx", "prompt_encoder.onnx", "mask_encoder.onnx", "mask_decoder.onnx",
-                 "mask_decoder.int8.onnx", "constants.npz"):
+                 "mask_decoder.int8.onnx", "decoder_image.onnx", "decoder_image.int8.onnx", "cached_decoder.onnx",
+                 "cached_decoder.int8.onnx", "constants.npz"):
         assert len(manifest["files"][name]) == 64
     assert manifest["decoder_precisions"] == ["fp32", "int8"]
     assert manifest["int8_decoder"] == INT8_DECODER and ".mask_decoder.tokens.onnx" not in manifest["files"]
@@ -74,11 +82,35 @@ def test_token_order_decoder_graph_equals_the_decoder(litemedsam):
         torch.testing.assert_close(got_iou, ref_iou, rtol=0, atol=1e-5)
 
 
+def _first(prompts: dict) -> dict:
+    """The first prompt set of ``PROMPTS[kind]`` (batch 1)."""
+    return {k: (v[0][:1], v[1][:1]) if k == "points" else v[:1] for k, v in prompts.items()}
+
+
+@pytest.mark.parametrize("layout", [DecoderGraph, TokenDecoderGraph])
+def test_split_decoder_graphs_equal_the_decoder(litemedsam, layout):
+    """decoder_image once, then the cached decoder per prompt set: the full decoder's outputs, bit for bit."""
+    torch.manual_seed(5)
+    emb = torch.randn(1, 256, 64, 64)
+    image_pe, dense = litemedsam.get_dense_pe(), litemedsam.prompt_encoder.no_mask_dense(1)
+    decoder = layout(litemedsam.mask_decoder)
+    with torch.no_grad():
+        side = DecoderImageGraph(litemedsam.mask_decoder, image_pe, dense)(emb)
+        assert [tuple(t.shape) for t in side] == [(1, 4096, 256)] + [(1, 4096, 128)] * 3
+        for kind, prompts in PROMPTS.items():
+            sparse, _ = litemedsam.prompt_encoder(masks=None, **{"points": None, "boxes": None, **_first(prompts)})
+            ref, ref_iou = decoder(emb, image_pe, sparse, dense)
+            got, got_iou = CachedDecoderGraph(decoder, image_pe)(*side, sparse)
+            assert torch.equal(got, ref) and torch.equal(got_iou, ref_iou), kind
+
+
 def test_int8_decoder_quantises_the_upscaling_too(onnx_export):
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(onnx_export / "mask_decoder.int8.onnx")).graph.node}
-    assert "ConvTranspose" not in ops and "MatMulInteger" in ops
+    for name in ("mask_decoder", "cached_decoder"):
+        ops = {n.op_type for n in onnx.load(str(onnx_export / f"{name}.int8.onnx")).graph.node}
+        assert "ConvTranspose" not in ops and "MatMulInteger" in ops, name
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(str(onnx_export / "decoder_image.int8.onnx")).graph.node}
     assert "ConvTranspose" in {n.op_type for n in onnx.load(str(onnx_export / "mask_decoder.onnx")).graph.node}
 
 
@@ -108,6 +140,65 @@ def test_onnxruntime_equals_torch(litemedsam, onnx_export):
                 assert d_masks.shape == masks.shape, kind
                 assert (d_masks - masks).abs().max() <= 1e-4 * masks.abs().max(), kind
                 torch.testing.assert_close(d_iou, iou, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_exported_decoder_image_gives_the_same_masks(litemedsam, onnx_export, precision, monkeypatch):
+    """An embedding's decoder_image, then clicks on it: the cached decoder graph runs, with the full graph's
+    outputs (int8: as close to fp32 as the full int8 graph; dynamic quantisation of a differently cut graph is not
+    bitwise the same); several prompt sets, another embedding, a changed one or a mask prompt decode with the full
+    graph."""
+    deployed = DeployedSam(onnx_export, engine="onnxruntime", threads=2, decoder_precision=precision)
+    fp32 = DeployedSam(onnx_export, engine="onnxruntime", threads=2)
+    torch.manual_seed(6)
+    emb = torch.randn(1, 256, 64, 64) * 0.5
+    image = deployed.decoder_image(emb)
+    assert deployed.is_current(image, emb) and not deployed.is_current(image, emb.clone())
+    prompts = {kind: _first(p) for kind, p in PROMPTS.items()}
+    full = {kind: deployed.decode(emb, multimask_output=True, **p) for kind, p in prompts.items()}
+    exact = {kind: fp32.decode(emb, multimask_output=True, **p) for kind, p in prompts.items()}
+    calls = []
+    full_graph = deployed.decoder
+    monkeypatch.setattr(deployed, "decoder", lambda *a: calls.append(1) or full_graph(*a))
+    for kind, p in prompts.items():
+        masks, iou = deployed.decode(emb, multimask_output=True, decoder_image=image, **p)
+        assert masks.shape == full[kind][0].shape == (1, 3, 256, 256), kind
+        scale = exact[kind][0].abs().max()
+        if precision == "fp32":
+            assert (masks - full[kind][0]).abs().max() <= 1e-5 * scale, kind
+            torch.testing.assert_close(iou, full[kind][1], rtol=0, atol=1e-5)
+        else:
+            full_err = (full[kind][0] - exact[kind][0]).abs().max()
+            assert 0 < (masks - exact[kind][0]).abs().max() <= 1.25 * full_err, kind
+    assert calls == []  # the cached graph did the work
+    assert deployed.decode(emb, boxes=BOXES, decoder_image=image)[0].shape == (2, 1, 256, 256)
+    deployed.decode(emb.clone(), boxes=BOXES[:1], decoder_image=image)
+    deployed.decode(emb, boxes=BOXES[:1], masks=torch.zeros(1, 1, 256, 256), decoder_image=image)
+    emb.add_(0)  # changed in place: no longer the embedding the work came from
+    deployed.decode(emb, boxes=BOXES[:1], decoder_image=image)
+    assert len(calls) == 4
+
+
+def test_export_without_split_decoder_decodes_with_the_full_graph(litemedsam, onnx_export, tmp_path):
+    """An export written before the decoder was split: no decoder_image, clicks decode as before, and the
+    medadapt cache renews such an export."""
+    import shutil
+
+    from medadapt.deploy.backend import _weights_digest, cached_export
+
+    folder = tmp_path / "exports" / f"litemedsam-onnx-{_weights_digest(litemedsam)}"
+    shutil.copytree(onnx_export, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in ("decoder_image", "cached_decoder"):
+        del manifest["graphs"][name]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    deployed = DeployedSam(folder, engine="onnxruntime", threads=1)
+    emb = torch.zeros(1, 256, 64, 64)
+    assert deployed.decoder_image(emb) is None
+    assert deployed.decode(emb, boxes=BOXES[:1])[0].shape == (1, 1, 256, 256)
+    assert cached_export("litemedsam", engine="onnxruntime", cache_root=tmp_path) == folder
+    assert "cached_decoder" in read_manifest(folder)["graphs"]
+    assert DeployedSam(folder, engine="onnxruntime", threads=1).decoder_image(emb) is not None
 
 
 def test_int8_mask_decoder_is_close_to_fp32_but_not_equal(litemedsam, onnx_export):
@@ -297,6 +388,8 @@ def test_openvino_fp32_and_bf16_equal_torch(litemedsam, tmp_path):
     assert (fp32.encode(x) - ref).abs().max() <= 1e-4 * ref.abs().max()
     d_masks, _ = fp32.decode(ref[:1], boxes=BOXES)
     assert (d_masks - masks).abs().max() <= 1e-4 * masks.abs().max()
+    c_masks, _ = fp32.decode(ref[:1], boxes=BOXES, decoder_image=fp32.decoder_image(ref[:1]))  # the split decoder
+    assert (c_masks - masks).abs().max() <= 1e-4 * masks.abs().max()
     assert any((tmp_path / "cache").iterdir())  # compiled-model cache written
     _check_mask_prompts(litemedsam, fp32)
     # The two halves of the mixed-precision encoder, both at fp32, chain to the full encoder.

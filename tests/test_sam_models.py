@@ -158,7 +158,8 @@ def test_dense_pe_is_computed_once_and_follows_its_buffer():
 
 def test_decoder_image_gives_the_same_masks_and_is_used_only_while_current(lite):
     """Decoding with an embedding's prompt-free decoder work (``decoder_image``) is bitwise the plain decode, skips
-    that work, and is ignored for another embedding, a mask prompt, autograd, or changed weights."""
+    that work, and is ignored for another embedding, a mask prompt, autograd, changed weights or an embedding changed
+    in place."""
     torch.manual_seed(5)
     emb, other = torch.randn(1, 256, E, E), torch.randn(1, 256, E, E)
     boxes = torch.tensor([[2.0, 5.0, 30.0, 50.0], [12.0, 15.0, 22.0, 25.0]])
@@ -194,5 +195,9 @@ def test_decoder_image_gives_the_same_masks_and_is_used_only_while_current(lite)
                 assert torch.equal(lite.decode(emb, boxes=boxes, decoder_image=image)[0], lite.decode(emb, boxes=boxes)[0])
             finally:
                 k_proj.weight.copy_(saved)
+            image = lite.decoder_image(emb)
+            assert lite.is_current(image, emb)
+            emb.mul_(2)  # the embedding changed in place: the work no longer belongs to it, nor to a view of it
+            assert not lite.is_current(image, emb) and not lite.is_current(image, emb[:])
     finally:
         del block.image_projections

@@ -58,7 +58,8 @@ def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=No
     """The export folder of this model for ``engine``, created on first use.
 
     The split encoder of the ``mixed`` precision is only exported when that precision is asked
-    for; a cached export without it is exported again then, as is one without a mask encoder or,
+    for; a cached export without it is exported again then, as is one without a mask encoder or the split
+    decoder (written before they were exported) or,
     when the int8 mask decoder is asked for, one whose int8 decoder was made another way (or is missing).
     """
     net, spec, source, classes = load_for_export(model, checkpoint=checkpoint, adapter=adapter)
@@ -70,7 +71,7 @@ def cached_export(model: str | None, *, engine: str, checkpoint=None, adapter=No
         cached = read_manifest(folder, verify=False)
         stale = ((precision == "mixed" and "mixed" not in cached["precisions"])
                  or (decoder_precision == "int8" and cached.get("int8_decoder") != INT8_DECODER)
-                 or "mask_encoder" not in cached.get("graphs", {}))  # written before mask prompts were exported
+                 or not {"mask_encoder", "cached_decoder"} <= set(cached.get("graphs", {})))  # older exports
     if not manifest.is_file() or stale:
         export_model(net, spec, folder, fmt=fmt, source=source, classes=classes, overwrite=True,
                      split_encoder=precision == "mixed")

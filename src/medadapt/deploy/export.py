@@ -3,7 +3,8 @@
 finetune-SAM cannot export adapted models; medadapt folds LoRA into the base weights first
 (``adapt.artifact.merge_adapter``; bottleneck adapters are non-linear and stay in the graph), then
 writes ``image_encoder``, ``prompt_encoder``, ``mask_encoder`` (mask prompts) and ``mask_decoder``
-with a dynamic batch axis, the
+with a dynamic batch axis, the decoder split for repeated decodes of one embedding (``decoder_image``
+once per embedding, ``cached_decoder`` per set of prompts; see ``deploy.graphs``), the
 never-changing decoder inputs once in ``constants.npz`` (dense positional encoding, the no-mask
 dense prompt, learned class tokens of an automatic-mode adapter), and ``manifest.json`` with the
 preprocessing, input size, graph I/O and a sha256 per file.
@@ -40,7 +41,9 @@ from torch import nn
 
 from medadapt.adapt.artifact import merge_adapter
 from medadapt.deploy.graphs import (
+    CachedDecoderGraph,
     DecoderGraph,
+    DecoderImageGraph,
     EncoderGraph,
     EncoderStemGraph,
     EncoderTrunkGraph,
@@ -61,7 +64,9 @@ from medadapt.optional import require
 FORMATS = ("onnx", "openvino")
 MANIFEST = "manifest.json"
 CONSTANTS = "constants.npz"
-GRAPHS = ("image_encoder", "prompt_encoder", "mask_encoder", "mask_decoder")
+GRAPHS = ("image_encoder", "prompt_encoder", "mask_encoder", "mask_decoder", "decoder_image", "cached_decoder")
+# The decoder graphs an int8 decoder precision quantises (ONNX).
+DECODER_GRAPHS = ("mask_decoder", "decoder_image", "cached_decoder")
 MIXED_GRAPHS = ("image_encoder_stem", "image_encoder_trunk")
 # Stages of a staged (TinyViT-family) encoder kept in fp32 by the ``mixed`` precision.
 MIXED_FP32_STAGES = 2
@@ -74,6 +79,8 @@ INT8_DECODER = "token-order upscaling"  # how the int8 decoder was made; cached 
 
 def _examples(model: nn.Module, image_size: int, consts: dict[str, np.ndarray]) -> dict[str, tuple[torch.Tensor, ...]]:
     grid = model.prompt_encoder.image_embedding_size
+    with torch.no_grad():
+        side = _modules(model, consts)["decoder_image"](torch.zeros(1, 256, *grid))
     return {
         "image_encoder": (torch.zeros(2, 3, image_size, image_size),),
         "prompt_encoder": (torch.tensor([[[10.0, 12.0], [80.0, 90.0]]] * 2), torch.tensor([[2, 3]] * 2)),
@@ -82,6 +89,8 @@ def _examples(model: nn.Module, image_size: int, consts: dict[str, np.ndarray]) 
             torch.zeros(1, 256, *grid), torch.from_numpy(consts["image_pe"]), torch.zeros(2, 2, 256),
             torch.from_numpy(consts["no_mask_dense"]),
         ),
+        "decoder_image": (torch.zeros(1, 256, *grid),),
+        "cached_decoder": (*side, torch.zeros(1, 2, 256)),
     }
 
 
@@ -90,6 +99,8 @@ IO_NAMES = {
     "prompt_encoder": (["coords", "labels"], ["sparse"]),
     "mask_encoder": (["masks"], ["dense"]),
     "mask_decoder": (["embeddings", "image_pe", "sparse", "dense"], ["masks", "iou"]),
+    "decoder_image": (["embeddings"], ["keys", "k", "v", "q"]),
+    "cached_decoder": (["keys", "k", "v", "q", "sparse"], ["masks", "iou"]),
     "image_encoder_stem": (["images"], ["tokens"]),
     "image_encoder_trunk": (["tokens"], ["embeddings"]),
 }
@@ -100,17 +111,32 @@ DYNAMIC_AXES = {
     "mask_encoder": {"masks": {0: "batch"}, "dense": {0: "batch"}},
     "mask_decoder": {"embeddings": {0: "image_batch"}, "sparse": {0: "batch", 1: "points"},
                      "dense": {0: "image_batch"}, "masks": {0: "batch"}, "iou": {0: "batch"}},
+    "decoder_image": {},
+    "cached_decoder": {"sparse": {1: "points"}},  # one prompt set: an interactive click
     "image_encoder_stem": {"images": {0: "batch"}, "tokens": {0: "batch"}},
     "image_encoder_trunk": {"tokens": {0: "batch"}, "embeddings": {0: "batch"}},
 }
 
 
-def _modules(model: nn.Module) -> dict[str, nn.Module]:
+def _modules(model: nn.Module, consts: dict[str, np.ndarray]) -> dict[str, nn.Module]:
+    image_pe, dense = torch.from_numpy(consts["image_pe"]), torch.from_numpy(consts["no_mask_dense"])
     return {
         "image_encoder": EncoderGraph(model.image_encoder).eval(),
         "prompt_encoder": PromptGraph(model.prompt_encoder).eval(),
         "mask_encoder": MaskGraph(model.prompt_encoder).eval(),
         "mask_decoder": DecoderGraph(model.mask_decoder).eval(),
+        "decoder_image": DecoderImageGraph(model.mask_decoder, image_pe, dense).eval(),
+        "cached_decoder": CachedDecoderGraph(DecoderGraph(model.mask_decoder), image_pe).eval(),
+    }
+
+
+def _int8_sources(model: nn.Module, consts: dict[str, np.ndarray]) -> dict[str, nn.Module]:
+    """The graphs the int8 decoder graphs are quantised from: the decoders in token order (``TokenDecoderGraph``)."""
+    image_pe, dense = torch.from_numpy(consts["image_pe"]), torch.from_numpy(consts["no_mask_dense"])
+    return {
+        "mask_decoder": TokenDecoderGraph(model.mask_decoder).eval(),
+        "decoder_image": DecoderImageGraph(model.mask_decoder, image_pe, dense).eval(),
+        "cached_decoder": CachedDecoderGraph(TokenDecoderGraph(model.mask_decoder), image_pe).eval(),
     }
 
 
@@ -194,7 +220,7 @@ def export_model(
     try:
         consts = prompt_constants(merged.prompt_encoder)
         examples = _examples(merged, spec.image_size, consts)
-        for name, module in _modules(merged).items():
+        for name, module in _modules(merged, consts).items():
             target = tmp / graph_file(name, fmt)
             (_export_onnx if fmt == "onnx" else _export_openvino)(module, examples[name], target, name)
         precisions = ["fp32"]
@@ -205,12 +231,12 @@ def export_model(
         if getattr(merged, "class_prompts", None) is not None:
             consts["class_tokens"] = merged.class_prompts.tokens.detach().float().numpy()
         np.savez(tmp / CONSTANTS, **consts)
-        if fmt == "onnx":  # the int8 decoder, quantised from the token-order layout of the same decoder
-            token_order = tmp / ".mask_decoder.tokens.onnx"
-            _export_onnx(TokenDecoderGraph(merged.mask_decoder).eval(), examples["mask_decoder"], token_order,
-                         "mask_decoder")
-            quantize_decoder(tmp, token_order)
-            token_order.unlink()
+        if fmt == "onnx":  # the int8 decoder graphs, quantised from the token-order layout of the same decoder
+            for name, module in _int8_sources(merged, consts).items():
+                token_order = tmp / f".{name}.tokens.onnx"
+                _export_onnx(module, examples[name], token_order, name)
+                quantize_decoder(tmp, token_order, name)
+                token_order.unlink()
         if calibration is not None:
             quantize_encoder(tmp, fmt, calibration)
             precisions.append("int8")

@@ -21,6 +21,12 @@ convolution is one matmul per image token followed by a depth-to-space, so the g
 tokens in token order, runs both upscaling steps as matmuls (LayerNorm over the last axis, no
 transposes), takes the hypernetwork product there, and rearranges only the 4 mask channels into pixels
 at the end instead of the 32 upscaled channels.
+
+Corrective clicks decode one embedding again and again. As ``Sam.decoder_image`` does in PyTorch, the
+export splits the decoder's prompt-free part off: :class:`DecoderImageGraph` computes the image tokens
+and the first layer's projections of them once per embedding (no mask prompt), and
+:class:`CachedDecoderGraph` finishes the decoder from them for each set of prompts. Together they equal
+:class:`DecoderGraph`; int8 exports hold both, quantised like the full decoder.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medadapt.models.sam.prompt_encoder import PromptEncoder
+from medadapt.models.sam.transformer import ImageSide
 
 # Labels of the labelled-point prompt form.
 PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
@@ -104,8 +111,8 @@ class DecoderGraph(nn.Module):
         super().__init__()
         self.mask_decoder = mask_decoder
 
-    def forward(self, embeddings, image_pe, sparse, dense):
-        return self.mask_decoder.predict_masks(embeddings, image_pe, sparse, dense)
+    def forward(self, embeddings, image_pe, sparse, dense, image_side: ImageSide | None = None):
+        return self.mask_decoder.predict_masks(embeddings, image_pe, sparse, dense, image_side)
 
 
 class TokenDecoderGraph(nn.Module):
@@ -122,9 +129,9 @@ class TokenDecoderGraph(nn.Module):
                 self.register_buffer(f"weight{i}", conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1).clone())
                 self.register_buffer(f"bias{i}", conv.bias.repeat(4).clone())
 
-    def forward(self, embeddings, image_pe, sparse, dense):
+    def forward(self, embeddings, image_pe, sparse, dense, image_side: ImageSide | None = None):
         d = self.mask_decoder
-        iou_token, mask_tokens, src, (h, w) = d.attend(embeddings, image_pe, sparse, dense)
+        iou_token, mask_tokens, src, (h, w) = d.attend(embeddings, image_pe, sparse, dense, image_side)
         b = src.shape[0]
         x = (src @ self.weight0 + self.bias0).reshape(b, h * w * 4, -1)  # token (y, x), sub-pixel (ky, kx)
         x = F.gelu(F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps))
@@ -134,6 +141,40 @@ class TokenDecoderGraph(nn.Module):
         # (y, x, ky1, kx1, ky2, kx2) -> row 4y + 2ky1 + ky2, column 4x + 2kx1 + kx2
         masks = masks.reshape(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, m, 4 * h, 4 * w)
         return masks, d.iou_prediction_head(iou_token)
+
+
+class DecoderImageGraph(nn.Module):
+    """embeddings ``[1, 256, h, w]`` → the prompt-free decoder work (``ImageSide``): image tokens ``[1, h*w, 256]``,
+    first-layer k, v, q ``[1, h*w, 128]``. The dense PE and the no-mask dense prompt are constants of the graph."""
+
+    def __init__(self, mask_decoder: nn.Module, image_pe: torch.Tensor, no_mask_dense: torch.Tensor):
+        super().__init__()
+        self.mask_decoder = mask_decoder
+        self.register_buffer("image_pe", image_pe.detach().float().clone())
+        self.register_buffer("dense", no_mask_dense.detach().float().contiguous().clone())
+
+    def forward(self, embeddings):
+        side = self.mask_decoder.transformer.image_side(embeddings + self.dense, self.image_pe)
+        return (side.keys, *side.first_layer)
+
+
+class CachedDecoderGraph(nn.Module):
+    """``decoder`` (a :class:`DecoderGraph` or :class:`TokenDecoderGraph`) from :class:`DecoderImageGraph`'s
+    outputs, for one prompt set: (keys, k, v, q, sparse ``[1, N, 256]``) → (mask logits ``[1, 4, 4h, 4w]``,
+    IoU ``[1, 4]``).
+
+    The dense PE is a constant and the prompt batch is fixed to 1 (an interactive click), so ONNX Runtime folds
+    the PE's token layout and drops the batch expansions the general graph copies at every call.
+    """
+
+    def __init__(self, decoder: nn.Module, image_pe: torch.Tensor):
+        super().__init__()
+        self.decoder = decoder
+        self.register_buffer("image_pe", image_pe.detach().float().clone())
+
+    def forward(self, keys, k, v, q, sparse):
+        side = ImageSide(keys, (k, v, q), tuple(self.image_pe.shape[-2:]))
+        return self.decoder(None, self.image_pe, sparse, None, side)
 
 
 def labelled_points(

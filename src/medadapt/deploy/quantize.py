@@ -9,7 +9,7 @@ the linear layers alone). OpenVINO IR uses NNCF with the transformer preset (kee
 norm in float). Both come from their own libraries; nothing here re-implements quantisation.
 
 The mask decoder is what an interactive click waits for. Every ONNX export also holds
-``mask_decoder.int8.onnx``: ONNX Runtime's dynamic quantisation (int8 weights, activation scales
+``mask_decoder.int8.onnx`` (and the split decoder's ``decoder_image.int8.onnx`` / ``cached_decoder.int8.onnx``): ONNX Runtime's dynamic quantisation (int8 weights, activation scales
 computed per call, so no calibration data) of its MatMul / Gemm nodes. It is quantised from the decoder
 graph laid out in token order (``graphs.TokenDecoderGraph``), whose output upscaling is matmuls too, so
 the transformer's projections and the upscaling both run in int8. It is used only when asked for (``--decoder-precision int8``): it is faster, not equal (benchmarked in
@@ -61,13 +61,13 @@ def quantize_encoder(folder: Path, fmt: str, calibration: np.ndarray) -> Path:
     return dst
 
 
-def quantize_decoder(folder: Path, source: Path) -> Path:
-    """Write ``mask_decoder.int8.onnx`` into ``folder``: the fp32 ONNX decoder graph ``source`` with its
+def quantize_decoder(folder: Path, source: Path, name: str = "mask_decoder") -> Path:
+    """Write ``{name}.int8.onnx`` into ``folder``: the fp32 ONNX decoder graph ``source`` with its
     MatMul / Gemm nodes dynamically quantised to int8."""
     require("onnxruntime", extra="deploy", purpose="the int8 mask decoder of an ONNX export")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    dst = folder / graph_file("mask_decoder", "onnx", "int8")
+    dst = folder / graph_file(name, "onnx", "int8")
     root = logging.getLogger()  # quantize_dynamic advises shape pre-processing on the root logger; not needed here
     level = root.level
     root.setLevel(logging.ERROR)

@@ -13,20 +13,25 @@ run unchanged on either engine. Precision applies to the image encoder, >95 % of
 The prompt encoder runs in fp32. The mask decoder (what an interactive click waits for) runs in fp32
 unless ``decoder_precision`` asks for ONNX Runtime's int8 decoder graph (every ONNX export holds one,
 see ``deploy.quantize``) or OpenVINO's bf16 hint: faster, not equal (bench/bench_interactive.py).
+Like ``Sam``, it hands out an embedding's prompt-free decoder work (``decoder_image``, the export's
+``decoder_image`` graph) for callers that decode one embedding many times; ``decode`` then runs the
+smaller ``cached_decoder`` graph, with the same result as the full decoder graph.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medadapt.deploy.export import CONSTANTS, DECODER_PRECISIONS, read_manifest
+from medadapt.deploy.export import CONSTANTS, DECODER_GRAPHS, DECODER_PRECISIONS, read_manifest
 from medadapt.deploy.graphs import graph_file, labelled_points
 from medadapt.errors import MedadaptError
 from medadapt.io.hashing import file_sha256
+from medadapt.models.sam.sam import tensor_key
 from medadapt.optional import require
 
 ENGINES = ("torch", "onnxruntime", "openvino")
@@ -67,17 +72,24 @@ def cpu_has_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-class OrtGraph:
-    """One ONNX graph in an ONNX Runtime session (fixed thread count, all graph optimisations)."""
+# ONNX Runtime fuses residual Add + LayerNorm into SkipLayerNormalization where shapes are static (the cached
+# decoder); on the image tokens that kernel made the decoder call ~20 % slower at 1 thread
+# (bench_interactive.py --ab), so decoder graphs run without that fusion.
+DECODER_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
-    def __init__(self, path: Path, threads: int | None):
+
+class OrtGraph:
+    """One ONNX graph in an ONNX Runtime session (fixed thread count, all graph optimisations but ``disabled``)."""
+
+    def __init__(self, path: Path, threads: int | None, disabled: tuple[str, ...] = ()):
         ort = require("onnxruntime", extra="deploy", purpose="--engine onnxruntime")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        extra = {"disabled_optimizers": list(disabled)} if disabled else {}
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], **extra)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
@@ -129,8 +141,18 @@ class _ClassPrompts:
         return torch.from_numpy(masks[:, :1]).reshape(b, c, *masks.shape[-2:]), torch.from_numpy(iou[:, :1]).reshape(b, c)
 
 
+@dataclass(frozen=True)
+class ExportedDecoderImage:
+    """One embedding's ``decoder_image`` graph outputs (keys, k, v, q) and the embedding they came from
+    (held, with its ``models.sam.sam.tensor_key``)."""
+
+    arrays: tuple[np.ndarray, ...]
+    source: torch.Tensor
+    source_key: tuple
+
+
 class DeployedSam:
-    """An export folder on an engine, with ``Sam``'s ``encode`` / ``decode`` signatures."""
+    """An export folder on an engine, with ``Sam``'s ``encode`` / ``decode`` / ``decoder_image`` signatures."""
 
     def __init__(self, folder: str | Path, *, engine: str = "openvino", precision: str = "fp32",
                  threads: int | None = None, cache_dir: str | Path | None = None, decoder_precision: str = "fp32"):
@@ -170,7 +192,7 @@ class DeployedSam:
         def graph(name: str, prec: str = "fp32"):
             path = self.folder / graph_file(name, fmt, "int8" if prec == "int8" else "fp32")
             if engine == "onnxruntime":
-                return OrtGraph(path, threads)
+                return OrtGraph(path, threads, DECODER_DISABLED_OPTIMIZERS if name in DECODER_GRAPHS else ())
             return OvGraph(path, threads, prec, cache)
 
         if precision == "mixed":
@@ -181,8 +203,13 @@ class DeployedSam:
             encoder_files = [graph_file("image_encoder", fmt, "int8" if precision == "int8" else "fp32")]
         self.prompt = graph("prompt_encoder")
         self.decoder = graph("mask_decoder", decoder_precision)
+        graphs = self.manifest.get("graphs", {})
         # exports written before mask prompts were exported have no mask encoder: they decode without one
-        self.mask_encoder = graph("mask_encoder") if "mask_encoder" in self.manifest.get("graphs", {}) else None
+        self.mask_encoder = graph("mask_encoder") if "mask_encoder" in graphs else None
+        # exports written before the decoder was split decode every call with the full decoder graph
+        split = "cached_decoder" in graphs
+        self.image_graph = graph("decoder_image", decoder_precision) if split else None
+        self.cached_decoder = graph("cached_decoder", decoder_precision) if split else None
         consts = np.load(self.folder / CONSTANTS)
         self.image_pe = consts["image_pe"]
         self.no_mask_dense = consts["no_mask_dense"]
@@ -200,10 +227,32 @@ class DeployedSam:
         x = np.ascontiguousarray(images.float().numpy())
         return torch.from_numpy(self.encoder(x)[0])
 
+    def decoder_image(self, image_embeddings: torch.Tensor) -> ExportedDecoderImage | None:
+        """The prompt-free decoder work for one embedding ``[1, 256, h, w]`` (None: this export has no split decoder)."""
+        if self.image_graph is None:
+            return None
+        if image_embeddings.dim() != 4 or image_embeddings.shape[0] != 1:
+            raise ValueError(f"decoder_image takes one embedding [1, C, h, w], got {tuple(image_embeddings.shape)}")
+        emb = np.ascontiguousarray(image_embeddings.float().numpy())
+        arrays = tuple(self.image_graph(emb))
+        return ExportedDecoderImage(arrays, image_embeddings, tensor_key(image_embeddings))
+
+    def is_current(self, image: ExportedDecoderImage, image_embeddings: torch.Tensor) -> bool:
+        """Whether ``decode`` would use ``image`` for ``image_embeddings`` (the embedding it came from, unchanged)."""
+        return tensor_key(image_embeddings) == image.source_key
+
     def decode(self, image_embeddings: torch.Tensor, points=None, boxes=None, masks=None,
-               multimask_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               multimask_output: bool = False,
+               decoder_image: ExportedDecoderImage | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Sam.decode`` on the export; ``decoder_image`` (of ``image_embeddings``; one prompt set, no mask prompt)
+        skips its work."""
         coords, labels = labelled_points(points, boxes)
         sparse = self.prompt(coords, labels)[0]
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        if (decoder_image is not None and masks is None and sparse.shape[0] == 1
+                and self.is_current(decoder_image, image_embeddings)):  # the cached graph takes one prompt set
+            all_masks, all_iou = self.cached_decoder(*decoder_image.arrays, sparse)
+            return torch.from_numpy(all_masks[:, sl]), torch.from_numpy(all_iou[:, sl])
         emb = np.ascontiguousarray(image_embeddings.float().numpy())
         if masks is not None:
             dense = self._mask_prompt(masks, sparse.shape[0])
@@ -212,7 +261,6 @@ class DeployedSam:
         else:
             dense = self.no_mask_dense if emb.shape[0] == 1 else np.repeat(self.no_mask_dense, emb.shape[0], axis=0)
         all_masks, all_iou = self.decoder(emb, self.image_pe, sparse, dense)
-        sl = slice(1, None) if multimask_output else slice(0, 1)
         return torch.from_numpy(all_masks[:, sl]), torch.from_numpy(all_iou[:, sl])
 
 

@@ -86,8 +86,8 @@ class SliceEmbeddings:
 
     @torch.no_grad()
     def decoder_image(self, z: int):
-        """Slice ``z``'s :meth:`~medadapt.models.sam.sam.Sam.decoder_image` for ``decode(self.get(z)[0][None],
-        ..., decoder_image=...)``; None for a model without one (an exported model)."""
+        """Slice ``z``'s :meth:`~medadapt.models.sam.sam.Sam.decoder_image` (or an export's) for
+        ``decode(self.get(z)[0][None], ..., decoder_image=...)``; None for a model without one."""
         model = self.predictor.model
         if not hasattr(model, "decoder_image"):
             return None
@@ -96,7 +96,10 @@ class SliceEmbeddings:
             self._decoder_images.move_to_end(z)
         else:  # new, or the weights changed since (a model adapted in place)
             self._decoder_images.pop(z, None)
-            self._decoder_images[z] = model.decoder_image(emb)
+            image = model.decoder_image(emb)
+            if image is None:  # an export written before its decoder was split
+                return None
+            self._decoder_images[z] = image
             if len(self._decoder_images) > self.DECODER_IMAGES:
                 self._decoder_images.popitem(last=False)
         return self._decoder_images[z]

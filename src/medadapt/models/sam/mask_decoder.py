@@ -86,15 +86,16 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
 
-        pos_src = image_pe.expand(b, -1, -1, -1)
+        # A shared embedding / PE stays batch 1 and broadcasts: the first attention makes the image tokens batch B
+        # (an exported graph would copy an expanded tensor at every call).
+        pos_src = image_pe
         if image_side is None:
             if image_embeddings.shape[0] not in (1, b):
                 raise ValueError(
                     f"image embeddings have batch {image_embeddings.shape[0]} but the prompts have batch {b}; "
                     "pass one embedding shared by all prompts or one per prompt"
                 )
-            src = image_embeddings + dense_prompt_embeddings  # broadcasts a shared embedding to B
-            src = src.expand(b, -1, -1, -1)
+            src = image_embeddings + dense_prompt_embeddings
             hw = tuple(src.shape[-2:])
         else:
             src, hw = None, image_side.hw

@@ -22,17 +22,24 @@ from medadapt.models.sam.transformer import ImageSide
 Points = tuple[torch.Tensor, torch.Tensor]
 
 
+def tensor_key(t: torch.Tensor) -> tuple:
+    """Storage, version, shape, strides and dtype of ``t``: equal keys (while the first tensor is held, so its
+    storage is not reused) mean the very same values, not changed in place since."""
+    return t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype
+
+
 @dataclass(frozen=True)
 class DecoderImage:
     """One embedding's prompt-free decoder work (:meth:`Sam.decoder_image`).
 
-    ``decode`` uses it only for the embedding it came from (same storage and version; holding ``source``
+    ``decode`` uses it only for the embedding it came from, unchanged (``source_key``; holding ``source``
     keeps that storage from being reused) and while the weights it depends on are unchanged (``weights``);
     otherwise it decodes as if it were not given.
     """
 
     side: ImageSide
     source: torch.Tensor
+    source_key: tuple
     weights: tuple
 
 
@@ -68,6 +75,8 @@ class Sam(nn.Module):
         if boxes is not None and boxes.ndim == 3:
             boxes = boxes.reshape(-1, 4)
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        if masks is None:
+            dense = dense[:1]  # one no-mask prompt for all B: it broadcasts rather than copying the image B times
         usable = decoder_image is not None and masks is None and self.is_current(decoder_image, image_embeddings)
         return self.mask_decoder(
             image_embeddings=image_embeddings,
@@ -84,7 +93,7 @@ class Sam(nn.Module):
             raise ValueError(f"decoder_image takes one embedding [1, C, h, w], got {tuple(image_embeddings.shape)}")
         dense = self.prompt_encoder.no_mask_dense()
         side = self.mask_decoder.transformer.image_side(image_embeddings + dense, self.get_dense_pe())
-        return DecoderImage(side, image_embeddings, self._decoder_image_weights())
+        return DecoderImage(side, image_embeddings, tensor_key(image_embeddings), self._decoder_image_weights())
 
     def _decoder_image_weights(self) -> tuple:
         """Identity and version of every tensor (and PEFT switch) a :class:`DecoderImage` depends on."""
@@ -101,11 +110,7 @@ class Sam(nn.Module):
 
     def is_current(self, image: DecoderImage, image_embeddings: torch.Tensor) -> bool:
         """Whether ``decode`` would use ``image`` for ``image_embeddings`` (outside autograd, weights unchanged)."""
-        src = image.source
-        return (not torch.is_grad_enabled() and image_embeddings.shape[0] == 1
-                and image_embeddings.data_ptr() == src.data_ptr() and image_embeddings._version == src._version
-                and image_embeddings.shape == src.shape and image_embeddings.stride() == src.stride()
-                and image_embeddings.dtype == src.dtype
+        return (not torch.is_grad_enabled() and tensor_key(image_embeddings) == image.source_key
                 and image.weights == self._decoder_image_weights())
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None, points: Points | None = None,

@@ -105,7 +105,7 @@ class TwoWayAttentionBlock(nn.Module):
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         if projected is None:
             projected = self.image_projections(keys, key_pe)
-        k, v, image_q = (p.expand(queries.shape[0], -1, -1) for p in projected)
+        k, v, image_q = projected  # batch 1 (one image for B prompts) broadcasts in the attention
         q = queries + query_pe
         queries = self.norm2(queries + t2i.attend(t2i.q_proj(q), k, v))
 
@@ -135,17 +135,16 @@ class TwoWayTransformer(nn.Module):
 
     def forward(self, image_embedding: torch.Tensor | None, image_pe: torch.Tensor, point_embedding: torch.Tensor,
                 image_side: ImageSide | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image_embedding``/``image_pe`` ``[B, C, h, w]``, tokens ``[B, N, C]``; with ``image_side`` (from
+        """``image_embedding``/``image_pe`` ``[1|B, C, h, w]``, tokens ``[B, N, C]``; with ``image_side`` (from
         :meth:`image_side`) ``image_embedding`` is not read.
 
         Returns the processed tokens ``[B, N, C]`` and image tokens ``[B, h*w, C]``.
         """
-        b = point_embedding.shape[0]
         key_pe = _tokens(image_pe)
         if image_side is None:
             keys, projected = _tokens(image_embedding), None
         else:
-            keys, projected = image_side.keys.expand(b, -1, -1), image_side.first_layer
+            keys, projected = image_side.keys, image_side.first_layer
         queries = point_embedding
         for i, layer in enumerate(self.layers):
             queries, keys = layer(queries, keys, query_pe=point_embedding, key_pe=key_pe,
