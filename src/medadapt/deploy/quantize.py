@@ -9,7 +9,8 @@ the linear layers alone). OpenVINO IR uses NNCF with the transformer preset (kee
 norm in float). Both come from their own libraries; nothing here re-implements quantisation.
 
 The mask decoder is what an interactive click waits for. Every ONNX export also holds
-``mask_decoder.int8.onnx`` (and the split decoder's ``decoder_image.int8.onnx`` / ``cached_decoder.int8.onnx``): ONNX Runtime's dynamic quantisation (int8 weights, activation scales
+``mask_decoder.int8.onnx`` (and the split decoder's ``decoder_image.int8.onnx`` /
+``cached_decoder.int8.onnx``): ONNX Runtime's dynamic quantisation (int8 weights, activation scales
 computed per call, so no calibration data) of its MatMul / Gemm nodes. It is quantised from the decoder
 graph laid out in token order (``graphs.TokenDecoderGraph``), whose output upscaling is matmuls too, so
 the transformer's projections and the upscaling both run in int8. It is used only when asked for (``--decoder-precision int8``): it is faster, not equal (benchmarked in
