@@ -63,7 +63,6 @@ def main() -> int:
     from medadapt.deploy.backend import cached_export
     from medadapt.deploy.graphs import labelled_points
     from medadapt.deploy.runtime import DECODER_DISABLED_OPTIMIZERS, DeployedSam, OrtGraph
-    from medadapt.io.atomic import write_json
 
     prov = provenance.start()
     folder = cached_export("litemedsam", engine="onnxruntime", decoder_precision="int8")
@@ -100,9 +99,7 @@ def main() -> int:
             result["runs"].append(row)
             print(f"threads {threads} {graph:15s} {precision} {optimisers:21s} {row['ms']:6.1f} ms "
                   f"({min(ts):.1f}-{max(ts):.1f})", flush=True)
-    result["provenance"] = provenance.finish(prov)
-    write_json(OUT, result)
-    print(f"wrote {OUT}")
+    provenance.save(OUT, result, prov)
     return 0
 
 

@@ -166,11 +166,7 @@ def main() -> int:
             print(f"{engine:12s} threads {threads}: {run['ms_per_decoded_slice']:.1f} ms / re-decoded slice "
                   f"(rounds {lo:.1f}-{hi:.1f}), {run['ms_per_click']:.1f} ms / click, "
                   f"bare decoder {run['decoder_ms']:.1f} ms", flush=True)
-    result["provenance"] = provenance.finish(prov)
-    from medadapt.io.atomic import write_json
-
-    write_json(OUT, result)
-    print(f"wrote {OUT}")
+    provenance.save(OUT, result, prov)
     return 0
 
 

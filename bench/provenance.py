@@ -100,6 +100,15 @@ def finish(record: dict) -> dict:
     return out
 
 
+def save(out: Path, result: dict, record: dict) -> None:
+    """Write ``result`` with its finished provenance ``record`` to ``out`` atomically and say so."""
+    from medadapt.io.atomic import write_json
+
+    result["provenance"] = finish(record)
+    write_json(out, result)
+    print(f"wrote {out}")
+
+
 def from_git_history(path: Path) -> dict:
     """What git alone establishes about an older result file: the commits that added it and last
     changed it, and their dates. Everything else is unknown (None), never guessed; a file git does
