@@ -79,16 +79,14 @@ INT8_DECODER = "token-order upscaling"  # how the int8 decoder was made; cached 
 
 def _examples(model: nn.Module, image_size: int, consts: dict[str, np.ndarray]) -> dict[str, tuple[torch.Tensor, ...]]:
     grid = model.prompt_encoder.image_embedding_size
+    image_pe, dense = torch.from_numpy(consts["image_pe"]), torch.from_numpy(consts["no_mask_dense"])
     with torch.no_grad():
-        side = _modules(model, consts)["decoder_image"](torch.zeros(1, 256, *grid))
+        side = DecoderImageGraph(model.mask_decoder, image_pe, dense)(torch.zeros(1, 256, *grid))
     return {
         "image_encoder": (torch.zeros(2, 3, image_size, image_size),),
         "prompt_encoder": (torch.tensor([[[10.0, 12.0], [80.0, 90.0]]] * 2), torch.tensor([[2, 3]] * 2)),
         "mask_encoder": (torch.zeros(2, 1, 4 * grid[0], 4 * grid[1]),),
-        "mask_decoder": (
-            torch.zeros(1, 256, *grid), torch.from_numpy(consts["image_pe"]), torch.zeros(2, 2, 256),
-            torch.from_numpy(consts["no_mask_dense"]),
-        ),
+        "mask_decoder": (torch.zeros(1, 256, *grid), image_pe, torch.zeros(2, 2, 256), dense),
         "decoder_image": (torch.zeros(1, 256, *grid),),
         "cached_decoder": (*side, torch.zeros(1, 2, 256)),
     }

@@ -164,7 +164,7 @@ class CachedDecoderGraph(nn.Module):
     IoU ``[1, 4]``).
 
     The dense PE is a constant and the prompt batch is fixed to 1 (an interactive click), so ONNX Runtime folds
-    the PE's token layout and drops the batch expansions the general graph copies at every call.
+    the PE's token layout once instead of transposing it at every call.
     """
 
     def __init__(self, decoder: nn.Module, image_pe: torch.Tensor):
