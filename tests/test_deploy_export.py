@@ -220,6 +220,26 @@ def test_int8_mask_decoder_is_close_to_fp32_but_not_equal(litemedsam, onnx_expor
         torch.testing.assert_close(got_iou, ref_iou, rtol=0, atol=0.05)
 
 
+def test_onnxruntime_sessions_spin_only_for_the_image_encoder(onnx_export):
+    """Worker threads of the small prompt / decoder graphs do not spin between calls (they took the cores from
+    the work between a click's graphs); the image encoder keeps ONNX Runtime's default, and
+    ``decoder_spinning=True`` gives the decoder graphs the default back."""
+
+    def spinning(graph) -> str:
+        options = graph.session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ONNX Runtime's default, spinning
+            return "1"
+
+    deployed = DeployedSam(onnx_export, engine="onnxruntime", threads=2)
+    assert spinning(deployed.encoder) == "1"
+    for graph in (deployed.prompt, deployed.decoder, deployed.mask_encoder, deployed.image_graph, deployed.cached_decoder):
+        assert spinning(graph) == "0"
+    again = DeployedSam(onnx_export, engine="onnxruntime", threads=2, decoder_spinning=True)
+    assert spinning(again.cached_decoder) == "1" and spinning(again.prompt) == "1"
+
+
 def test_decoder_precision_names_are_the_ones_the_formats_run():
     """A PredictorSpec accepts exactly the decoder precisions some export format runs (the spec cannot import
     deploy, so it lists the names itself)."""

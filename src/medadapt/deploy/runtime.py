@@ -77,17 +77,27 @@ def cpu_has_bf16() -> bool:
 # threads; the full decoder graph unchanged: bench/bench_decoder_graphs.py), so decoder graphs run without it.
 DECODER_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
+# ONNX Runtime's worker threads spin after a call, waiting for the next one. The prompt and decoder graphs are
+# small calls with Python / torch work between them (box derivation, mask resizing), so a spinning worker only
+# takes a core from that work and from the next graph's own session: with spinning off for every graph but the
+# image encoder, a click through the whole exported pipeline re-decodes a slice faster and the encoder runs as
+# before (bench/bench_click_pipeline.py).
+DECODER_SPINNING = False
+
 
 class OrtGraph:
-    """One ONNX graph in an ONNX Runtime session (fixed thread count, all graph optimisations but ``disabled``)."""
+    """One ONNX graph in an ONNX Runtime session (fixed thread count, all graph optimisations but ``disabled``;
+    ``spinning``: worker threads spin between calls, ONNX Runtime's default)."""
 
-    def __init__(self, path: Path, threads: int | None, disabled: tuple[str, ...] = ()):
+    def __init__(self, path: Path, threads: int | None, disabled: tuple[str, ...] = (), spinning: bool = True):
         ort = require("onnxruntime", extra="deploy", purpose="--engine onnxruntime")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         extra = {"disabled_optimizers": list(disabled)} if disabled else {}
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], **extra)
         self.inputs = [i.name for i in self.session.get_inputs()]
@@ -152,10 +162,15 @@ class ExportedDecoderImage:
 
 
 class DeployedSam:
-    """An export folder on an engine, with ``Sam``'s ``encode`` / ``decode`` / ``decoder_image`` signatures."""
+    """An export folder on an engine, with ``Sam``'s ``encode`` / ``decode`` / ``decoder_image`` signatures.
+
+    ``decoder_spinning``: ONNX Runtime worker threads of the prompt and decoder graphs spin between calls
+    (off by default, see ``DECODER_SPINNING``; the image encoder's always do).
+    """
 
     def __init__(self, folder: str | Path, *, engine: str = "openvino", precision: str = "fp32",
-                 threads: int | None = None, cache_dir: str | Path | None = None, decoder_precision: str = "fp32"):
+                 threads: int | None = None, cache_dir: str | Path | None = None, decoder_precision: str = "fp32",
+                 decoder_spinning: bool = DECODER_SPINNING):
         check_engine(engine, precision)
         check_decoder_precision(engine, decoder_precision)
         if engine == "torch":
@@ -192,7 +207,8 @@ class DeployedSam:
         def graph(name: str, prec: str = "fp32"):
             path = self.folder / graph_file(name, fmt, "int8" if prec == "int8" else "fp32")
             if engine == "onnxruntime":
-                return OrtGraph(path, threads, DECODER_DISABLED_OPTIMIZERS if name in DECODER_GRAPHS else ())
+                return OrtGraph(path, threads, DECODER_DISABLED_OPTIMIZERS if name in DECODER_GRAPHS else (),
+                                spinning=decoder_spinning or name.startswith("image_encoder"))
             return OvGraph(path, threads, prec, cache)
 
         if precision == "mixed":
