@@ -2,20 +2,24 @@
 
 ``bench_interactive.py`` times the decoder side of a click on torch-encoded embeddings; here every
 graph is the export's, run by ONNX Runtime in one process with torch doing the work between them
-(image preparation, box derivation, mask resizing), as a user's session runs: ``simulate_dataset``
-(the command's own code) on the validation volumes of the fixed hippocampus split, a 3D box per class,
-then ``--clicks`` simulated clicks. Variants: the mask decoder's precision (int8, fp32) and ONNX Runtime's
-thread spinning in the prompt / decoder graphs' sessions (``off``: ``DeployedSam``'s default,
-``deploy.runtime.DECODER_SPINNING``; ``on``: ONNX Runtime's own default). The image encoder's session
-spins in both. Reported per variant, median over ``--rounds`` (variants in a rotated order each round)
-with the range:
+(image preparation, box derivation, mask resizing), as a user's session runs: the predictor
+``medadapt simulate --engine onnxruntime`` loads, on the validation volumes of the fixed hippocampus
+split, the command's protocol (a 3D box per class, then ``--clicks`` simulated clicks, its default
+settings). Compared: ONNX Runtime's thread spinning in the prompt / decoder graphs' sessions (``off``:
+``DeployedSam``'s default, ``deploy.runtime.DECODER_SPINNING``; ``on``: ONNX Runtime's own default), for
+the int8 and the fp32 mask decoder. The image encoder's session spins in both.
+
+Timings on a small shared CPU drift by tens of per cent over minutes, so the two settings are measured
+paired: per volume, one session of each runs the same protocol step by step, every click applied to
+both (the order alternating), the start of each timed in turn. Spinning is a thread setting, not a
+numerical one: the masks of the two sessions are checked to be equal after every step. Reported per
+decoder and setting, median over ``--rounds`` with the range:
 
 - ``ms_per_decoded_slice``: click time / slices the clicks re-decoded (the command's own figure);
 - ``start_s``: seconds of the first interaction per volume (encoding the box's slices with the exported
-  encoder, then decoding them), to show what the setting does to the encoder side.
+  encoder, then decoding them).
 
-The final DSCs of a variant are recorded, and must equal between the two spinning settings (a thread
-setting, not a numerical one). Writes bench/results/click_pipeline.json with provenance.
+Writes bench/results/click_pipeline.json with provenance.
 
     .venv/bin/python bench/bench_click_pipeline.py --volumes 3 --rounds 3
 """
@@ -23,12 +27,13 @@ setting, not a numerical one). Writes bench/results/click_pipeline.json with pro
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
-import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -37,22 +42,74 @@ import provenance  # noqa: E402
 
 SHARED = Path(os.environ.get("MEDADAPT_SHARED", ROOT.parent / "shared"))
 OUT = ROOT / "bench" / "results" / "click_pipeline.json"
+SETTINGS = (False, True)  # decoder graphs' spinning: off (the default), on
 
 
-def loader(spinning: bool):
-    """``deploy.backend.load_predictor`` with the decoder graphs' spinning set to ``spinning``."""
+def predictor(precision: str, spinning: bool, threads: int):
+    """The predictor `simulate --engine onnxruntime --decoder-precision PRECISION` loads, its decoder graphs'
+    spinning set to ``spinning``."""
     from medadapt.deploy.backend import load_predictor
     from medadapt.deploy.runtime import DeployedSam
+    from medadapt.infer.factory import PredictorSpec
 
-    def load(spec):
-        predictor = load_predictor(spec)
-        model = predictor.model
-        predictor.model = DeployedSam(model.folder, engine=model.engine, precision=model.precision,
-                                      threads=spec.threads, decoder_precision=model.decoder_precision,
-                                      decoder_spinning=spinning)
-        return predictor
+    pred = load_predictor(PredictorSpec(backend="onnxruntime", decoder_precision=precision, threads=threads))
+    model = pred.model
+    pred.model = DeployedSam(model.folder, engine=model.engine, precision=model.precision, threads=threads,
+                             decoder_precision=model.decoder_precision, decoder_spinning=spinning)
+    return pred
 
-    return load
+
+class PairedSession:
+    """Two interactive sessions driven as one: every click goes to both (alternating which goes first),
+    each timed on its own; the protocol reads the first one's masks, checked equal to the second's."""
+
+    def __init__(self, sessions: dict[bool, object]):
+        self.sessions = sessions
+        self.first = sessions[SETTINGS[0]]
+        self.seconds = {s: 0.0 for s in sessions}
+        self.turn = 0
+
+    def __getattr__(self, name):
+        return getattr(self.first, name)
+
+    def labels(self) -> np.ndarray:
+        ref = self.first.labels()
+        for s in self.sessions.values():
+            if not np.array_equal(s.labels(), ref):
+                raise AssertionError("the spinning settings gave different masks")
+        return ref
+
+    def click(self, *args, **kwargs):
+        self.turn += 1
+        order = SETTINGS if self.turn % 2 else SETTINGS[::-1]
+        for setting in order:
+            t = time.perf_counter()
+            self.sessions[setting].click(*args, **kwargs)
+            self.seconds[setting] += time.perf_counter() - t
+
+
+def measure_case(preds: dict[bool, object], dataset, key: str, clicks: int, turn: int) -> dict[bool, dict]:
+    """One volume through the protocol with both settings, paired; per setting: start seconds, click seconds,
+    slices the clicks re-decoded."""
+    from medadapt.evaluate.interactive_run import simulate_clicks, start_session
+    from medadapt.infer.interactive import InteractiveSession
+
+    image, label, spacing, axis = dataset.load(key)
+    classes = sorted(dataset.classes)
+    sessions, start, ids = {}, {}, {}
+    for setting in SETTINGS if turn % 2 else SETTINGS[::-1]:
+        t = time.perf_counter()
+        sessions[setting] = InteractiveSession(preds[setting], image, slice_axis=axis, name=key)
+        ids[setting] = start_session(sessions[setting], label, classes, "box3d")
+        start[setting] = time.perf_counter() - t
+    paired = PairedSession(sessions)
+    before = {s: sessions[s].slices_decoded for s in SETTINGS}
+    simulate_clicks(paired, ids[SETTINGS[0]], label, spacing, case=key, n_clicks=clicks, classes=classes)
+    paired.labels()  # the final masks equal too
+    decoded = {s: sessions[s].slices_decoded - before[s] for s in SETTINGS}
+    if len(set(decoded.values())) != 1:
+        raise AssertionError("the spinning settings re-decoded different slices")
+    return {s: {"start_s": start[s], "click_s": paired.seconds[s], "slices": decoded[s]} for s in SETTINGS}
 
 
 def main() -> int:
@@ -62,51 +119,48 @@ def main() -> int:
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--decoders", nargs="+", default=["int8", "fp32"])
     args = ap.parse_args()
 
     import torch
 
-    from medadapt.evaluate.simulate import simulate_dataset
+    from medadapt.data.datasets import load_segmentation_dataset
+    from medadapt.data.fewshot import make_split
 
     torch.set_num_threads(args.threads)
     prov = provenance.start()
-    variants = [(precision, spinning) for precision in ("int8", "fp32") for spinning in (False, True)]
-    rounds: dict[tuple, list[dict]] = {v: [] for v in variants}
-    cases = None
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.rounds):
-            for precision, spinning in variants[i % len(variants):] + variants[: i % len(variants)]:
-                sim = simulate_dataset(args.data, Path(tmp) / "out", clicks=args.clicks, cases=args.volumes,
-                                       cases_from="val", engine="onnxruntime", decoder_precision=precision,
-                                       threads=args.threads, n_boot=0, load=loader(spinning))
-                s = sim.summary
-                cases = s["settings"]["cases"]
-                per_case = (Path(tmp) / "out" / "per_case.csv").read_text().splitlines()
-                final = [float(r["dsc"]) for r in csv.DictReader(per_case) if r.get("dsc") not in (None, "")]
-                rounds[(precision, spinning)].append({
-                    "ms_per_decoded_slice": s["ms_per_decoded_slice"], "start_s": s["seconds_per_interaction"][0],
-                    "dsc": statistics.fmean(final), "per_case": per_case})
-                print(f"round {i + 1} decoder {precision} spinning {'on' if spinning else 'off'}: "
-                      f"{s['ms_per_decoded_slice']:.1f} ms / re-decoded slice, start {s['seconds_per_interaction'][0]:.1f} s"
-                      f" / volume", flush=True)
-    result = {"data": args.data, "cases": cases, "clicks": args.clicks, "threads": args.threads, "rounds": args.rounds,
-              "model": "litemedsam", "engine": "onnxruntime", "runs": []}
-    for (precision, spinning), rs in rounds.items():
-        run = {"decoder_precision": precision, "decoder_spinning": spinning, "dsc": rs[0]["dsc"],
-               "same_results_every_round": all(r["per_case"] == rs[0]["per_case"] for r in rs),
-               "rounds": [{k: v for k, v in r.items() if k != "per_case"} for r in rs]}
-        for key in ("ms_per_decoded_slice", "start_s"):
-            vals = [r[key] for r in rs]
-            run[key], run[f"{key}_range"] = statistics.median(vals), [min(vals), max(vals)]
-        other = rounds[(precision, not spinning)][0]["per_case"]
-        run["same_results_as_other_spinning"] = rs[0]["per_case"] == other
+    dataset = load_segmentation_dataset(args.data)
+    keys = list(make_split(dataset, shots=1, seed=0).val)[: args.volumes]
+    preds = {p: {s: predictor(p, s, args.threads) for s in SETTINGS} for p in args.decoders}
+    rounds = {(p, s): [] for p in args.decoders for s in SETTINGS}
+    turn = 0
+    for i in range(args.rounds):
+        totals = {k: {"start_s": 0.0, "click_s": 0.0, "slices": 0} for k in rounds}
+        for key in keys:
+            for p in args.decoders[i % len(args.decoders):] + args.decoders[: i % len(args.decoders)]:
+                turn += 1
+                for s, m in measure_case(preds[p], dataset, key, args.clicks, turn).items():
+                    for k, v in m.items():
+                        totals[(p, s)][k] += v
+        for (p, s), t in totals.items():
+            rounds[(p, s)].append({"ms_per_decoded_slice": 1000 * t["click_s"] / max(1, t["slices"]),
+                                   "start_s": t["start_s"] / len(keys), "decoded_slices": t["slices"]})
+            print(f"round {i + 1} decoder {p} spinning {'on' if s else 'off'}: "
+                  f"{rounds[(p, s)][-1]['ms_per_decoded_slice']:.1f} ms / re-decoded slice, "
+                  f"start {rounds[(p, s)][-1]['start_s']:.1f} s / volume", flush=True)
+    result = {"data": args.data, "cases": keys, "clicks": args.clicks, "threads": args.threads, "rounds": args.rounds,
+              "model": "litemedsam", "engine": "onnxruntime", "paired": True, "same_masks": True, "runs": []}
+    for (p, s), rs in rounds.items():
+        run = {"decoder_precision": p, "decoder_spinning": s, "decoded_slices": rs[0]["decoded_slices"], "rounds": rs}
+        for k in ("ms_per_decoded_slice", "start_s"):
+            vals = [r[k] for r in rs]
+            run[k], run[f"{k}_range"] = statistics.median(vals), [min(vals), max(vals)]
         result["runs"].append(run)
-    print(f"{'decoder':8s} {'spinning':9s} {'ms / slice':>22s} {'start s / volume':>22s}")
+    print(f"{'decoder':8s} {'spinning':9s} {'ms / re-decoded slice':>24s} {'start s / volume':>20s}")
     for r in result["runs"]:
-        lo, hi = r["ms_per_decoded_slice_range"]
-        slo, shi = r["start_s_range"]
+        (lo, hi), (slo, shi) = r["ms_per_decoded_slice_range"], r["start_s_range"]
         print(f"{r['decoder_precision']:8s} {'on' if r['decoder_spinning'] else 'off':9s} "
-              f"{r['ms_per_decoded_slice']:6.1f} ({lo:.1f}-{hi:.1f}) {r['start_s']:10.1f} ({slo:.1f}-{shi:.1f})")
+              f"{r['ms_per_decoded_slice']:8.1f} ({lo:.1f}-{hi:.1f}) {r['start_s']:10.1f} ({slo:.1f}-{shi:.1f})")
     provenance.save(OUT, result, prov)
     return 0
 

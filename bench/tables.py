@@ -698,6 +698,34 @@ def decoder_graphs_section() -> str:
                        conditions(name, data), "", "\n".join(lines)])
 
 
+def click_pipeline_section() -> str:
+    """Clicks through the whole exported ONNX Runtime pipeline, decoder thread spinning on / off (bench_click_pipeline.py)."""
+    name = "click_pipeline.json"
+    data = load(name)
+    head = section("click-pipeline", "Exported pipeline: clicks as `simulate --engine onnxruntime` runs them", level=3)
+    if data is None:
+        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_click_pipeline.py`."
+    lines = ["| decoder | decoder graphs' thread spinning | ms per re-decoded slice | start: s per volume | "
+             "slices re-decoded per round |", "|---|---|---|---|---|"]
+    for r in data["runs"]:
+        (lo, hi), (slo, shi) = r["ms_per_decoded_slice_range"], r["start_s_range"]
+        spin = "on (ONNX Runtime's default)" if r["decoder_spinning"] else "off (`DeployedSam`'s default)"
+        lines.append(f"| {r['decoder_precision']} | {spin} | {r['ms_per_decoded_slice']:.1f} ({lo:.1f}–{hi:.1f}) | "
+                     f"{r['start_s']:.1f} ({slo:.1f}–{shi:.1f}) | {r['decoded_slices']} |")
+    cases = ", ".join(data["cases"])
+    return "\n".join([head, "", "`bench/bench_click_pipeline.py`: the predictor `medadapt simulate --engine onnxruntime` "
+                       "loads (every graph of the LiteMedSAM export on ONNX Runtime, torch doing the work between them) "
+                       f"and the command's protocol on validation volumes of the fixed hippocampus split ({cases}): a 3D "
+                       f"box per class, then {data['clicks']} clicks, {data['threads']} threads. The table above times the "
+                       "decoder side alone on torch-encoded embeddings. Thread spinning: whether ONNX Runtime's worker "
+                       "threads of the prompt and decoder graphs' sessions spin between calls (the image encoder's spin "
+                       "in both rows). Measured paired: per volume one session with each setting, every click applied to "
+                       "both in alternating order, their masks checked equal after every step. `start`: the first "
+                       "interaction per volume (encoding the box's slices, decoding them). Medians over the rounds, the "
+                       "rounds' range in brackets.", "",
+                       conditions(name, data), "", "\n".join(lines)])
+
+
 def interactive_accuracy_section() -> str:
     """Box + simulated clicks on held-out volumes, per configuration (bench_clicks.py)."""
     head = section("interactive-accuracy", "Interactive segmentation: DSC after the box and each click")
@@ -908,6 +936,7 @@ def benchmarks_md() -> str:
         interactive_latency_section(),
         "",
         decoder_graphs_section(),
+        click_pipeline_section(),
         "",
         studio_loop_section(),
         "",
