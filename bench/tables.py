@@ -719,8 +719,8 @@ def click_pipeline_section() -> str:
                        f"box per class, then {data['clicks']} clicks, {data['threads']} threads. The table above times the "
                        "decoder side alone on torch-encoded embeddings. Thread spinning: whether ONNX Runtime's worker "
                        "threads of the prompt and decoder graphs' sessions spin between calls (the image encoder's spin "
-                       "in both rows). Measured paired: per volume one session with each setting, every click applied to "
-                       "both in alternating order, their masks checked equal after every step. `start`: the first "
+                       "in both rows). The two settings alternate per volume, each running the whole protocol on its own "
+                       "predictor; every object's scores after every step are equal between them. `start`: the first "
                        "interaction per volume (encoding the box's slices, decoding them). Medians over the rounds, the "
                        "rounds' range in brackets.", "",
                        conditions(name, data), "", "\n".join(lines)])
