@@ -162,6 +162,13 @@ def section(anchor: str, title: str, level: int = 2) -> str:
     return f'<a id="{anchor}"></a>\n\n{"#" * level} {title}'
 
 
+def measured_section(anchor: str, title: str, name: str, script: str, level: int = 2) -> tuple[dict | None, str]:
+    """The result file ``name`` and its section's heading; without the file, the heading says how to make it."""
+    data = load(name)
+    head = section(anchor, title, level)
+    return data, head if data is not None else f"{head}\n\nNot measured yet: `.venv/bin/python bench/{script}`."
+
+
 def one_table_section(anchor: str, title: str, name: str, text: str, render: Callable[[dict], str],
                       runs: list[dict] | None = None) -> str:
     """Heading, what was measured, the JSON's conditions, then the table ``render`` makes of the JSON."""
@@ -646,10 +653,10 @@ def default_fit_section() -> str:
 def interactive_latency_section() -> str:
     """Per-click latency of the interactive session (bench_interactive.py)."""
     name = "interactive_latency.json"
-    data = load(name)
-    head = section("interactive-latency", "Interactive clicks: latency per re-decoded slice")
+    data, head = measured_section("interactive-latency", "Interactive clicks: latency per re-decoded slice", name,
+                                  "bench_interactive.py")
     if data is None:
-        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_interactive.py`."
+        return head
     cols = (("engine", "decoder"), ("threads", "threads"), ("ms_per_decoded_slice", "ms per re-decoded slice"),
             ("ms_per_click", "ms per click"), ("decoder_ms", "ms per bare decoder call"),
             ("decoded_slices", "slices re-decoded"), ("clicks", "clicks"), ("dsc_vs_reference", "final DSC vs reference"))
@@ -680,10 +687,10 @@ def interactive_latency_section() -> str:
 def decoder_graphs_section() -> str:
     """Bare call of each exported decoder graph (bench_decoder_graphs.py)."""
     name = "decoder_graphs.json"
-    data = load(name)
-    head = section("decoder-graphs", "Exported decoder graphs: one call", level=3)
+    data, head = measured_section("decoder-graphs", "Exported decoder graphs: one call", name,
+                                  "bench_decoder_graphs.py", level=3)
     if data is None:
-        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_decoder_graphs.py`."
+        return head
     lines = ["| graph | decoder | ONNX Runtime optimisations | threads | ms per call |", "|---|---|---|---|---|"]
     for r in data["runs"]:
         lo, hi = r["ms_range"]
@@ -701,10 +708,10 @@ def decoder_graphs_section() -> str:
 def click_pipeline_section() -> str:
     """Clicks through the whole exported ONNX Runtime pipeline, decoder thread spinning on / off (bench_click_pipeline.py)."""
     name = "click_pipeline.json"
-    data = load(name)
-    head = section("click-pipeline", "Exported pipeline: clicks as `simulate --engine onnxruntime` runs them", level=3)
+    data, head = measured_section("click-pipeline", "Exported pipeline: clicks as `simulate --engine onnxruntime` "
+                                  "runs them", name, "bench_click_pipeline.py", level=3)
     if data is None:
-        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_click_pipeline.py`."
+        return head
     lines = ["| decoder | decoder graphs' thread spinning | ms per re-decoded slice | start: s per volume | "
              "slices re-decoded per round |", "|---|---|---|---|---|"]
     for r in data["runs"]:
