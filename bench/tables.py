@@ -1014,6 +1014,10 @@ def headlines() -> list[tuple[str, str, str]]:
             ms = {r["engine"]: r["ms_per_decoded_slice"] for r in (lat or {}).get("runs", [])}
             speed = (f"; {ms['torch']:.0f} ms (torch) / {ms['onnxruntime:int8']:.0f} ms (int8 ONNX decoder) per "
                      "re-decoded slice") if {"torch", "onnxruntime:int8"} <= set(ms) else ""
+            pipe = next((r for r in (load("click_pipeline.json") or {}).get("runs", [])
+                         if r["decoder_precision"] == "int8" and not r["decoder_spinning"]), None)
+            if speed and pipe:  # the whole exported pipeline, as `simulate --engine onnxruntime` runs it
+                speed += f" ({pipe['ms_per_decoded_slice']:.0f} ms through the whole exported pipeline)"
             seeds = f"{len(ads)} seeds, mean ± sd" if len(ads) > 1 else "seed 0"
             rows.append((f"Hippocampus, a 2D box per slice + {zs['clicks']} simulated clicks (CVPR 2025 protocol, "
                          f"{zs['objects']} objects): zero-shot / `decoder` from 5 volumes ({seeds})",
