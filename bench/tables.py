@@ -830,10 +830,10 @@ def _click_seed_table(runs: list[dict]) -> str | None:
 def studio_loop_section() -> str:
     """A simulated annotator in the studio, with and without adaptation in the loop (bench_studio_loop.py)."""
     name = "studio_loop.json"
-    head = section("studio-loop", "Studio: clicks per case with and without adaptation in the loop")
-    data = load(name)
+    data, head = measured_section("studio-loop", "Studio: clicks per case with and without adaptation in the loop",
+                                  name, "bench_studio_loop.py")
     if data is None:
-        return head + "\n\nNot measured yet: `.venv/bin/python bench/bench_studio_loop.py`."
+        return head
     modes = data["modes"]
     target, budget = data["target_dsc"], data["max_clicks"]
     cols = ["case"]
